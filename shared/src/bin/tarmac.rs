@@ -1,0 +1,146 @@
+//! The `tarmac` command: `serve` runs everything on one machine; `token create` mints API tokens.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tarmac::domain::Role;
+use tarmac::serve::ServeConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "tarmac",
+    version,
+    about = "Self-hosted deployments for infrastructure-as-code stacks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API, workers and scheduler in one process on an embedded SQLite store.
+    Serve(ServeArgs),
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Where the database, secret key, engine state and working directories live.
+    #[arg(long, env = "TARMAC_DATA_DIR", default_value = "./.tarmac")]
+    data_dir: PathBuf,
+    /// Address to listen on. Use port 0 for any free port.
+    #[arg(long, env = "TARMAC_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Deployments that may run at once (at most one per stack). Defaults to the CPU count.
+    #[arg(long, env = "TARMAC_WORKERS")]
+    workers: Option<usize>,
+    /// The org that gets an admin token on first start.
+    #[arg(long, env = "TARMAC_ORG", default_value = "default")]
+    org: String,
+    /// Base URL for links in responses (consoleUrl). Defaults to the listen address.
+    #[arg(long, env = "TARMAC_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Allow cloning file:// URLs and local paths. Off by default: API users could otherwise read
+    /// repositories on this machine's disk.
+    #[arg(long, env = "TARMAC_ALLOW_LOCAL_REPOS")]
+    allow_local_repos: bool,
+    /// Default limit on one deployment's run, in seconds (settings may set their own).
+    #[arg(long, env = "TARMAC_DEPLOYMENT_TIMEOUT", default_value_t = 3600)]
+    deployment_timeout: u64,
+    /// How long a worker's claim on a deployment lasts without a heartbeat, in seconds.
+    #[arg(long, env = "TARMAC_LEASE_SECS", default_value_t = 30.0)]
+    lease_secs: f64,
+    /// On SIGINT/SIGTERM, how long running deployments may finish, in seconds.
+    #[arg(long, env = "TARMAC_SHUTDOWN_GRACE", default_value_t = 30)]
+    shutdown_grace: u64,
+    /// Between SIGTERM and SIGKILL of a stopped deployment's processes, in seconds.
+    #[arg(long, env = "TARMAC_STOP_GRACE", default_value_t = 10)]
+    stop_grace: u64,
+    /// Queued deployments older than this many days are skipped.
+    #[arg(long, env = "TARMAC_QUEUE_MAX_DAYS", default_value_t = 7)]
+    queue_max_days: u64,
+    /// PATH for deployments (where git and the engines are). Defaults to this process's PATH.
+    #[arg(long, env = "TARMAC_CHILD_PATH")]
+    child_path: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "TARMAC_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for an org and print it. It is shown only once; only its hash is stored.
+    Create {
+        #[arg(long)]
+        org: String,
+        #[arg(long, default_value = "write", value_parser = ["admin", "write", "read"])]
+        role: String,
+        /// A name for the token, shown as the requester of its deployments.
+        #[arg(long, default_value = "api-token")]
+        name: String,
+        #[arg(long, env = "TARMAC_DATA_DIR", default_value = "./.tarmac")]
+        data_dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => {
+            tarmac::telemetry::init(a.log_json);
+            let workers = a
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let cfg = ServeConfig {
+                data_dir: a.data_dir,
+                listen: a.listen,
+                workers,
+                bootstrap_org: a.org,
+                public_url: a.public_url.map(|u| u.trim_end_matches('/').to_string()),
+                allow_local_repos: a.allow_local_repos,
+                deployment_timeout: Duration::from_secs(a.deployment_timeout),
+                lease_ttl: Duration::from_secs_f64(a.lease_secs),
+                heartbeat_every: Duration::from_secs_f64((a.lease_secs / 10.0).clamp(0.1, 1.0)),
+                shutdown_grace: Duration::from_secs(a.shutdown_grace),
+                stop_grace: Duration::from_secs(a.stop_grace),
+                queue_max_age: Duration::from_secs(a.queue_max_days * 86_400),
+                child_path: a.child_path.unwrap_or_else(|| {
+                    std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
+                }),
+            };
+            tarmac::serve::serve(cfg).await
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    org,
+                    role,
+                    name,
+                    data_dir,
+                },
+        } => {
+            tarmac::telemetry::init(false);
+            let role: Role = role.parse().expect("clap restricts the role");
+            tarmac::serve::create_token(&data_dir, &org, role, &name)
+                .await
+                .map(|token| println!("{token}"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tarmac: {}", e.chain());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Secrets at rest and API tokens.
+//!
+//! Secret values are sealed with AES-256-GCM under a data key. Embedded mode keeps the key in a
+//! file in the data dir, created on first start with mode 0600. A sealed value is the base64 of
+//! `MAGIC || nonce || ciphertext+tag`, so it is valid base64 for SDK clients that decode
+//! `ciphertext`, and recognisable when a client sends back what it read.
+
+use std::path::Path;
+
+use aes_gcm::aead::rand_core::RngCore;
+use aes_gcm::aead::{Aead, KeyInit, OsRng};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 4] = b"TMC1";
+const NONCE_LEN: usize = 12;
+
+/// Seals and opens secret values. Cheap to clone.
+#[derive(Clone)]
+pub struct Cipher {
+    aead: Aes256Gcm,
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cipher(..)")
+    }
+}
+
+impl Cipher {
+    pub fn from_key(key: &[u8; 32]) -> Self {
+        Self {
+            aead: Aes256Gcm::new(key.into()),
+            key: *key,
+        }
+    }
+
+    /// A stable secret for `label`, derived from the data key (e.g. a stack's Pulumi
+    /// passphrase). The fixed-length key prefix makes SHA-256 safe to use this way.
+    pub fn derive(&self, label: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update(label.as_bytes());
+        URL_SAFE_NO_PAD.encode(h.finalize())
+    }
+
+    /// Loads the key file, creating it (0600) if it does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Self> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    Error::internal(format!("{} is not a 32-byte key", path.display()))
+                })?;
+                Ok(Self::from_key(&key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                OsRng.fill_bytes(&mut key);
+                write_private(path, &key)?;
+                Ok(Self::from_key(&key))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn seal(&self, plaintext: &str) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let ct = self
+            .aead
+            .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(MAGIC.len() + NONCE_LEN + ct.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        STANDARD.encode(out)
+    }
+
+    /// Opens a value this cipher sealed. `None` if it is not one.
+    pub fn open(&self, sealed: &str) -> Option<String> {
+        let bytes = STANDARD.decode(sealed).ok()?;
+        let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+        if rest.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, ct) = rest.split_at(NONCE_LEN);
+        let pt = self.aead.decrypt(Nonce::from_slice(nonce), ct).ok()?;
+        String::from_utf8(pt).ok()
+    }
+
+    pub fn is_sealed(&self, value: &str) -> bool {
+        self.open(value).is_some()
+    }
+}
+
+/// Writes a file only its owner can read.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// A new API token: `tmc_` and 32 random bytes. Only its hash is ever stored.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    format!("tmc_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The stored form of a token. Tokens carry 256 bits of entropy, so a plain SHA-256 suffices.
+pub fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trips_and_detects_foreign_values() {
+        let c = Cipher::from_key(&[7; 32]);
+        let sealed = c.seal("hunter2");
+        assert_ne!(sealed, c.seal("hunter2"), "nonces must differ");
+        assert_eq!(c.open(&sealed).as_deref(), Some("hunter2"));
+        assert!(c.open("hunter2").is_none());
+        assert!(Cipher::from_key(&[8; 32]).open(&sealed).is_none());
+        assert!(STANDARD.decode(&sealed).is_ok(), "sealed values are base64");
+    }
+
+    #[test]
+    fn key_file_is_created_once_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let a = Cipher::load_or_create(&path).unwrap();
+        let b = Cipher::load_or_create(&path).unwrap();
+        assert_eq!(b.open(&a.seal("x")).as_deref(), Some("x"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn tokens_are_unique_and_hashed() {
+        let t = new_token();
+        assert!(t.starts_with("tmc_") && t.len() > 40);
+        assert_ne!(t, new_token());
+        assert_eq!(token_hash(&t).len(), 64);
+        assert_ne!(token_hash(&t), t);
+    }
+}

@@ -1,0 +1,82 @@
+//! The one place where the ports are wired to adapters.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::crypto::Cipher;
+use crate::error::Result;
+use crate::ports::*;
+use crate::sqlite::SqliteStore;
+
+/// Everything a handler or worker needs, behind ports.
+pub struct Deps {
+    pub stacks: Arc<dyn StackStore>,
+    pub orgs: Arc<dyn OrgStore>,
+    pub tokens: Arc<dyn TokenStore>,
+    pub deployments: Arc<dyn DeploymentStore>,
+    pub logs: Arc<dyn LogStore>,
+    pub runs: Arc<dyn RunStore>,
+    pub cipher: Cipher,
+    /// Base of `consoleUrl` links.
+    pub public_url: String,
+    /// Whether `file://` and local-path repositories may be cloned.
+    pub allow_local_repos: bool,
+    /// Where per-stack engine state lives (embedded mode), removed with the stack.
+    pub state_dir: Option<PathBuf>,
+    /// Deployments that can run at once, reported as the org's `concurrency`.
+    pub concurrency: usize,
+}
+
+/// The embedded backend's files in a data dir.
+pub struct Embedded {
+    pub store: SqliteStore,
+    pub cipher: Cipher,
+    pub work_signal: Arc<Notify>,
+}
+
+pub const DB_FILE: &str = "tarmac.db";
+pub const KEY_FILE: &str = "secret.key";
+
+impl Embedded {
+    /// Opens the data dir, creating it (0700), its database and its key on first use.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)?;
+        let store = SqliteStore::open(&data_dir.join(DB_FILE))?;
+        let cipher = Cipher::load_or_create(&data_dir.join(KEY_FILE))?;
+        let work_signal = store.work_signal();
+        Ok(Self {
+            store,
+            cipher,
+            work_signal,
+        })
+    }
+
+    pub fn deps(
+        &self,
+        public_url: String,
+        allow_local_repos: bool,
+        state_dir: PathBuf,
+        concurrency: usize,
+    ) -> Deps {
+        let s = Arc::new(self.store.clone());
+        Deps {
+            stacks: s.clone(),
+            orgs: s.clone(),
+            tokens: s.clone(),
+            deployments: s.clone(),
+            logs: s.clone(),
+            runs: s,
+            cipher: self.cipher.clone(),
+            public_url,
+            allow_local_repos,
+            state_dir: Some(state_dir),
+            concurrency,
+        }
+    }
+}

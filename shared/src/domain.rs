@@ -1,0 +1,368 @@
+//! Tarmac's domain: stacks, operations, statuses and deployments, with no storage or HTTP in them.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// A fully qualified stack name. Every part is validated on construction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StackRef {
+    pub org: String,
+    pub project: String,
+    pub stack: String,
+}
+
+/// Pulumi's rule for org, project and stack names: 1 to 100 of `[A-Za-z0-9_.-]`.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid {kind} name '{name}': use 1 to 100 letters, digits, '_', '.' or '-'"
+        )))
+    }
+}
+
+impl StackRef {
+    pub fn new(org: &str, project: &str, stack: &str) -> Result<Self> {
+        validate_name("organization", org)?;
+        validate_name("project", project)?;
+        validate_name("stack", stack)?;
+        Ok(Self {
+            org: org.into(),
+            project: project.into(),
+            stack: stack.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for StackRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.org, self.project, self.stack)
+    }
+}
+
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $wire:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $(#[serde(rename = $wire)] $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $wire),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($wire => Ok($name::$variant),)+
+                    other => Err(Error::invalid(format!(
+                        concat!("unknown ", stringify!($name), " '{}': expected one of {}"),
+                        other,
+                        [$($wire),+].join(", ")
+                    ))),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// Pulumi's `PulumiOperation`.
+    Operation {
+        Update = "update",
+        Preview = "preview",
+        Destroy = "destroy",
+        Refresh = "refresh",
+        DetectDrift = "detect-drift",
+        RemediateDrift = "remediate-drift",
+    }
+);
+
+wire_enum!(
+    /// Pulumi's `JobStatus`, used for deployments and jobs. Never add values: clients reject them.
+    JobStatus {
+        NotStarted = "not-started",
+        Accepted = "accepted",
+        Running = "running",
+        Failed = "failed",
+        Succeeded = "succeeded",
+        Skipped = "skipped",
+    }
+);
+
+wire_enum!(
+    /// Pulumi's `StepStatus`.
+    StepStatus {
+        NotStarted = "not-started",
+        Running = "running",
+        Failed = "failed",
+        Succeeded = "succeeded",
+    }
+);
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Failed | Self::Succeeded | Self::Skipped)
+    }
+}
+
+/// An API token's role within its org. Each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "read" => Ok(Role::Read),
+            "write" => Ok(Role::Write),
+            "admin" => Ok(Role::Admin),
+            other => Err(Error::invalid(format!(
+                "unknown role '{other}': use admin, write or read"
+            ))),
+        }
+    }
+}
+
+/// Who a request acts as: the org its token belongs to, and the token's role.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub org: String,
+    pub role: Role,
+    pub token_name: String,
+}
+
+/// One step of a deployment's job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub status: StepStatus,
+    pub started: Option<OffsetDateTime>,
+    pub last_updated: Option<OffsetDateTime>,
+}
+
+/// A deployment as stored. `config` is the effective settings (the request merged over the
+/// stack's settings at creation time), with secrets still encrypted.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub id: Uuid,
+    pub stack: StackRef,
+    pub version: i64,
+    /// The stack's highest deployment version when this was read.
+    pub latest_version: i64,
+    pub operation: Operation,
+    pub status: JobStatus,
+    pub config: serde_json::Value,
+    pub initiator: String,
+    pub requested_by: String,
+    pub created: OffsetDateTime,
+    pub modified: OffsetDateTime,
+    pub started: Option<OffsetDateTime>,
+    pub steps: Vec<Step>,
+    pub stack_paused: bool,
+}
+
+/// What the API hands the store to create a deployment.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub id: Uuid,
+    pub stack: StackRef,
+    pub operation: Operation,
+    pub config: serde_json::Value,
+    pub initiator: String,
+    pub requested_by: String,
+    pub skip_intermediate: bool,
+}
+
+/// A worker's hold on a deployment. Every run-side write is conditional on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub ttl: std::time::Duration,
+}
+
+/// A page request, as the list endpoints take it.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    /// 1-based.
+    pub page: u32,
+    /// 1 to 100.
+    pub page_size: u32,
+    pub ascending: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}
+
+/// One line of a deployment's log, as a worker produces it.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub step: usize,
+    pub timestamp: OffsetDateTime,
+    pub line: String,
+}
+
+/// A stored log entry. `header` entries mark the start of a step in the streaming view.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub seq: i64,
+    pub step: usize,
+    pub timestamp: OffsetDateTime,
+    pub header: Option<String>,
+    pub line: Option<String>,
+}
+
+/// Counts of deployments per status.
+#[derive(Debug, Clone, Default)]
+pub struct StatusCounts(pub std::collections::HashMap<JobStatus, u64>);
+
+/// An org's deployment-wide flags.
+#[derive(Debug, Clone, Default)]
+pub struct OrgState {
+    pub paused: bool,
+    pub paused_stacks: Vec<String>,
+    pub counts: StatusCounts,
+}
+
+/// The outcome of a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued, and is now `skipped`.
+    Dequeued,
+    /// It is running; its worker will stop it and mark it `failed`.
+    Requested,
+    /// It had already finished; nothing changed.
+    AlreadyFinished,
+}
+
+pub mod time_fmt {
+    //! The two timestamp formats on the wire.
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    /// RFC 3339 UTC with exactly 6 fractional digits (Python 3.10's `fromisoformat` takes 3 or 6).
+    pub fn rfc3339(t: OffsetDateTime) -> String {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        let micros = t.microsecond();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            micros
+        )
+    }
+
+    /// Go's zero time, which Pulumi uses for steps that have not started.
+    pub const ZERO: &str = "0001-01-01T00:00:00Z";
+
+    pub fn rfc3339_or_zero(t: Option<OffsetDateTime>) -> String {
+        t.map(rfc3339).unwrap_or_else(|| ZERO.to_string())
+    }
+
+    /// Pulumi's `created`/`modified` form: `YYYY-MM-DD hh:mm:ss.fff`, UTC.
+    pub fn pulumi_datetime(t: OffsetDateTime) -> String {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        )
+    }
+
+    pub fn from_micros(us: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    pub fn to_micros(t: OffsetDateTime) -> i64 {
+        (t.unix_timestamp_nanos() / 1000) as i64
+    }
+
+    pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
+        OffsetDateTime::parse(s, &Rfc3339).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(StackRef::new("acme", "web-app", "dev_1.x").is_ok());
+        for bad in ["", "a b", "p/q", "dev?x", &"x".repeat(101)] {
+            assert!(
+                StackRef::new("acme", bad, "dev").is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn enums_round_trip_their_wire_values() {
+        for op in Operation::ALL {
+            assert_eq!(op.as_str().parse::<Operation>().unwrap(), *op);
+        }
+        assert_eq!(
+            serde_json::to_string(&JobStatus::NotStarted).unwrap(),
+            "\"not-started\""
+        );
+        let err = "cancelled".parse::<JobStatus>().unwrap_err().to_string();
+        assert!(err.contains("unknown JobStatus 'cancelled'"), "{err}");
+    }
+
+    #[test]
+    fn timestamps_have_at_most_six_fraction_digits() {
+        let t = time::macros::datetime!(2026-11-22 10:11:12.123456789 UTC);
+        assert_eq!(time_fmt::rfc3339(t), "2026-11-22T10:11:12.123456Z");
+        assert_eq!(time_fmt::pulumi_datetime(t), "2026-11-22 10:11:12.123");
+        assert_eq!(
+            time_fmt::from_micros(time_fmt::to_micros(t)).microsecond(),
+            123456
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! `S/deployments...` and `/api/orgs/{org}/deployments`: create, read, list, logs, cancel.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::AppState;
+use super::extract::{JsonBody, OrgCtx, Params, Query, StackCtx, param};
+use super::wire;
+use crate::domain::{CancelOutcome, Deployment, NewDeployment, Operation, PageRequest, StackRef};
+use crate::error::{Error, Result};
+use crate::ports::LogQuery;
+use crate::runner::git::validate_repo_url;
+use crate::settings::{self, Nulls, RunSpec};
+
+/// Queues a deployment. The request's settings are merged over the stack's unless
+/// `inheritSettings` is false; the result must name a source the server may clone.
+#[tracing::instrument(skip_all, fields(org = %ctx.stack.org, project = %ctx.stack.project, stack = %ctx.stack.stack))]
+pub async fn create(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>)> {
+    let deps = &state.deps;
+    let (operation, inherit, rest) = settings::split_create_request(&body)?;
+    let operation: Operation = operation
+        .ok_or_else(|| Error::invalid("operation is required: one of update, preview, refresh, destroy, detect-drift, remediate-drift"))?
+        .parse()?;
+    let request = settings::canonicalize(&rest, &deps.cipher)?;
+    let config = if inherit {
+        let stored = deps
+            .stacks
+            .get_settings(&ctx.stack)
+            .await?
+            .map(|s| s.settings)
+            .unwrap_or_else(|| json!({}));
+        settings::merge(&stored, &request, Nulls::Ignore)
+    } else {
+        settings::strip_nulls(&request)
+    };
+    let spec = RunSpec::from_config(&config)?;
+    validate_repo_url(&spec.repo_url, deps.allow_local_repos)?;
+    let initiator = headers
+        .get("x-pulumi-deployment-initiator")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .unwrap_or("api")
+        .to_string();
+    let d = deps
+        .deployments
+        .create_deployment(NewDeployment {
+            id: Uuid::new_v4(),
+            stack: ctx.stack.clone(),
+            operation,
+            config,
+            initiator,
+            requested_by: ctx.principal.token_name.clone(),
+            skip_intermediate: spec.skip_intermediate,
+        })
+        .await?;
+    tracing::info!(deployment_id = %d.id, version = d.version, %operation, "deployment queued");
+    let console = format!(
+        "{}/{}/deployments/{}",
+        deps.public_url,
+        path_of(&ctx.stack),
+        d.version
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": d.id, "consoleUrl": console, "version": d.version })),
+    ))
+}
+
+fn path_of(stack: &StackRef) -> String {
+    format!("{}/{}/{}", stack.org, stack.project, stack.stack)
+}
+
+fn parse_id(raw: &str) -> Result<Uuid> {
+    Uuid::parse_str(raw)
+        .map_err(|_| Error::invalid(format!("'{raw}' is not a deployment id (a UUID)")))
+}
+
+async fn find(state: &AppState, stack: &StackRef, id: Uuid) -> Result<Deployment> {
+    state
+        .deps
+        .deployments
+        .get_deployment(stack, id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("deployment '{id}' not found in stack '{stack}'")))
+}
+
+pub async fn get_by_id(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+) -> Result<Json<Value>> {
+    let id = parse_id(&param(&p, "id"))?;
+    Ok(Json(wire::deployment(&find(&state, &ctx.stack, id).await?)))
+}
+
+pub async fn get_by_version(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+) -> Result<Json<Value>> {
+    let raw = param(&p, "version");
+    let version = raw.parse::<i64>().ok().filter(|v| *v >= 1).ok_or_else(|| {
+        Error::invalid(format!(
+            "'{raw}' is not a deployment version: versions are integers from 1"
+        ))
+    })?;
+    let d = state
+        .deps
+        .deployments
+        .get_deployment_by_version(&ctx.stack, version)
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "stack '{}' has no deployment version {version}",
+                ctx.stack
+            ))
+        })?;
+    Ok(Json(wire::deployment(&d)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    page: Option<i64>,
+    page_size: Option<i64>,
+    asc: Option<bool>,
+    #[allow(dead_code)]
+    sort: Option<String>,
+}
+
+impl ListQuery {
+    fn page(&self) -> Result<PageRequest> {
+        let page = self.page.unwrap_or(1);
+        if page < 1 {
+            return Err(Error::invalid(format!(
+                "page must be 1 or more, not {page}"
+            )));
+        }
+        let size = self.page_size.unwrap_or(10);
+        if !(1..=100).contains(&size) {
+            return Err(Error::invalid(format!(
+                "pageSize must be between 1 and 100, not {size}"
+            )));
+        }
+        Ok(PageRequest {
+            page: page.min(u32::MAX as i64) as u32,
+            page_size: size as u32,
+            ascending: self.asc.unwrap_or(false),
+        })
+    }
+}
+
+fn list_body(page: crate::domain::Page<Deployment>, req: PageRequest) -> Json<Value> {
+    let items: Vec<Value> = page.items.iter().map(wire::snapshot).collect();
+    Json(json!({ "deployments": items, "itemsPerPage": req.page_size, "total": page.total }))
+}
+
+pub async fn list_stack(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>> {
+    let req = q.page()?;
+    if !state.deps.stacks.stack_exists(&ctx.stack).await? {
+        return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
+    }
+    let page = state
+        .deps
+        .deployments
+        .list_stack_deployments(&ctx.stack, req)
+        .await?;
+    Ok(list_body(page, req))
+}
+
+pub async fn list_org(
+    State(state): State<AppState>,
+    ctx: OrgCtx,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>> {
+    let req = q.page()?;
+    let page = state
+        .deps
+        .deployments
+        .list_org_deployments(&ctx.org, req)
+        .await?;
+    Ok(list_body(page, req))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsQuery {
+    continuation_token: Option<String>,
+    count: Option<i64>,
+    job: Option<i64>,
+    step: Option<i64>,
+    offset: Option<i64>,
+}
+
+/// Streaming entries per call.
+const STREAM_LIMIT: usize = 500;
+
+/// Logs in streaming mode (`continuationToken`) or step mode (`job`, `step`, `offset`,
+/// `count`). The deployment is read before its logs, so a terminal status seen here means every
+/// line is already stored and an absent `nextToken`/`nextOffset` really is the end.
+pub async fn logs(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+    Query(q): Query<LogsQuery>,
+) -> Result<Json<Value>> {
+    let id = parse_id(&param(&p, "id"))?;
+    let d = find(&state, &ctx.stack, id).await?;
+    let store = &state.deps.logs;
+    if q.job.is_some() || q.step.is_some() {
+        let job = q.job.unwrap_or(0);
+        if job != 0 {
+            return Err(Error::invalid(format!(
+                "job {job} does not exist: deployments have one job, 0"
+            )));
+        }
+        let step = q
+            .step
+            .ok_or_else(|| Error::invalid("step is required with job"))?;
+        let offset = q.offset.unwrap_or(0);
+        let count = q.count.unwrap_or(100);
+        if step < 0 || offset < 0 {
+            return Err(Error::invalid("step and offset must not be negative"));
+        }
+        if !(1..=499).contains(&count) {
+            return Err(Error::invalid(format!(
+                "count must be between 1 and 499, not {count}"
+            )));
+        }
+        let Some(s) = d.steps.get(step as usize) else {
+            if d.status.is_terminal() {
+                return Err(Error::invalid(format!(
+                    "step {step} does not exist; the deployment has {} steps",
+                    d.steps.len()
+                )));
+            }
+            // Not started yet: nothing to read, but come back.
+            return Ok(Json(
+                json!({ "__type": "DeploymentLogsStep", "name": "", "lines": [], "nextOffset": offset }),
+            ));
+        };
+        let step_done = matches!(
+            s.status,
+            crate::domain::StepStatus::Succeeded | crate::domain::StepStatus::Failed
+        );
+        let entries = store
+            .read_logs(
+                id,
+                LogQuery::Step {
+                    step: step as usize,
+                    offset: offset as usize,
+                    count: count as usize,
+                },
+            )
+            .await?;
+        let mut body = json!({
+            "__type": "DeploymentLogsStep",
+            "name": s.name,
+            "lines": entries.iter().map(wire::step_line).collect::<Vec<_>>(),
+        });
+        if !(step_done && entries.len() < count as usize) {
+            body["nextOffset"] = json!(offset + entries.len() as i64);
+        }
+        return Ok(Json(body));
+    }
+    let after = match q.continuation_token.as_deref() {
+        None | Some("") => 0,
+        Some(t) => t.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            Error::invalid(format!(
+                "'{t}' is not a continuation token from this server"
+            ))
+        })?,
+    };
+    let entries = store
+        .read_logs(
+            id,
+            LogQuery::Stream {
+                after,
+                limit: STREAM_LIMIT,
+            },
+        )
+        .await?;
+    let mut body = json!({
+        "__type": "DeploymentLogs",
+        "lines": entries.iter().map(wire::stream_line).collect::<Vec<_>>(),
+    });
+    let last = entries.last().map_or(after, |e| e.seq);
+    if !(d.status.is_terminal() && entries.len() < STREAM_LIMIT) {
+        body["nextToken"] = json!(last.to_string());
+    }
+    Ok(Json(body))
+}
+
+/// Tarmac records no Pulumi Cloud "updates"; the list is always empty.
+pub async fn updates(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+) -> Result<Json<Value>> {
+    let id = parse_id(&param(&p, "id"))?;
+    find(&state, &ctx.stack, id).await?;
+    Ok(Json(json!([])))
+}
+
+/// A queued deployment becomes `skipped`; a running one is stopped and ends `failed`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+) -> Result<StatusCode> {
+    let id = parse_id(&param(&p, "id"))?;
+    match state
+        .deps
+        .deployments
+        .cancel_deployment(&ctx.stack, id)
+        .await?
+    {
+        CancelOutcome::Dequeued | CancelOutcome::Requested => Ok(StatusCode::NO_CONTENT),
+        CancelOutcome::AlreadyFinished => Err(Error::conflict(format!(
+            "deployment '{id}' has already finished"
+        ))),
+    }
+}

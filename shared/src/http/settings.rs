@@ -1,0 +1,113 @@
+//! `S/deployments/settings`: read, merge (POST), replace (PUT), delete, and encrypt.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::extract::{JsonBody, StackCtx};
+use crate::domain::StackRef;
+use crate::error::{Error, Result};
+use crate::settings::{self, Nulls};
+
+fn respond(stored: &Value, version: i64) -> Response {
+    let mut body = settings::render(stored);
+    if let Value::Object(map) = &mut body {
+        map.insert("version".into(), json!(version));
+        map.insert("source".into(), json!("api"));
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// Read-modify-write with optimistic concurrency: a concurrent writer makes us re-read.
+async fn write(
+    state: &AppState,
+    stack: &StackRef,
+    next: impl Fn(Option<&Value>) -> Value,
+) -> Result<(Value, i64)> {
+    for _ in 0..8 {
+        let current = state.deps.stacks.get_settings(stack).await?;
+        let value = next(current.as_ref().map(|c| &c.settings));
+        match state
+            .deps
+            .stacks
+            .put_settings(stack, &value, current.map_or(0, |c| c.version))
+            .await
+        {
+            Ok(version) => return Ok((value, version)),
+            Err(Error::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::conflict(
+        "the settings are being changed concurrently; retry",
+    ))
+}
+
+pub async fn get(State(state): State<AppState>, ctx: StackCtx) -> Result<Response> {
+    let s = state
+        .deps
+        .stacks
+        .get_settings(&ctx.stack)
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!("stack '{}' has no deployment settings", ctx.stack))
+        })?;
+    Ok(respond(&s.settings, s.version))
+}
+
+/// Merges the body into the settings (creating them, and the stack, if needed). `null`
+/// deletes a key; arrays are replaced.
+pub async fn patch(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    JsonBody(body): JsonBody,
+) -> Result<Response> {
+    let patch = settings::canonicalize(&body, &state.deps.cipher)?;
+    let (stored, version) = write(&state, &ctx.stack, |current| {
+        let base = current.cloned().unwrap_or_else(|| json!({}));
+        settings::merge(&base, &patch, Nulls::Delete)
+    })
+    .await?;
+    Ok(respond(&stored, version))
+}
+
+/// Replaces the settings with the body; anything missing or null is removed.
+pub async fn replace(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    JsonBody(body): JsonBody,
+) -> Result<Response> {
+    let replacement = settings::strip_nulls(&settings::canonicalize(&body, &state.deps.cipher)?);
+    let (stored, version) = write(&state, &ctx.stack, |_| replacement.clone()).await?;
+    Ok(respond(&stored, version))
+}
+
+pub async fn delete(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
+    state.deps.stacks.delete_settings(&ctx.stack).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Encrypts a value for use in settings. Accepts a bare string or any `SecretValue` form.
+pub async fn encrypt(
+    State(state): State<AppState>,
+    _ctx: StackCtx,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    let plaintext = match &body {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(map) => ["secret", "plaintext"].iter().find_map(|k| {
+            map.iter()
+                .find(|(key, v)| key.eq_ignore_ascii_case(k) && !v.is_null())
+                .and_then(|(_, v)| v.as_str().map(str::to_string))
+        }),
+        _ => None,
+    };
+    let plaintext = plaintext
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| Error::invalid("send the value to encrypt as a JSON string or {\"secret\": \"...\"}; it must not be empty"))?;
+    let sealed = state.deps.cipher.seal(&plaintext);
+    Ok(Json(json!({ "secret": sealed, "ciphertext": sealed })))
+}

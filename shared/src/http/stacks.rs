@@ -1,0 +1,153 @@
+//! Stacks, pause and resume, metadata, and the caller's identity.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::extract::{Auth, JsonBody, OrgCtx, Params, StackCtx, authorize, param};
+use super::wire;
+use crate::domain::{JobStatus, Role, StackRef};
+use crate::error::{Error, Result};
+
+pub async fn current_user(Auth(p): Auth) -> Json<Value> {
+    Json(json!({
+        "name": p.token_name,
+        "githubLogin": p.token_name,
+        "avatarUrl": "",
+        "organizations": [{ "githubLogin": p.org, "name": p.org }],
+    }))
+}
+
+/// `POST /api/stacks/{org}/{project}` with `{"stackName"}`: 200, or 409 if it exists.
+pub async fn create_stack(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Params(params): Params,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    let org = param(&params, "org");
+    let project = param(&params, "project");
+    authorize(&p, &org, Role::Write, || {
+        Error::not_found(format!("organization '{org}' not found"))
+    })?;
+    let name = body
+        .as_object()
+        .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("stackName")))
+        .and_then(|(_, v)| v.as_str())
+        .ok_or_else(|| Error::invalid("stackName is required"))?;
+    let stack = StackRef::new(&org, &project, name)?;
+    state.deps.stacks.create_stack(&stack).await?;
+    Ok(Json(
+        json!({ "orgName": stack.org, "projectName": stack.project, "stackName": stack.stack }),
+    ))
+}
+
+/// Deletes the stack, its settings, deployments, logs and (embedded) engine state.
+pub async fn delete_stack(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
+    state.deps.stacks.delete_stack(&ctx.stack).await?;
+    if let Some(root) = &state.deps.state_dir {
+        let dir = root
+            .join(&ctx.stack.org)
+            .join(&ctx.stack.project)
+            .join(&ctx.stack.stack);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "could not remove a deleted stack's state");
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn export(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
+    let outputs = state
+        .deps
+        .stacks
+        .get_outputs(&ctx.stack)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("stack '{}' not found", ctx.stack)))?;
+    Ok(Json(wire::export(&ctx.stack, &outputs)))
+}
+
+pub async fn pause_stack(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
+    set_stack_paused(&state, &ctx.stack, true).await
+}
+
+pub async fn resume_stack(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
+    set_stack_paused(&state, &ctx.stack, false).await
+}
+
+async fn set_stack_paused(state: &AppState, stack: &StackRef, paused: bool) -> Result<StatusCode> {
+    state
+        .deps
+        .stacks
+        .set_stack_paused(stack, paused)
+        .await
+        .map_err(|e| match e {
+            Error::NotFound(_) => Error::not_found(format!("stack '{stack}' not found")),
+            other => other,
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn stack_metadata(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
+    let stack_paused = state
+        .deps
+        .stacks
+        .stack_paused(&ctx.stack)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("stack '{}' not found", ctx.stack)))?;
+    let org_paused = state.deps.orgs.org_state(&ctx.stack.org).await?.paused;
+    Ok(Json(json!({
+        "paused": stack_paused || org_paused,
+        "stackPaused": stack_paused,
+        "organizationPaused": org_paused,
+        "hasSchedules": false,
+    })))
+}
+
+/// There is no dependency cache to clear; accepted for compatibility.
+pub async fn clear_cache(ctx: StackCtx) -> StatusCode {
+    let _ = ctx;
+    StatusCode::NO_CONTENT
+}
+
+fn require_admin(ctx: &OrgCtx) -> Result<()> {
+    authorize(&ctx.principal, &ctx.org, Role::Admin, || {
+        Error::not_found("organization not found")
+    })
+}
+
+pub async fn pause_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
+    require_admin(&ctx)?;
+    state.deps.orgs.set_org_paused(&ctx.org, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn resume_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
+    require_admin(&ctx)?;
+    state.deps.orgs.set_org_paused(&ctx.org, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn org_metadata(State(state): State<AppState>, ctx: OrgCtx) -> Result<Json<Value>> {
+    let s = state.deps.orgs.org_state(&ctx.org).await?;
+    let n = |status: JobStatus| s.counts.0.get(&status).copied().unwrap_or(0);
+    let total: u64 = s.counts.0.values().sum();
+    Ok(Json(json!({
+        "paused": s.paused,
+        "pausedStacks": s.paused_stacks,
+        "concurrency": state.deps.concurrency,
+        "deploymentCounts": {
+            "notStarted": n(JobStatus::NotStarted),
+            "accepted": n(JobStatus::Accepted),
+            "running": n(JobStatus::Running),
+            "failed": n(JobStatus::Failed),
+            "succeeded": n(JobStatus::Succeeded),
+            "skipped": n(JobStatus::Skipped),
+            "total": total,
+        },
+    })))
+}

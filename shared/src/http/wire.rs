@@ -1,0 +1,152 @@
+//! Response bodies in Pulumi's wire shapes (reference §5 and Appendix D). Every field the SDK
+//! requires is always present.
+
+use serde_json::{Value, json};
+
+use crate::domain::time_fmt::{pulumi_datetime, rfc3339, rfc3339_or_zero};
+use crate::domain::{Deployment, LogEntry};
+use crate::settings::EnvValue;
+
+pub fn user_info(name: &str) -> Value {
+    json!({ "name": name, "githubLogin": name, "avatarUrl": "" })
+}
+
+pub fn job(d: &Deployment) -> Value {
+    let steps: Vec<Value> = d
+        .steps
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "status": s.status,
+                "started": rfc3339_or_zero(s.started),
+                "lastUpdated": rfc3339_or_zero(s.last_updated),
+            })
+        })
+        .collect();
+    json!({
+        "status": d.status,
+        "started": rfc3339_or_zero(d.started),
+        "lastUpdated": rfc3339(d.modified),
+        "steps": steps,
+    })
+}
+
+/// `configuration`: environment variables as a list (secret values left out) and the source,
+/// with `repoURL` spelled as `DeploymentSourceGit` requires.
+fn configuration(d: &Deployment) -> Value {
+    let env_vars: Vec<Value> = d.config["operationContext"]["environmentVariables"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(
+                    |(name, v)| match serde_json::from_value::<EnvValue>(v.clone()) {
+                        Ok(EnvValue::Plain(value)) => {
+                            json!({ "name": name, "value": value, "secret": false })
+                        }
+                        _ => json!({ "name": name, "secret": true }),
+                    },
+                )
+                .collect()
+        })
+        .unwrap_or_default();
+    let git = &d.config["sourceContext"]["git"];
+    let repo = git["repoUrl"].as_str().map(str::to_string).or_else(|| {
+        d.config["gitHub"]["repository"]
+            .as_str()
+            .map(|r| format!("https://github.com/{r}.git"))
+    });
+    let mut out = json!({ "environmentVariables": env_vars });
+    if let Some(repo) = repo {
+        let mut src = json!({ "repoURL": repo });
+        for key in ["branch", "repoDir", "commit"] {
+            if let Some(v) = git[key].as_str() {
+                src[key] = json!(v);
+            }
+        }
+        out["source"] = json!({ "git": src });
+    }
+    out
+}
+
+/// `GetDeploymentResponse`.
+pub fn deployment(d: &Deployment) -> Value {
+    json!({
+        "id": d.id,
+        "created": pulumi_datetime(d.created),
+        "modified": pulumi_datetime(d.modified),
+        "status": d.status,
+        "version": d.version,
+        "latestVersion": d.latest_version,
+        "requestedBy": user_info(&d.requested_by),
+        "jobs": [job(d)],
+        "configuration": configuration(d),
+        "initiator": d.initiator,
+        "pulumiOperation": d.operation,
+        "projectName": d.stack.project,
+        "stackName": d.stack.stack,
+    })
+}
+
+/// `ListDeploymentSnapshot`.
+pub fn snapshot(d: &Deployment) -> Value {
+    json!({
+        "id": d.id,
+        "created": pulumi_datetime(d.created),
+        "modified": pulumi_datetime(d.modified),
+        "status": d.status,
+        "version": d.version,
+        "requestedBy": user_info(&d.requested_by),
+        "projectName": d.stack.project,
+        "stackName": d.stack.stack,
+        "paused": d.stack_paused,
+        "pulumiOperation": d.operation,
+        "updates": [],
+        "jobs": [job(d)],
+        "initiator": d.initiator,
+    })
+}
+
+/// A streaming-mode log entry: a header marks a new step.
+pub fn stream_line(e: &LogEntry) -> Value {
+    match (&e.header, &e.line) {
+        (Some(h), _) => json!({ "header": h, "timestamp": rfc3339(e.timestamp) }),
+        (None, line) => {
+            json!({ "timestamp": rfc3339(e.timestamp), "line": line.clone().unwrap_or_default() })
+        }
+    }
+}
+
+pub fn step_line(e: &LogEntry) -> Value {
+    json!({ "timestamp": rfc3339(e.timestamp), "line": e.line.clone().unwrap_or_default() })
+}
+
+/// A stack's outputs in the export shape that clients read them from. Secret outputs use
+/// Pulumi's secret signature, with the sealed value as ciphertext.
+pub fn export(stack: &crate::domain::StackRef, outputs: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    if let Some(map) = outputs.as_object() {
+        for (k, v) in map {
+            let rendered = match (v.get("value"), v.get("secret")) {
+                (Some(value), _) => value.clone(),
+                (None, Some(sealed)) => json!({
+                    "4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270",
+                    "ciphertext": sealed,
+                }),
+                _ => Value::Null,
+            };
+            out.insert(k.clone(), rendered);
+        }
+    }
+    let urn = format!(
+        "urn:pulumi:{}::{}::pulumi:pulumi:Stack::{}-{}",
+        stack.stack, stack.project, stack.project, stack.stack
+    );
+    json!({
+        "version": 3,
+        "deployment": {
+            "manifest": { "time": rfc3339(time::OffsetDateTime::now_utc()), "magic": "", "version": "" },
+            "resources": [{ "urn": urn, "custom": false, "type": "pulumi:pulumi:Stack", "outputs": out }],
+        },
+    })
+}

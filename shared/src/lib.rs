@@ -1,0 +1,22 @@
+//! Tarmac: a self-hosted deployments platform for infrastructure-as-code stacks, wire-compatible
+//! with Pulumi Cloud's Deployments API.
+//!
+//! The domain and settings logic sit in the middle; `ports` are what they need from storage;
+//! `sqlite` is the embedded adapter; `http` is the one router; `runner` and `worker` execute
+//! deployments; `serve` and `deps` wire it together.
+#![forbid(unsafe_code)]
+
+pub mod crypto;
+pub mod deps;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod ports;
+pub mod runner;
+pub mod serve;
+pub mod settings;
+pub mod sqlite;
+pub mod telemetry;
+pub mod worker;
+
+pub use error::{Error, Result};

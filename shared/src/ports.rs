@@ -1,0 +1,181 @@
+//! The ports: what the API and the workers need from storage, as narrow object-safe traits.
+//!
+//! Each has an embedded adapter (SQLite, in `crate::sqlite`). No storage type crosses a port.
+//! Contracts on absent items and lost races are written on each method.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::*;
+use crate::error::Result;
+
+/// Settings as stored, with the write counter that the API reports as `version`.
+#[derive(Debug, Clone)]
+pub struct VersionedSettings {
+    pub settings: Value,
+    pub version: i64,
+}
+
+/// Stacks, their settings, pause flags and recorded outputs.
+#[async_trait]
+pub trait StackStore: Send + Sync {
+    /// Creates a stack. `Error::Conflict` if it exists.
+    async fn create_stack(&self, stack: &StackRef) -> Result<()>;
+
+    /// Whether the stack exists.
+    async fn stack_exists(&self, stack: &StackRef) -> Result<bool>;
+
+    /// Deletes the stack with its settings, deployments and logs. `Error::NotFound` if absent;
+    /// `Error::Conflict` if a deployment is accepted or running (cancel it first).
+    async fn delete_stack(&self, stack: &StackRef) -> Result<()>;
+
+    /// `None` if the stack or its settings do not exist.
+    async fn get_settings(&self, stack: &StackRef) -> Result<Option<VersionedSettings>>;
+
+    /// Stores `settings` if the current settings version is `expected` (0: none stored yet),
+    /// creating the stack if needed, and returns the new version. A lost race returns
+    /// `Error::Conflict`; the caller re-reads and retries.
+    async fn put_settings(&self, stack: &StackRef, settings: &Value, expected: i64) -> Result<i64>;
+
+    /// Removes the settings. Returns whether there were any. `Error::NotFound` if no stack.
+    async fn delete_settings(&self, stack: &StackRef) -> Result<bool>;
+
+    /// Sets the stack's pause flag. `Error::NotFound` if the stack does not exist.
+    async fn set_stack_paused(&self, stack: &StackRef, paused: bool) -> Result<()>;
+
+    /// `None` if the stack does not exist; `Some(false)`/`Some(true)` otherwise.
+    async fn stack_paused(&self, stack: &StackRef) -> Result<Option<bool>>;
+
+    /// The outputs recorded by the last successful run that records them; `None` if no stack.
+    async fn get_outputs(&self, stack: &StackRef) -> Result<Option<Value>>;
+}
+
+/// Orgs' pause flags and deployment counts. Orgs exist implicitly, through their tokens.
+#[async_trait]
+pub trait OrgStore: Send + Sync {
+    async fn set_org_paused(&self, org: &str, paused: bool) -> Result<()>;
+    async fn org_state(&self, org: &str) -> Result<OrgState>;
+}
+
+/// API tokens. Only hashes are stored.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    async fn create_token(&self, hash: &str, org: &str, role: Role, name: &str) -> Result<()>;
+    /// `None` if no token has this hash.
+    async fn find_token(&self, hash: &str) -> Result<Option<Principal>>;
+    async fn token_count(&self) -> Result<u64>;
+}
+
+/// Deployments as the API sees them.
+#[async_trait]
+pub trait DeploymentStore: Send + Sync {
+    /// Creates the stack if needed, assigns the next per-stack version atomically, and stores
+    /// the deployment as `not-started`. In the embedded backend this one transaction is also
+    /// the enqueue.
+    async fn create_deployment(&self, new: NewDeployment) -> Result<Deployment>;
+
+    /// `None` if the stack has no deployment with this id.
+    async fn get_deployment(&self, stack: &StackRef, id: Uuid) -> Result<Option<Deployment>>;
+
+    /// `None` if the stack has no deployment with this version.
+    async fn get_deployment_by_version(
+        &self,
+        stack: &StackRef,
+        version: i64,
+    ) -> Result<Option<Deployment>>;
+
+    /// A stack's deployments, newest first unless `page.ascending`. Empty if no stack.
+    async fn list_stack_deployments(
+        &self,
+        stack: &StackRef,
+        page: PageRequest,
+    ) -> Result<Page<Deployment>>;
+
+    /// Every deployment in an org, newest first unless `page.ascending`.
+    async fn list_org_deployments(&self, org: &str, page: PageRequest) -> Result<Page<Deployment>>;
+
+    /// Cancels a deployment: a queued one becomes `skipped`, a running one is flagged for its
+    /// worker. `Error::NotFound` if the stack has no such deployment.
+    async fn cancel_deployment(&self, stack: &StackRef, id: Uuid) -> Result<CancelOutcome>;
+}
+
+/// A deployment a worker holds, with what it needs to run it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub deployment: Deployment,
+}
+
+/// What a worker learns when it renews its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub cancel_requested: bool,
+}
+
+/// The worker's side: claiming, leases, steps, logs and terminal states.
+///
+/// Every method that takes a `Lease` is conditional on the deployment still being held under
+/// it; if the lease was lost (expired and reaped, or taken by another worker) it returns
+/// `Error::Conflict` and changes nothing.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Claims the oldest deployment that may start: `not-started`, first in its stack's queue,
+    /// its stack and org not paused, and no other deployment of its stack accepted or running.
+    /// Queued deployments that `skipIntermediateDeployments` makes redundant are marked
+    /// `skipped` on the way. The claim moves the deployment to `accepted` under `lease` and takes
+    /// the stack's run slot. `None` if nothing may start.
+    async fn claim_next(&self, lease: &Lease) -> Result<Option<Claimed>>;
+
+    /// `accepted` → `running`.
+    async fn mark_running(&self, id: Uuid, lease: &Lease) -> Result<()>;
+
+    /// Extends the lease by its ttl, and reports whether a cancel was requested.
+    async fn heartbeat(&self, id: Uuid, lease: &Lease) -> Result<Heartbeat>;
+
+    /// Starts a new step (status `running`) and returns its index.
+    async fn start_step(&self, id: Uuid, lease: &Lease, name: &str) -> Result<usize>;
+
+    /// Sets a step's terminal status.
+    async fn finish_step(
+        &self,
+        id: Uuid,
+        lease: &Lease,
+        step: usize,
+        status: StepStatus,
+    ) -> Result<()>;
+
+    /// Appends log lines. Lines of one call keep their order.
+    async fn append_logs(&self, id: Uuid, lease: &Lease, lines: &[LogLine]) -> Result<()>;
+
+    /// Records the stack's outputs (`Value::Null` clears them).
+    async fn record_outputs(&self, id: Uuid, lease: &Lease, outputs: &Value) -> Result<()>;
+
+    /// Moves the deployment to a terminal status, releases the stack's slot and ends the lease.
+    async fn finish(&self, id: Uuid, lease: &Lease, status: JobStatus) -> Result<()>;
+
+    /// Fails every deployment whose lease expired before `now` (its worker died), with a log
+    /// line saying so, and skips those queued since before `queue_expiry`. Returns the ids it
+    /// changed.
+    async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Uuid>>;
+}
+
+/// Which part of a deployment's log to read.
+#[derive(Debug, Clone, Copy)]
+pub enum LogQuery {
+    /// Entries after `after` (a sequence number; 0 for the start), at most `limit`.
+    Stream { after: i64, limit: usize },
+    /// Lines `offset..offset+count` of one step (header entries excluded).
+    Step {
+        step: usize,
+        offset: usize,
+        count: usize,
+    },
+}
+
+/// Reading logs.
+#[async_trait]
+pub trait LogStore: Send + Sync {
+    /// Entries for the query, in order. Empty if none.
+    async fn read_logs(&self, id: Uuid, query: LogQuery) -> Result<Vec<LogEntry>>;
+}

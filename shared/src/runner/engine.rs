@@ -1,0 +1,326 @@
+//! IaC engines: detection from the program directory, and each operation's commands.
+
+use std::path::{Path, PathBuf};
+
+use crate::domain::Operation;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Pulumi,
+    Terraform,
+    Tofu,
+}
+
+impl Engine {
+    pub fn binary(self) -> &'static str {
+        match self {
+            Engine::Pulumi => "pulumi",
+            Engine::Terraform => "terraform",
+            Engine::Tofu => "tofu",
+        }
+    }
+
+    fn named(name: &str) -> Option<Self> {
+        match name {
+            "pulumi" => Some(Engine::Pulumi),
+            "terraform" => Some(Engine::Terraform),
+            "tofu" => Some(Engine::Tofu),
+            _ => None,
+        }
+    }
+}
+
+/// Finds `program` on a `PATH` value, as the child's shell would.
+pub fn which(program: &str, path_env: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path_env)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// Picks the engine: an explicit override, else `Pulumi.yaml` means pulumi, and `*.tf` means
+/// tofu when it is on the child's `PATH`, else terraform.
+pub fn detect(dir: &Path, explicit: Option<&str>, path_env: &str) -> Result<Engine, String> {
+    if let Some(name) = explicit {
+        return Engine::named(name).ok_or_else(|| format!("unknown engine '{name}'"));
+    }
+    if dir.join("Pulumi.yaml").is_file() || dir.join("Pulumi.yml").is_file() {
+        return Ok(Engine::Pulumi);
+    }
+    let has_tf = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .any(|e| e.path().extension().is_some_and(|x| x == "tf"));
+    if has_tf {
+        return Ok(if which("tofu", path_env).is_some() {
+            Engine::Tofu
+        } else {
+            Engine::Terraform
+        });
+    }
+    Err(format!(
+        "no IaC program found in {}: expected Pulumi.yaml or *.tf files (set sourceContext.git.repoDir?)",
+        dir.display()
+    ))
+}
+
+/// The commands of one operation, in order. Each is `argv` without the binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub commands: Vec<Vec<String>>,
+    /// An exit code of the last command that means "drift found", not failure.
+    pub drift_exit_code: Option<i32>,
+}
+
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+pub fn plan(engine: Engine, op: Operation, stack: &str) -> Plan {
+    match engine {
+        Engine::Terraform | Engine::Tofu => {
+            let init = argv(&["init", "-input=false", "-no-color"]);
+            let (main, drift) = match op {
+                Operation::Update | Operation::RemediateDrift => (
+                    argv(&["apply", "-auto-approve", "-input=false", "-no-color"]),
+                    None,
+                ),
+                Operation::Preview => (argv(&["plan", "-input=false", "-no-color"]), None),
+                Operation::Refresh => (
+                    argv(&[
+                        "apply",
+                        "-refresh-only",
+                        "-auto-approve",
+                        "-input=false",
+                        "-no-color",
+                    ]),
+                    None,
+                ),
+                Operation::Destroy => (
+                    argv(&["destroy", "-auto-approve", "-input=false", "-no-color"]),
+                    None,
+                ),
+                // `plan` refreshes first; exit code 2 means the refreshed state differs from the
+                // program, i.e. drift.
+                Operation::DetectDrift => (
+                    argv(&["plan", "-detailed-exitcode", "-input=false", "-no-color"]),
+                    Some(2),
+                ),
+            };
+            Plan {
+                commands: vec![init, main],
+                drift_exit_code: drift,
+            }
+        }
+        Engine::Pulumi => {
+            let select = vec![
+                "stack".into(),
+                "select".into(),
+                "--create".into(),
+                "--non-interactive".into(),
+                stack.to_string(),
+            ];
+            let main = match op {
+                Operation::Update => argv(&["up", "--yes", "--skip-preview", "--non-interactive"]),
+                Operation::Preview => argv(&["preview", "--non-interactive"]),
+                Operation::Refresh => argv(&["refresh", "--yes", "--non-interactive"]),
+                Operation::Destroy => argv(&["destroy", "--yes", "--non-interactive"]),
+                Operation::DetectDrift => argv(&[
+                    "preview",
+                    "--refresh",
+                    "--expect-no-changes",
+                    "--non-interactive",
+                ]),
+                Operation::RemediateDrift => argv(&[
+                    "up",
+                    "--refresh",
+                    "--yes",
+                    "--skip-preview",
+                    "--non-interactive",
+                ]),
+            };
+            // Pulumi reports unexpected changes as a plain failure, so drift and error cannot
+            // be told apart by exit code.
+            Plan {
+                commands: vec![select, main],
+                drift_exit_code: None,
+            }
+        }
+    }
+}
+
+/// Whether an operation's success changes what the stack's outputs are.
+pub fn records_outputs(op: Operation) -> bool {
+    matches!(
+        op,
+        Operation::Update | Operation::Refresh | Operation::Destroy | Operation::RemediateDrift
+    )
+}
+
+/// The command that prints the stack's outputs as JSON.
+pub fn outputs_command(engine: Engine, show_secrets: bool) -> Vec<String> {
+    match engine {
+        Engine::Terraform | Engine::Tofu => argv(&["output", "-json", "-no-color"]),
+        Engine::Pulumi if show_secrets => argv(&["stack", "output", "--json", "--show-secrets"]),
+        Engine::Pulumi => argv(&["stack", "output", "--json"]),
+    }
+}
+
+/// Terraform's outputs as `name -> value`, with sensitive ones marked for sealing.
+pub fn parse_terraform_outputs(
+    raw: &[u8],
+) -> Result<Vec<(String, serde_json::Value, bool)>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(raw).map_err(|e| format!("unreadable output JSON: {e}"))?;
+    let map = v.as_object().ok_or("output JSON is not an object")?;
+    Ok(map
+        .iter()
+        .map(|(k, o)| {
+            let sensitive = o
+                .get("sensitive")
+                .and_then(|s| s.as_bool())
+                .unwrap_or(false);
+            (
+                k.clone(),
+                o.get("value").cloned().unwrap_or_default(),
+                sensitive,
+            )
+        })
+        .collect())
+}
+
+/// Pulumi's outputs, from the same command with and without `--show-secrets`: a value shown as
+/// `[secret]` only in the second is a secret.
+pub fn parse_pulumi_outputs(
+    shown: &[u8],
+    masked: &[u8],
+) -> Result<Vec<(String, serde_json::Value, bool)>, String> {
+    let shown: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(shown).map_err(|e| format!("unreadable output JSON: {e}"))?;
+    let masked: serde_json::Value = serde_json::from_slice(masked).unwrap_or_default();
+    Ok(shown
+        .into_iter()
+        .map(|(k, v)| {
+            let secret = masked.get(&k).and_then(|m| m.as_str()) == Some("[secret]");
+            (k, v, secret)
+        })
+        .collect())
+}
+
+/// A backend override that keeps Terraform state in Tarmac's per-stack state directory.
+pub fn terraform_backend_override(state_file: &Path) -> String {
+    format!(
+        "# Written by Tarmac: state for this stack lives in its data directory.\nterraform {{\n  backend \"local\" {{\n    path = {}\n  }}\n}}\n",
+        serde_json::Value::String(state_file.display().to_string())
+    )
+}
+
+/// Whether a Terraform program configures its own backend (then Tarmac leaves state to it).
+pub fn declares_backend(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "tf"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .any(|text| {
+            text.lines().any(|l| {
+                l.trim_start().starts_with("backend ") || l.trim_start().starts_with("cloud ")
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection_prefers_pulumi_then_tofu_then_terraform() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = tempfile::tempdir().unwrap();
+        let path = bin.path().display().to_string();
+        assert!(
+            detect(dir.path(), None, &path)
+                .unwrap_err()
+                .contains("no IaC program")
+        );
+        std::fs::write(dir.path().join("main.tf"), "").unwrap();
+        assert_eq!(detect(dir.path(), None, &path), Ok(Engine::Terraform));
+        let tofu = bin.path().join("tofu");
+        std::fs::write(&tofu, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tofu, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(detect(dir.path(), None, &path), Ok(Engine::Tofu));
+        std::fs::write(dir.path().join("Pulumi.yaml"), "name: x\n").unwrap();
+        assert_eq!(detect(dir.path(), None, &path), Ok(Engine::Pulumi));
+        assert_eq!(
+            detect(dir.path(), Some("terraform"), &path),
+            Ok(Engine::Terraform)
+        );
+    }
+
+    #[test]
+    fn operations_map_to_design_commands() {
+        let p = plan(Engine::Terraform, Operation::DetectDrift, "dev");
+        assert_eq!(p.commands[0][0], "init");
+        assert_eq!(p.commands[1][..2], ["plan", "-detailed-exitcode"]);
+        assert_eq!(p.drift_exit_code, Some(2));
+        assert_eq!(
+            plan(Engine::Tofu, Operation::Refresh, "dev").commands[1][..2],
+            ["apply", "-refresh-only"]
+        );
+        assert_eq!(
+            plan(Engine::Terraform, Operation::Destroy, "dev").commands[1][0],
+            "destroy"
+        );
+        let p = plan(Engine::Pulumi, Operation::Update, "dev");
+        assert_eq!(
+            p.commands[0],
+            ["stack", "select", "--create", "--non-interactive", "dev"]
+        );
+        assert_eq!(p.commands[1][..3], ["up", "--yes", "--skip-preview"]);
+        assert_eq!(
+            plan(Engine::Pulumi, Operation::DetectDrift, "dev").commands[1][..3],
+            ["preview", "--refresh", "--expect-no-changes"]
+        );
+        assert_eq!(
+            plan(Engine::Pulumi, Operation::RemediateDrift, "dev").commands[1][..3],
+            ["up", "--refresh", "--yes"]
+        );
+    }
+
+    #[test]
+    fn outputs_parse_with_sensitivity() {
+        let tf = br#"{"a":{"sensitive":false,"type":"string","value":"x"},"s":{"sensitive":true,"type":"string","value":"pw"}}"#;
+        let mut got = parse_terraform_outputs(tf).unwrap();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got[0], ("a".into(), serde_json::json!("x"), false));
+        assert_eq!(got[1], ("s".into(), serde_json::json!("pw"), true));
+        let got =
+            parse_pulumi_outputs(br#"{"k":"pw","u":"url"}"#, br#"{"k":"[secret]","u":"url"}"#)
+                .unwrap();
+        assert!(got.iter().any(|(k, _, s)| k == "k" && *s));
+        assert!(got.iter().any(|(k, _, s)| k == "u" && !*s));
+    }
+
+    #[test]
+    fn backend_detection_reads_terraform_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("main.tf"),
+            "resource \"terraform_data\" \"x\" {}\n",
+        )
+        .unwrap();
+        assert!(!declares_backend(dir.path()));
+        std::fs::write(
+            dir.path().join("backend.tf"),
+            "terraform {\n  backend \"s3\" {}\n}\n",
+        )
+        .unwrap();
+        assert!(declares_backend(dir.path()));
+    }
+}

@@ -1,0 +1,134 @@
+//! Running one child process: a clean environment, its own process group, output into the run
+//! log line by line, and a stop that terminates the whole group, then kills it after a grace.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::logs::RunLog;
+
+/// A command to run. `env` is the child's whole environment: nothing is inherited.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code (a signal death counts as -1).
+    Code(i32),
+    /// The stop token fired and the process group was terminated.
+    Stopped,
+    /// It could not be started.
+    SpawnFailed(String),
+}
+
+/// What to do with stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdout {
+    Log,
+    /// Kept in memory and returned, never logged (e.g. `terraform output -json`).
+    Capture,
+}
+
+pub struct Output {
+    pub exit: Exit,
+    pub stdout: Vec<u8>,
+}
+
+/// Runs `spec`, logging into `step`. Stops the process group when `stop` fires.
+pub async fn run(
+    spec: &CommandSpec,
+    log: &RunLog,
+    step: usize,
+    stdout_mode: Stdout,
+    stop: &CancellationToken,
+    grace: Duration,
+) -> Output {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so a stop reaches everything it started (shells, engine plugins).
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("could not start {}: {e}", spec.program);
+            return Output {
+                exit: Exit::SpawnFailed(msg),
+                stdout: vec![],
+            };
+        }
+    };
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let out_task = {
+        let pipe = child.stdout.take().expect("stdout is piped");
+        let log = log.clone();
+        tokio::spawn(async move { pump(pipe, log, step, stdout_mode == Stdout::Capture).await })
+    };
+    let err_task = {
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let log = log.clone();
+        tokio::spawn(async move { pump(pipe, log, step, false).await })
+    };
+
+    let signal_group = |sig: Signal| {
+        if let Some(pgid) = pgid {
+            // ESRCH (the group is gone) is the expected, harmless case.
+            let _ = killpg(pgid, sig);
+        }
+    };
+    let exit = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => Exit::Code(s.code().unwrap_or(-1)),
+            Err(e) => Exit::SpawnFailed(format!("waiting for {}: {e}", spec.program)),
+        },
+        _ = stop.cancelled() => {
+            signal_group(Signal::SIGTERM);
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                signal_group(Signal::SIGKILL);
+                let _ = child.wait().await;
+            }
+            Exit::Stopped
+        }
+    };
+    // Anything the command left running in its group goes with it; this also closes the pipes
+    // such leftovers would hold open.
+    signal_group(Signal::SIGKILL);
+    let stdout = match tokio::time::timeout(Duration::from_secs(5), out_task).await {
+        Ok(Ok(bytes)) => bytes,
+        _ => vec![],
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), err_task).await;
+    Output { exit, stdout }
+}
+
+async fn pump(pipe: impl AsyncRead + Unpin, log: RunLog, step: usize, capture: bool) -> Vec<u8> {
+    let mut reader = BufReader::new(pipe);
+    let mut captured = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return captured,
+            Ok(_) if capture => captured.extend_from_slice(&buf),
+            Ok(_) => log.line(step, &String::from_utf8_lossy(&buf)).await,
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Getting the source: which URLs may be cloned, the clone commands, and credentials passed
+//! through the environment (never on a command line, where other users could read them).
+
+use base64::Engine as _;
+
+use crate::error::{Error, Result};
+use crate::settings::RunSpec;
+
+/// Refuses URLs whose transport could reach outside the intended remote: `ext::` runs commands,
+/// and local paths or `file://` read the server's own disk unless the operator allows it.
+pub fn validate_repo_url(url: &str, allow_local: bool) -> Result<()> {
+    let lower = url.to_ascii_lowercase();
+    let remote = ["https://", "http://", "ssh://", "git://"]
+        .iter()
+        .any(|p| lower.starts_with(p));
+    // scp-like `user@host:path`.
+    let scp = !lower.contains("://")
+        && url
+            .split_once(':')
+            .is_some_and(|(host, _)| host.contains('@') && !host.contains('/'));
+    let local = lower.starts_with("file://") || url.starts_with('/');
+    if url.starts_with('-') {
+        return Err(Error::invalid(format!(
+            "repository URL '{url}' is not valid"
+        )));
+    }
+    if remote || scp || (local && allow_local) {
+        return Ok(());
+    }
+    if local {
+        return Err(Error::invalid(format!(
+            "repository URL '{url}' is on the server's own disk; the server must be started with --allow-local-repos to clone it"
+        )));
+    }
+    Err(Error::invalid(format!(
+        "repository URL '{url}' has an unsupported scheme: use https://, ssh:// or git@host:path"
+    )))
+}
+
+/// Git protocols a clone may use, given the same policy as `validate_repo_url`.
+pub fn allowed_protocols(allow_local: bool) -> &'static str {
+    if allow_local {
+        "https:http:ssh:git:file"
+    } else {
+        "https:http:ssh:git"
+    }
+}
+
+fn short_ref<'a>(r: &'a str, prefix: &str) -> &'a str {
+    r.strip_prefix(prefix).unwrap_or(r)
+}
+
+/// The git invocations that put the source into `dest`, in order.
+pub fn clone_commands(spec: &RunSpec, dest: &str) -> Vec<Vec<String>> {
+    let url = spec.repo_url.clone();
+    let args = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    if let Some(commit) = &spec.commit {
+        // A commit may not be at any ref's tip, so fetch the history and check it out.
+        return vec![
+            args(&["clone", "--quiet", "--no-checkout", "--", &url, dest]),
+            args(&["-C", dest, "checkout", "--quiet", "--detach", commit]),
+        ];
+    }
+    let reference = spec
+        .tag
+        .as_deref()
+        .map(|t| short_ref(t, "refs/tags/"))
+        .or(spec.branch.as_deref().map(|b| short_ref(b, "refs/heads/")));
+    match reference {
+        Some(r) => vec![args(&[
+            "clone",
+            "--quiet",
+            "--depth",
+            "1",
+            "--single-branch",
+            "--branch",
+            r,
+            "--",
+            &url,
+            dest,
+        ])],
+        None => vec![args(&[
+            "clone", "--quiet", "--depth", "1", "--", &url, dest,
+        ])],
+    }
+}
+
+/// Credentials for HTTP remotes, as git config passed through the environment. `None` when the
+/// settings carry no token or basic credentials.
+pub fn http_auth_env(user: &str, password: &str) -> Vec<(String, String)> {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    vec![
+        ("GIT_CONFIG_COUNT".into(), "1".into()),
+        ("GIT_CONFIG_KEY_0".into(), "http.extraHeader".into()),
+        (
+            "GIT_CONFIG_VALUE_0".into(),
+            format!("Authorization: Basic {basic}"),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_against_the_local_policy() {
+        for ok in [
+            "https://github.com/o/r.git",
+            "ssh://git@h/r",
+            "git@github.com:o/r.git",
+        ] {
+            assert!(validate_repo_url(ok, false).is_ok(), "{ok}");
+        }
+        assert!(
+            validate_repo_url("file:///srv/r", false)
+                .unwrap_err()
+                .to_string()
+                .contains("--allow-local-repos")
+        );
+        assert!(validate_repo_url("file:///srv/r", true).is_ok());
+        for bad in [
+            "ext::sh -c touch% /tmp/x",
+            "-uhttps://x",
+            "ftp://x/y",
+            "relative/path",
+        ] {
+            assert!(validate_repo_url(bad, true).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clone_follows_commit_then_tag_then_branch() {
+        let mut spec = RunSpec {
+            repo_url: "https://h/r.git".into(),
+            branch: Some("refs/heads/main".into()),
+            ..Default::default()
+        };
+        assert!(clone_commands(&spec, "src")[0].contains(&"main".to_string()));
+        spec.tag = Some("refs/tags/v1".into());
+        assert!(clone_commands(&spec, "src")[0].contains(&"v1".to_string()));
+        spec.commit = Some("abc123".into());
+        let cmds = clone_commands(&spec, "src");
+        assert_eq!(cmds.len(), 2);
+        assert_eq!(cmds[1].last().unwrap(), "abc123");
+    }
+}

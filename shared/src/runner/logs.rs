@@ -1,0 +1,165 @@
+//! The path from a child process's output to the log store: masking, then batching.
+//!
+//! Lines go through a channel to one flusher task per run, which writes them in batches so a
+//! chatty engine costs a few transactions a second, not one per line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::domain::{Lease, LogLine};
+use crate::ports::RunStore;
+
+/// Replaces every secret value with `[secret]`.
+#[derive(Debug, Clone, Default)]
+pub struct Masker {
+    needles: Vec<String>,
+}
+
+pub const MASK: &str = "[secret]";
+
+impl Masker {
+    /// Secrets of one character are not masked: masking every `1` or `a` would hide the log and
+    /// protect nothing.
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+        let mut needles = Vec::new();
+        for s in secrets {
+            // A multi-line secret (a private key) is also masked line by line, since output is
+            // read one line at a time.
+            for part in std::iter::once(s.as_str()).chain(s.lines()) {
+                let part = part.trim();
+                if part.len() > 1 && !needles.iter().any(|n| n == part) {
+                    needles.push(part.to_string());
+                }
+            }
+        }
+        // Longest first, so a secret containing another is masked whole.
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        Self { needles }
+    }
+
+    pub fn mask(&self, line: &str) -> String {
+        let mut out = line.to_string();
+        for n in &self.needles {
+            if out.contains(n.as_str()) {
+                out = out.replace(n.as_str(), MASK);
+            }
+        }
+        out
+    }
+}
+
+enum Msg {
+    Line(LogLine),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A run's log writer. Cheap to clone; every clone feeds the same flusher.
+#[derive(Clone)]
+pub struct RunLog {
+    tx: mpsc::Sender<Msg>,
+    masker: Arc<Masker>,
+}
+
+const BATCH: usize = 256;
+const LINGER: Duration = Duration::from_millis(100);
+
+impl RunLog {
+    /// Starts the flusher. It ends when every clone of the returned `RunLog` is dropped.
+    pub fn start(store: Arc<dyn RunStore>, id: Uuid, lease: Lease, masker: Masker) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Msg>(4096);
+        tokio::spawn(async move {
+            let mut buf: Vec<LogLine> = Vec::new();
+            loop {
+                let msg = if buf.is_empty() {
+                    rx.recv().await
+                } else {
+                    match tokio::time::timeout(LINGER, rx.recv()).await {
+                        Ok(m) => m,
+                        Err(_) => {
+                            write(&*store, id, &lease, &mut buf).await;
+                            continue;
+                        }
+                    }
+                };
+                match msg {
+                    Some(Msg::Line(l)) => {
+                        buf.push(l);
+                        if buf.len() >= BATCH {
+                            write(&*store, id, &lease, &mut buf).await;
+                        }
+                    }
+                    Some(Msg::Flush(done)) => {
+                        write(&*store, id, &lease, &mut buf).await;
+                        let _ = done.send(());
+                    }
+                    None => {
+                        write(&*store, id, &lease, &mut buf).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            tx,
+            masker: Arc::new(masker),
+        }
+    }
+
+    /// Logs one line of a step, masked. A trailing newline is added if missing.
+    pub async fn line(&self, step: usize, text: &str) {
+        let mut line = self.masker.mask(text);
+        if !line.ends_with('\n') {
+            line.push('\n');
+        }
+        let l = LogLine {
+            step,
+            timestamp: OffsetDateTime::now_utc(),
+            line,
+        };
+        let _ = self.tx.send(Msg::Line(l)).await;
+    }
+
+    /// Waits until everything logged so far is stored.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn write(store: &dyn RunStore, id: Uuid, lease: &Lease, buf: &mut Vec<LogLine>) {
+    if buf.is_empty() {
+        return;
+    }
+    if let Err(e) = store.append_logs(id, lease, buf).await {
+        // A lost lease means the run is being torn down; the lines have nowhere to go.
+        tracing::warn!(deployment_id = %id, error = %e.chain(), lines = buf.len(), "dropping log lines");
+    }
+    buf.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_secrets_longest_first_and_by_line() {
+        let m = Masker::new([
+            "hunter2".to_string(),
+            "hunter2-long".into(),
+            "x".into(),
+            "-----BEGIN\nabcdef\n-----END".into(),
+        ]);
+        assert_eq!(
+            m.mask("pw=hunter2-long and hunter2"),
+            "pw=[secret] and [secret]"
+        );
+        assert_eq!(m.mask("x marks"), "x marks");
+        assert_eq!(m.mask("key line abcdef"), "key line [secret]");
+    }
+}

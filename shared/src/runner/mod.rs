@@ -1,0 +1,692 @@
+//! Running one claimed deployment: source, pre-run commands, engine, outputs, each a step with
+//! its own status and logs, under a lease that is renewed while the run lasts.
+//!
+//! The same runner serves every backend; it only talks to the `RunStore` port.
+
+pub mod engine;
+pub mod exec;
+pub mod git;
+pub mod logs;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::crypto::Cipher;
+use crate::domain::{Deployment, JobStatus, Lease, StepStatus};
+use crate::error::Error;
+use crate::ports::{Claimed, RunStore};
+use crate::settings::{EnvValue, RunSpec};
+use engine::Engine;
+use exec::{CommandSpec, Exit, Stdout};
+use logs::{Masker, RunLog};
+
+/// How runs are carried out on this host.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Fresh per-deployment working directories go under here, removed after each run.
+    pub work_dir: PathBuf,
+    /// Per-stack engine state, when the program does not configure its own backend.
+    pub state_dir: PathBuf,
+    /// `PATH` for child processes (where git and the engines are found).
+    pub path_env: String,
+    pub lang: String,
+    pub default_timeout: Duration,
+    /// How long a stopped process group gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// How often the lease is renewed and cancellation checked.
+    pub heartbeat_every: Duration,
+    pub allow_local_repos: bool,
+}
+
+pub struct Runner {
+    store: Arc<dyn RunStore>,
+    cipher: Cipher,
+    cfg: RunnerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    TimedOut(Duration),
+    Shutdown,
+    LeaseLost,
+}
+
+/// One of the run's own environment variables, decrypted.
+struct EnvVar {
+    name: String,
+    value: String,
+    secret: bool,
+}
+
+/// Why a run ended early.
+enum Failure {
+    Stopped,
+    Failed(String),
+}
+
+type StepResult<T = ()> = Result<T, Failure>;
+
+/// Everything one run's steps share.
+struct Run<'a> {
+    d: &'a Deployment,
+    lease: &'a Lease,
+    log: RunLog,
+    stop: CancellationToken,
+    workdir: PathBuf,
+    /// The child environment shared by pre-run commands and the engine.
+    env: Vec<(String, String)>,
+    /// Names of the steps started so far; the last one gets the run's closing line.
+    steps: Mutex<Vec<String>>,
+}
+
+impl Runner {
+    pub fn new(store: Arc<dyn RunStore>, cipher: Cipher, cfg: RunnerConfig) -> Self {
+        Self { store, cipher, cfg }
+    }
+
+    /// Runs a claimed deployment to a terminal status, which it returns. When `shutdown` fires
+    /// the run is stopped and failed.
+    #[tracing::instrument(skip_all, fields(deployment_id = %claimed.deployment.id, org = %claimed.deployment.stack.org,
+        project = %claimed.deployment.stack.project, stack = %claimed.deployment.stack.stack,
+        version = claimed.deployment.version, operation = %claimed.deployment.operation))]
+    pub async fn run(
+        &self,
+        claimed: Claimed,
+        lease: &Lease,
+        shutdown: &CancellationToken,
+    ) -> JobStatus {
+        let d = claimed.deployment;
+        if let Err(e) = self.store.mark_running(d.id, lease).await {
+            tracing::warn!(error = %e.chain(), "could not start a claimed deployment");
+            return JobStatus::Failed;
+        }
+        tracing::info!("deployment started");
+        let prepared = self.prepare(&d);
+        let secrets = match &prepared {
+            Ok((_, env)) => env
+                .iter()
+                .filter(|e| e.secret)
+                .map(|e| e.value.clone())
+                .collect(),
+            Err(_) => vec![],
+        };
+        let masker = Masker::new(secrets.into_iter().chain(self.git_secrets(&d)));
+        let log = RunLog::start(Arc::clone(&self.store), d.id, lease.clone(), masker);
+
+        let stop = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        let timeout = prepared
+            .as_ref()
+            .ok()
+            .and_then(|(spec, _)| spec.timeout_secs)
+            .map(Duration::from_secs)
+            .unwrap_or(self.cfg.default_timeout);
+        let watchdog = self.watch(
+            d.id,
+            lease.clone(),
+            timeout,
+            stop.clone(),
+            Arc::clone(&reason),
+            shutdown.clone(),
+        );
+
+        let workdir = self.cfg.work_dir.join(d.id.to_string());
+        let user_env = match &prepared {
+            Ok((_, env)) => env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            Err(_) => vec![],
+        };
+        let run = Run {
+            d: &d,
+            lease,
+            log: log.clone(),
+            stop: stop.clone(),
+            env: self.child_env(&d, &workdir, user_env),
+            workdir: workdir.clone(),
+            steps: Mutex::new(Vec::new()),
+        };
+        let outcome = match &prepared {
+            Err(msg) => Err(Failure::Failed(msg.clone())),
+            Ok((spec, _)) => self.steps(&run, spec).await,
+        };
+        let last_step = run
+            .steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+            .saturating_sub(1);
+        watchdog.abort();
+        let workdir_clone = workdir.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workdir_clone)).await;
+
+        let reason = *reason.lock().unwrap_or_else(|p| p.into_inner());
+        let (status, message) = match (outcome, reason) {
+            (_, Some(StopReason::LeaseLost)) => {
+                tracing::warn!("lease lost; another party owns this deployment now");
+                return JobStatus::Failed;
+            }
+            (Ok(msg), _) => (JobStatus::Succeeded, msg),
+            (Err(Failure::Stopped), Some(StopReason::Cancelled)) => {
+                (JobStatus::Failed, "Deployment cancelled.".to_string())
+            }
+            (Err(Failure::Stopped), Some(StopReason::TimedOut(t))) => (
+                JobStatus::Failed,
+                format!(
+                    "Deployment timed out after {}s and was stopped.",
+                    t.as_secs()
+                ),
+            ),
+            (Err(Failure::Stopped), _) => (
+                JobStatus::Failed,
+                "Tarmac shut down before the deployment finished; it was stopped.".to_string(),
+            ),
+            (Err(Failure::Failed(msg)), _) => (JobStatus::Failed, msg),
+        };
+        log.line(last_step, &message).await;
+        log.flush().await;
+        if let Err(e) = self.store.finish(d.id, lease, status).await {
+            tracing::warn!(error = %e.chain(), "could not record the deployment's end");
+            return JobStatus::Failed;
+        }
+        tracing::info!(status = %status, "deployment finished");
+        status
+    }
+
+    /// The run spec and the run's environment variables, decrypted.
+    fn prepare(&self, d: &Deployment) -> Result<(RunSpec, Vec<EnvVar>), String> {
+        let spec = RunSpec::from_config(&d.config).map_err(|e| e.to_string())?;
+        git::validate_repo_url(&spec.repo_url, self.cfg.allow_local_repos)
+            .map_err(|e| e.to_string())?;
+        let mut env = Vec::with_capacity(spec.env.len());
+        for (name, value) in &spec.env {
+            match value {
+                EnvValue::Plain(v) => env.push(EnvVar {
+                    name: name.clone(),
+                    value: v.clone(),
+                    secret: false,
+                }),
+                EnvValue::Secret { secret } => {
+                    let plain = self.cipher.open(secret).ok_or_else(|| {
+                        format!("the secret environment variable {name} cannot be decrypted with this server's key")
+                    })?;
+                    env.push(EnvVar {
+                        name: name.clone(),
+                        value: plain,
+                        secret: true,
+                    });
+                }
+            }
+        }
+        Ok((spec, env))
+    }
+
+    fn git_secrets(&self, d: &Deployment) -> Vec<String> {
+        let Ok(spec) = RunSpec::from_config(&d.config) else {
+            return vec![];
+        };
+        let Some(auth) = spec.git_auth else {
+            return vec![];
+        };
+        let sealed = [
+            auth.access_token.map(|s| s.secret),
+            auth.basic_auth
+                .as_ref()
+                .and_then(|b| b.password.clone())
+                .map(|s| s.secret),
+            auth.ssh_auth
+                .as_ref()
+                .and_then(|s| s.ssh_private_key.clone())
+                .map(|s| s.secret),
+            auth.ssh_auth
+                .as_ref()
+                .and_then(|s| s.password.clone())
+                .map(|s| s.secret),
+        ];
+        sealed
+            .into_iter()
+            .flatten()
+            .filter_map(|s| self.cipher.open(&s))
+            .collect()
+    }
+
+    /// Renews the lease, and stops the run on cancel, timeout, shutdown or a lost lease.
+    fn watch(
+        &self,
+        id: Uuid,
+        lease: Lease,
+        timeout: Duration,
+        stop: CancellationToken,
+        reason: Arc<Mutex<Option<StopReason>>>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = Arc::clone(&self.store);
+        let every = self.cfg.heartbeat_every;
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let why = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => match store.heartbeat(id, &lease).await {
+                        Ok(hb) if hb.cancel_requested => break StopReason::Cancelled,
+                        Ok(_) => {}
+                        Err(Error::Conflict(_)) => break StopReason::LeaseLost,
+                        // A transient store error: the lease has slack for a few misses.
+                        Err(e) => tracing::warn!(error = %e.chain(), "heartbeat failed"),
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break StopReason::TimedOut(timeout),
+                    _ = shutdown.cancelled() => break StopReason::Shutdown,
+                }
+            };
+            *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            stop.cancel();
+        })
+    }
+
+    /// The child environment: nothing of the server's own but `PATH` and `LANG`.
+    fn child_env(
+        &self,
+        d: &Deployment,
+        workdir: &Path,
+        user: Vec<(String, String)>,
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), self.cfg.path_env.clone()),
+            ("HOME".into(), workdir.join("home").display().to_string()),
+            ("TMPDIR".into(), workdir.join("tmp").display().to_string()),
+            ("LANG".into(), self.cfg.lang.clone()),
+            ("CI".into(), "true".into()),
+            ("PULUMI_CI_SYSTEM".into(), "Tarmac".into()),
+            ("PULUMI_CI_BUILD_ID".into(), d.id.to_string()),
+            ("PULUMI_CI_BUILD_NUMBER".into(), d.version.to_string()),
+            ("PULUMI_SKIP_UPDATE_CHECK".into(), "true".into()),
+            ("TF_IN_AUTOMATION".into(), "1".into()),
+            ("TF_INPUT".into(), "0".into()),
+            ("CHECKPOINT_DISABLE".into(), "1".into()),
+            ("TARMAC_DEPLOYMENT_ID".into(), d.id.to_string()),
+            ("TARMAC_ORG".into(), d.stack.org.clone()),
+            ("TARMAC_PROJECT".into(), d.stack.project.clone()),
+            ("TARMAC_STACK".into(), d.stack.stack.clone()),
+            ("TARMAC_OPERATION".into(), d.operation.to_string()),
+        ];
+        // The run's own variables win over the defaults above.
+        for (k, v) in user {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        }
+        env
+    }
+
+    async fn begin(&self, run: &Run<'_>, name: &str) -> StepResult<usize> {
+        let idx = self
+            .store
+            .start_step(run.d.id, run.lease, name)
+            .await
+            .map_err(|e| Failure::Failed(format!("could not record step '{name}': {e}")))?;
+        run.steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.to_string());
+        Ok(idx)
+    }
+
+    async fn end<T>(&self, run: &Run<'_>, idx: usize, result: StepResult<T>) -> StepResult<T> {
+        if let Err(Failure::Failed(msg)) = &result {
+            run.log.line(idx, msg).await;
+        }
+        run.log.flush().await;
+        let status = if result.is_ok() {
+            StepStatus::Succeeded
+        } else {
+            StepStatus::Failed
+        };
+        if let Err(e) = self
+            .store
+            .finish_step(run.d.id, run.lease, idx, status)
+            .await
+        {
+            tracing::warn!(error = %e.chain(), "could not record a step's end");
+        }
+        // The step's failure has been logged in it; the deployment's end says the rest.
+        result.map_err(|f| match f {
+            Failure::Stopped => Failure::Stopped,
+            Failure::Failed(_) => {
+                Failure::Failed(format!("Step '{}' failed.", step_name(run, idx)))
+            }
+        })
+    }
+
+    /// Runs one command in a step; a non-zero exit other than `ok_codes` fails it.
+    async fn command(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        spec: &CommandSpec,
+        mode: Stdout,
+        ok_codes: &[i32],
+    ) -> StepResult<(i32, Vec<u8>)> {
+        let out = exec::run(spec, &run.log, idx, mode, &run.stop, self.cfg.stop_grace).await;
+        match out.exit {
+            Exit::Code(c) if c == 0 || ok_codes.contains(&c) => Ok((c, out.stdout)),
+            Exit::Code(c) => Err(Failure::Failed(format!(
+                "{} exited with code {c}",
+                display_cmd(spec)
+            ))),
+            Exit::Stopped => Err(Failure::Stopped),
+            Exit::SpawnFailed(msg) => Err(Failure::Failed(msg)),
+        }
+    }
+
+    async fn steps(&self, run: &Run<'_>, spec: &RunSpec) -> StepResult<String> {
+        for dir in ["home", "tmp"] {
+            tokio::fs::create_dir_all(run.workdir.join(dir))
+                .await
+                .map_err(|e| {
+                    Failure::Failed(format!("cannot create the working directory: {e}"))
+                })?;
+        }
+
+        let idx = self.begin(run, "Get source").await?;
+        let result = self.get_source(run, idx, spec).await;
+        let program_dir = self.end(run, idx, result).await?;
+
+        for (i, command) in spec.pre_run_commands.iter().enumerate() {
+            let idx = self
+                .begin(run, &format!("Pre-run command {}", i + 1))
+                .await?;
+            let shell = spec.shell.clone().unwrap_or_else(default_shell);
+            run.log.line(idx, &format!("$ {command}")).await;
+            let cmd = CommandSpec {
+                program: shell,
+                args: vec!["-c".into(), command.clone()],
+                cwd: program_dir.clone(),
+                env: run.env.clone(),
+            };
+            let result = self
+                .command(run, idx, &cmd, Stdout::Log, &[])
+                .await
+                .map(|_| ());
+            self.end(run, idx, result).await?;
+        }
+
+        let engine = engine::detect(&program_dir, spec.engine.as_deref(), &self.cfg.path_env)
+            .map_err(Failure::Failed)?;
+        let op = run.d.operation;
+        let idx = self
+            .begin(run, &format!("{} {}", engine.binary(), op))
+            .await?;
+        let result = self.engine_operation(run, idx, engine, &program_dir).await;
+        let summary = self.end(run, idx, result).await?;
+
+        if engine::records_outputs(op) {
+            let idx = self.begin(run, "Record outputs").await?;
+            let result = self.record_outputs(run, idx, engine, &program_dir).await;
+            self.end(run, idx, result).await?;
+        }
+        Ok(summary)
+    }
+
+    async fn get_source(&self, run: &Run<'_>, idx: usize, spec: &RunSpec) -> StepResult<PathBuf> {
+        let mut env = vec![
+            ("PATH".to_string(), self.cfg.path_env.clone()),
+            (
+                "HOME".to_string(),
+                run.workdir.join("home").display().to_string(),
+            ),
+            ("LANG".to_string(), self.cfg.lang.clone()),
+            ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+            ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
+            (
+                "GIT_ALLOW_PROTOCOL".to_string(),
+                git::allowed_protocols(self.cfg.allow_local_repos).to_string(),
+            ),
+        ];
+        if let Some(auth) = &spec.git_auth {
+            let open = |s: &Option<crate::settings::SealedValue>| {
+                s.as_ref().and_then(|v| self.cipher.open(&v.secret))
+            };
+            if let Some(ssh) = &auth.ssh_auth {
+                let key = open(&ssh.ssh_private_key).ok_or(Failure::Failed(
+                    "gitAuth.sshAuth has no usable private key".into(),
+                ))?;
+                let key_path = run.workdir.join("ssh-key");
+                let mut key = key;
+                if !key.ends_with('\n') {
+                    key.push('\n');
+                }
+                crate::crypto::write_private(&key_path, key.as_bytes())
+                    .map_err(|e| Failure::Failed(format!("cannot write the SSH key: {e}")))?;
+                env.push((
+                    "GIT_SSH_COMMAND".into(),
+                    format!(
+                        "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
+                        key_path.display(),
+                        run.workdir.join("known_hosts").display()
+                    ),
+                ));
+            } else if let Some(token) = open(&auth.access_token) {
+                env.extend(git::http_auth_env("x-access-token", &token));
+            } else if let Some(basic) = &auth.basic_auth {
+                let user = open(&basic.user_name).unwrap_or_default();
+                let password = open(&basic.password).unwrap_or_default();
+                env.extend(git::http_auth_env(&user, &password));
+            }
+        }
+        let what = spec
+            .commit
+            .as_ref()
+            .map(|c| format!("commit {c}"))
+            .or(spec.tag.as_ref().map(|t| format!("tag {t}")))
+            .or(spec.branch.as_ref().map(|b| format!("branch {b}")))
+            .unwrap_or_else(|| "the default branch".into());
+        run.log
+            .line(idx, &format!("Cloning {} at {what}", spec.repo_url))
+            .await;
+        for args in git::clone_commands(spec, "src") {
+            let cmd = CommandSpec {
+                program: "git".into(),
+                args,
+                cwd: run.workdir.clone(),
+                env: env.clone(),
+            };
+            self.command(run, idx, &cmd, Stdout::Log, &[]).await?;
+        }
+        let src = run.workdir.join("src");
+        let rev = CommandSpec {
+            program: "git".into(),
+            args: vec!["rev-parse".into(), "HEAD".into()],
+            cwd: src.clone(),
+            env,
+        };
+        let (_, sha) = self.command(run, idx, &rev, Stdout::Capture, &[]).await?;
+        run.log
+            .line(
+                idx,
+                &format!("Checked out {}", String::from_utf8_lossy(&sha).trim()),
+            )
+            .await;
+        let program_dir = match &spec.repo_dir {
+            Some(dir) => src.join(dir),
+            None => src,
+        };
+        if !program_dir.is_dir() {
+            return Err(Failure::Failed(format!(
+                "repoDir '{}' does not exist in the repository",
+                spec.repo_dir.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok(program_dir)
+    }
+
+    fn state_dir(&self, d: &Deployment) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join(&d.stack.org)
+            .join(&d.stack.project)
+            .join(&d.stack.stack)
+    }
+
+    /// Engine variables: where state lives, and Pulumi's per-stack passphrase.
+    async fn engine_env(
+        &self,
+        run: &Run<'_>,
+        engine: Engine,
+        program_dir: &Path,
+    ) -> StepResult<Vec<(String, String)>> {
+        let state = self.state_dir(run.d);
+        tokio::fs::create_dir_all(&state).await.map_err(|e| {
+            Failure::Failed(format!("cannot create the stack's state directory: {e}"))
+        })?;
+        let mut env = run.env.clone();
+        match engine {
+            Engine::Terraform | Engine::Tofu => {
+                if !engine::declares_backend(program_dir) {
+                    let text = engine::terraform_backend_override(&state.join("terraform.tfstate"));
+                    tokio::fs::write(program_dir.join("tarmac_backend_override.tf"), text)
+                        .await
+                        .map_err(|e| {
+                            Failure::Failed(format!("cannot write the backend override: {e}"))
+                        })?;
+                }
+            }
+            Engine::Pulumi => {
+                let set = |env: &mut Vec<(String, String)>, k: &str, v: String| {
+                    if !env.iter().any(|(name, _)| name == k) {
+                        env.push((k.to_string(), v));
+                    }
+                };
+                set(
+                    &mut env,
+                    "PULUMI_BACKEND_URL",
+                    format!("file://{}", state.display()),
+                );
+                let stack = &run.d.stack;
+                set(
+                    &mut env,
+                    "PULUMI_CONFIG_PASSPHRASE",
+                    self.cipher.derive(&format!("pulumi-passphrase:{stack}")),
+                );
+            }
+        }
+        Ok(env)
+    }
+
+    async fn engine_operation(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        engine: Engine,
+        program_dir: &Path,
+    ) -> StepResult<String> {
+        let env = self.engine_env(run, engine, program_dir).await?;
+        let plan = engine::plan(engine, run.d.operation, &run.d.stack.stack);
+        let last = plan.commands.len() - 1;
+        let mut drift = None;
+        for (i, args) in plan.commands.into_iter().enumerate() {
+            let cmd = CommandSpec {
+                program: engine.binary().into(),
+                args,
+                cwd: program_dir.to_path_buf(),
+                env: env.clone(),
+            };
+            run.log.line(idx, &format!("$ {}", display_cmd(&cmd))).await;
+            let ok: Vec<i32> = if i == last {
+                plan.drift_exit_code.into_iter().collect()
+            } else {
+                vec![]
+            };
+            let (code, _) = self.command(run, idx, &cmd, Stdout::Log, &ok).await?;
+            if i == last && plan.drift_exit_code.is_some() {
+                drift = Some(Some(code) == plan.drift_exit_code);
+            }
+        }
+        Ok(match drift {
+            Some(true) => "Drift detected: the stack's resources differ from its program.".into(),
+            Some(false) => "No drift detected.".into(),
+            None => format!("{} {} succeeded.", engine.binary(), run.d.operation),
+        })
+    }
+
+    async fn record_outputs(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        engine: Engine,
+        program_dir: &Path,
+    ) -> StepResult<()> {
+        let env = self.engine_env(run, engine, program_dir).await?;
+        let capture = |show: bool| CommandSpec {
+            program: engine.binary().into(),
+            args: engine::outputs_command(engine, show),
+            cwd: program_dir.to_path_buf(),
+            env: env.clone(),
+        };
+        let (_, shown) = self
+            .command(run, idx, &capture(true), Stdout::Capture, &[])
+            .await?;
+        let parsed = match engine {
+            Engine::Pulumi => {
+                let (_, masked) = self
+                    .command(run, idx, &capture(false), Stdout::Capture, &[])
+                    .await?;
+                engine::parse_pulumi_outputs(&shown, &masked)
+            }
+            _ => engine::parse_terraform_outputs(&shown),
+        }
+        .map_err(Failure::Failed)?;
+        let mut outputs = serde_json::Map::new();
+        let mut names = Vec::new();
+        for (name, value, secret) in parsed {
+            let stored = if secret {
+                serde_json::json!({ "secret": self.cipher.seal(&value.to_string()) })
+            } else {
+                serde_json::json!({ "value": value })
+            };
+            names.push(name.clone());
+            outputs.insert(name, stored);
+        }
+        names.sort();
+        self.store
+            .record_outputs(run.d.id, run.lease, &serde_json::Value::Object(outputs))
+            .await
+            .map_err(|e| Failure::Failed(format!("could not store outputs: {e}")))?;
+        let listed = if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        };
+        run.log
+            .line(idx, &format!("Recorded {} outputs: {listed}", names.len()))
+            .await;
+        Ok(())
+    }
+}
+
+fn step_name(run: &Run<'_>, idx: usize) -> String {
+    run.steps
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(idx)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn default_shell() -> String {
+    if Path::new("/bin/bash").exists() {
+        "/bin/bash".into()
+    } else {
+        "/bin/sh".into()
+    }
+}
+
+fn display_cmd(spec: &CommandSpec) -> String {
+    std::iter::once(spec.program.as_str())
+        .chain(spec.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,183 @@
+//! `tarmac serve`: the API, a worker pool and the reaper in one process, on the embedded store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::crypto::{new_token, token_hash};
+use crate::deps::Embedded;
+use crate::domain::{Role, validate_name};
+use crate::error::{Error, Result};
+use crate::runner::{Runner, RunnerConfig};
+use crate::worker::{Pool, spawn_reaper};
+
+/// Everything `tarmac serve` is configured with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub workers: usize,
+    /// The org that gets an admin token when the data dir is new.
+    pub bootstrap_org: String,
+    pub public_url: Option<String>,
+    pub allow_local_repos: bool,
+    pub deployment_timeout: Duration,
+    pub lease_ttl: Duration,
+    pub heartbeat_every: Duration,
+    pub shutdown_grace: Duration,
+    pub stop_grace: Duration,
+    pub queue_max_age: Duration,
+    /// `PATH` for deployments' child processes.
+    pub child_path: String,
+}
+
+pub async fn serve(cfg: ServeConfig) -> Result<()> {
+    validate_name("organization", &cfg.bootstrap_org)?;
+    if cfg.workers == 0 {
+        return Err(Error::invalid("--workers must be at least 1"));
+    }
+    if cfg.lease_ttl < cfg.heartbeat_every * 3 {
+        return Err(Error::invalid(
+            "the lease must last at least three heartbeats",
+        ));
+    }
+    let embedded = Embedded::open(&cfg.data_dir)?;
+    let bootstrap_token = if embedded_token_count(&embedded).await? == 0 {
+        let token = new_token();
+        use crate::ports::TokenStore;
+        embedded
+            .store
+            .create_token(
+                &token_hash(&token),
+                &cfg.bootstrap_org,
+                Role::Admin,
+                "bootstrap-admin",
+            )
+            .await?;
+        Some(token)
+    } else {
+        None
+    };
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let base_url = format!("http://{addr}");
+    let public_url = cfg.public_url.clone().unwrap_or_else(|| base_url.clone());
+    let state_dir = cfg.data_dir.join("state");
+    let deps = Arc::new(embedded.deps(
+        public_url,
+        cfg.allow_local_repos,
+        state_dir.clone(),
+        cfg.workers,
+    ));
+
+    let runner = Arc::new(Runner::new(
+        Arc::clone(&deps.runs),
+        deps.cipher.clone(),
+        RunnerConfig {
+            work_dir: cfg.data_dir.join("work"),
+            state_dir,
+            path_env: cfg.child_path.clone(),
+            lang: "C.UTF-8".into(),
+            default_timeout: cfg.deployment_timeout,
+            stop_grace: cfg.stop_grace,
+            heartbeat_every: cfg.heartbeat_every,
+            allow_local_repos: cfg.allow_local_repos,
+        },
+    ));
+    let stop_claiming = CancellationToken::new();
+    let abort_runs = CancellationToken::new();
+    let pool = Pool {
+        store: Arc::clone(&deps.runs),
+        runner,
+        signal: Arc::clone(&embedded.work_signal),
+        lease_ttl: cfg.lease_ttl,
+    };
+    let mut workers = pool.spawn(cfg.workers, stop_claiming.clone(), abort_runs.clone());
+    let reaper = spawn_reaper(
+        Arc::clone(&deps.runs),
+        (cfg.lease_ttl / 3).max(Duration::from_millis(200)),
+        cfg.queue_max_age,
+        stop_claiming.clone(),
+    );
+
+    // stdout is for people (and the tests that read it); logs go to stderr.
+    println!("Tarmac listening on {base_url}");
+    if let Some(token) = &bootstrap_token {
+        println!(
+            "First start: created org '{}' with an admin token, shown only this once:",
+            cfg.bootstrap_org
+        );
+        println!("    {token}");
+        println!(
+            "Try: curl -H 'Authorization: token {token}' {base_url}/api/orgs/{}/deployments/metadata",
+            cfg.bootstrap_org
+        );
+    }
+    println!("Press Ctrl+C to stop.");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, workers = cfg.workers, data_dir = %cfg.data_dir.display(), "tarmac serve started");
+
+    let app = crate::http::router(Arc::clone(&deps));
+    let shutting_down = stop_claiming.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new work is taken; running deployments may finish");
+            shutting_down.cancel();
+        })
+        .await?;
+
+    stop_claiming.cancel();
+    reaper.abort();
+    let drained = tokio::time::timeout(cfg.shutdown_grace, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over: stopping running deployments");
+        abort_runs.cancel();
+        let bound = cfg.stop_grace + Duration::from_secs(10);
+        let _ = tokio::time::timeout(bound, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn embedded_token_count(e: &Embedded) -> Result<u64> {
+    use crate::ports::TokenStore;
+    e.store.token_count().await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// `tarmac token create`: adds a token to a data dir and returns it.
+pub async fn create_token(
+    data_dir: &std::path::Path,
+    org: &str,
+    role: Role,
+    name: &str,
+) -> Result<String> {
+    use crate::ports::TokenStore;
+    validate_name("organization", org)?;
+    let embedded = Embedded::open(data_dir)?;
+    let token = new_token();
+    embedded
+        .store
+        .create_token(&token_hash(&token), org, role, name)
+        .await?;
+    Ok(token)
+}

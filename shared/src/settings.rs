@@ -1,0 +1,717 @@
+//! Deployment settings: the wire schema, input normalisation, merging and rendering.
+//!
+//! Clients disagree on key spelling (`repoUrl`, `repoURL`, `Git`) and on how secrets are sent
+//! (reference §2.4, §3.1). Every body is first canonicalised against one schema: keys are matched
+//! case-insensitively and renamed to their canonical spelling, unknown keys are dropped, types
+//! are checked, and every secret is sealed. Everything after that works on canonical JSON.
+//! Stored settings hold secrets only as `{"secret": <sealed>}`.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::crypto::Cipher;
+use crate::error::{Error, Result};
+
+/// The type of a value in the settings schema.
+#[derive(Debug)]
+pub enum Shape {
+    Str,
+    Bool,
+    Int,
+    StrList,
+    /// A `SecretValue`: every form it arrives in is sealed.
+    Secret,
+    /// An environment variable: a bare string is plain, an object is a `SecretValue`.
+    EnvValue,
+    /// A map whose keys are kept verbatim (environment variable names).
+    EnvMap,
+    /// `executorImage`: a bare string (Go clients) or `{reference, credentials}`.
+    Image,
+    Obj(&'static [(&'static str, Shape)]),
+    /// Accepted by Pulumi but not by Tarmac; a non-null value is refused with this reason.
+    Unsupported(&'static str),
+}
+
+use Shape::*;
+
+const GIT_AUTH: Shape = Obj(&[
+    ("accessToken", Secret),
+    (
+        "sshAuth",
+        Obj(&[("sshPrivateKey", Secret), ("password", Secret)]),
+    ),
+    (
+        "basicAuth",
+        Obj(&[("userName", Secret), ("password", Secret)]),
+    ),
+]);
+
+const VCS_FIELDS: &[(&str, Shape)] = &[
+    ("provider", Str),
+    ("repository", Str),
+    ("deployCommits", Bool),
+    ("deployTags", Bool),
+    ("paths", StrList),
+    ("tagFilters", StrList),
+    ("installationId", Str),
+    ("pullRequestTemplate", Bool),
+    ("previewPullRequests", Bool),
+    ("deployPullRequest", Int),
+    ("reviewStackLabels", StrList),
+];
+
+/// `DeploymentSettingsRequest`, plus Tarmac's extensions under `operationContext.options`
+/// (`timeout` in seconds, `engine`), which Pulumi clients ignore.
+pub const SETTINGS: Shape = Obj(&[
+    ("tag", Str),
+    ("agentPoolID", Str),
+    (
+        "executorContext",
+        Obj(&[
+            ("executorImage", Image),
+            ("executorRootPath", Str),
+            ("workingDirectory", Str),
+        ]),
+    ),
+    (
+        "sourceContext",
+        Obj(&[
+            (
+                "git",
+                Obj(&[
+                    ("repoUrl", Str),
+                    ("branch", Str),
+                    ("repoDir", Str),
+                    ("commit", Str),
+                    ("tag", Str),
+                    ("gitAuth", GIT_AUTH),
+                ]),
+            ),
+            (
+                "hg",
+                Unsupported("Mercurial sources are not supported; use sourceContext.git"),
+            ),
+            (
+                "template",
+                Unsupported("template sources are not supported; use sourceContext.git"),
+            ),
+        ]),
+    ),
+    ("gitHub", Obj(VCS_FIELDS)),
+    ("vcs", Obj(VCS_FIELDS)),
+    (
+        "operationContext",
+        Obj(&[
+            (
+                "oidc",
+                Obj(&[
+                    (
+                        "aws",
+                        Obj(&[
+                            ("duration", Str),
+                            ("policyArns", StrList),
+                            ("roleArn", Str),
+                            ("sessionName", Str),
+                        ]),
+                    ),
+                    (
+                        "azure",
+                        Obj(&[
+                            ("clientId", Str),
+                            ("tenantId", Str),
+                            ("subscriptionId", Str),
+                        ]),
+                    ),
+                    (
+                        "gcp",
+                        Obj(&[
+                            ("projectId", Str),
+                            ("region", Str),
+                            ("workloadPoolId", Str),
+                            ("providerId", Str),
+                            ("serviceAccount", Str),
+                            ("tokenLifetime", Str),
+                        ]),
+                    ),
+                ]),
+            ),
+            ("preRunCommands", StrList),
+            ("operation", Str),
+            ("environmentVariables", EnvMap),
+            (
+                "options",
+                Obj(&[
+                    ("skipInstallDependencies", Bool),
+                    ("skipIntermediateDeployments", Bool),
+                    ("shell", Str),
+                    ("deleteAfterDestroy", Bool),
+                    ("remediateIfDriftDetected", Bool),
+                    ("timeout", Int),
+                    ("engine", Str),
+                ]),
+            ),
+            (
+                "role",
+                Obj(&[("id", Str), ("name", Str), ("defaultIdentifier", Str)]),
+            ),
+        ]),
+    ),
+    ("cacheOptions", Obj(&[("enable", Bool)])),
+]);
+
+/// Canonicalises a settings body. `null` members are kept: the caller decides what they mean.
+pub fn canonicalize(value: &Value, cipher: &Cipher) -> Result<Value> {
+    walk(value, &SETTINGS, "", cipher)
+}
+
+fn type_error(path: &str, expected: &str) -> Error {
+    Error::invalid(format!("{path} must be {expected}"))
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn walk(value: &Value, shape: &Shape, path: &str, cipher: &Cipher) -> Result<Value> {
+    if value.is_null() {
+        return Ok(Value::Null);
+    }
+    let path_or_body = if path.is_empty() {
+        "the request body"
+    } else {
+        path
+    };
+    Ok(match shape {
+        Str => match value {
+            Value::String(_) => value.clone(),
+            _ => return Err(type_error(path_or_body, "a string")),
+        },
+        Bool => match value {
+            Value::Bool(_) => value.clone(),
+            _ => return Err(type_error(path_or_body, "true or false")),
+        },
+        Int => match value.as_i64() {
+            Some(_) => value.clone(),
+            None => return Err(type_error(path_or_body, "an integer")),
+        },
+        StrList => match value {
+            Value::Array(items) if items.iter().all(Value::is_string) => value.clone(),
+            _ => return Err(type_error(path_or_body, "an array of strings")),
+        },
+        Secret => seal_secret(value, path_or_body, cipher)?,
+        EnvValue => match value {
+            Value::String(_) => value.clone(),
+            Value::Object(_) => seal_secret(value, path_or_body, cipher)?,
+            _ => return Err(type_error(path_or_body, "a string or a secret object")),
+        },
+        EnvMap => {
+            let Value::Object(map) = value else {
+                return Err(type_error(path_or_body, "an object"));
+            };
+            let mut out = Map::new();
+            for (name, v) in map {
+                validate_env_name(name)?;
+                out.insert(name.clone(), walk(v, &EnvValue, &join(path, name), cipher)?);
+            }
+            Value::Object(out)
+        }
+        Image => match value {
+            Value::String(s) => serde_json::json!({ "reference": s }),
+            Value::Object(_) => walk(
+                value,
+                &Obj(&[
+                    ("reference", Str),
+                    (
+                        "credentials",
+                        Obj(&[("username", Str), ("password", Secret)]),
+                    ),
+                ]),
+                path,
+                cipher,
+            )?,
+            _ => return Err(type_error(path_or_body, "a string or an object")),
+        },
+        Obj(fields) => {
+            let Value::Object(map) = value else {
+                return Err(type_error(path_or_body, "an object"));
+            };
+            let mut out = Map::new();
+            for (key, v) in map {
+                // Unknown keys are ignored, as Pulumi's own clients and server do.
+                if let Some((canonical, field)) = fields
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(key))
+                {
+                    let child = walk(v, field, &join(path, canonical), cipher)?;
+                    // Two spellings of one key in one body: the non-null one wins.
+                    if !(child.is_null() && out.contains_key(*canonical)) {
+                        out.insert((*canonical).to_string(), child);
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Unsupported(reason) => return Err(Error::invalid(*reason)),
+    })
+}
+
+fn validate_env_name(name: &str) -> Result<()> {
+    let mut bytes = name.bytes();
+    let ok = matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid environment variable name '{name}': use letters, digits and '_', not starting with a digit"
+        )))
+    }
+}
+
+/// Turns any `SecretValue` form into `{"secret": <sealed>}`.
+fn seal_secret(value: &Value, path: &str, cipher: &Cipher) -> Result<Value> {
+    let sealed = match value {
+        Value::String(s) => seal_unless_sealed(s, cipher),
+        Value::Object(map) => {
+            let member = |name: &str| {
+                map.iter()
+                    .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_null())
+                    .map(|(_, v)| v)
+            };
+            if let Some(v) = member("secret") {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| type_error(&format!("{path}.secret"), "a string"))?;
+                seal_unless_sealed(s, cipher)
+            } else if let Some(v) = member("ciphertext") {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| type_error(&format!("{path}.ciphertext"), "a string"))?;
+                if !cipher.is_sealed(s) {
+                    return Err(Error::invalid(format!(
+                        "{path}.ciphertext was not encrypted by this server; send the value as {{\"secret\": \"...\"}}"
+                    )));
+                }
+                s.to_string()
+            } else if let Some(v) = member("plaintext") {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| type_error(&format!("{path}.plaintext"), "a string"))?;
+                cipher.seal(s)
+            } else {
+                return Err(Error::invalid(format!(
+                    "{path} must have a non-null 'secret', 'ciphertext' or 'plaintext'"
+                )));
+            }
+        }
+        _ => return Err(type_error(path, "a string or a secret object")),
+    };
+    Ok(serde_json::json!({ "secret": sealed }))
+}
+
+fn seal_unless_sealed(s: &str, cipher: &Cipher) -> String {
+    // Clients send back the `{"secret": <ciphertext>}` they read (reference §3.1).
+    if cipher.is_sealed(s) {
+        s.to_string()
+    } else {
+        cipher.seal(s)
+    }
+}
+
+/// How `null` in a patch is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nulls {
+    /// `POST settings`: `null` deletes the key.
+    Delete,
+    /// Create-deployment inheritance: `null` is "unset", as the Python SDK sends every unset
+    /// field as `null` and would otherwise wipe the stack's source (reference §5.2).
+    Ignore,
+}
+
+/// Pulumi's merge: objects merge key by key, anything else (arrays included) is replaced.
+pub fn merge(current: &Value, patch: &Value, nulls: Nulls) -> Value {
+    match (current, patch) {
+        (Value::Object(cur), Value::Object(p)) => {
+            let mut out = cur.clone();
+            for (k, v) in p {
+                if v.is_null() {
+                    if nulls == Nulls::Delete {
+                        out.remove(k);
+                    }
+                    continue;
+                }
+                let merged = match out.get(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        merge(existing, v, nulls)
+                    }
+                    _ => strip_nulls(v),
+                };
+                out.insert(k.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        (_, p) => strip_nulls(p),
+    }
+}
+
+/// Removes `null` members at every depth (`PUT` semantics: null means absent).
+pub fn strip_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Renders stored settings for a response: each secret as `{"secret", "ciphertext"}` (both the
+/// sealed value, which is base64), never plaintext; plain environment variables as bare strings.
+pub fn render(stored: &Value) -> Value {
+    match stored {
+        Value::Object(map) => {
+            if map.len() == 1
+                && let Some(Value::String(sealed)) = map.get("secret")
+            {
+                return serde_json::json!({ "secret": sealed, "ciphertext": sealed });
+            }
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), render(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// Splits a create-deployment body into `(operation, inheritSettings, settings part)`.
+pub fn split_create_request(body: &Value) -> Result<(Option<String>, bool, Value)> {
+    let Value::Object(map) = body else {
+        return Err(Error::invalid("the request body must be a JSON object"));
+    };
+    let mut operation = None;
+    let mut inherit = true;
+    let mut rest = Map::new();
+    for (k, v) in map {
+        if k.eq_ignore_ascii_case("operation") {
+            match v {
+                Value::Null => {}
+                Value::String(s) => operation = Some(s.clone()),
+                _ => return Err(type_error("operation", "a string")),
+            }
+        } else if k.eq_ignore_ascii_case("inheritSettings") {
+            match v {
+                Value::Null => {}
+                Value::Bool(b) => inherit = *b,
+                _ => return Err(type_error("inheritSettings", "true or false")),
+            }
+        } else {
+            rest.insert(k.clone(), v.clone());
+        }
+    }
+    Ok((operation, inherit, Value::Object(rest)))
+}
+
+/// An environment variable's value as stored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum EnvValue {
+    Plain(String),
+    Secret { secret: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GitAuth {
+    pub access_token: Option<SealedValue>,
+    pub ssh_auth: Option<SshAuth>,
+    pub basic_auth: Option<BasicAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SshAuth {
+    pub ssh_private_key: Option<SealedValue>,
+    pub password: Option<SealedValue>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    pub user_name: Option<SealedValue>,
+    pub password: Option<SealedValue>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SealedValue {
+    pub secret: String,
+}
+
+/// What a run needs from the effective settings, typed and validated.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    pub repo_url: String,
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    pub tag: Option<String>,
+    pub repo_dir: Option<String>,
+    pub git_auth: Option<GitAuth>,
+    pub pre_run_commands: Vec<String>,
+    pub env: Vec<(String, EnvValue)>,
+    pub shell: Option<String>,
+    pub skip_intermediate: bool,
+    pub timeout_secs: Option<u64>,
+    pub engine: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawSettings {
+    source_context: RawSource,
+    git_hub: RawGitHub,
+    operation_context: RawOperation,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawSource {
+    git: RawGit,
+}
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawGit {
+    repo_url: Option<String>,
+    branch: Option<String>,
+    repo_dir: Option<String>,
+    commit: Option<String>,
+    tag: Option<String>,
+    git_auth: Option<GitAuth>,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawGitHub {
+    repository: Option<String>,
+}
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawOperation {
+    pre_run_commands: Vec<String>,
+    environment_variables: std::collections::BTreeMap<String, EnvValue>,
+    options: RawOptions,
+}
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawOptions {
+    skip_intermediate_deployments: bool,
+    shell: Option<String>,
+    timeout: Option<i64>,
+    engine: Option<String>,
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.trim().is_empty())
+}
+
+impl RunSpec {
+    /// Reads canonical effective settings. Refuses settings a run could not start from.
+    pub fn from_config(config: &Value) -> Result<Self> {
+        let raw: RawSettings = serde_json::from_value(config.clone())
+            .map_err(|e| Error::invalid(format!("invalid settings: {e}")))?;
+        let git = raw.source_context.git;
+        // As the deploy-demos client expects, a GitHub repository stands in for a clone URL.
+        let repo_url = match (non_empty(git.repo_url), non_empty(raw.git_hub.repository)) {
+            (Some(url), _) => url,
+            (None, Some(repo)) => format!("https://github.com/{repo}.git"),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "no source to deploy: set sourceContext.git.repoUrl (or gitHub.repository) in the request or the stack's settings",
+                ));
+            }
+        };
+        let repo_dir = non_empty(git.repo_dir);
+        if let Some(dir) = &repo_dir {
+            let p = std::path::Path::new(dir);
+            if p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(Error::invalid(format!(
+                    "sourceContext.git.repoDir '{dir}' must be a relative path inside the repository"
+                )));
+            }
+        }
+        let timeout_secs = match raw.operation_context.options.timeout {
+            None => None,
+            Some(t) if t > 0 => Some(t as u64),
+            Some(t) => {
+                return Err(Error::invalid(format!(
+                    "operationContext.options.timeout must be a positive number of seconds, not {t}"
+                )));
+            }
+        };
+        let engine = non_empty(raw.operation_context.options.engine);
+        if let Some(e) = &engine
+            && !matches!(e.as_str(), "pulumi" | "terraform" | "tofu")
+        {
+            return Err(Error::invalid(format!(
+                "operationContext.options.engine '{e}' is not one of pulumi, terraform, tofu"
+            )));
+        }
+        Ok(Self {
+            repo_url,
+            branch: non_empty(git.branch),
+            commit: non_empty(git.commit),
+            tag: non_empty(git.tag),
+            repo_dir,
+            git_auth: git.git_auth,
+            pre_run_commands: raw.operation_context.pre_run_commands,
+            env: raw
+                .operation_context
+                .environment_variables
+                .into_iter()
+                .collect(),
+            shell: non_empty(raw.operation_context.options.shell),
+            skip_intermediate: raw.operation_context.options.skip_intermediate_deployments,
+            timeout_secs,
+            engine,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cipher() -> Cipher {
+        Cipher::from_key(&[1; 32])
+    }
+
+    #[test]
+    fn keys_match_case_insensitively_and_unknown_keys_drop() {
+        let c = cipher();
+        let v = canonicalize(
+            &json!({"sourceContext": {"Git": {"repoURL": "https://x/y.git", "Branch": "main", "bogus": 1}}, "extra": true}),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"sourceContext": {"git": {"repoUrl": "https://x/y.git", "branch": "main"}}})
+        );
+    }
+
+    #[test]
+    fn every_secret_form_is_sealed_and_plain_strings_stay_plain() {
+        let c = cipher();
+        let sealed = c.seal("issued");
+        let v = canonicalize(
+            &json!({"operationContext": {"environmentVariables": {
+                "PLAIN": "us-west-2",
+                "SDK": {"plaintext": null, "secret": "s3cr3t", "ciphertext": null},
+                "GO": {"secret": "hunter2"},
+                "BACK": {"secret": sealed},
+                "PROVIDER": {"ciphertext": sealed},
+                "PT": {"plaintext": "pt"},
+            }}}),
+            &c,
+        )
+        .unwrap();
+        let env = &v["operationContext"]["environmentVariables"];
+        assert_eq!(env["PLAIN"], "us-west-2");
+        let open = |k: &str| c.open(env[k]["secret"].as_str().unwrap()).unwrap();
+        assert_eq!(open("SDK"), "s3cr3t");
+        assert_eq!(open("GO"), "hunter2");
+        assert_eq!(open("BACK"), "issued");
+        assert_eq!(open("PROVIDER"), "issued");
+        assert_eq!(open("PT"), "pt");
+        assert!(!v.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_their_path() {
+        let c = cipher();
+        let cases = [
+            (
+                json!({"operationContext": {"preRunCommands": "echo"}}),
+                "operationContext.preRunCommands must be an array of strings",
+            ),
+            (
+                json!({"operationContext": {"environmentVariables": {"1X": "a"}}}),
+                "invalid environment variable name '1X'",
+            ),
+            (
+                json!({"operationContext": {"environmentVariables": {"X": {"ciphertext": "Zm9v"}}}}),
+                "was not encrypted by this server",
+            ),
+            (
+                json!({"operationContext": {"environmentVariables": {"X": {"secret": null}}}}),
+                "must have a non-null",
+            ),
+            (
+                json!({"sourceContext": {"template": {"sourceUrl": "x"}}}),
+                "template sources are not supported",
+            ),
+            (json!([1]), "the request body must be an object"),
+        ];
+        for (body, want) in cases {
+            let err = canonicalize(&body, &c).unwrap_err().to_string();
+            assert!(err.contains(want), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn merge_follows_the_documented_example() {
+        let current = json!({"sourceContext":{"git":{"repoUrl":"u","branch":"refs/heads/demo","repoDir":"d"}},
+            "operationContext":{"preRunCommands":["echo \"hello world\""],"environmentVariables":{"AWS_REGION":"us-west-2","A":"1","B":"2"}}});
+        let patch = json!({"sourceContext":{"git":{"repoUrl":null}},
+            "operationContext":{"preRunCommands":["echo \"bonjour\""],"environmentVariables":{"A":null,"B":null},
+              "oidc":{"aws":{"roleArn":"r","sessionName":"s"}}},
+            "gitHub":{"repository":"pulumi/deploy-demos"}});
+        let merged = merge(&current, &patch, Nulls::Delete);
+        assert_eq!(
+            merged,
+            json!({"sourceContext":{"git":{"branch":"refs/heads/demo","repoDir":"d"}},
+            "operationContext":{"preRunCommands":["echo \"bonjour\""],"environmentVariables":{"AWS_REGION":"us-west-2"},
+              "oidc":{"aws":{"roleArn":"r","sessionName":"s"}}},
+            "gitHub":{"repository":"pulumi/deploy-demos"}})
+        );
+        let kept = merge(
+            &current,
+            &json!({"sourceContext": null, "tag": "t"}),
+            Nulls::Ignore,
+        );
+        assert_eq!(kept["sourceContext"], current["sourceContext"]);
+        assert_eq!(kept["tag"], "t");
+    }
+
+    #[test]
+    fn render_never_shows_plaintext() {
+        let c = cipher();
+        let stored = canonicalize(
+            &json!({"operationContext":{"environmentVariables":{"S":{"secret":"pw"},"P":"x"}}}),
+            &c,
+        )
+        .unwrap();
+        let out = render(&stored);
+        let s = &out["operationContext"]["environmentVariables"]["S"];
+        assert_eq!(s["secret"], s["ciphertext"]);
+        assert_eq!(out["operationContext"]["environmentVariables"]["P"], "x");
+        assert!(!out.to_string().contains("\"pw\""));
+    }
+
+    #[test]
+    fn run_spec_needs_a_source_and_a_safe_repo_dir() {
+        let err = RunSpec::from_config(&json!({})).unwrap_err().to_string();
+        assert!(err.contains("no source to deploy"));
+        let spec = RunSpec::from_config(&json!({"gitHub": {"repository": "o/r"}})).unwrap();
+        assert_eq!(spec.repo_url, "https://github.com/o/r.git");
+        let err = RunSpec::from_config(
+            &json!({"sourceContext":{"git":{"repoUrl":"u","repoDir":"../x"}}}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("relative path"));
+    }
+}

@@ -1,0 +1,89 @@
+//! The embedded schema, versioned with `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use crate::error::Result;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE orgs (
+    name   TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE tokens (
+    hash    TEXT PRIMARY KEY,
+    org     TEXT NOT NULL,
+    role    TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    created INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE stacks (
+    id               INTEGER PRIMARY KEY,
+    org              TEXT NOT NULL,
+    project          TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    created          INTEGER NOT NULL,
+    paused           INTEGER NOT NULL DEFAULT 0,
+    settings         TEXT,
+    settings_version INTEGER NOT NULL DEFAULT 0,
+    last_version     INTEGER NOT NULL DEFAULT 0,
+    -- The deployment holding the stack's one run slot (accepted or running), if any.
+    active           TEXT,
+    outputs          TEXT,
+    UNIQUE (org, project, name)
+);
+
+CREATE TABLE deployments (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                TEXT NOT NULL UNIQUE,
+    stack_id          INTEGER NOT NULL REFERENCES stacks(id) ON DELETE CASCADE,
+    org               TEXT NOT NULL,
+    version           INTEGER NOT NULL,
+    operation         TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    config            TEXT NOT NULL,
+    initiator         TEXT NOT NULL,
+    requested_by      TEXT NOT NULL,
+    skip_intermediate INTEGER NOT NULL,
+    created           INTEGER NOT NULL,
+    modified          INTEGER NOT NULL,
+    started           INTEGER,
+    lease_owner       TEXT,
+    lease_expires     INTEGER,
+    cancel_requested  INTEGER NOT NULL DEFAULT 0,
+    steps             TEXT NOT NULL DEFAULT '[]',
+    log_seq           INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (stack_id, version)
+);
+-- The embedded queue: queued deployments in arrival order, overall and per stack.
+CREATE INDEX deployments_queued ON deployments(seq) WHERE status = 'not-started';
+CREATE INDEX deployments_stack_queue ON deployments(stack_id, seq) WHERE status = 'not-started';
+CREATE INDEX deployments_org ON deployments(org, seq);
+CREATE INDEX deployments_stack ON deployments(stack_id, seq);
+CREATE INDEX deployments_leases ON deployments(lease_expires) WHERE status IN ('accepted', 'running');
+
+CREATE TABLE log_entries (
+    deployment_seq INTEGER NOT NULL REFERENCES deployments(seq) ON DELETE CASCADE,
+    seq            INTEGER NOT NULL,
+    step           INTEGER NOT NULL,
+    -- The line's number within its step; NULL for step headers.
+    n              INTEGER,
+    ts             INTEGER NOT NULL,
+    header         TEXT,
+    line           TEXT,
+    PRIMARY KEY (deployment_seq, seq)
+) WITHOUT ROWID;
+CREATE INDEX log_entries_step ON log_entries(deployment_seq, step, n) WHERE n IS NOT NULL;
+"#];
+
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

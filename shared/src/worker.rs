@@ -1,0 +1,104 @@
+//! The embedded worker pool and the periodic jobs beside it.
+//!
+//! A worker claims from the store's queue, runs, and claims again; when nothing is claimable it
+//! sleeps until the store signals new work (or a second passes, for changes made by another
+//! process). Stopping is two-staged: `stop_claiming` lets runs finish; `abort_runs` stops them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Lease;
+use crate::ports::RunStore;
+use crate::runner::Runner;
+
+pub struct Pool {
+    pub store: Arc<dyn RunStore>,
+    pub runner: Arc<Runner>,
+    pub signal: Arc<Notify>,
+    pub lease_ttl: Duration,
+}
+
+impl Pool {
+    pub fn spawn(
+        self,
+        workers: usize,
+        stop_claiming: CancellationToken,
+        abort_runs: CancellationToken,
+    ) -> JoinSet<()> {
+        let pool = Arc::new(self);
+        let mut set = JoinSet::new();
+        let host = std::process::id();
+        for n in 0..workers {
+            let lease = Lease {
+                owner: format!("embedded-{host}-{n}-{}", uuid::Uuid::new_v4()),
+                ttl: pool.lease_ttl,
+            };
+            let (pool, stop, abort) =
+                (Arc::clone(&pool), stop_claiming.clone(), abort_runs.clone());
+            set.spawn(async move { pool.work(lease, stop, abort).await });
+        }
+        set
+    }
+
+    async fn work(
+        &self,
+        lease: Lease,
+        stop_claiming: CancellationToken,
+        abort_runs: CancellationToken,
+    ) {
+        loop {
+            // Registered before looking, so a signal between the look and the wait is kept.
+            let notified = self.signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if stop_claiming.is_cancelled() {
+                return;
+            }
+            match self.store.claim_next(&lease).await {
+                Ok(Some(claimed)) => {
+                    self.runner.run(claimed, &lease, &abort_runs).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e.chain(), "claiming work failed"),
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop_claiming.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Fails runs whose worker died and skips deployments queued for too long, every `every`.
+pub fn spawn_reaper(
+    store: Arc<dyn RunStore>,
+    every: Duration,
+    queue_max_age: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = OffsetDateTime::now_utc();
+            match store.reap(now, now - queue_max_age).await {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::warn!(count = ids.len(), ?ids, "reaped deployments")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e.chain(), "reaper failed"),
+            }
+        }
+    })
+}

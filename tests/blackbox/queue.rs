@@ -1,0 +1,288 @@
+//! The queue: one run per stack, stacks in parallel, cancel, pause, skip-intermediate,
+//! timeouts, leases and shutdown.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, TestRepo, stack};
+
+/// Settings whose pre-run command records its start and end in `trace`, sleeping between.
+fn traced(repo: &TestRepo, trace: &std::path::Path, sleep: &str) -> Value {
+    let mut s = repo.settings();
+    s["operationContext"] = json!({
+        "preRunCommands": [format!(
+            "echo \"$TARMAC_STACK $PULUMI_CI_BUILD_NUMBER start $(date +%s.%N)\" >> {t}; sleep {sleep}; echo \"$TARMAC_STACK $PULUMI_CI_BUILD_NUMBER end $(date +%s.%N)\" >> {t}",
+            t = trace.display()
+        )],
+    });
+    s
+}
+
+/// `(stack, version) -> (start, end)` from a trace file.
+fn intervals(trace: &std::path::Path) -> std::collections::HashMap<(String, i64), (f64, f64)> {
+    let mut out = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(trace).unwrap().lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let key = (parts[0].to_string(), parts[1].parse().unwrap());
+        let t: f64 = parts[3].parse().unwrap();
+        let e = out.entry(key).or_insert((0.0, 0.0));
+        if parts[2] == "start" {
+            e.0 = t
+        } else {
+            e.1 = t
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn stacks_run_in_parallel_while_one_stack_runs_in_order() {
+    let app = TestApp::spawn_with(&["--workers", "4"]).await;
+    let repo = TestRepo::new();
+    let trace = app.data().join("trace");
+    let (a, b) = (stack("par-a"), stack("par-b"));
+    for s in [&a, &b] {
+        app.post(
+            &format!("/api/stacks/{s}/deployments/settings"),
+            traced(&repo, &trace, "1"),
+        )
+        .await;
+    }
+    let a1 = app.deploy(&a, json!({"operation": "update"})).await;
+    let a2 = app.deploy(&a, json!({"operation": "update"})).await;
+    let b1 = app.deploy(&b, json!({"operation": "update"})).await;
+    for (s, id) in [(&a, &a1), (&a, &a2), (&b, &b1)] {
+        app.wait_for(s, id, Some("succeeded")).await;
+    }
+    let iv = intervals(&trace);
+    let (a1, a2, b1) = (
+        iv[&("par-a".into(), 1)],
+        iv[&("par-a".into(), 2)],
+        iv[&("par-b".into(), 1)],
+    );
+    assert!(a1.1 <= a2.0, "one stack's runs overlapped: {a1:?} {a2:?}");
+    assert!(
+        a1.0 < b1.1 && b1.0 < a1.1,
+        "two stacks did not run in parallel: {a1:?} {b1:?}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_skips_a_queued_deployment_and_stops_a_running_one() {
+    let app = TestApp::spawn_with(&["--stop-grace", "2"]).await;
+    let repo = TestRepo::new();
+    let s = stack("cancel");
+    let mut settings = repo.settings();
+    // The trap shows the process group got SIGTERM before anything harsher.
+    settings["operationContext"] = json!({"preRunCommands": ["trap 'echo got SIGTERM; exit 143' TERM; echo sleeping; sleep 60 & wait"]});
+    app.post(&format!("/api/stacks/{s}/deployments/settings"), settings)
+        .await;
+    let running = app.deploy(&s, json!({"operation": "update"})).await;
+    let queued = app.deploy(&s, json!({"operation": "update"})).await;
+    app.wait_for(&s, &running, Some("running")).await;
+    // Wait until the command is really running.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !app.log_text(&s, &running).await.contains("sleeping") {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (status, _) = app
+        .post(
+            &format!("/api/stacks/{s}/deployments/{queued}/cancel"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 204);
+    app.wait_for(&s, &queued, Some("skipped")).await;
+
+    let t = Instant::now();
+    let (status, _) = app
+        .post(
+            &format!("/api/stacks/{s}/deployments/{running}/cancel"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let d = app.wait_for(&s, &running, Some("failed")).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "cancel took {:?}",
+        t.elapsed()
+    );
+    let log = app.log_text(&s, &running).await;
+    assert!(
+        log.contains("got SIGTERM") && log.contains("Deployment cancelled."),
+        "{log}"
+    );
+    assert_eq!(d["jobs"][0]["steps"][1]["status"], "failed");
+
+    // Cancelling a finished deployment changes nothing.
+    let (status, body) = app
+        .post(
+            &format!("/api/stacks/{s}/deployments/{running}/cancel"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(app.deployment(&s, &running).await["status"], "failed");
+}
+
+#[tokio::test]
+async fn paused_stacks_and_orgs_hold_their_queue_until_resumed() {
+    let app = TestApp::spawn().await;
+    let repo = TestRepo::new();
+    let s = stack("paused");
+    app.post(
+        &format!("/api/stacks/{s}/deployments/settings"),
+        repo.settings(),
+    )
+    .await;
+
+    let (status, _) = app
+        .post(&format!("/api/stacks/{s}/deployments/pause"), json!(null))
+        .await;
+    assert_eq!(status, 204);
+    let id = app.deploy(&s, json!({"operation": "update"})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.deployment(&s, &id).await["status"], "not-started");
+    let (_, meta) = app
+        .get(&format!("/api/stacks/{s}/deployments/metadata"))
+        .await;
+    assert_eq!(
+        meta,
+        json!({"paused": true, "stackPaused": true, "organizationPaused": false, "hasSchedules": false})
+    );
+    app.post(&format!("/api/stacks/{s}/deployments/resume"), json!(null))
+        .await;
+    app.wait_for(&s, &id, Some("succeeded")).await;
+
+    let (status, _) = app
+        .post("/api/orgs/default/deployments/pause", json!(null))
+        .await;
+    assert_eq!(status, 204);
+    let id = app.deploy(&s, json!({"operation": "update"})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.deployment(&s, &id).await["status"], "not-started");
+    let (_, meta) = app.get("/api/orgs/default/deployments/metadata").await;
+    assert_eq!(meta["paused"], true);
+    assert_eq!(meta["deploymentCounts"]["notStarted"], 1);
+    assert_eq!(meta["deploymentCounts"]["succeeded"], 1);
+    let (_, meta) = app
+        .get(&format!("/api/stacks/{s}/deployments/metadata"))
+        .await;
+    assert_eq!(meta["paused"], true);
+    assert_eq!(meta["organizationPaused"], true);
+    app.post("/api/orgs/default/deployments/resume", json!(null))
+        .await;
+    app.wait_for(&s, &id, Some("succeeded")).await;
+}
+
+#[tokio::test]
+async fn skip_intermediate_runs_only_the_latest_queued_deployment_of_each_operation() {
+    let app = TestApp::spawn().await;
+    let repo = TestRepo::new();
+    let s = stack("skip");
+    let mut settings = repo.settings();
+    settings["operationContext"] = json!({"options": {"skipIntermediateDeployments": true}});
+    app.post(&format!("/api/stacks/{s}/deployments/settings"), settings)
+        .await;
+    // Hold the queue so the order is decided by the queue, not by timing.
+    app.post(&format!("/api/stacks/{s}/deployments/pause"), json!(null))
+        .await;
+    let u1 = app.deploy(&s, json!({"operation": "update"})).await;
+    let d1 = app.deploy(&s, json!({"operation": "destroy"})).await;
+    let u2 = app.deploy(&s, json!({"operation": "update"})).await;
+    let u3 = app.deploy(&s, json!({"operation": "update"})).await;
+    app.post(&format!("/api/stacks/{s}/deployments/resume"), json!(null))
+        .await;
+    app.wait_for(&s, &u1, Some("skipped")).await;
+    app.wait_for(&s, &u2, Some("skipped")).await;
+    app.wait_for(&s, &d1, Some("succeeded")).await;
+    app.wait_for(&s, &u3, Some("succeeded")).await;
+    assert!(
+        app.log_text(&s, &u1)
+            .await
+            .contains("a newer update deployment is queued")
+    );
+}
+
+#[tokio::test]
+async fn a_run_past_its_timeout_is_stopped_and_failed() {
+    let app = TestApp::spawn_with(&["--stop-grace", "1"]).await;
+    let repo = TestRepo::new();
+    let s = stack("timeout");
+    let mut settings = repo.settings();
+    settings["operationContext"] =
+        json!({"preRunCommands": ["sleep 60"], "options": {"timeout": 2}});
+    app.post(&format!("/api/stacks/{s}/deployments/settings"), settings)
+        .await;
+    let t = Instant::now();
+    let id = app.deploy(&s, json!({"operation": "update"})).await;
+    app.wait_for(&s, &id, Some("failed")).await;
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(app.log_text(&s, &id).await.contains("timed out after 2s"));
+}
+
+#[tokio::test]
+async fn a_crashed_server_s_runs_fail_when_their_lease_expires_and_the_stack_moves_on() {
+    let mut app = TestApp::spawn_with(&["--lease-secs", "2"]).await;
+    let repo = TestRepo::new();
+    let s = stack("crash");
+    let mut settings = repo.settings();
+    settings["operationContext"] = json!({"preRunCommands": ["echo started; sleep 5"]});
+    app.post(&format!("/api/stacks/{s}/deployments/settings"), settings)
+        .await;
+    let first = app.deploy(&s, json!({"operation": "update"})).await;
+    let second = app
+        .deploy(
+            &s,
+            json!({"operation": "update", "operationContext": {"preRunCommands": []}}),
+        )
+        .await;
+    app.wait_for(&s, &first, Some("running")).await;
+
+    app.kill();
+    app.restart_with(&[]);
+    let d = app.wait_for(&s, &first, Some("failed")).await;
+    assert!(
+        app.log_text(&s, &first)
+            .await
+            .contains("stopped renewing its lease")
+    );
+    assert!(
+        d["jobs"][0]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|st| st["status"] != "running")
+    );
+    app.wait_for(&s, &second, Some("succeeded")).await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_runs_finish_within_the_grace_then_fails_the_rest() {
+    let mut app = TestApp::spawn_with(&["--shutdown-grace", "1", "--stop-grace", "1"]).await;
+    let repo = TestRepo::new();
+    let s = stack("shutdown");
+    let mut settings = repo.settings();
+    settings["operationContext"] = json!({"preRunCommands": ["sleep 60"]});
+    app.post(&format!("/api/stacks/{s}/deployments/settings"), settings)
+        .await;
+    let id = app.deploy(&s, json!({"operation": "update"})).await;
+    app.wait_for(&s, &id, Some("running")).await;
+    let took = app.terminate();
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
+    app.restart_with(&[]);
+    let d = app.deployment(&s, &id).await;
+    assert_eq!(
+        d["status"], "failed",
+        "nothing may stay running after shutdown"
+    );
+    assert!(
+        app.log_text(&s, &id)
+            .await
+            .contains("Tarmac shut down before the deployment finished")
+    );
+}
