@@ -1,0 +1,270 @@
+//! Trigger-to-engine-start latency of the embedded core loop.
+//!
+//! Starts a real `tarmac serve` (release build), points a trivial engine at it (a `terraform`
+//! script that records when it starts and does nothing else), and drives deployments through
+//! the API from `--clients` closed-loop clients over `--stacks` stacks. For each deployment it
+//! measures from just before the `POST S/deployments` is sent to the moment the engine process
+//! starts. The run includes the real git clone of a local repository.
+//!
+//! cargo bench --bench trigger_to_start -- [--deployments 200] [--stacks 20] [--clients 2] [--workers 2]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+struct Args {
+    deployments: usize,
+    stacks: usize,
+    clients: usize,
+    workers: usize,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        deployments: 200,
+        stacks: 20,
+        clients: 2,
+        workers: 2,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = || {
+            argv.get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .expect("flag needs a number")
+        };
+        match argv[i].as_str() {
+            "--deployments" => a.deployments = value(),
+            "--stacks" => a.stacks = value(),
+            "--clients" => a.clients = value(),
+            "--workers" => a.workers = value(),
+            _ => {} // cargo bench passes --bench
+        }
+        i += if argv[i].starts_with("--") && argv[i] != "--bench" {
+            2
+        } else {
+            1
+        };
+    }
+    a
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(["-c", "user.email=b@example.com", "-c", "user.name=bench"])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse_args();
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let trace = work.path().join("trace");
+    // The trivial engine: records the deployment id and its start time on `init`, prints no
+    // outputs, and exits 0.
+    let engine = bin.join("terraform");
+    std::fs::write(
+        &engine,
+        "#!/bin/sh\nif [ \"$1\" = init ]; then echo \"$PULUMI_CI_BUILD_ID $(date +%s%N)\" >> \"$TRACE_FILE\"; fi\nif [ \"$1\" = output ]; then echo '{}'; fi\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir_all(repo.join("infra")).unwrap();
+    std::fs::write(repo.join("infra/main.tf"), "# trivial\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "init"]);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmac"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-local-repos",
+            "--workers",
+            &args.workers.to_string(),
+            "--data-dir",
+        ])
+        .arg(work.path().join("data"))
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut token) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(u) = line.strip_prefix("Tarmac listening on ") {
+            url = u.to_string();
+        } else if line.trim().starts_with("tmc_") {
+            token = line.trim().to_string();
+        } else if line.starts_with("Press Ctrl+C") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+
+    let client = reqwest::Client::new();
+    let settings = json!({
+        "sourceContext": {"git": {"repoUrl": format!("file://{}", repo.display()), "branch": "main", "repoDir": "infra"}},
+        "operationContext": {"environmentVariables": {"TRACE_FILE": trace.display().to_string()}},
+    });
+    for s in 0..args.stacks {
+        let r = client
+            .post(format!(
+                "{url}/api/stacks/default/bench/s{s}/deployments/settings"
+            ))
+            .header("Authorization", format!("token {token}"))
+            .json(&settings)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.clients {
+        let (client, url, token, next) = (client.clone(), url.clone(), token.clone(), next.clone());
+        let (n, stacks) = (args.deployments, args.stacks);
+        tasks.spawn(async move {
+            let mut sent = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return sent;
+                }
+                let stack = format!("{url}/api/stacks/default/bench/s{}", i % stacks);
+                let t0 = now_ns();
+                let r = client
+                    .post(format!("{stack}/deployments"))
+                    .header("Authorization", format!("token {token}"))
+                    .json(&json!({"operation": "update"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                let id = r.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                // Closed loop: the next trigger waits for this run to end, so the figure is the
+                // platform's own latency, not time spent queued behind other runs.
+                let steps: Value = loop {
+                    let d: Value = client
+                        .get(format!("{stack}/deployments/{id}"))
+                        .header("Authorization", format!("token {token}"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    match d["status"].as_str().unwrap() {
+                        "succeeded" => break d["jobs"][0]["steps"].clone(),
+                        "failed" | "skipped" => panic!("deployment {id} ended {}", d["status"]),
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                };
+                sent.push((id, (t0, steps)));
+            }
+        });
+    }
+    let sent: HashMap<String, (u128, Value)> =
+        tasks.join_all().await.into_iter().flatten().collect();
+    let elapsed = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let mut ms: Vec<f64> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (id, t) = l.split_once(' ')?;
+            let t: u128 = t.trim().parse().ok()?;
+            Some((t.saturating_sub(sent.get(id)?.0)) as f64 / 1e6)
+        })
+        .collect();
+    assert_eq!(
+        ms.len(),
+        args.deployments,
+        "every deployment's engine must have started once"
+    );
+    println!(
+        "trigger -> engine start, embedded (tarmac serve, SQLite), trivial engine, real git clone"
+    );
+    println!(
+        "deployments={} stacks={} clients={} workers={} wall={:.1}s",
+        args.deployments,
+        args.stacks,
+        args.clients,
+        args.workers,
+        elapsed.as_secs_f64()
+    );
+    let row = |name: &str, v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            percentile(v, 50.0),
+            percentile(v, 95.0),
+            percentile(v, 99.0),
+            v[v.len() - 1]
+        );
+    };
+    // The breakdown comes from the deployments' own step timestamps.
+    let step_ns = |steps: &Value, i: usize| -> u128 {
+        let t = time::OffsetDateTime::parse(
+            steps[i]["started"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        t.unix_timestamp_nanos() as u128
+    };
+    let mut to_source: Vec<f64> = sent
+        .values()
+        .map(|(t0, st)| step_ns(st, 0).saturating_sub(*t0) as f64 / 1e6)
+        .collect();
+    let mut source: Vec<f64> = sent
+        .values()
+        .map(|(_, st)| (step_ns(st, 1) - step_ns(st, 0)) as f64 / 1e6)
+        .collect();
+    println!("| span | p50 | p95 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    row("trigger -> engine process start", &mut ms);
+    row(
+        "  trigger -> 'Get source' step start (API, queue, claim)",
+        &mut to_source,
+    );
+    row("  'Get source' step (git clone + rev-parse)", &mut source);
+}

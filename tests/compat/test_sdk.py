@@ -1,0 +1,331 @@
+"""Drives Tarmac only through the official Python `pulumi-cloud-sdk`, so every response must
+deserialize with the SDK's strict models (reference §2.5), and checks what comes back.
+
+One server per module (see conftest.py). The main stack `default/proj/sdk` gets settings, one
+update deployment is run on it and shared by the tests that read it; tests that need to change
+state (encrypt round trip, pause/resume) use stacks of their own so they cannot disturb it.
+"""
+
+import json
+import time
+import urllib.error
+
+import pytest
+from pulumi_cloud_sdk.models import (
+    CreateDeploymentRequest,
+    CreateDeploymentResponse,
+    DeploymentLogs,
+    DeploymentLogsStep,
+    DeploymentSettings,
+    DeploymentSettingsRequest,
+    GetDeploymentResponse,
+    JobStatus,
+    ListDeploymentResponseV2,
+    OperationContextRequest,
+    PulumiOperation,
+    SecretValue,
+    SourceContextGitRequest,
+    SourceContextRequest,
+    StackDeploymentsMetadataResponse,
+)
+
+ORG = "default"  # the org every fresh Tarmac data dir has
+PROJECT = "proj"
+STACK = "sdk"
+SECRET = "s3cr3t-value"
+TERMINAL = {"succeeded", "failed", "skipped"}
+
+
+def settings_request(repo_url, env=None, pre_run=None):
+    """Settings deploying infra/ from the test repo's main branch.
+
+    Environment variables are SecretValues only: a plain (non-secret) variable is returned by the
+    server as a bare JSON string, which is the canonical wire form for the docs, the Go CLI and the
+    provider but which the SDK cannot deserialize into SecretValue (reference §3.1). So a plain
+    variable would make every later settings read through the SDK fail, for reasons outside Tarmac.
+    """
+    return DeploymentSettingsRequest(
+        source_context=SourceContextRequest(
+            git=SourceContextGitRequest(
+                repo_url=repo_url, branch="refs/heads/main", repo_dir="infra"
+            )
+        ),
+        operation_context=OperationContextRequest(
+            environment_variables=env, pre_run_commands=pre_run
+        ),
+    )
+
+
+def wait_terminal(api, stack, dep_id, timeout=60.0):
+    """Polls get_deployment until the deployment reaches a terminal status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        d = api.get_deployment(ORG, PROJECT, stack, dep_id)
+        if str(d.status) in TERMINAL:
+            return d
+        assert time.monotonic() < deadline, f"deployment {dep_id} still {d.status} after {timeout}s"
+        time.sleep(0.2)
+
+
+def stream_logs(api, stack, dep_id, max_pages=1000):
+    """Reads the whole streaming log, following nextToken until it is absent.
+
+    Returns (pages, lines). Only meant for finished deployments, whose last page has no token.
+    """
+    pages, lines = [], []
+    token = None
+    for _ in range(max_pages):
+        page = api.get_deployment_logs(ORG, PROJECT, stack, dep_id, continuation_token=token)
+        pages.append(page)
+        lines.extend(page.lines or [])
+        if not page.next_token:
+            return pages, lines
+        token = page.next_token
+    pytest.fail(f"logs of finished deployment {dep_id} still had a nextToken after {max_pages} pages")
+
+
+def log_text(lines):
+    return "".join(l.line or "" for l in lines)
+
+
+def http_error_json(err):
+    body = err.read()
+    try:
+        return json.loads(body)
+    except ValueError:
+        pytest.fail(f"error body is not JSON: {body!r}")
+
+
+# --- shared state on the main stack ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def patched(api, repo):
+    """The response of the first settings patch on the main stack."""
+    return api.patch_deployment_settings(
+        ORG, PROJECT, STACK,
+        settings_request(
+            repo,
+            env={"SECRET_VAR": SecretValue(secret=SECRET)},
+            pre_run=["echo secret is $SECRET_VAR"],
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def created(api, patched):
+    """One update deployment on the main stack, using the saved settings."""
+    # The SDK defaults inherit_settings to False and always sends it (reference §5.2).
+    return api.create_api_deployment_handler_v2(
+        ORG, PROJECT, STACK,
+        CreateDeploymentRequest(operation=PulumiOperation.Update, inherit_settings=True),
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(api, created):
+    """The main deployment, once terminal."""
+    return wait_terminal(api, STACK, created.id)
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+def test_patch_settings_returns_encrypted_secret(patched, repo):
+    assert isinstance(patched, DeploymentSettings)
+    assert patched.source_context.git.repo_url == repo
+    assert patched.source_context.git.branch == "refs/heads/main"
+    assert patched.source_context.git.repo_dir == "infra"
+    assert patched.operation_context.pre_run_commands == ["echo secret is $SECRET_VAR"]
+    env = patched.operation_context.environment_variables
+    assert set(env) == {"SECRET_VAR"}
+    secret = env["SECRET_VAR"]
+    assert isinstance(secret, SecretValue)
+    assert secret.secret and secret.secret != SECRET
+    assert SECRET not in secret.secret
+    assert not secret.plaintext
+
+
+def test_get_settings_round_trips(api, patched, repo):
+    got = api.get_deployment_settings(ORG, PROJECT, STACK)
+    assert isinstance(got, DeploymentSettings)
+    assert got.source_context.git.repo_url == repo
+    assert got.source_context.git.repo_dir == "infra"
+    assert isinstance(got.version, int) and got.version >= 1
+    assert got.version == patched.version
+    assert got.operation_context.pre_run_commands == ["echo secret is $SECRET_VAR"]
+    # The stored ciphertext comes back unchanged, never the plaintext.
+    assert got.operation_context.environment_variables["SECRET_VAR"].secret == (
+        patched.operation_context.environment_variables["SECRET_VAR"].secret
+    )
+
+
+def test_create_deployment(created):
+    assert isinstance(created, CreateDeploymentResponse)
+    assert created.id
+    assert created.version == 1
+    assert created.console_url
+    assert created.console_url.endswith(f"/{ORG}/{PROJECT}/{STACK}/deployments/1")
+
+
+def test_deployment_succeeds_with_steps(finished, created):
+    assert isinstance(finished, GetDeploymentResponse)
+    assert finished.status == JobStatus.Succeeded, f"deployment ended {finished.status}"
+    assert finished.id == created.id
+    assert finished.version == 1
+    assert finished.latest_version >= 1
+    assert finished.pulumi_operation == PulumiOperation.Update
+    assert finished.requested_by is not None and finished.requested_by.name
+    assert finished.jobs, "a finished deployment has a job"
+    job = finished.jobs[0]
+    assert job.status == JobStatus.Succeeded
+    steps = [(s.name, str(s.status)) for s in job.steps]
+    names = [n for n, _ in steps]
+    # Get the source, run the one pre-run command, then Terraform; every step succeeded.
+    assert names[0] == "Get source", steps
+    assert "Pre-run command 1" in names, steps
+    assert "terraform update" in names, steps
+    assert names.index("Pre-run command 1") < names.index("terraform update"), steps
+    assert all(status == "succeeded" for _, status in steps), steps
+
+
+def test_streaming_logs_mask_secret(api, finished):
+    pages, lines = stream_logs(api, STACK, finished.id)
+    for page in pages:
+        assert type(page) is DeploymentLogs, type(page)
+    text = log_text(lines)
+    headers = [l.header for l in lines if l.header]
+    assert "terraform update" in headers, headers
+    assert "secret is [secret]" in text, text
+    assert SECRET not in text
+    assert all(SECRET not in (h or "") for h in headers)
+    assert "Apply complete" in text, text
+
+
+def test_step_logs(api, finished):
+    names = [s.name for s in finished.jobs[0].steps]
+    step = names.index("terraform update")
+    logs = api.get_deployment_logs(
+        ORG, PROJECT, STACK, finished.id, job=0, step=step, offset=0, count=100
+    )
+    assert type(logs) is DeploymentLogsStep, type(logs)
+    assert logs.name == "terraform update"
+    assert logs.lines, "the terraform step has output"
+    assert len(logs.lines) <= 100
+    text = "".join(l.line for l in logs.lines)
+    # Apply's summary may lie past the first 100 lines; page on with nextOffset if so.
+    offset = logs.next_offset
+    while offset and "Apply complete" not in text:
+        more = api.get_deployment_logs(
+            ORG, PROJECT, STACK, finished.id, job=0, step=step, offset=offset, count=100
+        )
+        assert type(more) is DeploymentLogsStep
+        if not more.lines:
+            break
+        text += "".join(l.line for l in more.lines)
+        offset = more.next_offset
+    assert "Apply complete" in text, text
+    assert SECRET not in text
+
+
+def test_list_stack_and_org_deployments(api, finished, created):
+    # A second (preview) deployment, so "newest first" is actually checked.
+    newer = api.create_api_deployment_handler_v2(
+        ORG, PROJECT, STACK,
+        CreateDeploymentRequest(operation=PulumiOperation.Preview, inherit_settings=True),
+    )
+    assert newer.version == 2
+    wait_terminal(api, STACK, newer.id)
+
+    listed = api.list_stack_deployments_handler_v2(ORG, PROJECT, STACK, page=1, page_size=10)
+    assert isinstance(listed, ListDeploymentResponseV2)
+    assert listed.total >= 2
+    assert listed.items_per_page == 10
+    ids = [d.id for d in listed.deployments]
+    assert ids[0] == newer.id, ids
+    assert created.id in ids
+    first = listed.deployments[0]
+    assert first.version == 2
+    assert first.pulumi_operation == PulumiOperation.Preview
+    assert first.requested_by is not None
+
+    org = api.list_org_deployments(ORG, page=1, page_size=100)
+    assert isinstance(org, ListDeploymentResponseV2)
+    assert org.total >= 2
+    org_ids = [d.id for d in org.deployments]
+    assert newer.id in org_ids and created.id in org_ids
+    mine = next(d for d in org.deployments if d.id == created.id)
+    assert (mine.project_name, mine.stack_name) == (PROJECT, STACK)
+
+
+def test_get_deployment_by_version(api, finished):
+    by_version = api.get_deployment_version(ORG, PROJECT, STACK, "1")
+    assert isinstance(by_version, GetDeploymentResponse)
+    assert by_version.id == finished.id
+    assert by_version.version == 1
+
+
+def test_encrypt_secret_round_trip(api, repo):
+    stack = "sdk-encrypt"
+    enc = api.encrypt_deployment_settings_secret(
+        ORG, PROJECT, stack, SecretValue(secret="hunter2")
+    )
+    assert isinstance(enc, SecretValue)
+    assert enc.secret and "hunter2" not in enc.secret
+    # Store the ciphertext the way clients send it back; the server must keep it as is (not
+    # encrypt it a second time), and a deployment must see the original plaintext.
+    saved = api.patch_deployment_settings(
+        ORG, PROJECT, stack,
+        settings_request(
+            repo,
+            env={"ENC": SecretValue(secret=enc.secret)},
+            # The log echoes each command, so the marker is computed: "ENC-OK-42" appears only if
+            # the test really passed.
+            pre_run=['if [ "$ENC" = hunter2 ]; then echo ENC-OK-$((40 + 2)); fi'],
+        ),
+    )
+    assert saved.operation_context.environment_variables["ENC"].secret == enc.secret
+    dep = api.create_api_deployment_handler_v2(
+        ORG, PROJECT, stack,
+        CreateDeploymentRequest(operation=PulumiOperation.Preview, inherit_settings=True),
+    )
+    done = wait_terminal(api, stack, dep.id)
+    _, lines = stream_logs(api, stack, dep.id)
+    text = log_text(lines)
+    assert done.status == JobStatus.Succeeded, text
+    assert "ENC-OK-42" in text, text
+
+
+def test_stack_metadata_pause_and_resume(api, repo):
+    stack = "sdk-pause"
+    api.patch_deployment_settings(ORG, PROJECT, stack, settings_request(repo))
+
+    meta = api.stack_deployments_metadata(ORG, PROJECT, stack)
+    assert isinstance(meta, StackDeploymentsMetadataResponse)
+    assert (meta.paused, meta.stack_paused, meta.has_schedules) == (False, False, False)
+
+    api.pause_stack_deployments(ORG, PROJECT, stack)
+    meta = api.stack_deployments_metadata(ORG, PROJECT, stack)
+    assert meta.stack_paused is True and meta.paused is True
+
+    api.resume_stack_deployments(ORG, PROJECT, stack)
+    meta = api.stack_deployments_metadata(ORG, PROJECT, stack)
+    assert meta.stack_paused is False and meta.paused is False
+
+
+def test_cancel_finished_deployment_conflicts(api, finished):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        api.cancel_deployment(ORG, PROJECT, STACK, finished.id)
+    assert e.value.code == 409
+    body = http_error_json(e.value)
+    assert body.get("code") == 409, body
+    assert isinstance(body.get("message"), str) and body["message"], body
+
+
+def test_wrong_token_is_unauthorized(server, patched):
+    bad = server.api(token="tmc_not-a-real-token")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        bad.get_deployment_settings(ORG, PROJECT, STACK)
+    assert e.value.code == 401
+    body = http_error_json(e.value)
+    assert body.get("code") == 401, body
