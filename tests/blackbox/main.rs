@@ -8,5 +8,6 @@ mod support;
 mod api;
 mod auth;
 mod bad_input;
+mod git_auth;
 mod lifecycle;
 mod queue;

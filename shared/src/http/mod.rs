@@ -93,3 +93,108 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         &format!("{method} is not allowed on {}", uri.path()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    //! The router in-process, through `tower::ServiceExt::oneshot`, as the Lambda adapter runs it.
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::crypto::{new_token, token_hash};
+    use crate::deps::Embedded;
+    use crate::domain::Role;
+    use crate::ports::TokenStore;
+
+    async fn app() -> (Router, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Embedded::open(dir.path()).unwrap();
+        let token = new_token();
+        e.store
+            .create_token(&token_hash(&token), "acme", Role::Write, "t")
+            .await
+            .unwrap();
+        let deps = e.deps(
+            "http://tarmac.test".into(),
+            false,
+            dir.path().join("state"),
+            1,
+        );
+        (router(Arc::new(deps)), token, dir)
+    }
+
+    async fn call(app: &Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_error_is_pulumi_shaped() {
+        let (app, token, _dir) = app().await;
+        let auth = format!("token {token}");
+        let cases = [
+            (
+                Request::post("/api/stacks/acme/p/s/deployments")
+                    .header("Authorization", &auth)
+                    .body(Body::from("{"))
+                    .unwrap(),
+                400,
+            ),
+            (
+                Request::get("/api/stacks/acme/p/s/deployments/settings")
+                    .body(Body::empty())
+                    .unwrap(),
+                401,
+            ),
+            (Request::get("/nowhere").body(Body::empty()).unwrap(), 404),
+            (
+                Request::delete("/api/orgs/acme/deployments")
+                    .header("Authorization", &auth)
+                    .body(Body::empty())
+                    .unwrap(),
+                405,
+            ),
+        ];
+        for (req, want) in cases {
+            let (status, body) = call(&app, req).await;
+            assert_eq!(status.as_u16(), want, "{body}");
+            assert_eq!(body["code"], want);
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    }
+
+    #[tokio::test]
+    async fn every_accept_header_pulumi_clients_send_is_served_json() {
+        let (app, token, _dir) = app().await;
+        for accept in [
+            Some("application/vnd.pulumi+8"),
+            Some("application/vnd.pulumi+json"),
+            Some("application/json"),
+            None,
+        ] {
+            let mut req = Request::get("/api/orgs/acme/deployments/metadata")
+                .header("Authorization", format!("token {token}"))
+                // The Python SDK sends a Content-Type even on GETs.
+                .header("Content-Type", "application/json");
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
+            }
+            let resp = app
+                .clone()
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{accept:?}");
+            assert_eq!(resp.headers()["content-type"], "application/json");
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -119,13 +119,20 @@ pub async fn run(
     Output { exit, stdout }
 }
 
+/// A longer line is logged in pieces of this size, so no output can grow memory without bound.
+const MAX_LINE: u64 = 64 * 1024;
+
 async fn pump(pipe: impl AsyncRead + Unpin, log: RunLog, step: usize, capture: bool) -> Vec<u8> {
     let mut reader = BufReader::new(pipe);
     let mut captured = Vec::new();
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
+        match (&mut reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
             Ok(0) | Err(_) => return captured,
             Ok(_) if capture => captured.extend_from_slice(&buf),
             Ok(_) => log.line(step, &String::from_utf8_lossy(&buf)).await,
