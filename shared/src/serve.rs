@@ -45,6 +45,15 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         ));
     }
     let embedded = Embedded::open(&cfg.data_dir)?;
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    // Runs of an earlier process are over (its leases expire and the reaper fails them); their
+    // working directories are not needed by anyone.
+    let work_dir = cfg.data_dir.join("work");
+    if let Err(e) = std::fs::remove_dir_all(&work_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(error = %e, "could not clear old working directories");
+    }
     let bootstrap_token = if embedded_token_count(&embedded).await? == 0 {
         let token = new_token();
         use crate::ports::TokenStore;
@@ -78,7 +87,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         Arc::clone(&deps.runs),
         deps.cipher.clone(),
         RunnerConfig {
-            work_dir: cfg.data_dir.join("work"),
+            work_dir,
             state_dir,
             path_env: cfg.child_path.clone(),
             lang: "C.UTF-8".into(),
@@ -149,6 +158,22 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Holds an exclusive lock on the data dir for the life of the process: two servers on one
+/// data dir would clear each other's working directories.
+fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("serve.lock"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        Error::invalid(format!(
+            "another tarmac serve is already using the data dir {}",
+            dir.display()
+        ))
+    })
 }
 
 async fn embedded_token_count(e: &Embedded) -> Result<u64> {

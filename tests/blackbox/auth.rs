@@ -88,11 +88,3 @@ async fn tokens_are_checked_scoped_to_their_org_and_limited_by_role() {
         assert!(!text.contains(t.as_str()), "a token is stored in clear");
     }
 }
-
-#[tokio::test]
-async fn restarting_keeps_tokens_and_mints_no_new_bootstrap_token() {
-    let mut app = TestApp::spawn().await;
-    app.restart_with(&[]);
-    let (status, _) = app.get("/api/orgs/default/deployments/metadata").await;
-    assert_eq!(status, 200);
-}

@@ -11,3 +11,4 @@ mod bad_input;
 mod git_auth;
 mod lifecycle;
 mod queue;
+mod serve;
