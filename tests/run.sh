@@ -1,12 +1,28 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then runs the Rust tests (unit, store, black-box
-# against a real `tarmac serve`) and the pulumi-cloud-sdk compatibility tests.
+# against a real `tarmac serve`, the store contract on SQLite and on DynamoDB in a local AWS
+# emulator) and the pulumi-cloud-sdk compatibility tests.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 tools="$(bash tests/setup.sh)"
 export TARMAC_TEST_TOOLS="$tools"
 export CHECKPOINT_DISABLE=1
+
+# The local AWS emulator, on a free loopback port, stopped whatever happens.
+port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+mkdir -p target/emulator
+BIND_HOST=127.0.0.1 GATEWAY_PORT="$port" MINISTACK_ACCOUNT_ID=123456789012 TMPDIR="$root/target/emulator" \
+  "$tools/emu/bin/ministack" >target/emulator/ministack.log 2>&1 &
+emulator=$!
+trap 'kill "$emulator" 2>/dev/null; wait "$emulator" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$port/_ministack/health" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$port/_ministack/health" >/dev/null || { echo "the AWS emulator did not start" >&2; cat target/emulator/ministack.log >&2; exit 1; }
+export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
 
 cargo build --bins
 if command -v cargo-nextest >/dev/null 2>&1; then

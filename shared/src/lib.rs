@@ -6,6 +6,7 @@
 //! deployments; `serve` and `deps` wire it together.
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod crypto;
 pub mod deps;
 pub mod domain;
@@ -16,7 +17,11 @@ pub mod runner;
 pub mod serve;
 pub mod settings;
 pub mod sqlite;
+pub mod store_codec;
 pub mod telemetry;
 pub mod worker;
+
+#[cfg(test)]
+mod contract_tests;
 
 pub use error::{Error, Result};

@@ -107,6 +107,21 @@ pub struct Claimed {
     pub deployment: Deployment,
 }
 
+/// The result of claiming one deployment by id (the queue-driven path).
+#[derive(Debug, Clone)]
+pub enum ClaimOutcome {
+    /// Now `accepted` under the lease, holding the stack's run slot.
+    Claimed(Box<Claimed>),
+    /// Not `not-started` any more (claimed, run or cancelled): nothing to do.
+    Gone,
+    /// Another deployment of the stack holds the slot or is queued ahead: try again later.
+    Busy,
+    /// The stack or its org is paused: it stays queued, and resuming sends it again.
+    Paused,
+    /// `skipIntermediateDeployments` made it redundant; it is now `skipped`.
+    Skipped,
+}
+
 /// What a worker learns when it renews its lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -126,6 +141,10 @@ pub trait RunStore: Send + Sync {
     /// `skipped` on the way. The claim moves the deployment to `accepted` under `lease` and takes
     /// the stack's run slot. `None` if nothing may start.
     async fn claim_next(&self, lease: &Lease) -> Result<Option<Claimed>>;
+
+    /// Claims one deployment, with the same rules as `claim_next`. The queue-driven backends
+    /// call this for each message; the outcome says what to do with the message.
+    async fn claim(&self, stack: &StackRef, id: Uuid, lease: &Lease) -> Result<ClaimOutcome>;
 
     /// `accepted` → `running`.
     async fn mark_running(&self, id: Uuid, lease: &Lease) -> Result<()>;
@@ -154,10 +173,47 @@ pub trait RunStore: Send + Sync {
     /// Moves the deployment to a terminal status, releases the stack's slot and ends the lease.
     async fn finish(&self, id: Uuid, lease: &Lease, status: JobStatus) -> Result<()>;
 
+    /// Queued deployments created before `cutoff`, oldest first: what a reconciler re-sends
+    /// when a queue message may have been lost.
+    async fn queued_before(&self, cutoff: OffsetDateTime) -> Result<Vec<QueueMessage>>;
+
     /// Fails every deployment whose lease expired before `now` (its worker died), with a log
     /// line saying so, and skips those queued since before `queue_expiry`. Returns the ids it
     /// changed.
     async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Uuid>>;
+}
+
+/// A deployment handed to the workers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueMessage {
+    #[serde(rename = "deploymentId")]
+    pub deployment_id: Uuid,
+    pub org: String,
+    pub project: String,
+    pub stack: String,
+}
+
+impl QueueMessage {
+    pub fn new(stack: &StackRef, deployment_id: Uuid) -> Self {
+        Self {
+            deployment_id,
+            org: stack.org.clone(),
+            project: stack.project.clone(),
+            stack: stack.stack.clone(),
+        }
+    }
+
+    pub fn stack_ref(&self) -> Result<StackRef> {
+        StackRef::new(&self.org, &self.project, &self.stack)
+    }
+}
+
+/// Delivery of deployments to workers, for backends whose store is not itself the queue.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Sends a deployment to the workers. Sending one deployment twice is harmless: claims are
+    /// conditional, so at most one run starts.
+    async fn send(&self, message: &QueueMessage) -> Result<()>;
 }
 
 /// Which part of a deployment's log to read.

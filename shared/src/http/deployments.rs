@@ -12,7 +12,7 @@ use super::extract::{JsonBody, OrgCtx, Params, Query, StackCtx, param};
 use super::wire;
 use crate::domain::{CancelOutcome, Deployment, NewDeployment, Operation, PageRequest, StackRef};
 use crate::error::{Error, Result};
-use crate::ports::LogQuery;
+use crate::ports::{LogQuery, QueueMessage};
 use crate::runner::git::validate_repo_url;
 use crate::settings::{self, Nulls, RunSpec};
 
@@ -63,6 +63,12 @@ pub async fn create(
         })
         .await?;
     tracing::info!(deployment_id = %d.id, version = d.version, %operation, "deployment queued");
+    if let Some(queue) = &deps.queue
+        && let Err(e) = queue.send(&QueueMessage::new(&ctx.stack, d.id)).await
+    {
+        // The deployment is stored; the scheduler's reconciler sends it again.
+        tracing::warn!(deployment_id = %d.id, error = %e.chain(), "could not send to the queue; the reconciler will");
+    }
     let console = format!(
         "{}/{}/deployments/{}",
         deps.public_url,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -20,6 +19,7 @@ use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
+use crate::store_codec::{StoredStep, close_running, decode_steps, to_domain_steps};
 
 /// Every port, on one SQLite database.
 #[derive(Clone)]
@@ -52,25 +52,6 @@ fn now_us() -> i64 {
 
 fn lease_expiry(lease: &Lease) -> i64 {
     now_us() + lease.ttl.as_micros() as i64
-}
-
-#[derive(Serialize, Deserialize, Clone)]
-struct StoredStep {
-    name: String,
-    status: String,
-    started: Option<i64>,
-    updated: Option<i64>,
-}
-
-impl StoredStep {
-    fn to_domain(&self) -> Result<Step> {
-        Ok(Step {
-            name: self.name.clone(),
-            status: self.status.parse()?,
-            started: self.started.map(from_micros),
-            last_updated: self.updated.map(from_micros),
-        })
-    }
 }
 
 fn stack_id(conn: &Connection, stack: &StackRef) -> Result<Option<i64>> {
@@ -109,7 +90,6 @@ fn deployment_from_row(r: &Row) -> rusqlite::Result<Result<Deployment>> {
     let (created, modified, started, paused): (i64, i64, Option<i64>, bool) =
         (r.get(11)?, r.get(12)?, r.get(13)?, r.get(15)?);
     Ok((|| {
-        let steps: Vec<StoredStep> = serde_json::from_str(&steps)?;
         Ok(Deployment {
             id: Uuid::parse_str(&id)
                 .map_err(|e| Error::internal(format!("bad id in store: {e}")))?,
@@ -124,10 +104,7 @@ fn deployment_from_row(r: &Row) -> rusqlite::Result<Result<Deployment>> {
             created: from_micros(created),
             modified: from_micros(modified),
             started: started.map(from_micros),
-            steps: steps
-                .iter()
-                .map(StoredStep::to_domain)
-                .collect::<Result<_>>()?,
+            steps: to_domain_steps(&steps)?,
             stack_paused: paused,
         })
     })())
@@ -222,7 +199,7 @@ fn update_steps(
     let raw: String = tx
         .prepare_cached("SELECT steps FROM deployments WHERE seq = ?1")?
         .query_row([dseq], |r| r.get(0))?;
-    let mut steps: Vec<StoredStep> = serde_json::from_str(&raw)?;
+    let mut steps = decode_steps(&raw)?;
     let out = f(&mut steps)?;
     tx.prepare_cached("UPDATE deployments SET steps = ?2, modified = ?3 WHERE seq = ?1")?
         .execute(params![dseq, serde_json::to_string(&steps)?, now_us()])?;
@@ -238,13 +215,7 @@ fn terminate(
 ) -> Result<()> {
     let now = now_us();
     update_steps(tx, dseq, |steps| {
-        for s in steps
-            .iter_mut()
-            .filter(|s| s.status == StepStatus::Running.as_str())
-        {
-            s.status = step_status.as_str().to_string();
-            s.updated = Some(now);
-        }
+        close_running(steps, step_status, now);
         Ok(0)
     })?;
     let (id, stack): (String, i64) = tx
@@ -653,42 +624,109 @@ fn claim_in(tx: &Transaction, lease: &Lease) -> Result<Option<Uuid>> {
         let Some((dseq, id, sid, skip_intermediate, operation)) = candidate else {
             return Ok(None);
         };
-        if skip_intermediate {
-            let newer: bool = tx
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM deployments WHERE stack_id = ?1 AND status = 'not-started' \
-                     AND operation = ?2 AND seq > ?3)",
-                )?
-                .query_row(params![sid, operation, dseq], |r| r.get(0))?;
-            if newer {
-                insert_log(
-                    tx,
-                    dseq,
-                    0,
-                    None,
-                    Some(&format!(
-                        "Skipped: a newer {operation} deployment is queued (skipIntermediateDeployments).\n"
-                    )),
-                    now_us(),
-                )?;
-                terminate(tx, dseq, JobStatus::Skipped, StepStatus::Failed)?;
-                continue;
-            }
+        if skip_intermediate && skip_if_superseded(tx, dseq, sid, &operation)? {
+            continue;
         }
-        tx.prepare_cached(
-            "UPDATE deployments SET status = 'accepted', lease_owner = ?2, lease_expires = ?3, modified = ?4 WHERE seq = ?1",
-        )?
-        .execute(params![dseq, lease.owner, lease_expiry(lease), now_us()])?;
-        tx.prepare_cached("UPDATE stacks SET active = ?2 WHERE id = ?1")?
-            .execute(params![sid, id])?;
-        return Ok(Some(
-            Uuid::parse_str(&id).map_err(|e| Error::internal(e.to_string()))?,
-        ));
+        let id = Uuid::parse_str(&id).map_err(|e| Error::internal(e.to_string()))?;
+        take_slot(tx, dseq, sid, id, lease)?;
+        return Ok(Some(id));
     }
+}
+
+/// Claims `id` if it may start now (see `RunStore::claim`).
+fn claim_one(tx: &Transaction, id: Uuid, lease: &Lease) -> Result<ClaimOutcome> {
+    type Row = (i64, i64, String, bool, String, bool, bool, Option<String>);
+    let row: Option<Row> = tx
+        .query_row(
+            "SELECT d.seq, d.stack_id, d.status, d.skip_intermediate, d.operation, s.paused, \
+             EXISTS (SELECT 1 FROM orgs o WHERE o.name = s.org AND o.paused = 1), s.active \
+             FROM deployments d JOIN stacks s ON s.id = d.stack_id WHERE d.id = ?1",
+            [id.to_string()],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((dseq, sid, status, skip_intermediate, operation, stack_paused, org_paused, active)) =
+        row
+    else {
+        return Ok(ClaimOutcome::Gone);
+    };
+    if status != JobStatus::NotStarted.as_str() {
+        return Ok(ClaimOutcome::Gone);
+    }
+    if stack_paused || org_paused {
+        return Ok(ClaimOutcome::Paused);
+    }
+    let first: i64 = tx.query_row(
+        "SELECT MIN(seq) FROM deployments WHERE stack_id = ?1 AND status = 'not-started'",
+        [sid],
+        |r| r.get(0),
+    )?;
+    if active.is_some() || first != dseq {
+        return Ok(ClaimOutcome::Busy);
+    }
+    if skip_intermediate && skip_if_superseded(tx, dseq, sid, &operation)? {
+        return Ok(ClaimOutcome::Skipped);
+    }
+    take_slot(tx, dseq, sid, id, lease)?;
+    let deployment = query_deployment(tx, "d.id = ?1", [id.to_string()])?
+        .ok_or_else(|| Error::internal("claimed deployment vanished"))?;
+    Ok(ClaimOutcome::Claimed(Box::new(Claimed { deployment })))
+}
+
+/// Marks a queued deployment `skipped` if a newer one of the same operation is queued behind it.
+fn skip_if_superseded(tx: &Transaction, dseq: i64, sid: i64, operation: &str) -> Result<bool> {
+    let newer: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM deployments WHERE stack_id = ?1 AND status = 'not-started' \
+             AND operation = ?2 AND seq > ?3)",
+        )?
+        .query_row(params![sid, operation, dseq], |r| r.get(0))?;
+    if newer {
+        let msg = format!(
+            "Skipped: a newer {operation} deployment is queued (skipIntermediateDeployments).\n"
+        );
+        insert_log(tx, dseq, 0, None, Some(&msg), now_us())?;
+        terminate(tx, dseq, JobStatus::Skipped, StepStatus::Failed)?;
+    }
+    Ok(newer)
+}
+
+/// `not-started` → `accepted` under `lease`, taking the stack's run slot.
+fn take_slot(tx: &Transaction, dseq: i64, sid: i64, id: Uuid, lease: &Lease) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE deployments SET status = 'accepted', lease_owner = ?2, lease_expires = ?3, modified = ?4 WHERE seq = ?1",
+    )?
+    .execute(params![dseq, lease.owner, lease_expiry(lease), now_us()])?;
+    tx.prepare_cached("UPDATE stacks SET active = ?2 WHERE id = ?1")?
+        .execute(params![sid, id.to_string()])?;
+    Ok(())
 }
 
 #[async_trait]
 impl RunStore for SqliteStore {
+    async fn claim(&self, _stack: &StackRef, id: Uuid, lease: &Lease) -> Result<ClaimOutcome> {
+        let lease = lease.clone();
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let outcome = claim_one(&tx, id, &lease)?;
+                tx.commit()?;
+                Ok(outcome)
+            })
+            .await
+    }
+
     async fn claim_next(&self, lease: &Lease) -> Result<Option<Claimed>> {
         let lease = lease.clone();
         self.db
@@ -749,12 +787,7 @@ impl RunStore for SqliteStore {
                 let dseq = held(&tx, id, &lease, "'running'")?;
                 let now = now_us();
                 let idx = update_steps(&tx, dseq, |steps| {
-                    steps.push(StoredStep {
-                        name: name.clone(),
-                        status: StepStatus::Running.as_str().into(),
-                        started: Some(now),
-                        updated: Some(now),
-                    });
+                    steps.push(StoredStep::running(&name, now));
                     Ok(steps.len() - 1)
                 })?;
                 insert_log(&tx, dseq, idx, Some(&name), None, now)?;
@@ -856,6 +889,27 @@ impl RunStore for SqliteStore {
         Ok(())
     }
 
+    async fn queued_before(&self, cutoff: OffsetDateTime) -> Result<Vec<QueueMessage>> {
+        let cutoff = to_micros(cutoff);
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT d.id, s.org, s.project, s.name FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                     WHERE d.status = 'not-started' AND d.created < ?1 ORDER BY d.seq",
+                )?;
+                let rows = stmt.query_map([cutoff], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                })?;
+                rows.map(|row| {
+                    let (id, org, project, stack) = row?;
+                    let deployment_id = Uuid::parse_str(&id).map_err(|e| Error::internal(e.to_string()))?;
+                    Ok(QueueMessage { deployment_id, org, project, stack })
+                })
+                .collect()
+            })
+            .await
+    }
+
     async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Uuid>> {
         let (now, expiry) = (to_micros(now), to_micros(queue_expiry));
         let changed = self
@@ -935,6 +989,3 @@ impl LogStore for SqliteStore {
             .await
     }
 }
-
-#[cfg(test)]
-mod tests;

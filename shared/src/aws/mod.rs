@@ -1,0 +1,10 @@
+//! AWS mode: DynamoDB and SQS adapters of the ports, KMS envelope encryption, and the
+//! configuration the Lambda functions read from their environment.
+
+pub mod dynamo;
+pub mod item;
+pub mod kms;
+pub mod sqs;
+
+pub use dynamo::DynamoStore;
+pub use sqs::SqsQueue;

@@ -1,0 +1,758 @@
+//! The store ports' contract, written once and run against every adapter: SQLite on a temp
+//! file, and DynamoDB on the local AWS emulator (each test on a fresh table). The bodies use the
+//! ports only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::*;
+use crate::error::Error;
+use crate::ports::*;
+
+/// One backend's ports, and whatever keeps it alive.
+struct Backend {
+    stacks: Arc<dyn StackStore>,
+    orgs: Arc<dyn OrgStore>,
+    tokens: Arc<dyn TokenStore>,
+    deployments: Arc<dyn DeploymentStore>,
+    runs: Arc<dyn RunStore>,
+    logs: Arc<dyn LogStore>,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+fn backend<S>(store: Arc<S>, keep: Box<dyn std::any::Any + Send>) -> Backend
+where
+    S: StackStore + OrgStore + TokenStore + DeploymentStore + RunStore + LogStore + 'static,
+{
+    Backend {
+        stacks: store.clone(),
+        orgs: store.clone(),
+        tokens: store.clone(),
+        deployments: store.clone(),
+        runs: store.clone(),
+        logs: store,
+        _keep: keep,
+    }
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    backend(Arc::new(store), Box::new(dir))
+}
+
+/// The SDK's clients for the emulator that tests/run.sh starts.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    assert!(
+        std::env::var_os("AWS_ENDPOINT_URL").is_some(),
+        "AWS_ENDPOINT_URL is not set: run the tests with tests/run.sh, which starts the AWS emulator"
+    );
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+async fn dynamo() -> Backend {
+    let client = aws_sdk_dynamodb::Client::new(&aws_config().await);
+    let table = format!("tarmac-test-{}", Uuid::new_v4().simple());
+    crate::aws::dynamo::create_table(&client, &table)
+        .await
+        .unwrap();
+    backend(
+        Arc::new(crate::aws::DynamoStore::new(client, table)),
+        Box::new(()),
+    )
+}
+
+/// Runs each named body against each backend, as `<backend>::<name>`.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(#[tokio::test] async fn $name() { super::$name(super::sqlite().await).await })*
+        }
+        mod dynamodb_backend {
+            $(#[tokio::test] async fn $name() { super::$name(super::dynamo().await).await })*
+        }
+    };
+}
+
+contract!(
+    concurrent_creates_get_distinct_consecutive_versions,
+    claims_run_one_per_stack_in_order_and_stacks_in_parallel,
+    paused_stacks_and_orgs_are_not_claimed,
+    every_run_write_is_conditional_on_the_lease,
+    the_reaper_fails_expired_leases_frees_the_stack_and_skips_stale_queue_items,
+    skip_intermediate_keeps_the_newest_of_each_operation,
+    cancel_dequeues_or_flags_and_reports_finished_ones,
+    settings_writes_are_optimistic,
+    logs_read_as_a_stream_and_by_step,
+    deleting_a_stack_removes_its_deployments_but_not_while_one_runs,
+    stacks_orgs_and_tokens,
+    lists_page_newest_first,
+    racing_claims_start_exactly_one_run,
+);
+
+fn stack(name: &str) -> StackRef {
+    StackRef::new("org", "proj", name).unwrap()
+}
+
+fn new(stack: &StackRef, op: Operation, skip_intermediate: bool) -> NewDeployment {
+    NewDeployment {
+        id: Uuid::new_v4(),
+        stack: stack.clone(),
+        operation: op,
+        config: json!({"sourceContext": {"git": {"repoUrl": "https://example.com/r.git"}}}),
+        initiator: "api".into(),
+        requested_by: "test".into(),
+        skip_intermediate,
+    }
+}
+
+fn lease(owner: &str, ttl_ms: u64) -> Lease {
+    Lease {
+        owner: owner.into(),
+        ttl: Duration::from_millis(ttl_ms),
+    }
+}
+
+async fn create(b: &Backend, st: &StackRef, op: Operation) -> Uuid {
+    b.deployments
+        .create_deployment(new(st, op, false))
+        .await
+        .unwrap()
+        .id
+}
+
+async fn status(b: &Backend, st: &StackRef, id: Uuid) -> JobStatus {
+    b.deployments
+        .get_deployment(st, id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+}
+
+async fn claim(b: &Backend, st: &StackRef, id: Uuid, l: &Lease) -> ClaimOutcome {
+    b.runs.claim(st, id, l).await.unwrap()
+}
+
+fn claimed(o: ClaimOutcome) -> Uuid {
+    match o {
+        ClaimOutcome::Claimed(c) => c.deployment.id,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+async fn concurrent_creates_get_distinct_consecutive_versions(b: Backend) {
+    let st = stack("dev");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (d, st) = (b.deployments.clone(), st.clone());
+        tasks.spawn(async move {
+            d.create_deployment(new(&st, Operation::Update, false))
+                .await
+                .unwrap()
+                .version
+        });
+    }
+    let mut versions = tasks.join_all().await;
+    versions.sort();
+    assert_eq!(versions, (1..=20).collect::<Vec<_>>());
+    let d = b
+        .deployments
+        .get_deployment_by_version(&st, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.latest_version, 20);
+    assert_eq!(d.status, JobStatus::NotStarted);
+}
+
+async fn claims_run_one_per_stack_in_order_and_stacks_in_parallel(b: Backend) {
+    let (a, bb) = (stack("a"), stack("b"));
+    let a1 = create(&b, &a, Operation::Update).await;
+    let a2 = create(&b, &a, Operation::Update).await;
+    let b1 = create(&b, &bb, Operation::Update).await;
+    let w = lease("w", 60_000);
+    // Out of order is refused; in order is claimed; other stacks are independent.
+    assert!(matches!(claim(&b, &a, a2, &w).await, ClaimOutcome::Busy));
+    assert_eq!(claimed(claim(&b, &a, a1, &w).await), a1);
+    assert!(
+        matches!(claim(&b, &a, a1, &w).await, ClaimOutcome::Gone),
+        "a second claim must not start a second run"
+    );
+    assert!(matches!(claim(&b, &a, a2, &w).await, ClaimOutcome::Busy));
+    assert_eq!(claimed(claim(&b, &bb, b1, &w).await), b1);
+    b.runs.mark_running(a1, &w).await.unwrap();
+    b.runs.finish(a1, &w, JobStatus::Succeeded).await.unwrap();
+    assert_eq!(claimed(claim(&b, &a, a2, &w).await), a2);
+    assert_eq!(status(&b, &a, a1).await, JobStatus::Succeeded);
+    assert_eq!(status(&b, &a, a2).await, JobStatus::Accepted);
+    assert!(matches!(
+        claim(&b, &a, Uuid::new_v4(), &w).await,
+        ClaimOutcome::Gone
+    ));
+}
+
+async fn paused_stacks_and_orgs_are_not_claimed(b: Backend) {
+    let st = stack("p");
+    let id = create(&b, &st, Operation::Update).await;
+    let w = lease("w", 60_000);
+    b.stacks.set_stack_paused(&st, true).await.unwrap();
+    assert!(matches!(claim(&b, &st, id, &w).await, ClaimOutcome::Paused));
+    assert_eq!(b.stacks.stack_paused(&st).await.unwrap(), Some(true));
+    b.stacks.set_stack_paused(&st, false).await.unwrap();
+    b.orgs.set_org_paused("org", true).await.unwrap();
+    assert!(matches!(claim(&b, &st, id, &w).await, ClaimOutcome::Paused));
+    assert!(b.orgs.org_state("org").await.unwrap().paused);
+    b.orgs.set_org_paused("org", false).await.unwrap();
+    assert_eq!(claimed(claim(&b, &st, id, &w).await), id);
+    assert!(matches!(
+        b.stacks.set_stack_paused(&stack("nope"), true).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(b.stacks.stack_paused(&stack("nope")).await.unwrap(), None);
+}
+
+async fn every_run_write_is_conditional_on_the_lease(b: Backend) {
+    let st = stack("l");
+    let id = create(&b, &st, Operation::Update).await;
+    let (w, thief) = (lease("w", 60_000), lease("thief", 60_000));
+    claimed(claim(&b, &st, id, &w).await);
+    assert!(matches!(
+        b.runs.mark_running(id, &thief).await,
+        Err(Error::Conflict(_))
+    ));
+    b.runs.mark_running(id, &w).await.unwrap();
+    assert!(
+        matches!(b.runs.mark_running(id, &w).await, Err(Error::Conflict(_))),
+        "running twice"
+    );
+    assert!(matches!(
+        b.runs.heartbeat(id, &thief).await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        b.runs.start_step(id, &thief, "x").await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        b.runs.finish(id, &thief, JobStatus::Failed).await,
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(
+        b.runs.heartbeat(id, &w).await.unwrap(),
+        Heartbeat {
+            cancel_requested: false
+        }
+    );
+    let step = b.runs.start_step(id, &w, "Get source").await.unwrap();
+    b.runs
+        .finish_step(id, &w, step, StepStatus::Succeeded)
+        .await
+        .unwrap();
+    b.runs
+        .record_outputs(id, &w, &json!({"url": {"value": "https://x"}}))
+        .await
+        .unwrap();
+    b.runs.finish(id, &w, JobStatus::Succeeded).await.unwrap();
+    assert!(
+        matches!(
+            b.runs.finish(id, &w, JobStatus::Failed).await,
+            Err(Error::Conflict(_))
+        ),
+        "finished twice"
+    );
+    let d = b
+        .deployments
+        .get_deployment(&st, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.status, JobStatus::Succeeded);
+    assert_eq!(d.steps.len(), 1);
+    assert_eq!(d.steps[0].status, StepStatus::Succeeded);
+    assert!(d.started.is_some());
+    assert_eq!(
+        b.stacks.get_outputs(&st).await.unwrap().unwrap(),
+        json!({"url": {"value": "https://x"}})
+    );
+}
+
+async fn the_reaper_fails_expired_leases_frees_the_stack_and_skips_stale_queue_items(b: Backend) {
+    let st = stack("r");
+    let dead = create(&b, &st, Operation::Update).await;
+    let next = create(&b, &st, Operation::Update).await;
+    let w = lease("w", 300);
+    claimed(claim(&b, &st, dead, &w).await);
+    b.runs.mark_running(dead, &w).await.unwrap();
+    b.runs.start_step(dead, &w, "Get source").await.unwrap();
+    let week = time::Duration::days(7);
+    let now = OffsetDateTime::now_utc();
+    assert!(
+        b.runs.reap(now, now - week).await.unwrap().is_empty(),
+        "lease still valid"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let now = OffsetDateTime::now_utc();
+    assert_eq!(b.runs.reap(now, now - week).await.unwrap(), vec![dead]);
+    let d = b
+        .deployments
+        .get_deployment(&st, dead)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.status, JobStatus::Failed);
+    assert_eq!(d.steps[0].status, StepStatus::Failed);
+    // The dead worker's late writes are refused; the stack's next deployment may start.
+    assert!(matches!(
+        b.runs.finish(dead, &w, JobStatus::Succeeded).await,
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(
+        claimed(claim(&b, &st, next, &lease("w2", 60_000)).await),
+        next
+    );
+
+    // Queued: visible to the reconciler, and skipped once older than the queue allows.
+    let st2 = stack("r2");
+    let old = create(&b, &st2, Operation::Update).await;
+    let later = OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let queued = b.runs.queued_before(later).await.unwrap();
+    assert_eq!(
+        queued.iter().map(|m| m.deployment_id).collect::<Vec<_>>(),
+        vec![old]
+    );
+    assert_eq!(queued[0].stack_ref().unwrap(), st2);
+    assert!(
+        b.runs
+            .queued_before(later - time::Duration::minutes(5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        b.runs.reap(OffsetDateTime::now_utc(), later).await.unwrap(),
+        vec![old]
+    );
+    assert_eq!(status(&b, &st2, old).await, JobStatus::Skipped);
+    assert!(b.runs.queued_before(later).await.unwrap().is_empty());
+}
+
+async fn skip_intermediate_keeps_the_newest_of_each_operation(b: Backend) {
+    let st = stack("s");
+    let d = |op| new(&st, op, true);
+    let u1 = b
+        .deployments
+        .create_deployment(d(Operation::Update))
+        .await
+        .unwrap()
+        .id;
+    let d1 = b
+        .deployments
+        .create_deployment(d(Operation::Destroy))
+        .await
+        .unwrap()
+        .id;
+    let u2 = b
+        .deployments
+        .create_deployment(d(Operation::Update))
+        .await
+        .unwrap()
+        .id;
+    let w = lease("w", 60_000);
+    assert!(matches!(
+        claim(&b, &st, u1, &w).await,
+        ClaimOutcome::Skipped
+    ));
+    assert_eq!(status(&b, &st, u1).await, JobStatus::Skipped);
+    assert_eq!(claimed(claim(&b, &st, d1, &w).await), d1);
+    b.runs.finish(d1, &w, JobStatus::Succeeded).await.unwrap();
+    assert_eq!(claimed(claim(&b, &st, u2, &w).await), u2);
+    let log = b
+        .logs
+        .read_logs(
+            u1,
+            LogQuery::Stream {
+                after: 0,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(log.iter().any(|e| {
+        e.line
+            .as_deref()
+            .is_some_and(|l| l.contains("newer update deployment"))
+    }));
+}
+
+async fn cancel_dequeues_or_flags_and_reports_finished_ones(b: Backend) {
+    let st = stack("c");
+    let run = create(&b, &st, Operation::Update).await;
+    let queued = create(&b, &st, Operation::Update).await;
+    let w = lease("w", 60_000);
+    claimed(claim(&b, &st, run, &w).await);
+    b.runs.mark_running(run, &w).await.unwrap();
+    assert_eq!(
+        b.deployments.cancel_deployment(&st, queued).await.unwrap(),
+        CancelOutcome::Dequeued
+    );
+    assert_eq!(status(&b, &st, queued).await, JobStatus::Skipped);
+    assert_eq!(
+        b.deployments.cancel_deployment(&st, run).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    assert!(b.runs.heartbeat(run, &w).await.unwrap().cancel_requested);
+    b.runs.finish(run, &w, JobStatus::Failed).await.unwrap();
+    assert_eq!(
+        b.deployments.cancel_deployment(&st, run).await.unwrap(),
+        CancelOutcome::AlreadyFinished
+    );
+    assert!(matches!(
+        b.deployments.cancel_deployment(&stack("other"), run).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+async fn settings_writes_are_optimistic(b: Backend) {
+    let st = stack("set");
+    assert!(b.stacks.get_settings(&st).await.unwrap().is_none());
+    assert_eq!(
+        b.stacks
+            .put_settings(&st, &json!({"a": 1}), 0)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        b.stacks.stack_exists(&st).await.unwrap(),
+        "settings create the stack"
+    );
+    assert!(matches!(
+        b.stacks.put_settings(&st, &json!({"a": 2}), 0).await,
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(
+        b.stacks
+            .put_settings(&st, &json!({"a": 2}), 1)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        b.stacks.get_settings(&st).await.unwrap().unwrap().settings,
+        json!({"a": 2})
+    );
+    assert!(b.stacks.delete_settings(&st).await.unwrap());
+    assert!(b.stacks.get_settings(&st).await.unwrap().is_none());
+    // Versions keep counting after a delete.
+    assert_eq!(
+        b.stacks
+            .put_settings(&st, &json!({"a": 3}), 0)
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(matches!(
+        b.stacks.delete_settings(&stack("none")).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+async fn logs_read_as_a_stream_and_by_step(b: Backend) {
+    let st = stack("logs");
+    let id = create(&b, &st, Operation::Update).await;
+    let w = lease("w", 60_000);
+    claimed(claim(&b, &st, id, &w).await);
+    b.runs.mark_running(id, &w).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let line = |step: usize, text: &str| LogLine {
+        step,
+        timestamp: now,
+        line: format!("{text}\n"),
+    };
+    let s0 = b.runs.start_step(id, &w, "one").await.unwrap();
+    b.runs
+        .append_logs(id, &w, &[line(s0, "a"), line(s0, "b")])
+        .await
+        .unwrap();
+    let s1 = b.runs.start_step(id, &w, "two").await.unwrap();
+    b.runs
+        .append_logs(id, &w, &[line(s1, "c"), line(s1, "d"), line(s1, "e")])
+        .await
+        .unwrap();
+
+    let all = b
+        .logs
+        .read_logs(
+            id,
+            LogQuery::Stream {
+                after: 0,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    let shown: Vec<String> = all
+        .iter()
+        .map(|e| e.header.clone().unwrap_or_else(|| e.line.clone().unwrap()))
+        .collect();
+    assert_eq!(shown, ["one", "a\n", "b\n", "two", "c\n", "d\n", "e\n"]);
+    let rest = b
+        .logs
+        .read_logs(
+            id,
+            LogQuery::Stream {
+                after: all[3].seq,
+                limit: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter()
+            .map(|e| e.line.clone().unwrap())
+            .collect::<Vec<_>>(),
+        ["c\n", "d\n"]
+    );
+    let step = b
+        .logs
+        .read_logs(
+            id,
+            LogQuery::Step {
+                step: s1,
+                offset: 1,
+                count: 5,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        step.iter()
+            .map(|e| e.line.clone().unwrap())
+            .collect::<Vec<_>>(),
+        ["d\n", "e\n"]
+    );
+
+    // A large batch is stored whole and in order (DynamoDB splits it across items).
+    let big: Vec<LogLine> = (0..400)
+        .map(|i| line(s1, &format!("{i:04} {}", "x".repeat(2000))))
+        .collect();
+    b.runs.append_logs(id, &w, &big).await.unwrap();
+    let got = b
+        .logs
+        .read_logs(
+            id,
+            LogQuery::Step {
+                step: s1,
+                offset: 3,
+                count: 500,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 400);
+    assert!(got.windows(2).all(|p| p[0].seq < p[1].seq));
+    assert!(got[399].line.as_deref().unwrap().starts_with("0399 "));
+}
+
+async fn deleting_a_stack_removes_its_deployments_but_not_while_one_runs(b: Backend) {
+    let st = stack("del");
+    let id = create(&b, &st, Operation::Update).await;
+    let w = lease("w", 60_000);
+    claimed(claim(&b, &st, id, &w).await);
+    assert!(matches!(
+        b.stacks.delete_stack(&st).await,
+        Err(Error::Conflict(_))
+    ));
+    b.runs.finish(id, &w, JobStatus::Failed).await.unwrap();
+    b.stacks.delete_stack(&st).await.unwrap();
+    assert!(
+        b.deployments
+            .get_deployment(&st, id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!b.stacks.stack_exists(&st).await.unwrap());
+    let page = PageRequest {
+        page: 1,
+        page_size: 10,
+        ascending: false,
+    };
+    assert_eq!(
+        b.deployments
+            .list_org_deployments("org", page)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    assert!(matches!(
+        b.stacks.delete_stack(&st).await,
+        Err(Error::NotFound(_))
+    ));
+    // The name starts over.
+    let again = b
+        .deployments
+        .create_deployment(new(&st, Operation::Update, false))
+        .await
+        .unwrap();
+    assert_eq!(again.version, 1);
+}
+
+async fn stacks_orgs_and_tokens(b: Backend) {
+    let st = stack("explicit");
+    b.stacks.create_stack(&st).await.unwrap();
+    assert!(matches!(
+        b.stacks.create_stack(&st).await,
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(b.stacks.get_outputs(&st).await.unwrap(), Some(json!({})));
+    assert_eq!(b.stacks.get_outputs(&stack("none")).await.unwrap(), None);
+    b.stacks.set_stack_paused(&st, true).await.unwrap();
+    let id = create(&b, &stack("other"), Operation::Preview).await;
+    let org = b.orgs.org_state("org").await.unwrap();
+    assert!(!org.paused);
+    assert_eq!(org.paused_stacks, vec!["proj/explicit".to_string()]);
+    assert_eq!(org.counts.0.get(&JobStatus::NotStarted), Some(&1));
+    assert!(
+        b.deployments
+            .get_deployment(&stack("other"), id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        b.deployments
+            .get_deployment(&st, id)
+            .await
+            .unwrap()
+            .is_none(),
+        "ids are scoped to their stack"
+    );
+
+    assert_eq!(b.tokens.token_count().await.unwrap(), 0);
+    b.tokens
+        .create_token("h1", "org", Role::Read, "reader")
+        .await
+        .unwrap();
+    b.tokens
+        .create_token("h2", "acme", Role::Admin, "boss")
+        .await
+        .unwrap();
+    assert_eq!(b.tokens.token_count().await.unwrap(), 2);
+    let p = b.tokens.find_token("h2").await.unwrap().unwrap();
+    assert_eq!(
+        (p.org.as_str(), p.role, p.token_name.as_str()),
+        ("acme", Role::Admin, "boss")
+    );
+    assert!(b.tokens.find_token("nope").await.unwrap().is_none());
+}
+
+async fn lists_page_newest_first(b: Backend) {
+    let (a, c) = (stack("la"), stack("lc"));
+    let mut ids = vec![];
+    for _ in 0..5 {
+        ids.push(create(&b, &a, Operation::Update).await);
+    }
+    create(&b, &c, Operation::Update).await;
+    let page = |page, page_size, ascending| PageRequest {
+        page,
+        page_size,
+        ascending,
+    };
+    let p = b
+        .deployments
+        .list_stack_deployments(&a, page(1, 2, false))
+        .await
+        .unwrap();
+    assert_eq!(p.total, 5);
+    assert_eq!(
+        p.items.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3]]
+    );
+    let p = b
+        .deployments
+        .list_stack_deployments(&a, page(3, 2, false))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.items.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+    let p = b
+        .deployments
+        .list_stack_deployments(&a, page(1, 2, true))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.items.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![ids[0], ids[1]]
+    );
+    assert_eq!(p.items[0].latest_version, 5);
+    let p = b
+        .deployments
+        .list_org_deployments("org", page(1, 100, false))
+        .await
+        .unwrap();
+    assert_eq!(p.total, 6);
+    assert_eq!(p.items[0].stack, c);
+    assert_eq!(
+        b.deployments
+            .list_stack_deployments(&stack("none"), page(1, 10, false))
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+}
+
+async fn racing_claims_start_exactly_one_run(b: Backend) {
+    let st = stack("race");
+    let id = create(&b, &st, Operation::Update).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let (runs, st) = (b.runs.clone(), st.clone());
+        tasks.spawn(async move {
+            runs.claim(&st, id, &lease(&format!("w{i}"), 60_000))
+                .await
+                .unwrap()
+        });
+    }
+    let outcomes = tasks.join_all().await;
+    let wins = outcomes
+        .iter()
+        .filter(|o| matches!(o, ClaimOutcome::Claimed(_)))
+        .count();
+    assert_eq!(wins, 1, "{outcomes:?}");
+    assert_eq!(status(&b, &st, id).await, JobStatus::Accepted);
+}
+
+/// The embedded queue (`claim_next`) picks the oldest claimable deployment across stacks.
+#[tokio::test]
+async fn sqlite_claim_next_takes_the_oldest_claimable_deployment() {
+    let b = sqlite().await;
+    let (a, c) = (stack("a"), stack("c"));
+    let a1 = create(&b, &a, Operation::Update).await;
+    let a2 = create(&b, &a, Operation::Update).await;
+    let c1 = create(&b, &c, Operation::Update).await;
+    let w = lease("w", 60_000);
+    assert_eq!(
+        b.runs.claim_next(&w).await.unwrap().unwrap().deployment.id,
+        a1
+    );
+    assert_eq!(
+        b.runs.claim_next(&w).await.unwrap().unwrap().deployment.id,
+        c1
+    );
+    assert!(b.runs.claim_next(&w).await.unwrap().is_none());
+    b.runs.finish(a1, &w, JobStatus::Succeeded).await.unwrap();
+    assert_eq!(
+        b.runs.claim_next(&w).await.unwrap().unwrap().deployment.id,
+        a2
+    );
+}

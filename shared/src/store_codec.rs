@@ -1,0 +1,58 @@
+//! Storage encodings both adapters share: a deployment's steps as stored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::time_fmt::from_micros;
+use crate::domain::{Step, StepStatus};
+use crate::error::Result;
+
+/// One step as stored (times in microseconds since the epoch).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredStep {
+    pub name: String,
+    pub status: String,
+    pub started: Option<i64>,
+    pub updated: Option<i64>,
+}
+
+impl StoredStep {
+    pub fn running(name: &str, now: i64) -> Self {
+        Self {
+            name: name.to_string(),
+            status: StepStatus::Running.as_str().into(),
+            started: Some(now),
+            updated: Some(now),
+        }
+    }
+
+    pub fn to_domain(&self) -> Result<Step> {
+        Ok(Step {
+            name: self.name.clone(),
+            status: self.status.parse()?,
+            started: self.started.map(from_micros),
+            last_updated: self.updated.map(from_micros),
+        })
+    }
+}
+
+/// Closes every running step with `status`, as a deployment ends.
+pub fn close_running(steps: &mut [StoredStep], status: StepStatus, now: i64) {
+    for s in steps
+        .iter_mut()
+        .filter(|s| s.status == StepStatus::Running.as_str())
+    {
+        s.status = status.as_str().to_string();
+        s.updated = Some(now);
+    }
+}
+
+pub fn decode_steps(raw: &str) -> Result<Vec<StoredStep>> {
+    Ok(serde_json::from_str(raw)?)
+}
+
+pub fn to_domain_steps(raw: &str) -> Result<Vec<Step>> {
+    decode_steps(raw)?
+        .iter()
+        .map(StoredStep::to_domain)
+        .collect()
+}
