@@ -211,9 +211,11 @@ impl QueueMessage {
 /// Delivery of deployments to workers, for backends whose store is not itself the queue.
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// Sends a deployment to the workers. Sending one deployment twice is harmless: claims are
-    /// conditional, so at most one run starts.
-    async fn send(&self, message: &QueueMessage) -> Result<()>;
+    /// Sends a deployment to the workers. `attempt` 0 is the first send; a re-send passes a
+    /// different number each time, or a FIFO queue would drop it as a duplicate of the first.
+    /// Sending one deployment twice is harmless: claims are conditional, so at most one run
+    /// starts.
+    async fn send(&self, message: &QueueMessage, attempt: u64) -> Result<()>;
 }
 
 /// Which part of a deployment's log to read.

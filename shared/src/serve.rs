@@ -11,8 +11,9 @@ use crate::crypto::{new_token, token_hash};
 use crate::deps::Embedded;
 use crate::domain::{Role, validate_name};
 use crate::error::{Error, Result};
+use crate::runner::StopSignal;
 use crate::runner::{Runner, RunnerConfig};
-use crate::worker::{Pool, spawn_reaper};
+use crate::worker::{Pool, spawn_ticker};
 
 /// Everything `tarmac serve` is configured with.
 #[derive(Debug, Clone)]
@@ -98,7 +99,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         },
     ));
     let stop_claiming = CancellationToken::new();
-    let abort_runs = CancellationToken::new();
+    let abort_runs =
+        StopSignal::new("Tarmac shut down before the deployment finished; it was stopped.");
     let pool = Pool {
         store: Arc::clone(&deps.runs),
         runner,
@@ -106,8 +108,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         lease_ttl: cfg.lease_ttl,
     };
     let mut workers = pool.spawn(cfg.workers, stop_claiming.clone(), abort_runs.clone());
-    let reaper = spawn_reaper(
-        Arc::clone(&deps.runs),
+    let ticker = spawn_ticker(
+        Arc::clone(&deps),
         (cfg.lease_ttl / 3).max(Duration::from_millis(200)),
         cfg.queue_max_age,
         stop_claiming.clone(),
@@ -142,14 +144,14 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         .await?;
 
     stop_claiming.cancel();
-    reaper.abort();
+    ticker.abort();
     let drained = tokio::time::timeout(cfg.shutdown_grace, async {
         while workers.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::warn!("grace period over: stopping running deployments");
-        abort_runs.cancel();
+        abort_runs.token.cancel();
         let bound = cfg.stop_grace + Duration::from_secs(10);
         let _ = tokio::time::timeout(bound, async {
             while workers.join_next().await.is_some() {}

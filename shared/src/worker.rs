@@ -1,4 +1,4 @@
-//! The embedded worker pool and the periodic jobs beside it.
+//! The embedded worker pool and the ticker beside it.
 //!
 //! A worker claims from the store's queue, runs, and claims again; when nothing is claimable it
 //! sleeps until the store signals new work (or a second passes, for changes made by another
@@ -12,9 +12,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::deps::Deps;
 use crate::domain::Lease;
 use crate::ports::RunStore;
-use crate::runner::Runner;
+use crate::runner::{Runner, StopSignal};
 
 pub struct Pool {
     pub store: Arc<dyn RunStore>,
@@ -28,7 +29,7 @@ impl Pool {
         self,
         workers: usize,
         stop_claiming: CancellationToken,
-        abort_runs: CancellationToken,
+        abort_runs: StopSignal,
     ) -> JoinSet<()> {
         let pool = Arc::new(self);
         let mut set = JoinSet::new();
@@ -45,12 +46,7 @@ impl Pool {
         set
     }
 
-    async fn work(
-        &self,
-        lease: Lease,
-        stop_claiming: CancellationToken,
-        abort_runs: CancellationToken,
-    ) {
+    async fn work(&self, lease: Lease, stop_claiming: CancellationToken, abort_runs: StopSignal) {
         loop {
             // Registered before looking, so a signal between the look and the wait is kept.
             let notified = self.signal.notified();
@@ -76,9 +72,9 @@ impl Pool {
     }
 }
 
-/// Fails runs whose worker died and skips deployments queued for too long, every `every`.
-pub fn spawn_reaper(
-    store: Arc<dyn RunStore>,
+/// Runs the shared `scheduler::tick` every `every` until `stop`.
+pub fn spawn_ticker(
+    deps: Arc<Deps>,
     every: Duration,
     queue_max_age: Duration,
     stop: CancellationToken,
@@ -91,13 +87,10 @@ pub fn spawn_reaper(
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let now = OffsetDateTime::now_utc();
-            match store.reap(now, now - queue_max_age).await {
-                Ok(ids) if !ids.is_empty() => {
-                    tracing::warn!(count = ids.len(), ?ids, "reaped deployments")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e.chain(), "reaper failed"),
+            if let Err(e) =
+                crate::scheduler::tick(&deps, OffsetDateTime::now_utc(), queue_max_age).await
+            {
+                tracing::error!(error = %e.chain(), "tick failed");
             }
         }
     })

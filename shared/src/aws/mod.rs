@@ -1,10 +1,15 @@
 //! AWS mode: DynamoDB and SQS adapters of the ports, KMS envelope encryption, and the
 //! configuration the Lambda functions read from their environment.
 
+pub mod app;
+pub mod config;
 pub mod dynamo;
 pub mod item;
 pub mod kms;
+pub mod lambda;
 pub mod sqs;
 
+pub use app::AwsApp;
+pub use config::AwsConfig;
 pub use dynamo::DynamoStore;
 pub use sqs::SqsQueue;

@@ -56,15 +56,19 @@ impl SqsQueue {
 
 #[async_trait]
 impl Queue for SqsQueue {
-    async fn send(&self, message: &QueueMessage) -> Result<()> {
+    async fn send(&self, message: &QueueMessage, attempt: u64) -> Result<()> {
+        let dedup = match attempt {
+            0 => message.deployment_id.to_string(),
+            n => format!("{}-{n}", message.deployment_id),
+        };
         self.client
             .send_message()
             .queue_url(&self.url)
             .message_body(serde_json::to_string(message)?)
             .message_group_id(group_id(message))
-            // Within SQS's five-minute window a second send of one deployment is dropped; after
-            // it, the conditional claim makes a duplicate harmless.
-            .message_deduplication_id(message.deployment_id.to_string())
+            // Within SQS's five-minute window a second send with one id is dropped; the
+            // conditional claim makes any duplicate that does arrive harmless.
+            .message_deduplication_id(dedup)
             .send()
             .await
             .map_err(|e| Error::internal(format!("SQS SendMessage: {}", DisplayErrorContext(e))))?;

@@ -64,7 +64,7 @@ pub async fn create(
         .await?;
     tracing::info!(deployment_id = %d.id, version = d.version, %operation, "deployment queued");
     if let Some(queue) = &deps.queue
-        && let Err(e) = queue.send(&QueueMessage::new(&ctx.stack, d.id)).await
+        && let Err(e) = queue.send(&QueueMessage::new(&ctx.stack, d.id), 0).await
     {
         // The deployment is stored; the scheduler's reconciler sends it again.
         tracing::warn!(deployment_id = %d.id, error = %e.chain(), "could not send to the queue; the reconciler will");

@@ -24,6 +24,23 @@ use engine::Engine;
 use exec::{CommandSpec, Exit, Stdout};
 use logs::{Masker, RunLog};
 
+/// Stops runs from outside: server shutdown, or the end of a Lambda invocation. The message
+/// says why, in the stopped deployment's log.
+#[derive(Debug, Clone)]
+pub struct StopSignal {
+    pub token: CancellationToken,
+    pub message: Arc<str>,
+}
+
+impl StopSignal {
+    pub fn new(message: &str) -> Self {
+        Self {
+            token: CancellationToken::new(),
+            message: message.into(),
+        }
+    }
+}
+
 /// How runs are carried out on this host.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -89,8 +106,8 @@ impl Runner {
         Self { store, cipher, cfg }
     }
 
-    /// Runs a claimed deployment to a terminal status, which it returns. When `shutdown` fires
-    /// the run is stopped and failed.
+    /// Runs a claimed deployment to a terminal status, which it returns. When `stop` fires the
+    /// run is stopped and failed with its message.
     #[tracing::instrument(skip_all, fields(deployment_id = %claimed.deployment.id, org = %claimed.deployment.stack.org,
         project = %claimed.deployment.stack.project, stack = %claimed.deployment.stack.stack,
         version = claimed.deployment.version, operation = %claimed.deployment.operation))]
@@ -98,7 +115,7 @@ impl Runner {
         &self,
         claimed: Claimed,
         lease: &Lease,
-        shutdown: &CancellationToken,
+        stop_signal: &StopSignal,
     ) -> JobStatus {
         let d = claimed.deployment;
         if let Err(e) = self.store.mark_running(d.id, lease).await {
@@ -132,7 +149,7 @@ impl Runner {
             timeout,
             stop.clone(),
             Arc::clone(&reason),
-            shutdown.clone(),
+            stop_signal.token.clone(),
         );
 
         let workdir = self.cfg.work_dir.join(d.id.to_string());
@@ -183,10 +200,7 @@ impl Runner {
                     t.as_secs()
                 ),
             ),
-            (Err(Failure::Stopped), _) => (
-                JobStatus::Failed,
-                "Tarmac shut down before the deployment finished; it was stopped.".to_string(),
-            ),
+            (Err(Failure::Stopped), _) => (JobStatus::Failed, stop_signal.message.to_string()),
             (Err(Failure::Failed(msg)), _) => (JobStatus::Failed, msg),
         };
         log.line(last_step, &message).await;

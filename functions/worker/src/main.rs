@@ -1,0 +1,21 @@
+//! The `worker` Lambda: consumes the SQS FIFO queue and runs deployments, reporting partial
+//! batch failures.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use lambda_runtime::service_fn;
+use tarmac::aws::{AwsApp, AwsConfig};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    tarmac::telemetry::init(true);
+    let cfg = AwsConfig::from_env()?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let app = Arc::new(AwsApp::build(cfg, &sdk).await?);
+    lambda_runtime::run(service_fn(move |event| {
+        let app = Arc::clone(&app);
+        async move { tarmac::aws::lambda::worker(&app, event).await }
+    }))
+    .await
+}

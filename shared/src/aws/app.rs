@@ -1,0 +1,68 @@
+//! AWS mode's wiring: `Deps` over DynamoDB, SQS and KMS, built once per cold start.
+
+use std::sync::Arc;
+
+use crate::aws::config::AwsConfig;
+use crate::aws::{DynamoStore, SqsQueue, kms};
+use crate::deps::Deps;
+use crate::error::Result;
+use crate::runner::{Runner, RunnerConfig};
+
+/// Everything the Lambda handlers share.
+pub struct AwsApp {
+    pub cfg: AwsConfig,
+    pub deps: Arc<Deps>,
+    pub runner: Arc<Runner>,
+    pub queue: Arc<SqsQueue>,
+}
+
+impl AwsApp {
+    /// Builds the clients and ports. Reads (or creates) the secrets data key through KMS.
+    pub async fn build(cfg: AwsConfig, sdk: &aws_config::SdkConfig) -> Result<Self> {
+        let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+        let cipher = kms::load_cipher(
+            &aws_sdk_kms::Client::new(sdk),
+            &cfg.kms_key_id,
+            &dynamo,
+            &cfg.table,
+        )
+        .await?;
+        let store = Arc::new(DynamoStore::new(dynamo, &cfg.table));
+        let queue = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &cfg.queue_url));
+        let deps = Arc::new(Deps {
+            stacks: store.clone(),
+            orgs: store.clone(),
+            tokens: store.clone(),
+            deployments: store.clone(),
+            logs: store.clone(),
+            runs: store,
+            queue: Some(queue.clone()),
+            cipher: cipher.clone(),
+            public_url: cfg.public_url.clone(),
+            allow_local_repos: cfg.allow_local_repos,
+            state_dir: None,
+            // Lambda concurrency, not Tarmac, bounds parallel runs in AWS mode.
+            concurrency: 0,
+        });
+        let runner = Arc::new(Runner::new(
+            Arc::clone(&deps.runs),
+            cipher,
+            RunnerConfig {
+                work_dir: cfg.work_dir.clone(),
+                state_dir: cfg.state_dir.clone(),
+                path_env: cfg.child_path.clone(),
+                lang: "C.UTF-8".into(),
+                default_timeout: cfg.deployment_timeout,
+                stop_grace: cfg.stop_grace,
+                heartbeat_every: (cfg.lease_ttl / 6).min(std::time::Duration::from_secs(10)),
+                allow_local_repos: cfg.allow_local_repos,
+            },
+        ));
+        Ok(Self {
+            cfg,
+            deps,
+            runner,
+            queue,
+        })
+    }
+}

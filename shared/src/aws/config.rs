@@ -1,0 +1,171 @@
+//! AWS mode's configuration: read once from the environment at cold start.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `TARMAC_TABLE` | required | the DynamoDB table (see `TABLE.md`) |
+//! | `TARMAC_QUEUE_URL` | required | the SQS FIFO queue of deployments |
+//! | `TARMAC_KMS_KEY_ID` | required | the symmetric KMS key that wraps the secrets data key |
+//! | `TARMAC_PUBLIC_URL` | empty | base of `consoleUrl` links (the API's public URL) |
+//! | `TARMAC_LEASE_SECS` | 60 | a worker's claim without a heartbeat |
+//! | `TARMAC_DEPLOYMENT_TIMEOUT` | 3600 | default run limit, in seconds (the invocation caps it) |
+//! | `TARMAC_STOP_GRACE` | 10 | seconds between SIGTERM and SIGKILL of a stopped run |
+//! | `TARMAC_SAFETY_MARGIN_SECS` | 60 | the worker takes no new message with less time left, and stops a run this long before the invocation ends |
+//! | `TARMAC_VISIBILITY_SECS` | 300 | how far each heartbeat pushes the message's visibility |
+//! | `TARMAC_QUEUE_MAX_DAYS` | 7 | queued deployments older than this are skipped |
+//! | `TARMAC_WORK_DIR` | `/tmp/tarmac/work` | per-run working directories |
+//! | `TARMAC_STATE_DIR` | `/tmp/tarmac/state` | engine state when the program has no backend of its own |
+//! | `TARMAC_CHILD_PATH` | this process's `PATH` | `PATH` for deployments |
+//! | `TARMAC_ALLOW_LOCAL_REPOS` | false | allow `file://` repositories (tests) |
+//!
+//! Endpoints (an emulator, say) come from the SDK's own `AWS_ENDPOINT_URL` and
+//! `AWS_ENDPOINT_URL_<SERVICE>`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct AwsConfig {
+    pub table: String,
+    pub queue_url: String,
+    pub kms_key_id: String,
+    pub public_url: String,
+    pub lease_ttl: Duration,
+    pub deployment_timeout: Duration,
+    pub stop_grace: Duration,
+    pub safety_margin: Duration,
+    pub visibility: Duration,
+    pub queue_max_age: Duration,
+    pub work_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub child_path: String,
+    pub allow_local_repos: bool,
+}
+
+impl AwsConfig {
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `get`, so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let required = |k: &str| {
+            get(k)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::invalid(format!("{k} must be set")))
+        };
+        let secs = |k: &str, default: u64| -> Result<Duration> {
+            match get(k) {
+                None => Ok(Duration::from_secs(default)),
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "{k} must be a positive number of seconds, not '{v}'"
+                        ))
+                    }),
+            }
+        };
+        let flag = |k: &str| -> Result<bool> {
+            match get(k).as_deref() {
+                None | Some("") | Some("false") | Some("0") => Ok(false),
+                Some("true") | Some("1") => Ok(true),
+                Some(v) => Err(Error::invalid(format!(
+                    "{k} must be true or false, not '{v}'"
+                ))),
+            }
+        };
+        let cfg = Self {
+            table: required("TARMAC_TABLE")?,
+            queue_url: required("TARMAC_QUEUE_URL")?,
+            kms_key_id: required("TARMAC_KMS_KEY_ID")?,
+            public_url: get("TARMAC_PUBLIC_URL")
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_string(),
+            lease_ttl: secs("TARMAC_LEASE_SECS", 60)?,
+            deployment_timeout: secs("TARMAC_DEPLOYMENT_TIMEOUT", 3600)?,
+            stop_grace: secs("TARMAC_STOP_GRACE", 10)?,
+            safety_margin: secs("TARMAC_SAFETY_MARGIN_SECS", 60)?,
+            visibility: secs("TARMAC_VISIBILITY_SECS", 300)?,
+            queue_max_age: secs("TARMAC_QUEUE_MAX_DAYS", 7)? * 86_400,
+            work_dir: get("TARMAC_WORK_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/tmp/tarmac/work".into()),
+            state_dir: get("TARMAC_STATE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/tmp/tarmac/state".into()),
+            child_path: get("TARMAC_CHILD_PATH")
+                .or_else(|| get("PATH"))
+                .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+            allow_local_repos: flag("TARMAC_ALLOW_LOCAL_REPOS")?,
+        };
+        if cfg.lease_ttl < Duration::from_secs(3) {
+            return Err(Error::invalid("TARMAC_LEASE_SECS must be at least 3"));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("TARMAC_TABLE", "t"),
+        ("TARMAC_QUEUE_URL", "q"),
+        ("TARMAC_KMS_KEY_ID", "k"),
+        ("PATH", "/bin"),
+    ];
+
+    #[test]
+    fn defaults_apply_and_required_values_are_named() {
+        let cfg = AwsConfig::from_lookup(lookup(BASE)).unwrap();
+        assert_eq!(cfg.lease_ttl, Duration::from_secs(60));
+        assert_eq!(cfg.queue_max_age, Duration::from_secs(7 * 86_400));
+        assert_eq!(cfg.child_path, "/bin");
+        assert!(!cfg.allow_local_repos);
+        let err = AwsConfig::from_lookup(lookup(&[("TARMAC_TABLE", "t")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "TARMAC_QUEUE_URL must be set");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_name() {
+        for (k, v, want) in [
+            (
+                "TARMAC_LEASE_SECS",
+                "soon",
+                "TARMAC_LEASE_SECS must be a positive number",
+            ),
+            ("TARMAC_LEASE_SECS", "1", "at least 3"),
+            (
+                "TARMAC_ALLOW_LOCAL_REPOS",
+                "yes",
+                "TARMAC_ALLOW_LOCAL_REPOS must be true or false",
+            ),
+        ] {
+            let mut pairs = BASE.to_vec();
+            pairs.push((k, v));
+            let err = AwsConfig::from_lookup(lookup(&pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+}
