@@ -254,6 +254,31 @@ impl Env {
         )
     }
 
+    /// Sends any request through the `api` handler, as an HTTP API (v2) event.
+    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let subs = self.subs("");
+        let subs: Vec<(&str, &str)> = subs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut ev: Value =
+            serde_json::from_str(&fixture("apigw-v2-create-deployment.json", &subs)).unwrap();
+        ev["rawPath"] = Value::String(path.into());
+        ev["requestContext"]["http"]["method"] = Value::String(method.into());
+        ev["requestContext"]["http"]["path"] = Value::String(path.into());
+        ev["body"] = body.map_or(Value::Null, |b| Value::String(b.into()));
+        let req = lambda_http::request::from_str(&ev.to_string()).unwrap();
+        let resp = tarmac::aws::lambda::api_service(Arc::clone(&self.app.deps))
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
     /// Receives what the queue holds, as the event source mapping would deliver it.
     async fn receive(&self) -> SqsEvent {
         let out = self
@@ -605,4 +630,33 @@ async fn the_fifo_queue_keeps_each_stack_in_order_and_one_in_flight_per_stack() 
         of(vec![ids[1], ids[3], ids[5]]),
         vec![ids[1], ids[3], ids[5]]
     );
+}
+
+#[tokio::test]
+async fn a_paused_stack_holds_its_deployments_without_blocking_its_queue() {
+    let env = Env::new().await;
+    env.api("apigw-v2-patch-settings.json", "").await;
+    assert_eq!(
+        env.call("POST", "/api/stacks/acme/web/dev/deployments/pause", None)
+            .await
+            .0,
+        204
+    );
+    let (_, created) = env.api("apigw-v2-create-deployment.json", "").await;
+    let id = created["id"].as_str().unwrap().to_string();
+    // The worker drops the message rather than keep the stack's FIFO group blocked.
+    assert!(env.work(env.receive().await).await.is_empty());
+    assert!(env.receive().await.records.is_empty());
+    let (_, d) = env.api("apigw-v2-get-deployment.json", &id).await;
+    assert_eq!(d["status"], "not-started");
+    // Resuming sends it again, and it runs.
+    assert_eq!(
+        env.call("POST", "/api/stacks/acme/web/dev/deployments/resume", None)
+            .await
+            .0,
+        204
+    );
+    assert!(env.work(env.receive().await).await.is_empty());
+    let (_, d) = env.api("apigw-v2-get-deployment.json", &id).await;
+    assert_eq!(d["status"], "succeeded", "{d}");
 }

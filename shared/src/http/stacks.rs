@@ -10,6 +10,7 @@ use super::extract::{Auth, JsonBody, OrgCtx, Params, StackCtx, authorize, param}
 use super::wire;
 use crate::domain::{JobStatus, Role, StackRef};
 use crate::error::{Error, Result};
+use crate::ports::QueueMessage;
 
 pub async fn current_user(Auth(p): Auth) -> Json<Value> {
     Json(json!({
@@ -76,7 +77,35 @@ pub async fn pause_stack(State(state): State<AppState>, ctx: StackCtx) -> Result
 }
 
 pub async fn resume_stack(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
-    set_stack_paused(&state, &ctx.stack, false).await
+    set_stack_paused(&state, &ctx.stack, false).await?;
+    let stack = ctx.stack.to_string();
+    resend_queued(&state, |m| {
+        format!("{}/{}/{}", m.org, m.project, m.stack) == stack
+    })
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where the queue is separate from the store (AWS), a paused stack's deployments had their
+/// messages dropped; resuming sends them again now rather than at the reconciler's next look.
+/// Best effort: the reconciler covers a failure here.
+async fn resend_queued(state: &AppState, select: impl Fn(&QueueMessage) -> bool) {
+    let Some(queue) = &state.deps.queue else {
+        return;
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let queued = match state.deps.runs.queued_before(now).await {
+        Ok(q) => q,
+        Err(e) => {
+            return tracing::warn!(error = %e.chain(), "could not list queued deployments to re-send");
+        }
+    };
+    let attempt = now.unix_timestamp_nanos() as u64;
+    for m in queued.iter().filter(|m| select(m)) {
+        if let Err(e) = queue.send(m, attempt).await {
+            tracing::warn!(deployment_id = %m.deployment_id, error = %e.chain(), "could not re-send on resume");
+        }
+    }
 }
 
 async fn set_stack_paused(state: &AppState, stack: &StackRef, paused: bool) -> Result<StatusCode> {
@@ -129,6 +158,7 @@ pub async fn pause_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<Sta
 pub async fn resume_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
     require_admin(&ctx)?;
     state.deps.orgs.set_org_paused(&ctx.org, false).await?;
+    resend_queued(&state, |m| m.org == ctx.org).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
