@@ -104,6 +104,11 @@ impl Env {
 
     /// With extra configuration, e.g. a short safety margin.
     async fn with(extra: &[(&'static str, &'static str)]) -> Self {
+        Self::with_queue(extra, "60").await
+    }
+
+    /// With extra configuration and the queue's own visibility timeout, in seconds.
+    async fn with_queue(extra: &[(&'static str, &'static str)], queue_visibility: &str) -> Self {
         assert!(
             std::env::var_os("AWS_ENDPOINT_URL").is_some(),
             "AWS_ENDPOINT_URL is not set: run the tests with tests/run.sh"
@@ -141,7 +146,7 @@ impl Env {
             .queue_name(format!("tarmac-{suffix}.fifo"))
             .attributes(QueueAttributeName::FifoQueue, "true")
             .attributes(QueueAttributeName::ContentBasedDeduplication, "false")
-            .attributes(QueueAttributeName::VisibilityTimeout, "60")
+            .attributes(QueueAttributeName::VisibilityTimeout, queue_visibility)
             .attributes(
                 QueueAttributeName::RedrivePolicy,
                 format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"5"}}"#),
@@ -659,4 +664,37 @@ async fn a_paused_stack_holds_its_deployments_without_blocking_its_queue() {
     assert!(env.work(env.receive().await).await.is_empty());
     let (_, d) = env.api("apigw-v2-get-deployment.json", &id).await;
     assert_eq!(d["status"], "succeeded", "{d}");
+}
+
+#[tokio::test]
+async fn the_worker_keeps_its_message_invisible_while_the_run_lasts() {
+    // The queue hides a received message for 2 s only; the run takes 4 s. Without the
+    // heartbeat the message would be visible (and delivered again) half way through.
+    let env = Env::with_queue(&[("TARMAC_VISIBILITY_SECS", "2")], "2").await;
+    env.api("apigw-v2-patch-settings.json", "").await;
+    let (_, created) = env
+        .call(
+            "POST",
+            "/api/stacks/acme/web/dev/deployments",
+            Some(r#"{"operation":"update","operationContext":{"preRunCommands":["sleep 4"]}}"#),
+        )
+        .await;
+    let event = env.receive().await;
+    assert_eq!(event.records.len(), 1);
+    let (failures, meanwhile) = tokio::join!(env.work(event), async {
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        env.receive().await
+    });
+    assert!(failures.is_empty());
+    assert!(
+        meanwhile.records.is_empty(),
+        "the message came back while its run was going on"
+    );
+    let (_, d) = env
+        .api(
+            "apigw-v2-get-deployment.json",
+            created["id"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(d["status"], "succeeded");
 }
