@@ -21,12 +21,22 @@ struct Backend {
     deployments: Arc<dyn DeploymentStore>,
     runs: Arc<dyn RunStore>,
     logs: Arc<dyn LogStore>,
+    schedules: Arc<dyn ScheduleStore>,
+    drift: Arc<dyn DriftStore>,
     _keep: Box<dyn std::any::Any + Send>,
 }
 
 fn backend<S>(store: Arc<S>, keep: Box<dyn std::any::Any + Send>) -> Backend
 where
-    S: StackStore + OrgStore + TokenStore + DeploymentStore + RunStore + LogStore + 'static,
+    S: StackStore
+        + OrgStore
+        + TokenStore
+        + DeploymentStore
+        + RunStore
+        + LogStore
+        + ScheduleStore
+        + DriftStore
+        + 'static,
 {
     Backend {
         stacks: store.clone(),
@@ -34,7 +44,9 @@ where
         tokens: store.clone(),
         deployments: store.clone(),
         runs: store.clone(),
-        logs: store,
+        logs: store.clone(),
+        schedules: store.clone(),
+        drift: store,
         _keep: keep,
     }
 }
@@ -92,6 +104,10 @@ contract!(
     stacks_orgs_and_tokens,
     lists_page_newest_first,
     racing_claims_start_exactly_one_run,
+    schedules_are_stored_listed_and_due_by_their_next_slot,
+    advancing_a_slot_happens_once,
+    drift_runs_are_recorded_linked_and_paged,
+    deleting_a_stack_removes_its_schedules_and_drift_runs,
 );
 
 fn stack(name: &str) -> StackRef {
@@ -730,6 +746,306 @@ async fn racing_claims_start_exactly_one_run(b: Backend) {
         .count();
     assert_eq!(wins, 1, "{outcomes:?}");
     assert_eq!(status(&b, &st, id).await, JobStatus::Accepted);
+}
+
+fn at(minute: i64) -> OffsetDateTime {
+    time::macros::datetime!(2026-06-01 00:00 UTC) + time::Duration::minutes(minute)
+}
+
+fn schedule(
+    st: &StackRef,
+    when: crate::schedule::When,
+    next: Option<OffsetDateTime>,
+) -> crate::schedule::Schedule {
+    crate::schedule::Schedule {
+        id: Uuid::new_v4(),
+        stack: st.clone(),
+        purpose: crate::schedule::Purpose::Custom,
+        when,
+        definition: json!({"request": {"operation": "update", "inheritSettings": true}}),
+        next_execution: next,
+        paused: false,
+        created: at(0),
+        modified: at(0),
+        last_executed: None,
+    }
+}
+
+fn cron(expr: &str) -> crate::schedule::When {
+    crate::schedule::When::Cron(Box::new(crate::schedule::Cron::parse(expr).unwrap()))
+}
+
+async fn schedules_are_stored_listed_and_due_by_their_next_slot(b: Backend) {
+    let st = stack("sched");
+    assert!(
+        matches!(
+            b.schedules
+                .create_schedule(&schedule(&st, cron("* * * * *"), Some(at(1))))
+                .await,
+            Err(Error::NotFound(_))
+        ),
+        "schedules need an existing stack"
+    );
+    b.stacks.create_stack(&st).await.unwrap();
+    let every = schedule(&st, cron("*/5 * * * *"), Some(at(5)));
+    let once = schedule(&st, crate::schedule::When::Once(at(2)), Some(at(2)));
+    let mut later = schedule(&st, cron("0 * * * *"), Some(at(60)));
+    later.created = at(1);
+    for s in [&every, &once, &later] {
+        b.schedules.create_schedule(s).await.unwrap();
+    }
+    let listed = b.schedules.list_schedules(&st).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    let got = b
+        .schedules
+        .get_schedule(&st, once.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(got.when, crate::schedule::When::Once(t) if t == at(2)));
+    assert_eq!(got.definition, once.definition);
+    assert!(
+        b.schedules
+            .get_schedule(&stack("other"), once.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Due at minute 5: the one-time one and the five-minute one, earliest first; not the hourly.
+    let due: Vec<Uuid> = b
+        .schedules
+        .due_schedules(at(5), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(due, vec![once.id, every.id]);
+    assert_eq!(b.schedules.due_schedules(at(5), 1).await.unwrap().len(), 1);
+    assert!(
+        b.schedules
+            .due_schedules(at(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Paused schedules are not due; updates move them.
+    let mut paused = every.clone();
+    paused.paused = true;
+    b.schedules.update_schedule(&paused).await.unwrap();
+    let due: Vec<Uuid> = b
+        .schedules
+        .due_schedules(at(5), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(due, vec![once.id]);
+    let mut moved = later.clone();
+    moved.next_execution = Some(at(3));
+    moved.when = cron("3 * * * *");
+    b.schedules.update_schedule(&moved).await.unwrap();
+    let due: Vec<Uuid> = b
+        .schedules
+        .due_schedules(at(5), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(due, vec![once.id, later.id]);
+
+    // History, newest first.
+    for (i, minute) in [1, 2, 3].iter().enumerate() {
+        let e = HistoryEvent {
+            id: Uuid::new_v4(),
+            schedule_id: once.id,
+            executed: at(*minute),
+            deployment: Some((Uuid::new_v4(), i as i64 + 1)),
+            note: "fired".into(),
+        };
+        b.schedules.add_history(&st, &e).await.unwrap();
+    }
+    let h = b.schedules.history(&st, once.id, 10).await.unwrap();
+    assert_eq!(
+        h.iter().map(|e| e.executed).collect::<Vec<_>>(),
+        vec![at(3), at(2), at(1)]
+    );
+    assert_eq!(h[0].deployment.unwrap().1, 3);
+
+    b.schedules.delete_schedule(&st, once.id).await.unwrap();
+    assert!(matches!(
+        b.schedules.delete_schedule(&st, once.id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(
+        b.schedules
+            .history(&st, once.id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        b.schedules.update_schedule(&once).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+async fn advancing_a_slot_happens_once(b: Backend) {
+    let st = stack("advance");
+    b.stacks.create_stack(&st).await.unwrap();
+    let s = schedule(&st, cron("*/5 * * * *"), Some(at(5)));
+    b.schedules.create_schedule(&s).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let (store, st, id) = (b.schedules.clone(), st.clone(), s.id);
+        tasks.spawn(async move {
+            store
+                .advance_schedule(&st, id, at(5), Some(at(10)), at(5))
+                .await
+                .unwrap()
+        });
+    }
+    let wins = tasks.join_all().await.into_iter().filter(|w| *w).count();
+    assert_eq!(wins, 1);
+    let got = b.schedules.get_schedule(&st, s.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.next_execution, got.last_executed),
+        (Some(at(10)), Some(at(5)))
+    );
+    // A stale expectation loses; a one-time schedule leaves the due index once fired.
+    assert!(
+        !b.schedules
+            .advance_schedule(&st, s.id, at(5), Some(at(15)), at(6))
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.schedules
+            .advance_schedule(&st, s.id, at(10), None, at(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.schedules
+            .due_schedules(at(1000), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        b.schedules
+            .get_schedule(&st, s.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .next_execution,
+        None
+    );
+}
+
+async fn drift_runs_are_recorded_linked_and_paged(b: Backend) {
+    let st = stack("drift");
+    b.stacks.create_stack(&st).await.unwrap();
+    let mut ids = vec![];
+    for i in 0..3 {
+        let run = DriftRun {
+            id: Uuid::new_v4(),
+            stack: st.clone(),
+            created: at(i),
+            detect: (Uuid::new_v4(), i + 1),
+            drift_detected: i == 2,
+            remediation: None,
+        };
+        b.drift.record_drift_run(&run).await.unwrap();
+        ids.push(run.id);
+    }
+    let rem = (Uuid::new_v4(), 4);
+    b.drift.link_remediation(&st, ids[2], rem).await.unwrap();
+    assert!(matches!(
+        b.drift.link_remediation(&st, Uuid::new_v4(), rem).await,
+        Err(Error::NotFound(_))
+    ));
+    let page = b
+        .drift
+        .drift_runs(
+            &st,
+            PageRequest {
+                page: 1,
+                page_size: 2,
+                ascending: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 3);
+    assert_eq!(
+        page.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
+    assert_eq!(page.items[0].remediation, Some(rem));
+    assert!(page.items[0].drift_detected && !page.items[1].drift_detected);
+    assert_eq!(
+        b.drift
+            .drift_run(&st, ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .detect
+            .1,
+        1
+    );
+    assert!(
+        b.drift
+            .drift_run(&stack("elsewhere"), ids[0])
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn deleting_a_stack_removes_its_schedules_and_drift_runs(b: Backend) {
+    let st = stack("gone");
+    b.stacks.create_stack(&st).await.unwrap();
+    let s = schedule(&st, cron("* * * * *"), Some(at(1)));
+    b.schedules.create_schedule(&s).await.unwrap();
+    let run = DriftRun {
+        id: Uuid::new_v4(),
+        stack: st.clone(),
+        created: at(0),
+        detect: (Uuid::new_v4(), 1),
+        drift_detected: false,
+        remediation: None,
+    };
+    b.drift.record_drift_run(&run).await.unwrap();
+    b.stacks.delete_stack(&st).await.unwrap();
+    assert!(
+        b.schedules
+            .due_schedules(at(10), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    b.stacks.create_stack(&st).await.unwrap();
+    assert!(b.schedules.list_schedules(&st).await.unwrap().is_empty());
+    assert_eq!(
+        b.drift
+            .drift_runs(
+                &st,
+                PageRequest {
+                    page: 1,
+                    page_size: 10,
+                    ascending: false
+                }
+            )
+            .await
+            .unwrap()
+            .total,
+        0
+    );
 }
 
 /// The embedded queue (`claim_next`) picks the oldest claimable deployment across stacks.

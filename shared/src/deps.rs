@@ -18,6 +18,8 @@ pub struct Deps {
     pub deployments: Arc<dyn DeploymentStore>,
     pub logs: Arc<dyn LogStore>,
     pub runs: Arc<dyn RunStore>,
+    pub schedules: Arc<dyn ScheduleStore>,
+    pub drift: Arc<dyn DriftStore>,
     /// Where new deployments are sent, for backends whose store is not itself the queue (AWS).
     /// `None` in embedded mode: there the insert is the enqueue.
     pub queue: Option<Arc<dyn Queue>>,
@@ -74,7 +76,9 @@ impl Embedded {
             tokens: s.clone(),
             deployments: s.clone(),
             logs: s.clone(),
-            runs: s,
+            runs: s.clone(),
+            schedules: s.clone(),
+            drift: s,
             queue: None,
             cipher: self.cipher.clone(),
             public_url,

@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod ports;
 pub mod runner;
+pub mod schedule;
 pub mod scheduler;
 pub mod serve;
 pub mod settings;

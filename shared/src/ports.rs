@@ -237,3 +237,103 @@ pub trait LogStore: Send + Sync {
     /// Entries for the query, in order. Empty if none.
     async fn read_logs(&self, id: Uuid, query: LogQuery) -> Result<Vec<LogEntry>>;
 }
+
+/// One entry of a schedule's history: a firing (with the deployment it created) or a slot
+/// that was skipped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEvent {
+    pub id: Uuid,
+    pub schedule_id: Uuid,
+    pub executed: OffsetDateTime,
+    /// The deployment the firing created: (id, version).
+    pub deployment: Option<(Uuid, i64)>,
+    /// Why there is no deployment, or "fired".
+    pub note: String,
+}
+
+/// Schedules and their history.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// `Error::NotFound` if the stack does not exist.
+    async fn create_schedule(&self, schedule: &crate::schedule::Schedule) -> Result<()>;
+
+    /// `None` if the stack has no schedule with this id.
+    async fn get_schedule(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+    ) -> Result<Option<crate::schedule::Schedule>>;
+
+    /// A stack's schedules, oldest first.
+    async fn list_schedules(&self, stack: &StackRef) -> Result<Vec<crate::schedule::Schedule>>;
+
+    /// Replaces when it fires, what it fires, its next slot and its pause flag.
+    /// `Error::NotFound` if absent.
+    async fn update_schedule(&self, schedule: &crate::schedule::Schedule) -> Result<()>;
+
+    /// Deletes a schedule and its history. `Error::NotFound` if absent.
+    async fn delete_schedule(&self, stack: &StackRef, id: Uuid) -> Result<()>;
+
+    /// Unpaused schedules whose next slot is at or before `now`, earliest first, at most
+    /// `limit`. The cost is in proportion to what is due, not to what is stored.
+    async fn due_schedules(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<crate::schedule::Schedule>>;
+
+    /// Moves a schedule's next slot from `expected` to `next` and records `fired` as its last
+    /// execution, only if its next slot is still `expected` and it is not paused. Returns
+    /// whether this call did it: of two ticks racing over one slot, exactly one wins.
+    async fn advance_schedule(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+        expected: OffsetDateTime,
+        next: Option<OffsetDateTime>,
+        fired: OffsetDateTime,
+    ) -> Result<bool>;
+
+    async fn add_history(&self, stack: &StackRef, event: &HistoryEvent) -> Result<()>;
+
+    /// A schedule's history, newest first, at most `limit`.
+    async fn history(
+        &self,
+        stack: &StackRef,
+        schedule_id: Uuid,
+        limit: usize,
+    ) -> Result<Vec<HistoryEvent>>;
+}
+
+/// A detect-drift run and, if drift was remediated, the remediation that followed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftRun {
+    pub id: Uuid,
+    pub stack: StackRef,
+    pub created: OffsetDateTime,
+    /// The detect-drift deployment: (id, version).
+    pub detect: (Uuid, i64),
+    pub drift_detected: bool,
+    /// The remediate-drift deployment it started: (id, version).
+    pub remediation: Option<(Uuid, i64)>,
+}
+
+/// Drift runs.
+#[async_trait]
+pub trait DriftStore: Send + Sync {
+    async fn record_drift_run(&self, run: &DriftRun) -> Result<()>;
+
+    /// Links the remediation a drift run started. `Error::NotFound` if absent.
+    async fn link_remediation(
+        &self,
+        stack: &StackRef,
+        run: Uuid,
+        remediation: (Uuid, i64),
+    ) -> Result<()>;
+
+    /// A stack's drift runs, newest first.
+    async fn drift_runs(&self, stack: &StackRef, page: PageRequest) -> Result<Page<DriftRun>>;
+
+    /// `None` if the stack has no drift run with this id.
+    async fn drift_run(&self, stack: &StackRef, id: Uuid) -> Result<Option<DriftRun>>;
+}

@@ -34,21 +34,21 @@ const LOG_TTL: Duration = Duration::from_secs(90 * 86_400);
 const RETRIES: usize = 20;
 
 pub struct DynamoStore {
-    client: Client,
-    table: String,
+    pub(super) client: Client,
+    pub(super) table: String,
     /// Deployment id -> (stack partition, version). Immutable once written, so safe to cache.
     locations: Mutex<HashMap<Uuid, (String, i64)>>,
 }
 
-fn aws_err<E: std::error::Error + 'static>(op: &str, e: SdkError<E>) -> Error {
+pub(super) fn aws_err<E: std::error::Error + 'static>(op: &str, e: SdkError<E>) -> Error {
     Error::internal(format!("DynamoDB {op}: {}", DisplayErrorContext(e)))
 }
 
-fn stack_pk(stack: &StackRef) -> String {
+pub(super) fn stack_pk(stack: &StackRef) -> String {
     format!("STACK#{stack}")
 }
-const STACK_SK: &str = "#STACK";
-fn dep_sk(version: i64) -> String {
+pub(super) const STACK_SK: &str = "#STACK";
+pub(super) fn dep_sk(version: i64) -> String {
     format!("DEP#{}", pad(version))
 }
 fn ptr_key(id: Uuid) -> Item {
@@ -69,18 +69,23 @@ fn org_stacks(org: &str) -> String {
 const QUEUED: &str = "QUEUED";
 const LEASED: &str = "LEASED";
 
-fn now_us() -> i64 {
+pub(super) fn now_us() -> i64 {
     to_micros(OffsetDateTime::now_utc())
 }
 
 /// Collects the items of one `TransactWriteItems`.
-struct Tx {
+pub(super) struct Tx {
     table: String,
     items: Vec<TransactWriteItem>,
 }
 
 impl Tx {
-    fn put(&mut self, item: Item, cond: Option<&str>, vals: Vec<(&str, AttributeValue)>) {
+    pub(super) fn put(
+        &mut self,
+        item: Item,
+        cond: Option<&str>,
+        vals: Vec<(&str, AttributeValue)>,
+    ) {
         let mut p = Put::builder().table_name(&self.table).set_item(Some(item));
         if let Some(c) = cond {
             p = p
@@ -94,7 +99,7 @@ impl Tx {
         self.items.push(TransactWriteItem::builder().put(p).build());
     }
 
-    fn update(
+    pub(super) fn update(
         &mut self,
         key: Item,
         set: &str,
@@ -115,7 +120,7 @@ impl Tx {
             .push(TransactWriteItem::builder().update(u).build());
     }
 
-    fn check(&mut self, key: Item, cond: &str, vals: Vec<(&str, AttributeValue)>) {
+    pub(super) fn check(&mut self, key: Item, cond: &str, vals: Vec<(&str, AttributeValue)>) {
         let c = ConditionCheck::builder()
             .table_name(&self.table)
             .set_key(Some(key))
@@ -128,7 +133,7 @@ impl Tx {
             .push(TransactWriteItem::builder().condition_check(c).build());
     }
 
-    fn delete(&mut self, key: Item, cond: Option<&str>) {
+    pub(super) fn delete(&mut self, key: Item, cond: Option<&str>) {
         let d = Delete::builder()
             .table_name(&self.table)
             .set_key(Some(key))
@@ -191,7 +196,7 @@ impl DynamoStore {
         }
     }
 
-    async fn commit(&self, tx: Tx) -> Result<std::result::Result<(), Vec<String>>> {
+    pub(super) async fn commit(&self, tx: Tx) -> Result<std::result::Result<(), Vec<String>>> {
         match self
             .client
             .transact_write_items()
@@ -213,14 +218,14 @@ impl DynamoStore {
         }
     }
 
-    fn tx(&self) -> Tx {
+    pub(super) fn tx(&self) -> Tx {
         Tx {
             table: self.table.clone(),
             items: vec![],
         }
     }
 
-    async fn get(&self, key: Item) -> Result<Option<Item>> {
+    pub(super) async fn get(&self, key: Item) -> Result<Option<Item>> {
         let out = self
             .client
             .get_item()
@@ -234,7 +239,7 @@ impl DynamoStore {
     }
 
     /// Every item of a query, following pages.
-    async fn query(
+    pub(super) async fn query(
         &self,
         index: Option<&str>,
         cond: &str,
@@ -269,7 +274,7 @@ impl DynamoStore {
         }
     }
 
-    async fn count(
+    pub(super) async fn count(
         &self,
         index: Option<&str>,
         cond: &str,
@@ -648,6 +653,7 @@ impl StackStore for DynamoStore {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&id);
             }
+            self.delete_schedules_and_drift(&spk).await?;
             let r = self
                 .client
                 .delete_item()

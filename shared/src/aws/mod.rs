@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod dynamo;
+mod dynamo_schedules;
 pub mod item;
 pub mod kms;
 pub mod lambda;

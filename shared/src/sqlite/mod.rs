@@ -1,6 +1,7 @@
 //! The embedded adapters: every port on one SQLite file. Production code for `tarmac serve`.
 
 mod db;
+mod schedules;
 mod schema;
 
 use std::path::Path;

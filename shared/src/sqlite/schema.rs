@@ -4,7 +4,8 @@ use rusqlite::Connection;
 
 use crate::error::Result;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE orgs (
     name   TEXT PRIMARY KEY,
     paused INTEGER NOT NULL DEFAULT 0
@@ -75,7 +76,48 @@ CREATE TABLE log_entries (
     PRIMARY KEY (deployment_seq, seq)
 ) WITHOUT ROWID;
 CREATE INDEX log_entries_step ON log_entries(deployment_seq, step, n) WHERE n IS NOT NULL;
-"#];
+"#,
+    r#"
+CREATE TABLE schedules (
+    id             TEXT PRIMARY KEY,
+    stack_id       INTEGER NOT NULL REFERENCES stacks(id) ON DELETE CASCADE,
+    purpose        TEXT NOT NULL,
+    cron           TEXT,
+    once           INTEGER,
+    definition     TEXT NOT NULL,
+    next_execution INTEGER,
+    paused         INTEGER NOT NULL DEFAULT 0,
+    created        INTEGER NOT NULL,
+    modified       INTEGER NOT NULL,
+    last_executed  INTEGER
+);
+-- The tick's index: only schedules that can fire are in it, ordered by when.
+CREATE INDEX schedules_due ON schedules(next_execution) WHERE paused = 0 AND next_execution IS NOT NULL;
+CREATE INDEX schedules_stack ON schedules(stack_id, created);
+
+CREATE TABLE schedule_history (
+    id          TEXT PRIMARY KEY,
+    schedule_id TEXT NOT NULL REFERENCES schedules(id) ON DELETE CASCADE,
+    executed    INTEGER NOT NULL,
+    deployment  TEXT,
+    version     INTEGER,
+    note        TEXT NOT NULL
+);
+CREATE INDEX schedule_history_by_schedule ON schedule_history(schedule_id, executed);
+
+CREATE TABLE drift_runs (
+    id                TEXT PRIMARY KEY,
+    stack_id          INTEGER NOT NULL REFERENCES stacks(id) ON DELETE CASCADE,
+    created           INTEGER NOT NULL,
+    detect_id         TEXT NOT NULL,
+    detect_version    INTEGER NOT NULL,
+    drift_detected    INTEGER NOT NULL,
+    remediate_id      TEXT,
+    remediate_version INTEGER
+);
+CREATE INDEX drift_runs_stack ON drift_runs(stack_id, created);
+"#,
+];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
