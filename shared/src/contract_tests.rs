@@ -108,6 +108,11 @@ contract!(
     advancing_a_slot_happens_once,
     drift_runs_are_recorded_linked_and_paged,
     deleting_a_stack_removes_its_schedules_and_drift_runs,
+    racing_ticks_fire_each_slot_once,
+    after_downtime_a_schedule_fires_once_and_history_records_the_missed_slots,
+    paused_schedules_do_not_fire_and_resume_at_their_next_future_slot,
+    one_time_and_ttl_schedules_fire_once,
+    schedule_requests_are_validated,
 );
 
 fn stack(name: &str) -> StackRef {
@@ -1046,6 +1051,374 @@ async fn deleting_a_stack_removes_its_schedules_and_drift_runs(b: Backend) {
             .total,
         0
     );
+}
+
+/// `Deps` over a backend's ports, as the API and the tick use them.
+fn deps(b: &Backend) -> Arc<crate::deps::Deps> {
+    Arc::new(crate::deps::Deps {
+        stacks: b.stacks.clone(),
+        orgs: b.orgs.clone(),
+        tokens: b.tokens.clone(),
+        deployments: b.deployments.clone(),
+        logs: b.logs.clone(),
+        runs: b.runs.clone(),
+        schedules: b.schedules.clone(),
+        drift: b.drift.clone(),
+        queue: None,
+        cipher: crate::crypto::Cipher::from_key(&[9; 32]),
+        public_url: "http://tarmac.test".into(),
+        allow_local_repos: true,
+        state_dir: None,
+        concurrency: 1,
+    })
+}
+
+/// Calls the real router as a write-role token of `org`.
+async fn call(
+    b: &Backend,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use tower::ServiceExt;
+    let token = crate::crypto::new_token();
+    b.tokens
+        .create_token(&crate::crypto::token_hash(&token), "org", Role::Write, "t")
+        .await
+        .unwrap();
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("Authorization", format!("token {token}"))
+        .body(axum::body::Body::from(
+            body.map(|v| v.to_string()).unwrap_or_default(),
+        ))
+        .unwrap();
+    let resp = crate::http::router(deps(b)).oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+const SETTINGS: &str = "/api/stacks/org/proj/ticks/deployments/settings";
+const SCHEDULES: &str = "/api/stacks/org/proj/ticks/deployments/schedules";
+
+async fn with_settings(b: &Backend) {
+    let (status, v) = call(
+        b,
+        "POST",
+        SETTINGS,
+        Some(json!({"sourceContext": {"git": {"repoUrl": "https://example.com/r.git"}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+}
+
+fn ticks() -> StackRef {
+    stack("ticks")
+}
+
+async fn schedule_at(b: &Backend, body: serde_json::Value) -> crate::schedule::Schedule {
+    let (status, v) = call(b, "POST", SCHEDULES, Some(body)).await;
+    assert_eq!(status, 200, "{v}");
+    let id = Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
+    b.schedules
+        .get_schedule(&ticks(), id)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn tick(b: &Backend, now: OffsetDateTime) -> crate::scheduler::TickReport {
+    crate::scheduler::tick(&deps(b), now, Duration::from_secs(7 * 86_400))
+        .await
+        .unwrap()
+}
+
+async fn deployment_count(b: &Backend) -> u64 {
+    b.deployments
+        .list_stack_deployments(
+            &ticks(),
+            PageRequest {
+                page: 1,
+                page_size: 100,
+                ascending: false,
+            },
+        )
+        .await
+        .unwrap()
+        .total
+}
+
+async fn racing_ticks_fire_each_slot_once(b: Backend) {
+    with_settings(&b).await;
+    let s = schedule_at(&b, json!({"scheduleCron": "*/5 * * * *", "request": {"operation": "update", "inheritSettings": true}})).await;
+    let slot = s.next_execution.unwrap();
+    assert!(
+        tick(&b, slot - time::Duration::seconds(1)).await.fired == 0,
+        "not due yet"
+    );
+    let (r1, r2) = tokio::join!(tick(&b, slot), tick(&b, slot));
+    assert_eq!(r1.fired + r2.fired, 1, "{r1:?} {r2:?}");
+    assert_eq!(deployment_count(&b).await, 1);
+    let after = b
+        .schedules
+        .get_schedule(&ticks(), s.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        after.next_execution,
+        Some(slot + time::Duration::minutes(5))
+    );
+    assert_eq!(after.last_executed, Some(slot));
+    let (_, h) = call(&b, "GET", &format!("{SCHEDULES}/{}/history", s.id), None).await;
+    let events = h["scheduleHistoryEvents"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["version"], 1);
+    assert_eq!(
+        events[0]["result"], "not-started",
+        "a firing's result is its deployment's status"
+    );
+    let d = b
+        .deployments
+        .get_deployment_by_version(&ticks(), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (d.operation, d.initiator.as_str()),
+        (Operation::Update, "schedule")
+    );
+}
+
+async fn after_downtime_a_schedule_fires_once_and_history_records_the_missed_slots(b: Backend) {
+    with_settings(&b).await;
+    let s = schedule_at(
+        &b,
+        json!({"scheduleCron": "0 * * * *", "request": {"operation": "refresh"}}),
+    )
+    .await;
+    let first = s.next_execution.unwrap();
+    let report = tick(&b, first + time::Duration::minutes(3 * 60 + 30)).await;
+    assert_eq!((report.fired, report.skipped), (1, 3));
+    assert_eq!(deployment_count(&b).await, 1);
+    let after = b
+        .schedules
+        .get_schedule(&ticks(), s.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.next_execution, Some(first + time::Duration::hours(4)));
+    let h = b.schedules.history(&ticks(), s.id, 10).await.unwrap();
+    assert_eq!(h.len(), 4);
+    assert_eq!(h[0].executed, first + time::Duration::hours(3));
+    assert!(h[0].deployment.is_some());
+    assert!(
+        h[1..]
+            .iter()
+            .all(|e| e.deployment.is_none() && e.note.starts_with("skipped"))
+    );
+    assert_eq!(
+        tick(&b, first + time::Duration::minutes(3 * 60 + 31))
+            .await
+            .fired,
+        0
+    );
+}
+
+async fn paused_schedules_do_not_fire_and_resume_at_their_next_future_slot(b: Backend) {
+    with_settings(&b).await;
+    let s = schedule_at(
+        &b,
+        json!({"scheduleCron": "* * * * *", "request": {"operation": "preview"}}),
+    )
+    .await;
+    assert_eq!(
+        call(&b, "POST", &format!("{SCHEDULES}/{}/pause", s.id), None)
+            .await
+            .0,
+        204
+    );
+    let far = OffsetDateTime::now_utc() + time::Duration::hours(2);
+    assert_eq!(tick(&b, far).await.fired, 0);
+    let (_, v) = call(&b, "GET", &format!("{SCHEDULES}/{}", s.id), None).await;
+    assert_eq!(v["paused"], true);
+    assert_eq!(
+        call(&b, "POST", &format!("{SCHEDULES}/{}/resume", s.id), None)
+            .await
+            .0,
+        204
+    );
+    let resumed = b
+        .schedules
+        .get_schedule(&ticks(), s.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let next = resumed.next_execution.unwrap();
+    assert!(
+        next > OffsetDateTime::now_utc()
+            && next <= OffsetDateTime::now_utc() + time::Duration::minutes(1)
+    );
+    let report = tick(&b, next).await;
+    assert_eq!(
+        (report.fired, report.skipped),
+        (1, 0),
+        "slots missed while paused do not fire"
+    );
+}
+
+async fn one_time_and_ttl_schedules_fire_once(b: Backend) {
+    with_settings(&b).await;
+    let at = (OffsetDateTime::now_utc() + time::Duration::minutes(10))
+        .replace_nanosecond(0)
+        .unwrap();
+    let once = schedule_at(&b, json!({"scheduleOnce": crate::domain::time_fmt::rfc3339(at), "request": {"operation": "update"}})).await;
+    assert_eq!(once.next_execution, Some(at));
+    let (status, ttl) = call(
+        &b,
+        "POST",
+        "/api/stacks/org/proj/ticks/deployments/ttl/schedules",
+        Some(
+            json!({"timestamp": crate::domain::time_fmt::rfc3339(at), "deleteAfterDestroy": true}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{ttl}");
+    assert_eq!(ttl["definition"]["request"]["operation"], "destroy");
+    assert_eq!(
+        ttl["definition"]["request"]["operationContext"]["options"]["deleteAfterDestroy"],
+        true
+    );
+    assert!(ttl["scheduleOnce"].is_string() && ttl["lastExecuted"] == "");
+    assert_eq!(tick(&b, at).await.fired, 2);
+    assert_eq!(tick(&b, at + time::Duration::days(1)).await.fired, 0);
+    let (_, v) = call(&b, "GET", &format!("{SCHEDULES}/{}", once.id), None).await;
+    assert_eq!(v["nextExecution"], "");
+    assert!(
+        v["lastExecuted"]
+            .as_str()
+            .unwrap()
+            .starts_with(&at.year().to_string())
+    );
+    let ops: Vec<Operation> = b
+        .deployments
+        .list_stack_deployments(
+            &ticks(),
+            PageRequest {
+                page: 1,
+                page_size: 10,
+                ascending: true,
+            },
+        )
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| d.operation)
+        .collect();
+    assert!(ops.contains(&Operation::Update) && ops.contains(&Operation::Destroy));
+    let (_, meta) = call(
+        &b,
+        "GET",
+        "/api/stacks/org/proj/ticks/deployments/metadata",
+        None,
+    )
+    .await;
+    assert_eq!(meta["hasSchedules"], true);
+    // Deleting the stack deletes its schedules.
+    let queued = b
+        .deployments
+        .list_stack_deployments(
+            &ticks(),
+            PageRequest {
+                page: 1,
+                page_size: 10,
+                ascending: true,
+            },
+        )
+        .await
+        .unwrap();
+    for d in queued.items {
+        b.deployments
+            .cancel_deployment(&ticks(), d.id)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        call(&b, "DELETE", "/api/stacks/org/proj/ticks", None)
+            .await
+            .0,
+        204
+    );
+    assert!(
+        b.schedules
+            .due_schedules(at + time::Duration::days(365), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn schedule_requests_are_validated(b: Backend) {
+    // No settings yet: refused with 400, nothing stored.
+    b.stacks.create_stack(&ticks()).await.unwrap();
+    let body = json!({"scheduleCron": "0 0 * * 0", "request": {"operation": "update"}});
+    let (status, v) = call(&b, "POST", SCHEDULES, Some(body.clone())).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("deployment settings not configured")
+    );
+    with_settings(&b).await;
+    for (bad, want) in [
+        (
+            json!({"request": {"operation": "update"}}),
+            "exactly one of scheduleCron and scheduleOnce",
+        ),
+        (
+            json!({"scheduleCron": "0 0 * * 0", "scheduleOnce": "2030-01-01T00:00:00Z", "request": {"operation": "update"}}),
+            "exactly one",
+        ),
+        (
+            json!({"scheduleCron": "61 * * * *", "request": {"operation": "update"}}),
+            "invalid scheduleCron",
+        ),
+        (
+            json!({"scheduleCron": "* * * *", "request": {"operation": "update"}}),
+            "expected 5 fields",
+        ),
+        (
+            json!({"scheduleOnce": "next tuesday", "request": {"operation": "update"}}),
+            "not an RFC 3339",
+        ),
+        (
+            json!({"scheduleCron": "0 0 * * 0", "request": {"operation": "explode"}}),
+            "unknown Operation",
+        ),
+        (json!({"scheduleCron": "0 0 * * 0"}), "request is required"),
+    ] {
+        let (status, v) = call(&b, "POST", SCHEDULES, Some(bad)).await;
+        assert_eq!(status, 400, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(want), "{v}");
+    }
+    // SDK style: unset fields sent as null count as absent.
+    let (status, v) = call(&b, "POST", SCHEDULES, Some(json!({"scheduleCron": "0 0 * * 0", "scheduleOnce": null, "request": {"operation": "update", "inheritSettings": true, "tag": null}}))).await;
+    assert_eq!(status, 200, "{v}");
+    let (_, list) = call(&b, "GET", SCHEDULES, None).await;
+    assert_eq!(list["schedules"].as_array().unwrap().len(), 1);
+    let (status, _) = call(&b, "GET", &format!("{SCHEDULES}/{}", Uuid::new_v4()), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(&b, "GET", &format!("{SCHEDULES}/not-an-id"), None).await;
+    assert_eq!(status, 400);
 }
 
 /// The embedded queue (`claim_next`) picks the oldest claimable deployment across stacks.

@@ -17,6 +17,7 @@ pub mod runner;
 pub mod schedule;
 pub mod scheduler;
 pub mod serve;
+pub mod service;
 pub mod settings;
 pub mod sqlite;
 pub mod store_codec;

@@ -1,9 +1,9 @@
 //! The periodic tick shared by every backend: the embedded ticker in `tarmac serve` and the
 //! `scheduler` Lambda (an EventBridge `rate(1 minute)` rule) both call `tick`.
 //!
-//! Today a tick reaps (runs whose worker died fail; deployments queued too long are skipped)
-//! and, where a queue is separate from the store, reconciles: it re-sends queued deployments
-//! whose message may have been lost. Schedules slot in here.
+//! A tick fires the schedules that are due, reaps (runs whose worker died fail; deployments
+//! queued too long are skipped) and, where a queue is separate from the store, reconciles: it
+//! re-sends queued deployments whose message may have been lost.
 
 use std::time::Duration;
 
@@ -11,18 +11,29 @@ use time::OffsetDateTime;
 
 use crate::deps::Deps;
 use crate::error::Result;
+use crate::ports::HistoryEvent;
+use crate::schedule::{Schedule, firing};
+use crate::service::create_deployment;
 
 /// Queued this long with their stack idle, a deployment's message is presumed lost.
 pub const RECONCILE_AFTER: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TickReport {
+    /// Schedules that fired (each created a deployment, or recorded why it could not).
+    pub fired: usize,
+    /// Missed slots recorded as skipped.
+    pub skipped: usize,
     pub reaped: usize,
     pub resent: usize,
 }
 
+/// Due schedules are read in batches of this many.
+const BATCH: usize = 500;
+
 /// One tick at `now`.
 pub async fn tick(deps: &Deps, now: OffsetDateTime, queue_max_age: Duration) -> Result<TickReport> {
+    let (fired, skipped) = fire_due(deps, now).await?;
     let reaped = deps.runs.reap(now, now - queue_max_age).await?.len();
     let mut resent = 0;
     // One re-send per deployment per minute: overlapping ticks in one minute share a dedup id.
@@ -41,8 +52,72 @@ pub async fn tick(deps: &Deps, now: OffsetDateTime, queue_max_age: Duration) -> 
             resent += 1;
         }
     }
-    if reaped + resent > 0 {
-        tracing::info!(reaped, resent, "tick");
+    if fired + skipped + reaped + resent > 0 {
+        tracing::info!(fired, skipped, reaped, resent, "tick");
     }
-    Ok(TickReport { reaped, resent })
+    Ok(TickReport {
+        fired,
+        skipped,
+        reaped,
+        resent,
+    })
+}
+
+/// Fires every schedule due at `now`. Each slot fires once however many ticks race: only the
+/// tick whose conditional advance wins creates the deployment. The cost follows the number of
+/// due schedules, not the number stored.
+pub async fn fire_due(deps: &Deps, now: OffsetDateTime) -> Result<(usize, usize)> {
+    let (mut fired, mut skipped) = (0, 0);
+    loop {
+        let due = deps.schedules.due_schedules(now, BATCH).await?;
+        let batch_len = due.len();
+        for s in due {
+            let Some(slot_due) = s.next_execution else {
+                continue;
+            };
+            let f = firing(&s.when, slot_due, now)?;
+            if !deps
+                .schedules
+                .advance_schedule(&s.stack, s.id, slot_due, f.next, now)
+                .await?
+            {
+                continue; // another tick fired this slot
+            }
+            for missed in &f.skipped {
+                let note = "skipped: the slot passed while no scheduler was running; only the latest missed slot fires";
+                history(deps, &s, *missed, None, note).await?;
+                skipped += 1;
+            }
+            let body = s.definition.get("request").cloned().unwrap_or_default();
+            match create_deployment(deps, &s.stack, &body, "schedule", "scheduler").await {
+                Ok(d) => history(deps, &s, f.slot, Some((d.id, d.version)), "fired").await?,
+                // Refused (settings gone, say): the slot is used up, and the history says why.
+                Err(e) if e.status().is_client_error() => {
+                    history(deps, &s, f.slot, None, &format!("failed: {e}")).await?;
+                }
+                Err(e) => return Err(e),
+            }
+            fired += 1;
+        }
+        if batch_len < BATCH {
+            return Ok((fired, skipped));
+        }
+    }
+}
+
+async fn history(
+    deps: &Deps,
+    s: &Schedule,
+    at: OffsetDateTime,
+    deployment: Option<(uuid::Uuid, i64)>,
+    note: &str,
+) -> Result<()> {
+    let event = HistoryEvent {
+        id: uuid::Uuid::new_v4(),
+        schedule_id: s.id,
+        executed: at,
+        deployment,
+        note: note.to_string(),
+    };
+    deps.schedules.add_history(&s.stack, &event).await
 }

@@ -85,8 +85,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     ));
 
     let runner = Arc::new(Runner::new(
-        Arc::clone(&deps.runs),
-        deps.cipher.clone(),
+        Arc::clone(&deps),
         RunnerConfig {
             work_dir,
             state_dir,

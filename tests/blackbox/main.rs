@@ -11,4 +11,5 @@ mod bad_input;
 mod git_auth;
 mod lifecycle;
 mod queue;
+mod schedules;
 mod serve;

@@ -150,10 +150,14 @@ async fn paused_stacks_and_orgs_hold_their_queue_until_resumed() {
     let (_, meta) = app
         .get(&format!("/api/stacks/{s}/deployments/metadata"))
         .await;
-    assert_eq!(
-        meta,
-        json!({"paused": true, "stackPaused": true, "organizationPaused": false, "hasSchedules": false})
-    );
+    for (key, want) in [
+        ("paused", true),
+        ("stackPaused", true),
+        ("organizationPaused", false),
+        ("hasSchedules", false),
+    ] {
+        assert_eq!(meta[key], want, "{key}: {meta}");
+    }
     app.post(&format!("/api/stacks/{s}/deployments/resume"), json!(null))
         .await;
     app.wait_for(&s, &id, Some("succeeded")).await;

@@ -47,8 +47,7 @@ impl AwsApp {
             concurrency: 0,
         });
         let runner = Arc::new(Runner::new(
-            Arc::clone(&deps.runs),
-            cipher,
+            Arc::clone(&deps),
             RunnerConfig {
                 work_dir: cfg.work_dir.clone(),
                 state_dir: cfg.state_dir.clone(),

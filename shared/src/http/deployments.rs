@@ -10,14 +10,11 @@ use uuid::Uuid;
 use super::AppState;
 use super::extract::{JsonBody, OrgCtx, Params, Query, StackCtx, param};
 use super::wire;
-use crate::domain::{CancelOutcome, Deployment, NewDeployment, Operation, PageRequest, StackRef};
+use crate::domain::{CancelOutcome, Deployment, PageRequest, StackRef};
 use crate::error::{Error, Result};
-use crate::ports::{LogQuery, QueueMessage};
-use crate::runner::git::validate_repo_url;
-use crate::settings::{self, Nulls, RunSpec};
+use crate::ports::LogQuery;
 
-/// Queues a deployment. The request's settings are merged over the stack's unless
-/// `inheritSettings` is false; the result must name a source the server may clone.
+/// Queues a deployment (see `service::create_deployment`).
 #[tracing::instrument(skip_all, fields(org = %ctx.stack.org, project = %ctx.stack.project, stack = %ctx.stack.stack))]
 pub async fn create(
     State(state): State<AppState>,
@@ -25,53 +22,22 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let deps = &state.deps;
-    let (operation, inherit, rest) = settings::split_create_request(&body)?;
-    let operation: Operation = operation
-        .ok_or_else(|| Error::invalid("operation is required: one of update, preview, refresh, destroy, detect-drift, remediate-drift"))?
-        .parse()?;
-    let request = settings::canonicalize(&rest, &deps.cipher)?;
-    let config = if inherit {
-        let stored = deps
-            .stacks
-            .get_settings(&ctx.stack)
-            .await?
-            .map(|s| s.settings)
-            .unwrap_or_else(|| json!({}));
-        settings::merge(&stored, &request, Nulls::Ignore)
-    } else {
-        settings::strip_nulls(&request)
-    };
-    let spec = RunSpec::from_config(&config)?;
-    validate_repo_url(&spec.repo_url, deps.allow_local_repos)?;
     let initiator = headers
         .get("x-pulumi-deployment-initiator")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64)
-        .unwrap_or("api")
-        .to_string();
-    let d = deps
-        .deployments
-        .create_deployment(NewDeployment {
-            id: Uuid::new_v4(),
-            stack: ctx.stack.clone(),
-            operation,
-            config,
-            initiator,
-            requested_by: ctx.principal.token_name.clone(),
-            skip_intermediate: spec.skip_intermediate,
-        })
-        .await?;
-    tracing::info!(deployment_id = %d.id, version = d.version, %operation, "deployment queued");
-    if let Some(queue) = &deps.queue
-        && let Err(e) = queue.send(&QueueMessage::new(&ctx.stack, d.id), 0).await
-    {
-        // The deployment is stored; the scheduler's reconciler sends it again.
-        tracing::warn!(deployment_id = %d.id, error = %e.chain(), "could not send to the queue; the reconciler will");
-    }
+        .unwrap_or("api");
+    let d = crate::service::create_deployment(
+        &state.deps,
+        &ctx.stack,
+        &body,
+        initiator,
+        &ctx.principal.token_name,
+    )
+    .await?;
     let console = format!(
         "{}/{}/deployments/{}",
-        deps.public_url,
+        state.deps.public_url,
         path_of(&ctx.stack),
         d.version
     );

@@ -5,6 +5,7 @@
 
 mod deployments;
 pub mod extract;
+mod schedules;
 mod settings;
 mod stacks;
 pub mod wire;
@@ -51,6 +52,41 @@ pub fn router(deps: Arc<Deps>) -> Router {
             "/deployments/cache",
             axum::routing::delete(stacks::clear_cache),
         )
+        .route(
+            "/deployments/schedules",
+            get(schedules::list).post(schedules::create_custom),
+        )
+        .route(
+            "/deployments/schedules/{id}",
+            get(schedules::read)
+                .post(schedules::update_custom)
+                .delete(schedules::delete),
+        )
+        .route("/deployments/schedules/{id}/pause", post(schedules::pause))
+        .route(
+            "/deployments/schedules/{id}/resume",
+            post(schedules::resume),
+        )
+        .route(
+            "/deployments/schedules/{id}/history",
+            get(schedules::history),
+        )
+        .route(
+            "/deployments/drift/schedules",
+            post(schedules::create_drift),
+        )
+        .route(
+            "/deployments/drift/schedules/{id}",
+            post(schedules::update_drift),
+        )
+        .route("/deployments/ttl/schedules", post(schedules::create_ttl))
+        .route(
+            "/deployments/ttl/schedules/{id}",
+            post(schedules::update_ttl),
+        )
+        .route("/drift/runs", get(schedules::drift_runs))
+        .route("/drift/runs/{id}", get(schedules::drift_run))
+        .route("/drift/status", get(schedules::drift_status))
         .route(
             "/deployments/version/{version}",
             get(deployments::get_by_version),

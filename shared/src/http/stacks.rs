@@ -133,7 +133,8 @@ pub async fn stack_metadata(State(state): State<AppState>, ctx: StackCtx) -> Res
         "paused": stack_paused || org_paused,
         "stackPaused": stack_paused,
         "organizationPaused": org_paused,
-        "hasSchedules": false,
+        "hasSchedules": super::schedules::has_schedules(&state, &ctx.stack).await?,
+        "drift": super::schedules::drift_status_of(&state, &ctx.stack).await?,
     })))
 }
 

@@ -15,10 +15,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::crypto::Cipher;
-use crate::domain::{Deployment, JobStatus, Lease, StepStatus};
+use crate::deps::Deps;
+use crate::domain::{Deployment, JobStatus, Lease, Operation, StepStatus};
 use crate::error::Error;
-use crate::ports::{Claimed, RunStore};
+use crate::ports::{Claimed, DriftRun};
 use crate::settings::{EnvValue, RunSpec};
 use engine::Engine;
 use exec::{CommandSpec, Exit, Stdout};
@@ -60,8 +60,7 @@ pub struct RunnerConfig {
 }
 
 pub struct Runner {
-    store: Arc<dyn RunStore>,
-    cipher: Cipher,
+    deps: Arc<Deps>,
     cfg: RunnerConfig,
 }
 
@@ -71,6 +70,21 @@ enum StopReason {
     TimedOut(Duration),
     Shutdown,
     LeaseLost,
+}
+
+/// How a run's steps ended.
+struct Outcome {
+    /// The closing line of the log.
+    summary: String,
+    /// For detect-drift: whether drift was found.
+    drift: Option<bool>,
+}
+
+/// A boolean under `operationContext.options` of the deployment's effective settings.
+fn option(d: &Deployment, name: &str) -> bool {
+    d.config["operationContext"]["options"][name]
+        .as_bool()
+        .unwrap_or(false)
 }
 
 /// One of the run's own environment variables, decrypted.
@@ -102,8 +116,8 @@ struct Run<'a> {
 }
 
 impl Runner {
-    pub fn new(store: Arc<dyn RunStore>, cipher: Cipher, cfg: RunnerConfig) -> Self {
-        Self { store, cipher, cfg }
+    pub fn new(deps: Arc<Deps>, cfg: RunnerConfig) -> Self {
+        Self { deps, cfg }
     }
 
     /// Runs a claimed deployment to a terminal status, which it returns. When `stop` fires the
@@ -118,7 +132,7 @@ impl Runner {
         stop_signal: &StopSignal,
     ) -> JobStatus {
         let d = claimed.deployment;
-        if let Err(e) = self.store.mark_running(d.id, lease).await {
+        if let Err(e) = self.deps.runs.mark_running(d.id, lease).await {
             tracing::warn!(error = %e.chain(), "could not start a claimed deployment");
             return JobStatus::Failed;
         }
@@ -133,7 +147,7 @@ impl Runner {
             Err(_) => vec![],
         };
         let masker = Masker::new(secrets.into_iter().chain(self.git_secrets(&d)));
-        let log = RunLog::start(Arc::clone(&self.store), d.id, lease.clone(), masker);
+        let log = RunLog::start(Arc::clone(&self.deps.runs), d.id, lease.clone(), masker);
 
         let stop = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
@@ -184,7 +198,8 @@ impl Runner {
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workdir_clone)).await;
 
         let reason = *reason.lock().unwrap_or_else(|p| p.into_inner());
-        let (status, message) = match (outcome, reason) {
+        let drift = outcome.as_ref().ok().and_then(|o| o.drift);
+        let (status, message) = match (outcome.map(|o| o.summary), reason) {
             (_, Some(StopReason::LeaseLost)) => {
                 tracing::warn!("lease lost; another party owns this deployment now");
                 return JobStatus::Failed;
@@ -204,13 +219,86 @@ impl Runner {
             (Err(Failure::Failed(msg)), _) => (JobStatus::Failed, msg),
         };
         log.line(last_step, &message).await;
+        let delete_after = d.operation == Operation::Destroy && option(&d, "deleteAfterDestroy");
+        if delete_after && status != JobStatus::Succeeded {
+            log.line(last_step, "The destroy did not succeed, so deleteAfterDestroy left the stack, its settings and its schedules in place.")
+                .await;
+        }
         log.flush().await;
-        if let Err(e) = self.store.finish(d.id, lease, status).await {
+        if let Err(e) = self.deps.runs.finish(d.id, lease, status).await {
             tracing::warn!(error = %e.chain(), "could not record the deployment's end");
             return JobStatus::Failed;
         }
         tracing::info!(status = %status, "deployment finished");
+        self.after(&d, status, drift, delete_after).await;
         status
+    }
+
+    /// What follows a finished run: a detect-drift run is recorded (and remediated if asked);
+    /// a successful destroy with `deleteAfterDestroy` deletes the stack. Failures here are
+    /// logged; the deployment's own status stands.
+    async fn after(
+        &self,
+        d: &Deployment,
+        status: JobStatus,
+        drift: Option<bool>,
+        delete_after: bool,
+    ) {
+        if d.operation == Operation::DetectDrift {
+            let run = DriftRun {
+                id: Uuid::new_v4(),
+                stack: d.stack.clone(),
+                created: time::OffsetDateTime::now_utc(),
+                detect: (d.id, d.version),
+                drift_detected: drift == Some(true),
+                remediation: None,
+            };
+            if let Err(e) = self.deps.drift.record_drift_run(&run).await {
+                tracing::error!(error = %e.chain(), "could not record the drift run");
+                return;
+            }
+            if status == JobStatus::Succeeded
+                && drift == Some(true)
+                && option(d, "remediateIfDriftDetected")
+            {
+                let body =
+                    serde_json::json!({"operation": "remediate-drift", "inheritSettings": true});
+                match crate::service::create_deployment(
+                    &self.deps,
+                    &d.stack,
+                    &body,
+                    "drift-remediation",
+                    &d.requested_by,
+                )
+                .await
+                {
+                    Ok(r) => {
+                        if let Err(e) = self
+                            .deps
+                            .drift
+                            .link_remediation(&d.stack, run.id, (r.id, r.version))
+                            .await
+                        {
+                            tracing::error!(error = %e.chain(), "could not link the remediation to its drift run");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e.chain(), "could not start the drift remediation")
+                    }
+                }
+            }
+        }
+        if delete_after && status == JobStatus::Succeeded {
+            match self.deps.stacks.delete_stack(&d.stack).await {
+                Ok(()) => {
+                    tracing::info!("deleteAfterDestroy: the stack was deleted");
+                    let _ = tokio::fs::remove_dir_all(self.state_dir(d)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e.chain(), "deleteAfterDestroy: could not delete the stack")
+                }
+            }
+        }
     }
 
     /// The run spec and the run's environment variables, decrypted.
@@ -227,7 +315,7 @@ impl Runner {
                     secret: false,
                 }),
                 EnvValue::Secret { secret } => {
-                    let plain = self.cipher.open(secret).ok_or_else(|| {
+                    let plain = self.deps.cipher.open(secret).ok_or_else(|| {
                         format!("the secret environment variable {name} cannot be decrypted with this server's key")
                     })?;
                     env.push(EnvVar {
@@ -266,7 +354,7 @@ impl Runner {
         sealed
             .into_iter()
             .flatten()
-            .filter_map(|s| self.cipher.open(&s))
+            .filter_map(|s| self.deps.cipher.open(&s))
             .collect()
     }
 
@@ -280,7 +368,7 @@ impl Runner {
         reason: Arc<Mutex<Option<StopReason>>>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let store = Arc::clone(&self.store);
+        let store = Arc::clone(&self.deps.runs);
         let every = self.cfg.heartbeat_every;
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + timeout;
@@ -338,7 +426,8 @@ impl Runner {
 
     async fn begin(&self, run: &Run<'_>, name: &str) -> StepResult<usize> {
         let idx = self
-            .store
+            .deps
+            .runs
             .start_step(run.d.id, run.lease, name)
             .await
             .map_err(|e| Failure::Failed(format!("could not record step '{name}': {e}")))?;
@@ -360,7 +449,8 @@ impl Runner {
             StepStatus::Failed
         };
         if let Err(e) = self
-            .store
+            .deps
+            .runs
             .finish_step(run.d.id, run.lease, idx, status)
             .await
         {
@@ -396,7 +486,7 @@ impl Runner {
         }
     }
 
-    async fn steps(&self, run: &Run<'_>, spec: &RunSpec) -> StepResult<String> {
+    async fn steps(&self, run: &Run<'_>, spec: &RunSpec) -> StepResult<Outcome> {
         for dir in ["home", "tmp"] {
             tokio::fs::create_dir_all(run.workdir.join(dir))
                 .await
@@ -435,14 +525,14 @@ impl Runner {
             .begin(run, &format!("{} {}", engine.binary(), op))
             .await?;
         let result = self.engine_operation(run, idx, engine, &program_dir).await;
-        let summary = self.end(run, idx, result).await?;
+        let outcome = self.end(run, idx, result).await?;
 
         if engine::records_outputs(op) {
             let idx = self.begin(run, "Record outputs").await?;
             let result = self.record_outputs(run, idx, engine, &program_dir).await;
             self.end(run, idx, result).await?;
         }
-        Ok(summary)
+        Ok(outcome)
     }
 
     async fn get_source(&self, run: &Run<'_>, idx: usize, spec: &RunSpec) -> StepResult<PathBuf> {
@@ -462,7 +552,7 @@ impl Runner {
         ];
         if let Some(auth) = &spec.git_auth {
             let open = |s: &Option<crate::settings::SealedValue>| {
-                s.as_ref().and_then(|v| self.cipher.open(&v.secret))
+                s.as_ref().and_then(|v| self.deps.cipher.open(&v.secret))
             };
             if let Some(ssh) = &auth.ssh_auth {
                 let key = open(&ssh.ssh_private_key).ok_or(Failure::Failed(
@@ -583,7 +673,9 @@ impl Runner {
                 set(
                     &mut env,
                     "PULUMI_CONFIG_PASSPHRASE",
-                    self.cipher.derive(&format!("pulumi-passphrase:{stack}")),
+                    self.deps
+                        .cipher
+                        .derive(&format!("pulumi-passphrase:{stack}")),
                 );
             }
         }
@@ -596,7 +688,7 @@ impl Runner {
         idx: usize,
         engine: Engine,
         program_dir: &Path,
-    ) -> StepResult<String> {
+    ) -> StepResult<Outcome> {
         let env = self.engine_env(run, engine, program_dir).await?;
         let plan = engine::plan(engine, run.d.operation, &run.d.stack.stack);
         let last = plan.commands.len() - 1;
@@ -619,11 +711,12 @@ impl Runner {
                 drift = Some(Some(code) == plan.drift_exit_code);
             }
         }
-        Ok(match drift {
+        let summary = match drift {
             Some(true) => "Drift detected: the stack's resources differ from its program.".into(),
             Some(false) => "No drift detected.".into(),
             None => format!("{} {} succeeded.", engine.binary(), run.d.operation),
-        })
+        };
+        Ok(Outcome { summary, drift })
     }
 
     async fn record_outputs(
@@ -657,7 +750,7 @@ impl Runner {
         let mut names = Vec::new();
         for (name, value, secret) in parsed {
             let stored = if secret {
-                serde_json::json!({ "secret": self.cipher.seal(&value.to_string()) })
+                serde_json::json!({ "secret": self.deps.cipher.seal(&value.to_string()) })
             } else {
                 serde_json::json!({ "value": value })
             };
@@ -665,7 +758,8 @@ impl Runner {
             outputs.insert(name, stored);
         }
         names.sort();
-        self.store
+        self.deps
+            .runs
             .record_outputs(run.d.id, run.lease, &serde_json::Value::Object(outputs))
             .await
             .map_err(|e| Failure::Failed(format!("could not store outputs: {e}")))?;

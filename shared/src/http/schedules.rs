@@ -1,0 +1,469 @@
+//! Schedules (`S/deployments/schedules`, `.../drift/schedules`, `.../ttl/schedules`) and drift
+//! runs (`S/drift/...`), in Pulumi's shapes (reference §5.5, §5.6).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::AppState;
+use super::extract::{JsonBody, Params, Query, StackCtx, param};
+use crate::domain::time_fmt::{pulumi_datetime, rfc3339};
+use crate::domain::{JobStatus, Operation, PageRequest, StackRef};
+use crate::error::{Error, Result};
+use crate::ports::DriftRun;
+use crate::schedule::{Cron, Purpose, Schedule, When, parse_instant};
+
+/// `ScheduledAction`. Every field the SDK requires is present; `lastExecuted` and, once a
+/// one-time schedule has fired, `nextExecution` are `""` (the SDK rejects null and absence).
+fn action(s: &Schedule) -> Value {
+    let mut v = json!({
+        "id": s.id,
+        "orgID": s.stack.org,
+        "nextExecution": s.next_execution.map(rfc3339).unwrap_or_default(),
+        "paused": s.paused,
+        "kind": "deployment",
+        "definition": s.definition,
+        "created": pulumi_datetime(s.created),
+        "modified": pulumi_datetime(s.modified),
+        "lastExecuted": s.last_executed.map(rfc3339).unwrap_or_default(),
+    });
+    match &s.when {
+        When::Cron(c) => v["scheduleCron"] = json!(c.as_str()),
+        When::Once(t) => v["scheduleOnce"] = json!(rfc3339(*t)),
+    }
+    v
+}
+
+/// A body member by case-insensitive name, `null` counting as absent.
+fn member<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
+    body.as_object()?
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_null())
+        .map(|(_, v)| v)
+}
+
+fn string_member(body: &Value, name: &str) -> Result<Option<String>> {
+    match member(body, name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Error::invalid(format!("{name} must be a string"))),
+    }
+}
+
+fn bool_member(body: &Value, name: &str) -> Result<bool> {
+    match member(body, name) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(Error::invalid(format!("{name} must be true or false"))),
+    }
+}
+
+fn require_object(body: &Value) -> Result<()> {
+    if body.is_object() {
+        Ok(())
+    } else {
+        Err(Error::invalid("the request body must be a JSON object"))
+    }
+}
+
+/// Schedules need deployment settings to fire against (Pulumi answers 400 too).
+async fn require_settings(state: &AppState, stack: &StackRef) -> Result<()> {
+    match state.deps.stacks.get_settings(stack).await? {
+        Some(_) => Ok(()),
+        None if state.deps.stacks.stack_exists(stack).await? => Err(Error::invalid(
+            "deployment settings not configured: schedules need the stack's deployment settings",
+        )),
+        None => Err(Error::not_found(format!("stack '{stack}' not found"))),
+    }
+}
+
+/// `{"scheduleCron" | "scheduleOnce", "request"}`: exactly one of the two times.
+fn custom_parts(state: &AppState, body: &Value) -> Result<(When, Value)> {
+    require_object(body)?;
+    let when = match (
+        string_member(body, "scheduleCron")?,
+        string_member(body, "scheduleOnce")?,
+    ) {
+        (Some(c), None) => When::Cron(Box::new(Cron::parse(&c)?)),
+        (None, Some(t)) => When::Once(parse_instant("scheduleOnce", &t)?),
+        _ => {
+            return Err(Error::invalid(
+                "set exactly one of scheduleCron and scheduleOnce",
+            ));
+        }
+    };
+    let request = member(body, "request")
+        .cloned()
+        .ok_or_else(|| Error::invalid("request is required: the deployment to create"))?;
+    crate::service::validate_request(&state.deps, &request)?;
+    Ok((when, crate::settings::strip_nulls(&request)))
+}
+
+fn drift_parts(body: &Value) -> Result<(When, Value)> {
+    require_object(body)?;
+    let cron = string_member(body, "scheduleCron")?
+        .ok_or_else(|| Error::invalid("scheduleCron is required"))?;
+    let when = When::Cron(Box::new(Cron::parse(&cron)?));
+    let remediate = bool_member(body, "autoRemediate")?;
+    let request = json!({"operation": Operation::DetectDrift, "inheritSettings": true,
+        "operationContext": {"options": {"remediateIfDriftDetected": remediate}}});
+    Ok((when, request))
+}
+
+fn ttl_parts(body: &Value) -> Result<(When, Value)> {
+    require_object(body)?;
+    let at =
+        string_member(body, "timestamp")?.ok_or_else(|| Error::invalid("timestamp is required"))?;
+    let when = When::Once(parse_instant("timestamp", &at)?);
+    let delete = bool_member(body, "deleteAfterDestroy")?;
+    let request = json!({"operation": Operation::Destroy, "inheritSettings": true,
+        "operationContext": {"options": {"deleteAfterDestroy": delete}}});
+    Ok((when, request))
+}
+
+async fn create(
+    state: &AppState,
+    stack: &StackRef,
+    purpose: Purpose,
+    when: When,
+    request: Value,
+) -> Result<Json<Value>> {
+    require_settings(state, stack).await?;
+    let now = OffsetDateTime::now_utc();
+    let s = Schedule {
+        id: Uuid::new_v4(),
+        stack: stack.clone(),
+        purpose,
+        next_execution: Schedule::first_slot(&when, now)?,
+        when,
+        definition: json!({ "request": request }),
+        paused: false,
+        created: now,
+        modified: now,
+        last_executed: None,
+    };
+    state.deps.schedules.create_schedule(&s).await?;
+    Ok(Json(action(&s)))
+}
+
+async fn update(
+    state: &AppState,
+    stack: &StackRef,
+    raw_id: &str,
+    when: When,
+    request: Value,
+) -> Result<Json<Value>> {
+    let mut s = find(state, stack, raw_id).await?;
+    let now = OffsetDateTime::now_utc();
+    s.next_execution = Schedule::first_slot(&when, now)?;
+    s.when = when;
+    s.definition = json!({ "request": request });
+    s.modified = now;
+    state.deps.schedules.update_schedule(&s).await?;
+    Ok(Json(action(&s)))
+}
+
+async fn find(state: &AppState, stack: &StackRef, raw_id: &str) -> Result<Schedule> {
+    let id = Uuid::parse_str(raw_id)
+        .map_err(|_| Error::invalid(format!("'{raw_id}' is not a schedule id (a UUID)")))?;
+    state
+        .deps
+        .schedules
+        .get_schedule(stack, id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("schedule '{id}' not found")))
+}
+
+pub async fn list(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
+    if !state.deps.stacks.stack_exists(&ctx.stack).await? {
+        return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
+    }
+    let all = state.deps.schedules.list_schedules(&ctx.stack).await?;
+    Ok(Json(
+        json!({ "schedules": all.iter().map(action).collect::<Vec<_>>() }),
+    ))
+}
+
+pub async fn create_custom(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    let (when, request) = custom_parts(&state, &body)?;
+    create(&state, &ctx.stack, Purpose::Custom, when, request).await
+}
+
+pub async fn update_custom(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    let (when, request) = custom_parts(&state, &body)?;
+    update(&state, &ctx.stack, &param(&p, "id"), when, request).await
+}
+
+pub async fn create_drift(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    let (when, request) = drift_parts(&body)?;
+    create(&state, &ctx.stack, Purpose::Drift, when, request).await
+}
+
+pub async fn update_drift(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    let (when, request) = drift_parts(&body)?;
+    update(&state, &ctx.stack, &param(&p, "id"), when, request).await
+}
+
+pub async fn create_ttl(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    let (when, request) = ttl_parts(&body)?;
+    create(&state, &ctx.stack, Purpose::Ttl, when, request).await
+}
+
+pub async fn update_ttl(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    let (when, request) = ttl_parts(&body)?;
+    update(&state, &ctx.stack, &param(&p, "id"), when, request).await
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+) -> Result<Json<Value>> {
+    Ok(Json(action(
+        &find(&state, &ctx.stack, &param(&p, "id")).await?,
+    )))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+) -> Result<StatusCode> {
+    let s = find(&state, &ctx.stack, &param(&p, "id")).await?;
+    state
+        .deps
+        .schedules
+        .delete_schedule(&ctx.stack, s.id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn pause(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+) -> Result<StatusCode> {
+    set_paused(&state, &ctx.stack, &param(&p, "id"), true).await
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+) -> Result<StatusCode> {
+    set_paused(&state, &ctx.stack, &param(&p, "id"), false).await
+}
+
+/// Resuming a cron schedule moves it to its next future slot: what it missed while paused
+/// does not fire.
+async fn set_paused(
+    state: &AppState,
+    stack: &StackRef,
+    raw_id: &str,
+    paused: bool,
+) -> Result<StatusCode> {
+    let mut s = find(state, stack, raw_id).await?;
+    let now = OffsetDateTime::now_utc();
+    if !paused && s.paused && matches!(s.when, When::Cron(_)) {
+        s.next_execution = Schedule::first_slot(&s.when, now)?;
+    }
+    s.paused = paused;
+    s.modified = now;
+    state.deps.schedules.update_schedule(&s).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+) -> Result<Json<Value>> {
+    let s = find(&state, &ctx.stack, &param(&p, "id")).await?;
+    let events = state.deps.schedules.history(&ctx.stack, s.id, 100).await?;
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        // A firing's result is its deployment's status now; a skip or refusal, its note.
+        let (version, result) = match e.deployment {
+            Some((_, version)) => {
+                let d = state
+                    .deps
+                    .deployments
+                    .get_deployment_by_version(&ctx.stack, version)
+                    .await?;
+                (
+                    version,
+                    d.map_or_else(|| "deleted".to_string(), |d| d.status.to_string()),
+                )
+            }
+            None => (0, e.note.clone()),
+        };
+        out.push(json!({
+            "id": e.id,
+            "scheduledActionID": s.id,
+            "executed": pulumi_datetime(e.executed),
+            "version": version,
+            "result": result,
+        }));
+    }
+    Ok(Json(json!({ "scheduleHistoryEvents": out })))
+}
+
+/// `DriftRun`: its status is the detect-drift deployment's, read now.
+async fn drift_json(state: &AppState, run: &DriftRun) -> Result<Value> {
+    let deps = &state.deps;
+    let detect = deps
+        .deployments
+        .get_deployment(&run.stack, run.detect.0)
+        .await?;
+    let mut v = json!({
+        "id": run.id,
+        "driftDetected": run.drift_detected,
+        "created": pulumi_datetime(run.created),
+        "status": detect.as_ref().map_or(JobStatus::Failed, |d| d.status),
+        "deploymentId": run.detect.0,
+        "deploymentVersion": run.detect.1,
+    });
+    if let Some((id, _)) = run.remediation
+        && let Some(r) = deps.deployments.get_deployment(&run.stack, id).await?
+    {
+        v["remediateUpdate"] =
+            json!({"updateId": id, "modified": pulumi_datetime(r.modified), "status": r.status});
+    }
+    Ok(v)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageQuery {
+    page: Option<i64>,
+    page_size: Option<i64>,
+}
+
+pub async fn drift_runs(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Value>> {
+    let page = q.page.unwrap_or(1);
+    let size = q.page_size.unwrap_or(10);
+    if page < 1 || !(1..=100).contains(&size) {
+        return Err(Error::invalid(
+            "page must be 1 or more and pageSize between 1 and 100",
+        ));
+    }
+    if !state.deps.stacks.stack_exists(&ctx.stack).await? {
+        return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
+    }
+    let req = PageRequest {
+        page: page as u32,
+        page_size: size as u32,
+        ascending: false,
+    };
+    let runs = state.deps.drift.drift_runs(&ctx.stack, req).await?;
+    let mut items = Vec::with_capacity(runs.items.len());
+    for r in &runs.items {
+        items.push(drift_json(&state, r).await?);
+    }
+    Ok(Json(
+        json!({ "driftRuns": items, "itemsPerPage": size, "total": runs.total }),
+    ))
+}
+
+pub async fn drift_run(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+) -> Result<Json<Value>> {
+    let raw = param(&p, "id");
+    let id = Uuid::parse_str(&raw)
+        .map_err(|_| Error::invalid(format!("'{raw}' is not a drift run id (a UUID)")))?;
+    let run = state
+        .deps
+        .drift
+        .drift_run(&ctx.stack, id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("drift run '{id}' not found")))?;
+    Ok(Json(drift_json(&state, &run).await?))
+}
+
+/// `StackDriftStatus`, also embedded in the stack's deployment metadata.
+pub async fn drift_status_of(state: &AppState, stack: &StackRef) -> Result<Value> {
+    let latest = state
+        .deps
+        .drift
+        .drift_runs(
+            stack,
+            PageRequest {
+                page: 1,
+                page_size: 1,
+                ascending: false,
+            },
+        )
+        .await?;
+    let recent = state
+        .deps
+        .deployments
+        .list_stack_deployments(
+            stack,
+            PageRequest {
+                page: 1,
+                page_size: 20,
+                ascending: false,
+            },
+        )
+        .await?;
+    let in_progress = recent.items.iter().any(|d| {
+        matches!(
+            d.operation,
+            Operation::DetectDrift | Operation::RemediateDrift
+        ) && !d.status.is_terminal()
+    });
+    let run = latest.items.first();
+    Ok(json!({
+        "driftDetected": run.is_some_and(|r| r.drift_detected),
+        "latestDriftRun": run.map(|r| r.id.to_string()).unwrap_or_default(),
+        "runInProgress": in_progress,
+    }))
+}
+
+pub async fn drift_status(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
+    if !state.deps.stacks.stack_exists(&ctx.stack).await? {
+        return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
+    }
+    Ok(Json(drift_status_of(&state, &ctx.stack).await?))
+}
+
+/// Whether a stack has schedules, for its metadata.
+pub async fn has_schedules(state: &AppState, stack: &StackRef) -> Result<bool> {
+    Ok(!state.deps.schedules.list_schedules(stack).await?.is_empty())
+}
