@@ -5,6 +5,7 @@
 //! queued too long are skipped) and, where a queue is separate from the store, reconciles: it
 //! re-sends queued deployments whose message may have been lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -32,7 +33,11 @@ pub struct TickReport {
 const BATCH: usize = 500;
 
 /// One tick at `now`.
-pub async fn tick(deps: &Deps, now: OffsetDateTime, queue_max_age: Duration) -> Result<TickReport> {
+pub async fn tick(
+    deps: &Arc<Deps>,
+    now: OffsetDateTime,
+    queue_max_age: Duration,
+) -> Result<TickReport> {
     let (fired, skipped) = fire_due(deps, now).await?;
     let reaped = deps.runs.reap(now, now - queue_max_age).await?.len();
     let mut resent = 0;
@@ -66,43 +71,69 @@ pub async fn tick(deps: &Deps, now: OffsetDateTime, queue_max_age: Duration) -> 
 /// Fires every schedule due at `now`. Each slot fires once however many ticks race: only the
 /// tick whose conditional advance wins creates the deployment. The cost follows the number of
 /// due schedules, not the number stored.
-pub async fn fire_due(deps: &Deps, now: OffsetDateTime) -> Result<(usize, usize)> {
+pub async fn fire_due(deps: &Arc<Deps>, now: OffsetDateTime) -> Result<(usize, usize)> {
     let (mut fired, mut skipped) = (0, 0);
+    let join = |done: std::result::Result<Result<(usize, usize)>, tokio::task::JoinError>| {
+        done.map_err(|e| crate::Error::internal(format!("firing task failed: {e}")))?
+    };
     loop {
         let due = deps.schedules.due_schedules(now, BATCH).await?;
         let batch_len = due.len();
+        // Firings of different schedules are independent; running a few at once overlaps
+        // their storage round trips. Each slot is still claimed by a conditional write.
+        let mut tasks = tokio::task::JoinSet::new();
         for s in due {
-            let Some(slot_due) = s.next_execution else {
-                continue;
-            };
-            let f = firing(&s.when, slot_due, now)?;
-            if !deps
-                .schedules
-                .advance_schedule(&s.stack, s.id, slot_due, f.next, now)
-                .await?
+            let deps = Arc::clone(deps);
+            tasks.spawn(async move { fire_one(&deps, s, now).await });
+            if tasks.len() >= CONCURRENCY
+                && let Some(done) = tasks.join_next().await
             {
-                continue; // another tick fired this slot
+                let (f, k) = join(done)?;
+                fired += f;
+                skipped += k;
             }
-            for missed in &f.skipped {
-                let note = "skipped: the slot passed while no scheduler was running; only the latest missed slot fires";
-                history(deps, &s, *missed, None, note).await?;
-                skipped += 1;
-            }
-            let body = s.definition.get("request").cloned().unwrap_or_default();
-            match create_deployment(deps, &s.stack, &body, "schedule", "scheduler").await {
-                Ok(d) => history(deps, &s, f.slot, Some((d.id, d.version)), "fired").await?,
-                // Refused (settings gone, say): the slot is used up, and the history says why.
-                Err(e) if e.status().is_client_error() => {
-                    history(deps, &s, f.slot, None, &format!("failed: {e}")).await?;
-                }
-                Err(e) => return Err(e),
-            }
-            fired += 1;
+        }
+        while let Some(done) = tasks.join_next().await {
+            let (f, k) = join(done)?;
+            fired += f;
+            skipped += k;
         }
         if batch_len < BATCH {
             return Ok((fired, skipped));
         }
     }
+}
+
+/// Schedules fired at once within a tick.
+const CONCURRENCY: usize = 16;
+
+/// Fires one due schedule if this tick wins its slot: `(fired, skipped slots)`.
+async fn fire_one(deps: &Deps, s: Schedule, now: OffsetDateTime) -> Result<(usize, usize)> {
+    let Some(slot_due) = s.next_execution else {
+        return Ok((0, 0));
+    };
+    let f = firing(&s.when, slot_due, now)?;
+    if !deps
+        .schedules
+        .advance_schedule(&s.stack, s.id, slot_due, f.next, now)
+        .await?
+    {
+        return Ok((0, 0)); // another tick fired this slot
+    }
+    for missed in &f.skipped {
+        let note = "skipped: the slot passed while no scheduler was running; only the latest missed slot fires";
+        history(deps, &s, *missed, None, note).await?;
+    }
+    let body = s.definition.get("request").cloned().unwrap_or_default();
+    match create_deployment(deps, &s.stack, &body, "schedule", "scheduler").await {
+        Ok(d) => history(deps, &s, f.slot, Some((d.id, d.version)), "fired").await?,
+        // Refused (settings gone, say): the slot is used up, and the history says why.
+        Err(e) if e.status().is_client_error() => {
+            history(deps, &s, f.slot, None, &format!("failed: {e}")).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok((1, f.skipped.len()))
 }
 
 async fn history(

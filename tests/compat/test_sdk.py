@@ -6,6 +6,7 @@ update deployment is run on it and shared by the tests that read it; tests that 
 state (encrypt round trip, pause/resume) use stacks of their own so they cannot disturb it.
 """
 
+import datetime
 import json
 import time
 import urllib.error
@@ -13,6 +14,9 @@ import urllib.error
 import pytest
 from pulumi_cloud_sdk.models import (
     CreateDeploymentRequest,
+    CreateScheduledDeploymentRequest,
+    CreateScheduledDriftDeploymentRequest,
+    CreateScheduledTTLDeploymentRequest,
     CreateDeploymentResponse,
     DeploymentLogs,
     DeploymentLogsStep,
@@ -329,3 +333,47 @@ def test_wrong_token_is_unauthorized(server, patched):
     assert e.value.code == 401
     body = http_error_json(e.value)
     assert body.get("code") == 401, body
+
+
+def test_schedules_drift_and_ttl_through_the_sdk(api, repo):
+    """Every schedule shape deserializes with the SDK's strict models (ScheduledAction needs
+    lastExecuted even before a first run), on a stack of its own."""
+    stack = "sdk-schedules"
+    api.patch_deployment_settings(ORG, PROJECT, stack, settings_request(repo))
+    cron = api.create_scheduled_deployment(
+        ORG, PROJECT, stack,
+        CreateScheduledDeploymentRequest(
+            schedule_cron="0 0 * * 0",
+            request=CreateDeploymentRequest(operation=PulumiOperation.Update, inherit_settings=True),
+        ),
+    )
+    assert cron.schedule_cron == "0 0 * * 0"
+    assert cron.last_executed == "" and cron.paused is False and cron.next_execution
+    drift = api.create_scheduled_drift_deployment(
+        ORG, PROJECT, stack, CreateScheduledDriftDeploymentRequest(schedule_cron="0 */4 * * *", auto_remediate=True))
+    assert drift.definition["request"]["operation"] == "detect-drift"
+    assert drift.definition["request"]["operationContext"]["options"]["remediateIfDriftDetected"] is True
+    ttl = api.create_scheduled_ttl_deployment(
+        ORG, PROJECT, stack,
+        CreateScheduledTTLDeploymentRequest(timestamp=datetime.datetime(2030, 12, 31, 23, 59), delete_after_destroy=True))
+    assert ttl.schedule_once.startswith("2030-12-31T23:59:00")
+
+    listed = api.list_scheduled_deployment(ORG, PROJECT, stack)
+    assert {s.id for s in listed.schedules} == {cron.id, drift.id, ttl.id}
+    assert api.read_scheduled_deployment(ORG, PROJECT, stack, drift.id).id == drift.id
+    api.pause_scheduled_deployment(ORG, PROJECT, stack, cron.id)
+    assert api.read_scheduled_deployment(ORG, PROJECT, stack, cron.id).paused is True
+    assert api.list_scheduled_deployment_history(ORG, PROJECT, stack, cron.id).schedule_history_events == []
+    meta = api.stack_deployments_metadata(ORG, PROJECT, stack)
+    assert meta.has_schedules is True
+    status = api.get_stack_drift_status(ORG, PROJECT, stack)
+    assert status.drift_detected is False and status.latest_drift_run == ""
+    assert api.list_drift_runs(ORG, PROJECT, stack, page=1, page_size=10).total == 0
+
+    # Exactly one of scheduleCron and scheduleOnce: the SDK's nulls count as absent.
+    with pytest.raises(urllib.error.HTTPError) as err:
+        api.create_scheduled_deployment(
+            ORG, PROJECT, stack,
+            CreateScheduledDeploymentRequest(request=CreateDeploymentRequest(operation=PulumiOperation.Update)))
+    assert err.value.code == 400
+    assert json.loads(err.value.read())["code"] == 400
