@@ -251,6 +251,37 @@ pub struct HistoryEvent {
     pub note: String,
 }
 
+/// One due slot, as a tick plans to fire it.
+#[derive(Debug, Clone)]
+pub struct PlannedFiring {
+    pub stack: StackRef,
+    pub schedule_id: Uuid,
+    /// The next slot the tick read; the firing happens only if it still is.
+    pub expected: OffsetDateTime,
+    /// The slot after it (`None`: a one-time schedule is done).
+    pub next: Option<OffsetDateTime>,
+    pub fired_at: OffsetDateTime,
+    /// The slot that fires, as its history records it.
+    pub slot: OffsetDateTime,
+    /// Missed slots, recorded as skipped.
+    pub skipped: Vec<OffsetDateTime>,
+    /// The deployment to create, or why none can be (which the history records).
+    pub deployment: std::result::Result<NewDeployment, String>,
+}
+
+/// What became of a planned firing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FireResult {
+    /// Another tick fired this slot.
+    Lost,
+    /// Fired: the deployment created `(id, version)`, or `None` if it was refused.
+    Fired(Option<(Uuid, i64)>),
+}
+
+/// The history note of a missed slot.
+pub const SKIPPED_NOTE: &str =
+    "skipped: the slot passed while no scheduler was running; only the latest missed slot fires";
+
 /// Schedules and their history.
 #[async_trait]
 pub trait ScheduleStore: Send + Sync {
@@ -295,6 +326,12 @@ pub trait ScheduleStore: Send + Sync {
     ) -> Result<bool>;
 
     async fn add_history(&self, stack: &StackRef, event: &HistoryEvent) -> Result<()>;
+
+    /// Fires planned slots. For each one still due (its next slot still `expected`, not
+    /// paused), it advances the slot, creates the deployment and records the history (the
+    /// skipped slots, then the firing), all at once; a slot another tick fired is `Lost` and
+    /// changes nothing.
+    async fn fire(&self, batch: Vec<PlannedFiring>) -> Result<Vec<FireResult>>;
 
     /// A schedule's history, newest first, at most `limit`.
     async fn history(

@@ -59,6 +59,21 @@ impl Cron {
         })
     }
 
+    /// Re-reads an expression that `parse` accepted when it was stored.
+    pub fn from_stored(text: &str) -> Result<Self> {
+        let parser = CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .build();
+        let cron = parser
+            .parse(text)
+            .map_err(|e| Error::internal(format!("stored cron '{text}' no longer parses: {e}")))?;
+        Ok(Self {
+            text: text.trim().to_string(),
+            cron,
+        })
+    }
+
     pub fn as_str(&self) -> &str {
         &self.text
     }

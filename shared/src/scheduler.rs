@@ -5,16 +5,18 @@
 //! queued too long are skipped) and, where a queue is separate from the store, reconciles: it
 //! re-sends queued deployments whose message may have been lost.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
 use crate::deps::Deps;
+use crate::domain::StackRef;
 use crate::error::Result;
-use crate::ports::HistoryEvent;
-use crate::schedule::{Schedule, firing};
-use crate::service::create_deployment;
+use crate::ports::{FireResult, PlannedFiring};
+use crate::schedule::firing;
+use crate::service::{enqueue, prepare_deployment};
 
 /// Queued this long with their stack idle, a deployment's message is presumed lost.
 pub const RECONCILE_AFTER: Duration = Duration::from_secs(120);
@@ -68,35 +70,85 @@ pub async fn tick(
     })
 }
 
-/// Fires every schedule due at `now`. Each slot fires once however many ticks race: only the
-/// tick whose conditional advance wins creates the deployment. The cost follows the number of
-/// due schedules, not the number stored.
+/// Fires every schedule due at `now`. Each slot fires once however many ticks race: the
+/// store's conditional advance picks one winner. The cost follows the number of due
+/// schedules, not the number stored; each batch is planned in memory (settings read once per
+/// stack) and written in chunks, which the embedded store commits one transaction each.
 pub async fn fire_due(deps: &Arc<Deps>, now: OffsetDateTime) -> Result<(usize, usize)> {
     let (mut fired, mut skipped) = (0, 0);
-    let join = |done: std::result::Result<Result<(usize, usize)>, tokio::task::JoinError>| {
-        done.map_err(|e| crate::Error::internal(format!("firing task failed: {e}")))?
-    };
     loop {
         let due = deps.schedules.due_schedules(now, BATCH).await?;
         let batch_len = due.len();
-        // Firings of different schedules are independent; running a few at once overlaps
-        // their storage round trips. Each slot is still claimed by a conditional write.
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut settings: HashMap<StackRef, Option<serde_json::Value>> = HashMap::new();
+        let mut planned = Vec::with_capacity(due.len());
         for s in due {
-            let deps = Arc::clone(deps);
-            tasks.spawn(async move { fire_one(&deps, s, now).await });
-            if tasks.len() >= CONCURRENCY
-                && let Some(done) = tasks.join_next().await
-            {
-                let (f, k) = join(done)?;
-                fired += f;
-                skipped += k;
+            let Some(expected) = s.next_execution else {
+                continue;
+            };
+            if !settings.contains_key(&s.stack) {
+                let stored = deps
+                    .stacks
+                    .get_settings(&s.stack)
+                    .await?
+                    .map(|v| v.settings);
+                settings.insert(s.stack.clone(), stored);
             }
+            let f = firing(&s.when, expected, now)?;
+            let body = s.definition.get("request").cloned().unwrap_or_default();
+            let deployment = prepare_deployment(
+                deps,
+                &s.stack,
+                &body,
+                settings[&s.stack].as_ref(),
+                "schedule",
+                "scheduler",
+            )
+            // A refused request (settings gone, say) uses up its slot, and the history says why.
+            .map_err(|e| e.to_string());
+            skipped += f.skipped.len();
+            planned.push(PlannedFiring {
+                stack: s.stack,
+                schedule_id: s.id,
+                expected,
+                next: f.next,
+                fired_at: now,
+                slot: f.slot,
+                skipped: f.skipped,
+                deployment,
+            });
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut chunks = planned.into_iter().peekable();
+        while chunks.peek().is_some() {
+            let chunk: Vec<PlannedFiring> = chunks.by_ref().take(CHUNK).collect();
+            let deps = Arc::clone(deps);
+            tasks.spawn(async move {
+                let stacks: Vec<(StackRef, usize)> = chunk
+                    .iter()
+                    .map(|f| (f.stack.clone(), f.skipped.len()))
+                    .collect();
+                let results = deps.schedules.fire(chunk).await?;
+                let mut lost_skips = 0;
+                let mut fired = 0;
+                for ((stack, skips), r) in stacks.iter().zip(&results) {
+                    match r {
+                        FireResult::Lost => lost_skips += skips,
+                        FireResult::Fired(created) => {
+                            fired += 1;
+                            if let Some((id, _)) = created {
+                                enqueue(&deps, stack, *id).await;
+                            }
+                        }
+                    }
+                }
+                Ok::<_, crate::Error>((fired, lost_skips))
+            });
         }
         while let Some(done) = tasks.join_next().await {
-            let (f, k) = join(done)?;
+            let (f, lost_skips) =
+                done.map_err(|e| crate::Error::internal(format!("firing task failed: {e}")))??;
             fired += f;
-            skipped += k;
+            skipped -= lost_skips;
         }
         if batch_len < BATCH {
             return Ok((fired, skipped));
@@ -104,51 +156,5 @@ pub async fn fire_due(deps: &Arc<Deps>, now: OffsetDateTime) -> Result<(usize, u
     }
 }
 
-/// Schedules fired at once within a tick.
-const CONCURRENCY: usize = 16;
-
-/// Fires one due schedule if this tick wins its slot: `(fired, skipped slots)`.
-async fn fire_one(deps: &Deps, s: Schedule, now: OffsetDateTime) -> Result<(usize, usize)> {
-    let Some(slot_due) = s.next_execution else {
-        return Ok((0, 0));
-    };
-    let f = firing(&s.when, slot_due, now)?;
-    if !deps
-        .schedules
-        .advance_schedule(&s.stack, s.id, slot_due, f.next, now)
-        .await?
-    {
-        return Ok((0, 0)); // another tick fired this slot
-    }
-    for missed in &f.skipped {
-        let note = "skipped: the slot passed while no scheduler was running; only the latest missed slot fires";
-        history(deps, &s, *missed, None, note).await?;
-    }
-    let body = s.definition.get("request").cloned().unwrap_or_default();
-    match create_deployment(deps, &s.stack, &body, "schedule", "scheduler").await {
-        Ok(d) => history(deps, &s, f.slot, Some((d.id, d.version)), "fired").await?,
-        // Refused (settings gone, say): the slot is used up, and the history says why.
-        Err(e) if e.status().is_client_error() => {
-            history(deps, &s, f.slot, None, &format!("failed: {e}")).await?;
-        }
-        Err(e) => return Err(e),
-    }
-    Ok((1, f.skipped.len()))
-}
-
-async fn history(
-    deps: &Deps,
-    s: &Schedule,
-    at: OffsetDateTime,
-    deployment: Option<(uuid::Uuid, i64)>,
-    note: &str,
-) -> Result<()> {
-    let event = HistoryEvent {
-        id: uuid::Uuid::new_v4(),
-        schedule_id: s.id,
-        executed: at,
-        deployment,
-        note: note.to_string(),
-    };
-    deps.schedules.add_history(&s.stack, &event).await
-}
+/// Firings written together (one transaction in the embedded store).
+const CHUNK: usize = 50;

@@ -26,9 +26,50 @@ fn required_operation(op: Option<String>) -> Result<Operation> {
     .parse()
 }
 
-/// Queues a deployment from a create-deployment request (reference §5.2): the request's
-/// settings are merged over the stack's unless `inheritSettings` is false, and the result must
-/// name a source this server may clone. Nothing is written if the request is refused.
+/// Builds the deployment a create-deployment request asks for (reference §5.2), without
+/// storing it: the request's settings are merged over `stored` (the stack's settings) unless
+/// `inheritSettings` is false, and the result must name a source this server may clone.
+pub fn prepare_deployment(
+    deps: &Deps,
+    stack: &StackRef,
+    body: &Value,
+    stored: Option<&Value>,
+    initiator: &str,
+    requested_by: &str,
+) -> Result<NewDeployment> {
+    let (operation, inherit, rest) = settings::split_create_request(body)?;
+    let operation = required_operation(operation)?;
+    let request = settings::canonicalize(&rest, &deps.cipher)?;
+    let config = if inherit {
+        settings::merge(stored.unwrap_or(&json!({})), &request, Nulls::Ignore)
+    } else {
+        settings::strip_nulls(&request)
+    };
+    let spec = RunSpec::from_config(&config)?;
+    validate_repo_url(&spec.repo_url, deps.allow_local_repos)?;
+    Ok(NewDeployment {
+        id: Uuid::new_v4(),
+        stack: stack.clone(),
+        operation,
+        config,
+        initiator: initiator.to_string(),
+        requested_by: requested_by.to_string(),
+        skip_intermediate: spec.skip_intermediate,
+    })
+}
+
+/// Sends a stored deployment to the queue, where the queue is separate from the store.
+pub async fn enqueue(deps: &Deps, stack: &StackRef, id: Uuid) {
+    if let Some(queue) = &deps.queue
+        && let Err(e) = queue.send(&QueueMessage::new(stack, id), 0).await
+    {
+        // The deployment is stored; the scheduler's reconciler sends it again.
+        tracing::warn!(deployment_id = %id, error = %e.chain(), "could not send to the queue; the reconciler will");
+    }
+}
+
+/// Queues a deployment from a create-deployment request (see `prepare_deployment`). Nothing
+/// is written if the request is refused.
 pub async fn create_deployment(
     deps: &Deps,
     stack: &StackRef,
@@ -36,40 +77,11 @@ pub async fn create_deployment(
     initiator: &str,
     requested_by: &str,
 ) -> Result<Deployment> {
-    let (operation, inherit, rest) = settings::split_create_request(body)?;
-    let operation = required_operation(operation)?;
-    let request = settings::canonicalize(&rest, &deps.cipher)?;
-    let config = if inherit {
-        let stored = deps
-            .stacks
-            .get_settings(stack)
-            .await?
-            .map(|s| s.settings)
-            .unwrap_or_else(|| json!({}));
-        settings::merge(&stored, &request, Nulls::Ignore)
-    } else {
-        settings::strip_nulls(&request)
-    };
-    let spec = RunSpec::from_config(&config)?;
-    validate_repo_url(&spec.repo_url, deps.allow_local_repos)?;
-    let d = deps
-        .deployments
-        .create_deployment(NewDeployment {
-            id: Uuid::new_v4(),
-            stack: stack.clone(),
-            operation,
-            config,
-            initiator: initiator.to_string(),
-            requested_by: requested_by.to_string(),
-            skip_intermediate: spec.skip_intermediate,
-        })
-        .await?;
+    let stored = deps.stacks.get_settings(stack).await?.map(|s| s.settings);
+    let new = prepare_deployment(deps, stack, body, stored.as_ref(), initiator, requested_by)?;
+    let operation = new.operation;
+    let d = deps.deployments.create_deployment(new).await?;
     tracing::info!(deployment_id = %d.id, version = d.version, %operation, %initiator, "deployment queued");
-    if let Some(queue) = &deps.queue
-        && let Err(e) = queue.send(&QueueMessage::new(stack, d.id), 0).await
-    {
-        // The deployment is stored; the scheduler's reconciler sends it again.
-        tracing::warn!(deployment_id = %d.id, error = %e.chain(), "could not send to the queue; the reconciler will");
-    }
+    enqueue(deps, stack, d.id).await;
     Ok(d)
 }

@@ -14,7 +14,9 @@ use super::item::*;
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::{Page, PageRequest, StackRef};
 use crate::error::{Error, Result};
-use crate::ports::{DriftRun, DriftStore, HistoryEvent, ScheduleStore};
+use crate::ports::{
+    DriftRun, DriftStore, FireResult, HistoryEvent, PlannedFiring, SKIPPED_NOTE, ScheduleStore,
+};
 use crate::schedule::{Cron, Purpose, Schedule, When};
 
 const DUE: &str = "DUE";
@@ -72,7 +74,7 @@ fn schedule_item(s: &Schedule) -> Result<Item> {
 
 fn schedule_from(item: &Item) -> Result<Schedule> {
     let when = match (opt_s(item, "cron"), opt_n(item, "once")) {
-        (Some(c), _) => When::Cron(Box::new(Cron::parse(&c)?)),
+        (Some(c), _) => When::Cron(Box::new(Cron::from_stored(&c)?)),
         (None, Some(t)) => When::Once(from_micros(t)),
         _ => return Err(Error::internal("schedule without cron or instant")),
     };
@@ -331,6 +333,52 @@ impl ScheduleStore for DynamoStore {
             .await
             .map_err(|e| aws_err("PutItem", e))?;
         Ok(())
+    }
+
+    async fn fire(&self, batch: Vec<PlannedFiring>) -> Result<Vec<FireResult>> {
+        use crate::ports::DeploymentStore;
+        // Each firing is claimed by its conditional advance; what follows is written after it.
+        // (A crash in between loses that one firing's deployment, never doubles it.)
+        let mut results = Vec::with_capacity(batch.len());
+        for f in batch {
+            if !self
+                .advance_schedule(&f.stack, f.schedule_id, f.expected, f.next, f.fired_at)
+                .await?
+            {
+                results.push(FireResult::Lost);
+                continue;
+            }
+            let event =
+                |at: OffsetDateTime, deployment: Option<(Uuid, i64)>, note: String| HistoryEvent {
+                    id: Uuid::new_v4(),
+                    schedule_id: f.schedule_id,
+                    executed: at,
+                    deployment,
+                    note,
+                };
+            for missed in &f.skipped {
+                self.add_history(&f.stack, &event(*missed, None, SKIPPED_NOTE.to_string()))
+                    .await?;
+            }
+            let created = match f.deployment {
+                Ok(new) => {
+                    let d = self.create_deployment(new).await?;
+                    self.add_history(
+                        &f.stack,
+                        &event(f.slot, Some((d.id, d.version)), "fired".into()),
+                    )
+                    .await?;
+                    Some((d.id, d.version))
+                }
+                Err(why) => {
+                    self.add_history(&f.stack, &event(f.slot, None, format!("failed: {why}")))
+                        .await?;
+                    None
+                }
+            };
+            results.push(FireResult::Fired(created));
+        }
+        Ok(results)
     }
 
     async fn history(

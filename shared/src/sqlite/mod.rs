@@ -42,7 +42,7 @@ impl SqliteStore {
         Arc::clone(&self.work)
     }
 
-    fn wake_workers(&self) {
+    pub(crate) fn wake_workers(&self) {
         self.work.notify_waiters();
     }
 }
@@ -485,28 +485,7 @@ impl DeploymentStore for SqliteStore {
             .db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let sid = ensure_stack(&tx, &new.stack)?;
-                let version: i64 = tx
-                    .prepare_cached("UPDATE stacks SET last_version = last_version + 1 WHERE id = ?1 RETURNING last_version")?
-                    .query_row([sid], |r| r.get(0))?;
-                let now = now_us();
-                tx.prepare_cached(
-                    "INSERT INTO deployments (id, stack_id, org, version, operation, status, config, initiator, \
-                     requested_by, skip_intermediate, created, modified) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'not-started', ?6, ?7, ?8, ?9, ?10, ?10)",
-                )?
-                .execute(params![
-                    new.id.to_string(),
-                    sid,
-                    new.stack.org,
-                    version,
-                    new.operation.as_str(),
-                    serde_json::to_string(&new.config)?,
-                    new.initiator,
-                    new.requested_by,
-                    new.skip_intermediate,
-                    now
-                ])?;
+                insert_deployment(&tx, &new)?;
                 let d = query_deployment(&tx, "d.id = ?1", [new.id.to_string()])?
                     .ok_or_else(|| Error::internal("inserted deployment vanished"))?;
                 tx.commit()?;
@@ -606,6 +585,33 @@ impl DeploymentStore for SqliteStore {
             .await?;
         Ok(outcome)
     }
+}
+
+/// Stores a new deployment (creating its stack if needed) and returns its version, which is
+/// the stack's next one.
+pub(crate) fn insert_deployment(tx: &Transaction, new: &NewDeployment) -> Result<i64> {
+    let sid = ensure_stack(tx, &new.stack)?;
+    let version: i64 = tx
+        .prepare_cached("UPDATE stacks SET last_version = last_version + 1 WHERE id = ?1 RETURNING last_version")?
+        .query_row([sid], |r| r.get(0))?;
+    tx.prepare_cached(
+        "INSERT INTO deployments (id, stack_id, org, version, operation, status, config, initiator, \
+         requested_by, skip_intermediate, created, modified) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'not-started', ?6, ?7, ?8, ?9, ?10, ?10)",
+    )?
+    .execute(params![
+        new.id.to_string(),
+        sid,
+        new.stack.org,
+        version,
+        new.operation.as_str(),
+        serde_json::to_string(&new.config)?,
+        new.initiator,
+        new.requested_by,
+        new.skip_intermediate,
+        now_us()
+    ])?;
+    Ok(version)
 }
 
 /// One pass of the embedded queue inside a write transaction.

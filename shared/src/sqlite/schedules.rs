@@ -1,15 +1,17 @@
 //! The SQLite adapters of `ScheduleStore` and `DriftStore`.
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{SqliteStore, stack_id};
+use super::{SqliteStore, insert_deployment, stack_id};
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::{Page, PageRequest, StackRef};
 use crate::error::{Error, Result};
-use crate::ports::{DriftRun, DriftStore, HistoryEvent, ScheduleStore};
+use crate::ports::{
+    DriftRun, DriftStore, FireResult, HistoryEvent, PlannedFiring, SKIPPED_NOTE, ScheduleStore,
+};
 use crate::schedule::{Cron, Purpose, Schedule, When};
 
 const COLUMNS: &str = "s.id, st.org, st.project, st.name, s.purpose, s.cron, s.once, s.definition, \
@@ -28,7 +30,7 @@ fn schedule_from_row(r: &Row) -> rusqlite::Result<Result<Schedule>> {
         (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?);
     Ok((|| {
         let when = match (cron, once) {
-            (Some(c), _) => When::Cron(Box::new(Cron::parse(&c)?)),
+            (Some(c), _) => When::Cron(Box::new(Cron::from_stored(&c)?)),
             (None, Some(t)) => When::Once(from_micros(t)),
             (None, None) => return Err(Error::internal("schedule without cron or instant")),
         };
@@ -226,6 +228,75 @@ impl ScheduleStore for SqliteStore {
                 Ok(())
             })
             .await
+    }
+
+    async fn fire(&self, batch: Vec<PlannedFiring>) -> Result<Vec<FireResult>> {
+        let results = self
+            .db
+            .write(move |c| {
+                // One transaction for the whole batch: a tick's cost is then one commit per batch,
+                // not three per schedule.
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut results = Vec::with_capacity(batch.len());
+                for f in &batch {
+                    let won = tx
+                        .prepare_cached(
+                            "UPDATE schedules SET next_execution = ?3, last_executed = ?4 \
+                             WHERE id = ?1 AND next_execution = ?2 AND paused = 0",
+                        )?
+                        .execute(params![
+                            f.schedule_id.to_string(),
+                            to_micros(f.expected),
+                            f.next.map(to_micros),
+                            to_micros(f.fired_at)
+                        ])?
+                        == 1;
+                    if !won {
+                        results.push(FireResult::Lost);
+                        continue;
+                    }
+                    let history = |at: OffsetDateTime, deployment: Option<(Uuid, i64)>, note: &str| -> Result<()> {
+                        tx.prepare_cached(
+                            "INSERT INTO schedule_history (id, schedule_id, executed, deployment, version, note) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![
+                            Uuid::new_v4().to_string(),
+                            f.schedule_id.to_string(),
+                            to_micros(at),
+                            deployment.map(|d| d.0.to_string()),
+                            deployment.map(|d| d.1),
+                            note
+                        ])?;
+                        Ok(())
+                    };
+                    for missed in &f.skipped {
+                        history(*missed, None, SKIPPED_NOTE)?;
+                    }
+                    let created = match &f.deployment {
+                        Ok(new) => {
+                            let version = insert_deployment(&tx, new)?;
+                            history(f.slot, Some((new.id, version)), "fired")?;
+                            Some((new.id, version))
+                        }
+                        Err(why) => {
+                            history(f.slot, None, &format!("failed: {why}"))?;
+                            None
+                        }
+                    };
+                    results.push(FireResult::Fired(created));
+                }
+                tx.commit()?;
+                Ok(results)
+            })
+            .await?;
+        if results
+            .iter()
+            .any(|r| matches!(r, FireResult::Fired(Some(_))))
+        {
+            self.wake_workers();
+        }
+        Ok(results)
     }
 
     async fn history(
