@@ -44,6 +44,44 @@ pub(super) fn aws_err<E: std::error::Error + 'static>(op: &str, e: SdkError<E>) 
     Error::internal(format!("DynamoDB {op}: {}", DisplayErrorContext(e)))
 }
 
+/// Operation errors that can report a failed write condition.
+pub(super) trait ConditionalError: std::error::Error + Send + Sync + 'static {
+    fn condition_failed(&self) -> bool;
+}
+
+macro_rules! conditional_error {
+    ($($t:ty),*) => {$(
+        impl ConditionalError for $t {
+            fn condition_failed(&self) -> bool {
+                self.is_conditional_check_failed_exception()
+            }
+        }
+    )*};
+}
+
+conditional_error!(
+    aws_sdk_dynamodb::operation::put_item::PutItemError,
+    aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+    aws_sdk_dynamodb::operation::delete_item::DeleteItemError
+);
+
+/// A conditional write's result: `None` when its condition failed, the caller's typed case.
+pub(super) fn checked<T, E: ConditionalError>(
+    op: &str,
+    r: std::result::Result<T, SdkError<E>>,
+) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(ConditionalError::condition_failed) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(aws_err(op, e)),
+    }
+}
+
 pub(super) fn stack_pk(stack: &StackRef) -> String {
     format!("STACK#{stack}")
 }
@@ -587,15 +625,9 @@ impl StackStore for DynamoStore {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Err(Error::conflict(format!("stack '{stack}' already exists")))
-            }
-            Err(e) => Err(aws_err("PutItem", e)),
+        match checked("PutItem", r)? {
+            Some(_) => Ok(()),
+            None => Err(Error::conflict(format!("stack '{stack}' already exists"))),
         }
     }
 
@@ -664,15 +696,11 @@ impl StackStore for DynamoStore {
                 .expression_attribute_values(":last", n(last))
                 .send()
                 .await;
-            match r {
-                Ok(_) => return Ok(()),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-                {
+            match checked("DeleteItem", r)? {
+                Some(_) => return Ok(()),
+                None => {
                     continue;
                 }
-                Err(e) => return Err(aws_err("DeleteItem", e)),
             }
         }
         Err(Error::conflict("the stack is changing; retry"))
@@ -728,15 +756,9 @@ impl StackStore for DynamoStore {
             .return_values(ReturnValue::UpdatedNew)
             .send()
             .await;
-        match r {
-            Ok(out) => get_n(&out.attributes.unwrap_or_default(), "settings_version"),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Err(Error::conflict("settings changed concurrently; retry"))
-            }
-            Err(e) => Err(aws_err("UpdateItem", e)),
+        match checked("UpdateItem", r)? {
+            Some(out) => get_n(&out.attributes.unwrap_or_default(), "settings_version"),
+            None => Err(Error::conflict("settings changed concurrently; retry")),
         }
     }
 
@@ -752,15 +774,9 @@ impl StackStore for DynamoStore {
             .return_values(ReturnValue::UpdatedOld)
             .send()
             .await;
-        match r {
-            Ok(out) => Ok(out.attributes.is_some_and(|a| a.contains_key("settings"))),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Err(Error::not_found(format!("stack '{stack}' not found")))
-            }
-            Err(e) => Err(aws_err("UpdateItem", e)),
+        match checked("UpdateItem", r)? {
+            Some(out) => Ok(out.attributes.is_some_and(|a| a.contains_key("settings"))),
+            None => Err(Error::not_found(format!("stack '{stack}' not found"))),
         }
     }
 
@@ -776,15 +792,9 @@ impl StackStore for DynamoStore {
             .expression_attribute_values(":p", b(paused))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Err(Error::not_found("stack not found"))
-            }
-            Err(e) => Err(aws_err("UpdateItem", e)),
+        match checked("UpdateItem", r)? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found("stack not found")),
         }
     }
 
@@ -1085,15 +1095,9 @@ impl DeploymentStore for DynamoStore {
                     .expression_attribute_values(":r", s(JobStatus::Running.as_str()))
                     .send()
                     .await;
-                match r {
-                    Ok(_) => Ok(CancelOutcome::Requested),
-                    Err(e)
-                        if e.as_service_error()
-                            .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-                    {
-                        Ok(CancelOutcome::AlreadyFinished)
-                    }
-                    Err(e) => Err(aws_err("UpdateItem", e)),
+                match checked("UpdateItem", r)? {
+                    Some(_) => Ok(CancelOutcome::Requested),
+                    None => Ok(CancelOutcome::AlreadyFinished),
                 }
             }
             _ => Ok(CancelOutcome::AlreadyFinished),
@@ -1252,19 +1256,13 @@ impl RunStore for DynamoStore {
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        match r {
-            Ok(out) => Ok(Heartbeat {
+        match checked("UpdateItem", r)? {
+            Some(out) => Ok(Heartbeat {
                 cancel_requested: get_b(&out.attributes.unwrap_or_default(), "cancel_requested"),
             }),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Err(Error::conflict(format!(
-                    "deployment {id} is no longer held by this worker"
-                )))
-            }
-            Err(e) => Err(aws_err("UpdateItem", e)),
+            None => Err(Error::conflict(format!(
+                "deployment {id} is no longer held by this worker"
+            ))),
         }
     }
 

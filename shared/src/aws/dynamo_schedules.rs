@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::dynamo::{DynamoStore, STACK_SK, aws_err, stack_pk};
+use super::dynamo::{DynamoStore, STACK_SK, aws_err, checked, stack_pk};
 use super::item::*;
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::{Page, PageRequest, StackRef};
@@ -220,15 +220,9 @@ impl ScheduleStore for DynamoStore {
             .condition_expression("attribute_exists(pk)")
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Err(Error::not_found("schedule not found"))
-            }
-            Err(e) => Err(aws_err("PutItem", e)),
+        match checked("PutItem", r)? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found("schedule not found")),
         }
     }
 
@@ -241,15 +235,9 @@ impl ScheduleStore for DynamoStore {
             .condition_expression("attribute_exists(pk)")
             .send()
             .await;
-        match r {
-            Ok(_) => self.delete_history(id).await,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Err(Error::not_found(format!("schedule '{id}' not found")))
-            }
-            Err(e) => Err(aws_err("DeleteItem", e)),
+        match checked("DeleteItem", r)? {
+            Some(_) => self.delete_history(id).await,
+            None => Err(Error::not_found(format!("schedule '{id}' not found"))),
         }
     }
 
@@ -301,15 +289,9 @@ impl ScheduleStore for DynamoStore {
             .set_expression_attribute_names(names)
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(aws_err("UpdateItem", e)),
+        match checked("UpdateItem", r)? {
+            Some(_) => Ok(true),
+            None => Ok(false),
         }
     }
 
