@@ -138,15 +138,15 @@ impl Runner {
         }
         tracing::info!("deployment started");
         let prepared = self.prepare(&d);
-        let secrets = match &prepared {
-            Ok((_, env)) => env
-                .iter()
-                .filter(|e| e.secret)
-                .map(|e| e.value.clone())
-                .collect(),
+        // Everything secret the run knows is masked: its secret variables and git credentials.
+        let secrets: Vec<String> = match &prepared {
+            Ok((spec, env)) => {
+                let vars = env.iter().filter(|e| e.secret).map(|e| e.value.clone());
+                vars.chain(self.git_secrets(spec)).collect()
+            }
             Err(_) => vec![],
         };
-        let masker = Masker::new(secrets.into_iter().chain(self.git_secrets(&d)));
+        let masker = Masker::new(secrets);
         let log = RunLog::start(Arc::clone(&self.deps.runs), d.id, lease.clone(), masker);
 
         let stop = CancellationToken::new();
@@ -329,15 +329,12 @@ impl Runner {
         Ok((spec, env))
     }
 
-    fn git_secrets(&self, d: &Deployment) -> Vec<String> {
-        let Ok(spec) = RunSpec::from_config(&d.config) else {
-            return vec![];
-        };
-        let Some(auth) = spec.git_auth else {
+    fn git_secrets(&self, spec: &RunSpec) -> Vec<String> {
+        let Some(auth) = &spec.git_auth else {
             return vec![];
         };
         let sealed = [
-            auth.access_token.map(|s| s.secret),
+            auth.access_token.as_ref().map(|s| s.secret.clone()),
             auth.basic_auth
                 .as_ref()
                 .and_then(|b| b.password.clone())
