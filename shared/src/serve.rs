@@ -47,9 +47,17 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     }
     let embedded = Embedded::open(&cfg.data_dir)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    // Runs of an earlier process are over (its leases expire and the reaper fails them); their
-    // working directories are not needed by anyone.
+    // Runs of an earlier process are over (its leases expire and the reaper fails them). If it
+    // crashed, its engines may still be running: stop them before the stacks' next runs can
+    // start, then drop the working directories.
     let work_dir = cfg.data_dir.join("work");
+    let orphans = crate::runner::exec::kill_orphans(&work_dir);
+    if orphans > 0 {
+        tracing::warn!(
+            orphans,
+            "killed processes left running by a previous tarmac serve"
+        );
+    }
     if let Err(e) = std::fs::remove_dir_all(&work_dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {

@@ -1,7 +1,7 @@
 //! Running one child process: a clean environment, its own process group, output into the run
 //! log line by line, and a stop that terminates the whole group, then kills it after a grace.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -46,7 +46,8 @@ pub struct Output {
     pub stdout: Vec<u8>,
 }
 
-/// Runs `spec`, logging into `step`. Stops the process group when `stop` fires.
+/// Runs `spec`, logging into `step`. Stops the process group when `stop` fires. The group's
+/// id is appended to `groups_file`, so a restarted server can find what a crashed one left.
 pub async fn run(
     spec: &CommandSpec,
     log: &RunLog,
@@ -54,6 +55,7 @@ pub async fn run(
     stdout_mode: Stdout,
     stop: &CancellationToken,
     grace: Duration,
+    groups_file: &Path,
 ) -> Output {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
@@ -77,6 +79,9 @@ pub async fn run(
         }
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    if let Some(pgid) = pgid {
+        record_group(groups_file, pgid);
+    }
     let out_task = {
         let pipe = child.stdout.take().expect("stdout is piped");
         let log = log.clone();
@@ -118,6 +123,83 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), err_task).await;
     Output { exit, stdout }
 }
+
+fn record_group(file: &Path, pgid: Pid) {
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .and_then(|mut f| writeln!(f, "{pgid}"));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "could not record a process group; a crash would leave it running");
+    }
+}
+
+/// Kills what runs of an earlier, crashed process left behind in `work_dir`: every process in a
+/// recorded group whose environment names that run's deployment (so a reused pid is never
+/// touched). Returns how many it killed.
+pub fn kill_orphans(work_dir: &Path) -> usize {
+    let Ok(runs) = std::fs::read_dir(work_dir) else {
+        return 0;
+    };
+    let mut wanted: Vec<(i32, String)> = Vec::new();
+    for run in runs.flatten() {
+        let id = run.file_name().to_string_lossy().to_string();
+        let Ok(groups) = std::fs::read_to_string(run.path().join(GROUPS_FILE)) else {
+            continue;
+        };
+        wanted.extend(
+            groups
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .map(|g| (g, id.clone())),
+        );
+    }
+    if wanted.is_empty() {
+        return 0;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces, so split
+        // after its closing parenthesis.
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let Some(pgrp) = rest
+            .split_whitespace()
+            .nth(2)
+            .and_then(|g| g.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Some((_, id)) = wanted.iter().find(|(g, _)| *g == pgrp) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(p.path().join("environ")) else {
+            continue;
+        };
+        let marker = format!("TARMAC_DEPLOYMENT_ID={id}");
+        if environ.split(|b| *b == 0).any(|kv| kv == marker.as_bytes())
+            && nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Where a run's working directory records its process groups.
+pub const GROUPS_FILE: &str = "process-groups";
 
 /// A longer line is logged in pieces of this size, so no output can grow memory without bound.
 const MAX_LINE: u64 = 64 * 1024;

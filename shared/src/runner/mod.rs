@@ -471,7 +471,17 @@ impl Runner {
         mode: Stdout,
         ok_codes: &[i32],
     ) -> StepResult<(i32, Vec<u8>)> {
-        let out = exec::run(spec, &run.log, idx, mode, &run.stop, self.cfg.stop_grace).await;
+        let groups = run.workdir.join(exec::GROUPS_FILE);
+        let out = exec::run(
+            spec,
+            &run.log,
+            idx,
+            mode,
+            &run.stop,
+            self.cfg.stop_grace,
+            &groups,
+        )
+        .await;
         match out.exit {
             Exit::Code(c) if c == 0 || ok_codes.contains(&c) => Ok((c, out.stdout)),
             Exit::Code(c) => Err(Failure::Failed(format!(
@@ -541,6 +551,8 @@ impl Runner {
             ),
             ("LANG".to_string(), self.cfg.lang.clone()),
             ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+            // Marks the run's processes, so a restarted server can recognise its orphans.
+            ("TARMAC_DEPLOYMENT_ID".to_string(), run.d.id.to_string()),
             ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
             (
                 "GIT_ALLOW_PROTOCOL".to_string(),
