@@ -8,6 +8,7 @@ mod support;
 mod api;
 mod auth;
 mod bad_input;
+mod drills;
 mod git_auth;
 mod lifecycle;
 mod queue;

@@ -698,3 +698,61 @@ async fn the_worker_keeps_its_message_invisible_while_the_run_lasts() {
         .await;
     assert_eq!(d["status"], "succeeded");
 }
+
+/// Drill R2 (issue 7): every message delivered three times (two more sends, as a re-drive
+/// would make, and every batch handled by two workers at once, as when visibility expires
+/// mid-run) still runs each deployment's engine exactly once. `TARMAC_DRILL_SCALE=full`: 50.
+#[tokio::test]
+async fn r2_triple_delivery_runs_each_deployment_once() {
+    use tarmac::ports::{Queue, QueueMessage};
+    let n = if std::env::var("TARMAC_DRILL_SCALE").as_deref() == Ok("full") {
+        50
+    } else {
+        4
+    };
+    let env = Env::new().await;
+    env.api("apigw-v2-patch-settings.json", "").await;
+    let stack = tarmac::domain::StackRef::new("acme", "web", "dev").unwrap();
+    let queue = tarmac::aws::SqsQueue::new(env.sqs.clone(), &env.queue_url);
+    let mut ids = vec![];
+    for _ in 0..n {
+        let (_, created) = env.api("apigw-v2-create-deployment.json", "").await;
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let id = uuid::Uuid::parse_str(id).unwrap();
+        for attempt in [1, 2] {
+            queue
+                .send(&QueueMessage::new(&stack, id), attempt)
+                .await
+                .unwrap();
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut done = 0;
+        for id in &ids {
+            let (_, d) = env.api("apigw-v2-get-deployment.json", id).await;
+            if d["status"] == "succeeded" {
+                done += 1;
+            }
+        }
+        let event = env.receive().await;
+        if done == ids.len() && event.records.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} of {} succeeded",
+            ids.len()
+        );
+        if !event.records.is_empty() {
+            let (_, _) = tokio::join!(env.work(event.clone()), env.work(event));
+        }
+    }
+    assert_eq!(
+        env.engine_runs(),
+        n,
+        "exactly one engine run per deployment"
+    );
+}
