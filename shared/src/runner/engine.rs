@@ -193,6 +193,23 @@ pub fn parse_terraform_outputs(
         .collect())
 }
 
+/// Terraform's outputs from a state file (`outputs` holds the same `{value, type, sensitive}`
+/// objects `terraform output -json` prints). No state yet means no outputs.
+pub fn parse_terraform_state_outputs(
+    state: &[u8],
+) -> Result<Vec<(String, serde_json::Value, bool)>, String> {
+    if state.is_empty() {
+        return Ok(vec![]);
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(state).map_err(|e| format!("unreadable state file: {e}"))?;
+    let outputs = v
+        .get("outputs")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    parse_terraform_outputs(outputs.to_string().as_bytes())
+}
+
 /// Pulumi's outputs, from the same command with and without `--show-secrets`: a value shown as
 /// `[secret]` only in the second is a secret.
 pub fn parse_pulumi_outputs(
@@ -219,13 +236,20 @@ pub fn terraform_backend_override(state_file: &Path) -> String {
     )
 }
 
+/// The file in which Tarmac gives a Terraform program its state backend.
+pub const BACKEND_OVERRIDE_FILE: &str = "tarmac_backend_override.tf";
+
 /// Whether a Terraform program configures its own backend (then Tarmac leaves state to it).
+/// Tarmac's own override file does not count.
 pub fn declares_backend(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "tf"))
+        .filter(|e| {
+            e.path().extension().is_some_and(|x| x == "tf")
+                && e.file_name() != BACKEND_OVERRIDE_FILE
+        })
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .any(|text| {
             text.lines().any(|l| {

@@ -660,7 +660,7 @@ impl Runner {
             Engine::Terraform | Engine::Tofu => {
                 if !engine::declares_backend(program_dir) {
                     let text = engine::terraform_backend_override(&state.join("terraform.tfstate"));
-                    tokio::fs::write(program_dir.join("tarmac_backend_override.tf"), text)
+                    tokio::fs::write(program_dir.join(engine::BACKEND_OVERRIDE_FILE), text)
                         .await
                         .map_err(|e| {
                             Failure::Failed(format!("cannot write the backend override: {e}"))
@@ -735,24 +735,36 @@ impl Runner {
         engine: Engine,
         program_dir: &Path,
     ) -> StepResult<()> {
-        let env = self.engine_env(run, engine, program_dir).await?;
-        let capture = |show: bool| CommandSpec {
-            program: engine.binary().into(),
-            args: engine::outputs_command(engine, show),
-            cwd: program_dir.to_path_buf(),
-            env: env.clone(),
-        };
-        let (_, shown) = self
-            .command(run, idx, &capture(true), Stdout::Capture, &[])
-            .await?;
         let parsed = match engine {
-            Engine::Pulumi => {
-                let (_, masked) = self
-                    .command(run, idx, &capture(false), Stdout::Capture, &[])
-                    .await?;
-                engine::parse_pulumi_outputs(&shown, &masked)
+            // With the backend Tarmac provides, the outputs are in the state file the engine has
+            // just written: no need to start the engine again to print them.
+            Engine::Terraform | Engine::Tofu if !engine::declares_backend(program_dir) => {
+                let state = tokio::fs::read(self.state_dir(run.d).join("terraform.tfstate"))
+                    .await
+                    .unwrap_or_default();
+                engine::parse_terraform_state_outputs(&state)
             }
-            _ => engine::parse_terraform_outputs(&shown),
+            _ => {
+                let env = self.engine_env(run, engine, program_dir).await?;
+                let capture = |show: bool| CommandSpec {
+                    program: engine.binary().into(),
+                    args: engine::outputs_command(engine, show),
+                    cwd: program_dir.to_path_buf(),
+                    env: env.clone(),
+                };
+                let (_, shown) = self
+                    .command(run, idx, &capture(true), Stdout::Capture, &[])
+                    .await?;
+                match engine {
+                    Engine::Pulumi => {
+                        let (_, masked) = self
+                            .command(run, idx, &capture(false), Stdout::Capture, &[])
+                            .await?;
+                        engine::parse_pulumi_outputs(&shown, &masked)
+                    }
+                    _ => engine::parse_terraform_outputs(&shown),
+                }
+            }
         }
         .map_err(Failure::Failed)?;
         let mut outputs = serde_json::Map::new();

@@ -1,0 +1,161 @@
+//! P2: platform overhead. The same Terraform `apply` of 50 `terraform_data` resources, run by
+//! hand (`terraform init` + `apply` with the shim) and through Tarmac (API, queue, worker, git
+//! clone, the same two commands, outputs), in interleaved pairs, each on fresh state. Prints
+//! the ratio of the medians. Needs the Terraform shim (`tests/setup.sh`, `TARMAC_TEST_TOOLS`).
+//!
+//! cargo bench --bench overhead -- [--pairs 10]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn git(dir: &Path, args: &[&str]) {
+    assert!(
+        Command::new("git")
+            .args(["-c", "user.email=b@example.com", "-c", "user.name=bench"])
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let pairs: usize = args
+        .iter()
+        .position(|a| a == "--pairs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let tools =
+        std::env::var("TARMAC_TEST_TOOLS").expect("set TARMAC_TEST_TOOLS (run tests/setup.sh)");
+    let bin = Path::new(&tools).join("bin");
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir_all(repo.join("infra")).unwrap();
+    let mut program = String::new();
+    for i in 0..50 {
+        program.push_str(&format!(
+            "resource \"terraform_data\" \"r{i}\" {{\n  input = \"value-{i}\"\n}}\n"
+        ));
+    }
+    std::fs::write(repo.join("infra/main.tf"), &program).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "init"]);
+
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmac"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-local-repos",
+            "--workers",
+            "1",
+            "--data-dir",
+        ])
+        .arg(work.path().join("data"))
+        .env("PATH", &path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut token) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(u) = line.strip_prefix("Tarmac listening on ") {
+            url = u.to_string();
+        } else if line.trim().starts_with("tmc_") {
+            token = line.trim().to_string();
+        } else if line.starts_with("Press Ctrl+C") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let client = reqwest::Client::new();
+    let auth = format!("token {token}");
+
+    let (mut by_hand, mut through) = (vec![], vec![]);
+    for i in 0..pairs {
+        // By hand: a copy of the program, fresh state, the same commands Tarmac runs.
+        let dir = work.path().join(format!("hand-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("main.tf"), &program).unwrap();
+        let t = Instant::now();
+        for cmd in [
+            vec!["init", "-input=false", "-no-color"],
+            vec!["apply", "-auto-approve", "-input=false", "-no-color"],
+        ] {
+            let ok = Command::new(bin.join("terraform"))
+                .args(&cmd)
+                .current_dir(&dir)
+                .env_clear()
+                .env("PATH", &path)
+                .env("HOME", &dir)
+                .env("CHECKPOINT_DISABLE", "1")
+                .env("TF_IN_AUTOMATION", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok);
+        }
+        by_hand.push(t.elapsed().as_secs_f64());
+
+        // Through Tarmac: a fresh stack, from the POST to the terminal status.
+        let stack = format!("{url}/api/stacks/default/overhead/s{i}");
+        let body = serde_json::json!({"operation": "update", "inheritSettings": false,
+            "sourceContext": {"git": {"repoUrl": format!("file://{}", repo.display()), "branch": "main", "repoDir": "infra"}}});
+        let t = Instant::now();
+        let created: serde_json::Value = client
+            .post(format!("{stack}/deployments"))
+            .header("Authorization", &auth)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["id"].as_str().unwrap().to_string();
+        loop {
+            let d: serde_json::Value = client
+                .get(format!("{stack}/deployments/{id}"))
+                .header("Authorization", &auth)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            match d["status"].as_str().unwrap() {
+                "succeeded" => break,
+                "failed" | "skipped" => panic!("deployment {id} ended {}", d["status"]),
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        through.push(t.elapsed().as_secs_f64());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (h, t) = (median(&mut by_hand), median(&mut through));
+    println!(
+        "P2: Terraform apply of 50 terraform_data resources, {pairs} interleaved pairs, fresh state each"
+    );
+    println!("| by hand (median) | through Tarmac (median) | ratio |");
+    println!("|---|---|---|");
+    println!("| {:.3} s | {:.3} s | {:.3} |", h, t, t / h);
+}
