@@ -1,0 +1,195 @@
+//! P3: sustained deployments per second through API, queue and worker, with a trivial engine
+//! (a `terraform` script that does nothing) and the real git clone of a local repository.
+//!
+//! Clients create deployments over `--stacks` stacks (default 100) for `--seconds` (default
+//! 60), keeping at most `--in-flight` (default 64) unfinished; `tarmac serve` runs
+//! `--workers` workers (default 2 × cores). Prints the completion rate over the window and
+//! queue-wait percentiles (creation to the run's start, from the deployments' own records).
+//!
+//! cargo bench --bench throughput -- [--seconds 60] [--workers 4] [--stacks 100]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    assert!(
+        Command::new("git")
+            .args(["-c", "user.email=b@example.com", "-c", "user.name=bench"])
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn parse(t: &str) -> time::OffsetDateTime {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::parse(t, &Rfc3339)
+        .or_else(|_| time::OffsetDateTime::parse(&format!("{}Z", t.replace(' ', "T")), &Rfc3339))
+        .unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let (seconds, workers, stacks, in_flight) = (
+        arg("--seconds", 60),
+        arg("--workers", 2 * cores),
+        arg("--stacks", 100) as usize,
+        arg("--in-flight", 64) as usize,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let engine = bin.join("terraform");
+    std::fs::write(
+        &engine,
+        "#!/bin/sh\n[ \"$1\" = output ] && echo '{}'\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir_all(repo.join("infra")).unwrap();
+    std::fs::write(repo.join("infra/main.tf"), "# trivial\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "init"]);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmac"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-local-repos",
+            "--workers",
+            &workers.to_string(),
+            "--data-dir",
+        ])
+        .arg(work.path().join("data"))
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut token) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(u) = line.strip_prefix("Tarmac listening on ") {
+            url = u.to_string();
+        } else if line.trim().starts_with("tmc_") {
+            token = line.trim().to_string();
+        } else if line.starts_with("Press Ctrl+C") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let client = reqwest::Client::new();
+    let auth = format!("token {token}");
+    let settings = json!({"sourceContext": {"git": {"repoUrl": format!("file://{}", repo.display()), "branch": "main", "repoDir": "infra"}}});
+    for s in 0..stacks {
+        let r = client
+            .post(format!(
+                "{url}/api/stacks/default/tput/s{s}/deployments/settings"
+            ))
+            .header("Authorization", &auth)
+            .json(&settings)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    let start = Instant::now();
+    let until = start + Duration::from_secs(seconds);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let (client, url, auth, next) = (client.clone(), url.clone(), auth.clone(), next.clone());
+        clients.spawn(async move {
+            let mut done = vec![];
+            while Instant::now() < until {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let stack = format!("{url}/api/stacks/default/tput/s{}", i % stacks);
+                let r = client
+                    .post(format!("{stack}/deployments"))
+                    .header("Authorization", &auth)
+                    .json(&json!({"operation": "update"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                let id = r.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                // Each client keeps one deployment in flight: it waits for it to end.
+                let d = loop {
+                    let d: Value = client
+                        .get(format!("{stack}/deployments/{id}"))
+                        .header("Authorization", &auth)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    match d["status"].as_str().unwrap() {
+                        "succeeded" => break d,
+                        "failed" | "skipped" => panic!("{id} ended {}", d["status"]),
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                };
+                done.push(d);
+            }
+            done
+        });
+    }
+    let done: Vec<Value> = clients.join_all().await.into_iter().flatten().collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut waits: Vec<f64> = done
+        .iter()
+        .map(|d| {
+            (parse(d["jobs"][0]["started"].as_str().unwrap())
+                - parse(d["created"].as_str().unwrap()))
+            .as_seconds_f64()
+                * 1000.0
+        })
+        .collect();
+    waits.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| waits[((p / 100.0) * (waits.len() - 1) as f64).round() as usize];
+    println!(
+        "P3: trivial engine, real git clone, {stacks} stacks, {in_flight} deployments in flight, --workers {workers}, {seconds} s"
+    );
+    println!("| completed | rate | queue wait p50 | p99 |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {} | {:.1}/s | {:.1} ms | {:.1} ms |",
+        done.len(),
+        done.len() as f64 / elapsed,
+        pct(50.0),
+        pct(99.0)
+    );
+}
