@@ -469,6 +469,10 @@ async fn settings_writes_are_optimistic(b: Backend) {
     );
     assert!(b.stacks.delete_settings(&st).await.unwrap());
     assert!(b.stacks.get_settings(&st).await.unwrap().is_none());
+    assert!(
+        !b.stacks.delete_settings(&st).await.unwrap(),
+        "nothing left to delete"
+    );
     // Versions keep counting after a delete.
     assert_eq!(
         b.stacks
@@ -1415,6 +1419,28 @@ async fn schedule_requests_are_validated(b: Backend) {
     assert_eq!(status, 200, "{v}");
     let (_, list) = call(&b, "GET", SCHEDULES, None).await;
     assert_eq!(list["schedules"].as_array().unwrap().len(), 1);
+    // A request's secrets are sealed when stored and never shown in plaintext.
+    let with_secret = json!({"scheduleCron": "0 0 * * 0", "request": {"operation": "update",
+        "operationContext": {"environmentVariables": {"DB": {"secret": "plain-text-pw"}}}}});
+    let (status, v) = call(&b, "POST", SCHEDULES, Some(with_secret)).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(!v.to_string().contains("plain-text-pw"), "{v}");
+    assert!(
+        v["definition"]["request"]["operationContext"]["environmentVariables"]["DB"]["ciphertext"]
+            .is_string()
+    );
+    let stored = b
+        .schedules
+        .get_schedule(
+            &ticks(),
+            Uuid::parse_str(v["id"].as_str().unwrap()).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.definition.to_string().contains("plain-text-pw"));
+    let (_, list) = call(&b, "GET", SCHEDULES, None).await;
+    assert!(!list.to_string().contains("plain-text-pw"));
     let (status, _) = call(&b, "GET", &format!("{SCHEDULES}/{}", Uuid::new_v4()), None).await;
     assert_eq!(status, 404);
     let (status, _) = call(&b, "GET", &format!("{SCHEDULES}/not-an-id"), None).await;

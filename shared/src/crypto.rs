@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use aes_gcm::aead::rand_core::RngCore;
-use aes_gcm::aead::{Aead, KeyInit, OsRng};
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -68,12 +68,25 @@ impl Cipher {
         }
     }
 
-    pub fn seal(&self, plaintext: &str) -> String {
+    /// Seals and opens values of one org. The org is authenticated with each value (AES-GCM
+    /// associated data), so a value sealed for one org never opens for another: a ciphertext
+    /// seen in one tenant's settings is useless in another's.
+    pub fn for_org<'a>(&'a self, org: &'a str) -> OrgCipher<'a> {
+        OrgCipher { cipher: self, org }
+    }
+
+    fn seal_with(&self, plaintext: &str, aad: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
         let ct = self
             .aead
-            .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad,
+                },
+            )
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
         let mut out = Vec::with_capacity(MAGIC.len() + NONCE_LEN + ct.len());
         out.extend_from_slice(MAGIC);
@@ -82,16 +95,46 @@ impl Cipher {
         STANDARD.encode(out)
     }
 
-    /// Opens a value this cipher sealed. `None` if it is not one.
-    pub fn open(&self, sealed: &str) -> Option<String> {
+    fn open_with(&self, sealed: &str, aad: &[u8]) -> Option<String> {
         let bytes = STANDARD.decode(sealed).ok()?;
         let rest = bytes.strip_prefix(MAGIC.as_slice())?;
         if rest.len() < NONCE_LEN {
             return None;
         }
         let (nonce, ct) = rest.split_at(NONCE_LEN);
-        let pt = self.aead.decrypt(Nonce::from_slice(nonce), ct).ok()?;
+        let pt = self
+            .aead
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+            .ok()?;
         String::from_utf8(pt).ok()
+    }
+}
+
+/// A `Cipher` bound to one org (see `Cipher::for_org`).
+#[derive(Clone, Copy)]
+pub struct OrgCipher<'a> {
+    cipher: &'a Cipher,
+    org: &'a str,
+}
+
+impl std::fmt::Debug for OrgCipher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OrgCipher({})", self.org)
+    }
+}
+
+impl OrgCipher<'_> {
+    fn aad(&self) -> Vec<u8> {
+        format!("tarmac-org:{}", self.org).into_bytes()
+    }
+
+    pub fn seal(&self, plaintext: &str) -> String {
+        self.cipher.seal_with(plaintext, &self.aad())
+    }
+
+    /// Opens a value sealed for this org. `None` if it is not one.
+    pub fn open(&self, sealed: &str) -> Option<String> {
+        self.cipher.open_with(sealed, &self.aad())
     }
 
     pub fn is_sealed(&self, value: &str) -> bool {
@@ -132,12 +175,22 @@ mod tests {
 
     #[test]
     fn seal_round_trips_and_detects_foreign_values() {
-        let c = Cipher::from_key(&[7; 32]);
+        let key = Cipher::from_key(&[7; 32]);
+        let c = key.for_org("acme");
         let sealed = c.seal("hunter2");
         assert_ne!(sealed, c.seal("hunter2"), "nonces must differ");
         assert_eq!(c.open(&sealed).as_deref(), Some("hunter2"));
         assert!(c.open("hunter2").is_none());
-        assert!(Cipher::from_key(&[8; 32]).open(&sealed).is_none());
+        assert!(
+            Cipher::from_key(&[8; 32])
+                .for_org("acme")
+                .open(&sealed)
+                .is_none()
+        );
+        assert!(
+            key.for_org("other").open(&sealed).is_none(),
+            "a value sealed for one org must not open for another"
+        );
         assert!(STANDARD.decode(&sealed).is_ok(), "sealed values are base64");
     }
 
@@ -148,7 +201,10 @@ mod tests {
         let path = dir.path().join("key");
         let a = Cipher::load_or_create(&path).unwrap();
         let b = Cipher::load_or_create(&path).unwrap();
-        assert_eq!(b.open(&a.seal("x")).as_deref(), Some("x"));
+        assert_eq!(
+            b.for_org("o").open(&a.for_org("o").seal("x")).as_deref(),
+            Some("x")
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }

@@ -14,10 +14,13 @@ pub struct StackRef {
     pub stack: String,
 }
 
-/// Pulumi's rule for org, project and stack names: 1 to 100 of `[A-Za-z0-9_.-]`.
+/// Pulumi's rule for org, project and stack names: 1 to 100 of `[A-Za-z0-9_.-]`. Names made
+/// only of dots are refused too: names become paths on disk (engine state), where `..` would
+/// reach outside the stack's own directory.
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 100
+        && !name.bytes().all(|b| b == b'.')
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
@@ -334,7 +337,17 @@ mod tests {
     #[test]
     fn names_are_validated() {
         assert!(StackRef::new("acme", "web-app", "dev_1.x").is_ok());
-        for bad in ["", "a b", "p/q", "dev?x", &"x".repeat(101)] {
+        assert!(StackRef::new("acme", ".hidden", "..dev").is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "...",
+            "a b",
+            "p/q",
+            "dev?x",
+            &"x".repeat(101),
+        ] {
             assert!(
                 StackRef::new("acme", bad, "dev").is_err(),
                 "{bad:?} accepted"

@@ -1,6 +1,7 @@
 //! The ports: what the API and the workers need from storage, as narrow object-safe traits.
 //!
-//! Each has an embedded adapter (SQLite, in `crate::sqlite`). No storage type crosses a port.
+//! Each has an embedded adapter (SQLite, `crate::sqlite`) and an AWS one (DynamoDB and SQS,
+//! `crate::aws`); one contract suite runs against both. No storage type crosses a port.
 //! Contracts on absent items and lost races are written on each method.
 
 use async_trait::async_trait;

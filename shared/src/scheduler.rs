@@ -18,7 +18,8 @@ use crate::ports::{FireResult, PlannedFiring};
 use crate::schedule::firing;
 use crate::service::{enqueue, prepare_deployment};
 
-/// Queued this long with their stack idle, a deployment's message is presumed lost.
+/// Queued this long, a deployment's message may have been lost; the reconciler sends it again
+/// (a duplicate is harmless: the claim is conditional).
 pub const RECONCILE_AFTER: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -40,34 +41,69 @@ pub async fn tick(
     now: OffsetDateTime,
     queue_max_age: Duration,
 ) -> Result<TickReport> {
-    let (fired, skipped) = fire_due(deps, now).await?;
-    let reaped = deps.runs.reap(now, now - queue_max_age).await?.len();
-    let mut resent = 0;
-    // One re-send per deployment per minute: overlapping ticks in one minute share a dedup id.
-    let attempt = (now.unix_timestamp() / 60) as u64;
-    if let Some(queue) = &deps.queue {
-        for message in deps.runs.queued_before(now - RECONCILE_AFTER).await? {
-            // A paused stack keeps its queue; resuming it makes its deployments due again.
-            let Ok(stack) = message.stack_ref() else {
-                continue;
-            };
-            if deps.stacks.stack_paused(&stack).await? != Some(false) {
-                continue;
-            }
-            // Claims are conditional, so a message that was not lost after all does no harm.
-            queue.send(&message, attempt).await?;
-            resent += 1;
+    // Each part runs even if another failed; the first failure is reported at the end.
+    let mut first_error = None;
+    let mut keep = |e: crate::Error, what: &str| {
+        tracing::error!(error = %e.chain(), "tick: {what} failed");
+        first_error.get_or_insert(e);
+    };
+    let (fired, skipped) = fire_due(deps, now).await.unwrap_or_else(|e| {
+        keep(e, "firing schedules");
+        (0, 0)
+    });
+    let reaped = match deps.runs.reap(now, now - queue_max_age).await {
+        Ok(ids) => ids.len(),
+        Err(e) => {
+            keep(e, "reaping");
+            0
         }
-    }
+    };
+    let resent = reconcile(deps, now).await.unwrap_or_else(|e| {
+        keep(e, "reconciling");
+        0
+    });
     if fired + skipped + reaped + resent > 0 {
         tracing::info!(fired, skipped, reaped, resent, "tick");
     }
-    Ok(TickReport {
-        fired,
-        skipped,
-        reaped,
-        resent,
-    })
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(TickReport {
+            fired,
+            skipped,
+            reaped,
+            resent,
+        }),
+    }
+}
+
+/// Where a queue is separate from the store, re-sends queued deployments old enough that their
+/// message may have been lost. Returns how many it sent.
+async fn reconcile(deps: &Deps, now: OffsetDateTime) -> Result<usize> {
+    let Some(queue) = &deps.queue else {
+        return Ok(0);
+    };
+    // One re-send per deployment per minute: overlapping ticks in one minute share a dedup id.
+    let attempt = (now.unix_timestamp() / 60) as u64;
+    let mut resent = 0;
+    for message in deps.runs.queued_before(now - RECONCILE_AFTER).await? {
+        // A paused stack keeps its queue; resuming it makes its deployments due again.
+        let Ok(stack) = message.stack_ref() else {
+            continue;
+        };
+        if deps.stacks.stack_paused(&stack).await? != Some(false)
+            || deps.orgs.org_state(&stack.org).await?.paused
+        {
+            continue;
+        }
+        // Claims are conditional, so a message that was not lost after all does no harm.
+        match queue.send(&message, attempt).await {
+            Ok(()) => resent += 1,
+            Err(e) => {
+                tracing::warn!(deployment_id = %message.deployment_id, error = %e.chain(), "reconciler could not re-send")
+            }
+        }
+    }
+    Ok(resent)
 }
 
 /// Fires every schedule due at `now`. Each slot fires once however many ticks race: the

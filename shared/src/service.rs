@@ -11,12 +11,17 @@ use crate::ports::QueueMessage;
 use crate::runner::git::validate_repo_url;
 use crate::settings::{self, Nulls, RunSpec};
 
-/// Checks a create-deployment request without storing anything: the operation, the settings'
-/// shape and secrets. (Whether the merged settings can run is checked when it is used.)
-pub fn validate_request(deps: &Deps, body: &Value) -> Result<Operation> {
-    let (operation, _, rest) = settings::split_create_request(body)?;
-    settings::canonicalize(&rest, &deps.cipher)?;
-    required_operation(operation)
+/// A create-deployment request in the form a schedule stores: checked (operation, settings'
+/// shape), canonical, nulls dropped, and every secret sealed, so nothing is kept or shown in
+/// plaintext. Whether the merged settings can run is checked when the schedule fires.
+pub fn sealed_request(deps: &Deps, org: &str, body: &Value) -> Result<Value> {
+    let (operation, inherit, rest) = settings::split_create_request(body)?;
+    let operation = required_operation(operation)?;
+    let mut request =
+        settings::strip_nulls(&settings::canonicalize(&rest, &deps.cipher.for_org(org))?);
+    request["operation"] = json!(operation);
+    request["inheritSettings"] = json!(inherit);
+    Ok(request)
 }
 
 fn required_operation(op: Option<String>) -> Result<Operation> {
@@ -39,12 +44,13 @@ pub fn prepare_deployment(
 ) -> Result<NewDeployment> {
     let (operation, inherit, rest) = settings::split_create_request(body)?;
     let operation = required_operation(operation)?;
-    let request = settings::canonicalize(&rest, &deps.cipher)?;
+    let request = settings::canonicalize(&rest, &deps.cipher.for_org(&stack.org))?;
     let config = if inherit {
         settings::merge(stored.unwrap_or(&json!({})), &request, Nulls::Ignore)
     } else {
         settings::strip_nulls(&request)
     };
+    settings::check_size(&config)?;
     let spec = RunSpec::from_config(&config)?;
     validate_repo_url(&spec.repo_url, deps.allow_local_repos)?;
     Ok(NewDeployment {

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::crypto::Cipher;
+use crate::crypto::OrgCipher;
 use crate::error::{Error, Result};
 
 /// The type of a value in the settings schema.
@@ -160,7 +160,7 @@ pub const SETTINGS: Shape = Obj(&[
 ]);
 
 /// Canonicalises a settings body. `null` members are kept: the caller decides what they mean.
-pub fn canonicalize(value: &Value, cipher: &Cipher) -> Result<Value> {
+pub fn canonicalize(value: &Value, cipher: &OrgCipher) -> Result<Value> {
     walk(value, &SETTINGS, "", cipher)
 }
 
@@ -176,7 +176,7 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn walk(value: &Value, shape: &Shape, path: &str, cipher: &Cipher) -> Result<Value> {
+fn walk(value: &Value, shape: &Shape, path: &str, cipher: &OrgCipher) -> Result<Value> {
     if value.is_null() {
         return Ok(Value::Null);
     }
@@ -273,7 +273,7 @@ fn validate_env_name(name: &str) -> Result<()> {
 }
 
 /// Turns any `SecretValue` form into `{"secret": <sealed>}`.
-fn seal_secret(value: &Value, path: &str, cipher: &Cipher) -> Result<Value> {
+fn seal_secret(value: &Value, path: &str, cipher: &OrgCipher) -> Result<Value> {
     let sealed = match value {
         Value::String(s) => seal_unless_sealed(s, cipher),
         Value::Object(map) => {
@@ -313,7 +313,7 @@ fn seal_secret(value: &Value, path: &str, cipher: &Cipher) -> Result<Value> {
     Ok(serde_json::json!({ "secret": sealed }))
 }
 
-fn seal_unless_sealed(s: &str, cipher: &Cipher) -> String {
+fn seal_unless_sealed(s: &str, cipher: &OrgCipher) -> String {
     // Clients send back the `{"secret": <ciphertext>}` they read (reference §3.1).
     if cipher.is_sealed(s) {
         s.to_string()
@@ -450,6 +450,24 @@ pub struct SealedValue {
     pub secret: String,
 }
 
+/// The longest a run may be given: a week.
+pub const MAX_TIMEOUT_SECS: i64 = 7 * 86_400;
+
+/// Stored settings (and a deployment's effective settings) stay well inside every backend's
+/// limits (DynamoDB items are at most 400 KB).
+pub const MAX_SETTINGS_BYTES: usize = 256 * 1024;
+
+/// Refuses settings too large to store.
+pub fn check_size(settings: &Value) -> Result<()> {
+    let len = serde_json::to_vec(settings)?.len();
+    if len > MAX_SETTINGS_BYTES {
+        return Err(Error::invalid(format!(
+            "the deployment settings are too large: {len} bytes, at most {MAX_SETTINGS_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 /// What a run needs from the effective settings, typed and validated.
 #[derive(Debug, Clone, Default)]
 pub struct RunSpec {
@@ -544,10 +562,10 @@ impl RunSpec {
         }
         let timeout_secs = match raw.operation_context.options.timeout {
             None => None,
-            Some(t) if t > 0 => Some(t as u64),
+            Some(t) if t > 0 && t <= MAX_TIMEOUT_SECS => Some(t as u64),
             Some(t) => {
                 return Err(Error::invalid(format!(
-                    "operationContext.options.timeout must be a positive number of seconds, not {t}"
+                    "operationContext.options.timeout must be between 1 and {MAX_TIMEOUT_SECS} seconds, not {t}"
                 )));
             }
         };
@@ -585,13 +603,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn cipher() -> Cipher {
-        Cipher::from_key(&[1; 32])
+    fn cipher() -> crate::crypto::Cipher {
+        crate::crypto::Cipher::from_key(&[1; 32])
     }
 
     #[test]
     fn keys_match_case_insensitively_and_unknown_keys_drop() {
-        let c = cipher();
+        let key = cipher();
+        let c = key.for_org("o");
         let v = canonicalize(
             &json!({"sourceContext": {"Git": {"repoURL": "https://x/y.git", "Branch": "main", "bogus": 1}}, "extra": true}),
             &c,
@@ -605,7 +624,8 @@ mod tests {
 
     #[test]
     fn every_secret_form_is_sealed_and_plain_strings_stay_plain() {
-        let c = cipher();
+        let key = cipher();
+        let c = key.for_org("o");
         let sealed = c.seal("issued");
         let v = canonicalize(
             &json!({"operationContext": {"environmentVariables": {
@@ -632,7 +652,8 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_refused_with_their_path() {
-        let c = cipher();
+        let key = cipher();
+        let c = key.for_org("o");
         let cases = [
             (
                 json!({"operationContext": {"preRunCommands": "echo"}}),
@@ -689,7 +710,8 @@ mod tests {
 
     #[test]
     fn render_never_shows_plaintext() {
-        let c = cipher();
+        let key = cipher();
+        let c = key.for_org("o");
         let stored = canonicalize(
             &json!({"operationContext":{"environmentVariables":{"S":{"secret":"pw"},"P":"x"}}}),
             &c,

@@ -92,6 +92,8 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
         (Method::GET, format!("{dep}/{id}/logs?job=0&step=99"), "".into(), None, 400, "does not exist"),
         (Method::GET, format!("{dep}/{id}/logs?continuationToken=zzz"), "".into(), None, 400, "continuation token"),
         (Method::GET, "/api/stacks/default/p%20q/dev/deployments".into(), "".into(), None, 400, "invalid project name"),
+        // Names become paths on disk: `..` must not reach outside the stack's state directory.
+        (Method::POST, "/api/stacks/default/proj".into(), "{\"stackName\": \"..\"}".into(), None, 400, "invalid stack name"),
         (Method::POST, format!("{dep}/settings/encrypt"), "{\"secret\": \"\"}".into(), None, 400, "must not be empty"),
         (Method::GET, "/api/nothing/here".into(), "".into(), None, 404, "no route"),
         (Method::PATCH, dep.clone(), "{}".into(), None, 405, "not allowed"),
@@ -212,4 +214,24 @@ async fn local_repositories_need_the_operator_s_permission() {
     assert_error(status, &v, 400, "--allow-local-repos");
     let (_, list) = app.get(&format!("/api/stacks/{s}/deployments")).await;
     assert_eq!(list["total"], 0);
+}
+
+#[tokio::test]
+async fn dot_dot_names_are_refused_even_when_sent_raw() {
+    // HTTP clients normalise `%2E%2E` segments away; a raw request does not.
+    use std::io::{Read, Write};
+    let app = TestApp::spawn().await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "DELETE /api/stacks/default/%2E%2E/%2E%2E HTTP/1.1\r\nHost: {addr}\r\nAuthorization: token {}\r\nConnection: close\r\n\r\n",
+        app.token
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("invalid project name '..'"), "{response}");
+    assert!(app.data().join("tarmac.db").exists());
 }

@@ -90,6 +90,26 @@ async fn private_repositories_clone_with_an_access_token_or_basic_auth() {
     let log = app.log_text(&s, &id).await;
     assert!(log.contains("Step 'Get source' failed."), "{log}");
     assert!(!log.contains("ghp_wrong-token"));
+
+    // Credentials written into the URL work too, and are masked like the others.
+    let in_url = server
+        .url
+        .replacen("http://", "http://x-access-token:ghp_tarmac-test-token@", 1);
+    let id = app
+        .deploy(
+            &s,
+            json!({"operation": "update", "inheritSettings": false,
+            "sourceContext": {"git": {"repoUrl": in_url, "branch": "main", "repoDir": "infra"}},
+            "operationContext": {"preRunCommands": ["git -C .. remote -v"]}}),
+        )
+        .await;
+    app.wait_for(&s, &id, Some("succeeded")).await;
+    let log = app.log_text(&s, &id).await;
+    assert!(
+        log.contains("x-access-token:[secret]@") || log.contains("[secret]@"),
+        "{log}"
+    );
+    assert!(!log.contains("ghp_tarmac-test-token"), "{log}");
     drop(server);
 
     let server = GitServer::start(&repo, "alice", "s3cret-pass");

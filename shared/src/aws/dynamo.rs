@@ -221,8 +221,11 @@ struct Extra<'a> {
 enum Guard<'a> {
     /// The lease holder, while the deployment is in one of these statuses.
     Lease(&'a Lease, &'static [JobStatus]),
-    /// Anyone, while the deployment is in one of these statuses (cancel, reaper).
+    /// Anyone, while the deployment is in one of these statuses (cancel).
     Status(&'static [JobStatus]),
+    /// The reaper: while the deployment is in one of these statuses and its lease expired
+    /// before this time (µs). A heartbeat that renews the lease meanwhile wins.
+    Expired(&'static [JobStatus], i64),
 }
 
 impl DynamoStore {
@@ -433,6 +436,10 @@ impl DynamoStore {
                         && opt_s(&item, "lease_owner").as_deref() == Some(l.owner.as_str())
                 }
                 Guard::Status(statuses) => statuses.contains(&status),
+                Guard::Expired(statuses, before) => {
+                    statuses.contains(&status)
+                        && opt_n(&item, "lease_expires").is_some_and(|e| e < before)
+                }
             };
             if !allowed {
                 return Err(Error::conflict(format!(
@@ -473,7 +480,13 @@ impl DynamoStore {
                 (":status", s(status.as_str())),
             ];
             vals.extend(extra.vals.iter().cloned());
-            let cond = "#log_seq = :old_seq AND #status = :status";
+            let cond = match guard {
+                Guard::Expired(_, before) => {
+                    vals.push((":expired_before", n(before)));
+                    "#log_seq = :old_seq AND #status = :status AND #lease_expires < :expired_before"
+                }
+                _ => "#log_seq = :old_seq AND #status = :status",
+            };
             tx.update(dkey.clone(), &set, Some(cond), vals);
             also(&mut tx, &item);
             self.put_log_chunks(&mut tx, id, &st.lines)?;
@@ -1406,7 +1419,7 @@ impl RunStore for DynamoStore {
         for item in leased {
             let id = Uuid::parse_str(&get_s(&item, "id")?)
                 .map_err(|e| Error::internal(e.to_string()))?;
-            // Re-checked under the write's condition: a heartbeat may have renewed it meanwhile.
+            // Checked again by the write's condition: a heartbeat may renew it meanwhile.
             let Some((spk, version)) = self.locate(id).await? else {
                 continue;
             };
@@ -1420,7 +1433,7 @@ impl RunStore for DynamoStore {
             if self
                 .end(
                     id,
-                    Guard::Status(&[JobStatus::Accepted, JobStatus::Running]),
+                    Guard::Expired(&[JobStatus::Accepted, JobStatus::Running], to_micros(now)),
                     JobStatus::Failed,
                     Some(msg),
                 )

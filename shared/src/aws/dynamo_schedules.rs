@@ -343,15 +343,24 @@ impl ScheduleStore for DynamoStore {
                     .await?;
             }
             let created = match f.deployment {
-                Ok(new) => {
-                    let d = self.create_deployment(new).await?;
-                    self.add_history(
-                        &f.stack,
-                        &event(f.slot, Some((d.id, d.version)), "fired".into()),
-                    )
-                    .await?;
-                    Some((d.id, d.version))
-                }
+                Ok(new) => match self.create_deployment(new).await {
+                    Ok(d) => {
+                        self.add_history(
+                            &f.stack,
+                            &event(f.slot, Some((d.id, d.version)), "fired".into()),
+                        )
+                        .await?;
+                        Some((d.id, d.version))
+                    }
+                    // The slot is used up either way; the history says what happened, and the
+                    // rest of the batch goes on.
+                    Err(e) => {
+                        tracing::error!(schedule = %f.schedule_id, error = %e.chain(), "a won slot could not create its deployment");
+                        self.add_history(&f.stack, &event(f.slot, None, format!("failed: {e}")))
+                            .await?;
+                        None
+                    }
+                },
                 Err(why) => {
                     self.add_history(&f.stack, &event(f.slot, None, format!("failed: {why}")))
                         .await?;

@@ -25,7 +25,8 @@ fn action(s: &Schedule) -> Value {
         "nextExecution": s.next_execution.map(rfc3339).unwrap_or_default(),
         "paused": s.paused,
         "kind": "deployment",
-        "definition": s.definition,
+        // Secrets in a stored request are sealed; they show as settings show them.
+        "definition": crate::settings::render(&s.definition),
         "created": pulumi_datetime(s.created),
         "modified": pulumi_datetime(s.modified),
         "lastExecuted": s.last_executed.map(rfc3339).unwrap_or_default(),
@@ -81,7 +82,7 @@ async fn require_settings(state: &AppState, stack: &StackRef) -> Result<()> {
 }
 
 /// `{"scheduleCron" | "scheduleOnce", "request"}`: exactly one of the two times.
-fn custom_parts(state: &AppState, body: &Value) -> Result<(When, Value)> {
+fn custom_parts(state: &AppState, stack: &StackRef, body: &Value) -> Result<(When, Value)> {
     require_object(body)?;
     let when = match (
         string_member(body, "scheduleCron")?,
@@ -98,8 +99,10 @@ fn custom_parts(state: &AppState, body: &Value) -> Result<(When, Value)> {
     let request = member(body, "request")
         .cloned()
         .ok_or_else(|| Error::invalid("request is required: the deployment to create"))?;
-    crate::service::validate_request(&state.deps, &request)?;
-    Ok((when, crate::settings::strip_nulls(&request)))
+    Ok((
+        when,
+        crate::service::sealed_request(&state.deps, &stack.org, &request)?,
+    ))
 }
 
 fn drift_parts(body: &Value) -> Result<(When, Value)> {
@@ -192,7 +195,7 @@ pub async fn create_custom(
     ctx: StackCtx,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
-    let (when, request) = custom_parts(&state, &body)?;
+    let (when, request) = custom_parts(&state, &ctx.stack, &body)?;
     create(&state, &ctx.stack, Purpose::Custom, when, request).await
 }
 
@@ -202,7 +205,7 @@ pub async fn update_custom(
     Params(p): Params,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
-    let (when, request) = custom_parts(&state, &body)?;
+    let (when, request) = custom_parts(&state, &ctx.stack, &body)?;
     update(&state, &ctx.stack, &param(&p, "id"), when, request).await
 }
 

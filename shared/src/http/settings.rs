@@ -30,6 +30,7 @@ async fn write(
     for _ in 0..8 {
         let current = state.deps.stacks.get_settings(stack).await?;
         let value = next(current.as_ref().map(|c| &c.settings));
+        settings::check_size(&value)?;
         match state
             .deps
             .stacks
@@ -65,7 +66,7 @@ pub async fn patch(
     ctx: StackCtx,
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
-    let patch = settings::canonicalize(&body, &state.deps.cipher)?;
+    let patch = settings::canonicalize(&body, &state.deps.cipher.for_org(&ctx.stack.org))?;
     let (stored, version) = write(&state, &ctx.stack, |current| {
         let base = current.cloned().unwrap_or_else(|| json!({}));
         settings::merge(&base, &patch, Nulls::Delete)
@@ -80,7 +81,10 @@ pub async fn replace(
     ctx: StackCtx,
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
-    let replacement = settings::strip_nulls(&settings::canonicalize(&body, &state.deps.cipher)?);
+    let replacement = settings::strip_nulls(&settings::canonicalize(
+        &body,
+        &state.deps.cipher.for_org(&ctx.stack.org),
+    )?);
     let (stored, version) = write(&state, &ctx.stack, |_| replacement.clone()).await?;
     Ok(respond(&stored, version))
 }
@@ -93,7 +97,7 @@ pub async fn delete(State(state): State<AppState>, ctx: StackCtx) -> Result<Stat
 /// Encrypts a value for use in settings. Accepts a bare string or any `SecretValue` form.
 pub async fn encrypt(
     State(state): State<AppState>,
-    _ctx: StackCtx,
+    ctx: StackCtx,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
     let plaintext = match &body {
@@ -108,6 +112,6 @@ pub async fn encrypt(
     let plaintext = plaintext
         .filter(|p| !p.is_empty())
         .ok_or_else(|| Error::invalid("send the value to encrypt as a JSON string or {\"secret\": \"...\"}; it must not be empty"))?;
-    let sealed = state.deps.cipher.seal(&plaintext);
+    let sealed = state.deps.cipher.for_org(&ctx.stack.org).seal(&plaintext);
     Ok(Json(json!({ "secret": sealed, "ciphertext": sealed })))
 }

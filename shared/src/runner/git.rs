@@ -37,6 +37,24 @@ pub fn validate_repo_url(url: &str, allow_local: bool) -> Result<()> {
     )))
 }
 
+/// Credentials written into a URL (`https://user:token@host/...`): the password, and the whole
+/// `user:password`, so logs can mask them.
+pub fn url_credentials(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return vec![];
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return vec![];
+    };
+    match userinfo.split_once(':') {
+        Some((_, password)) if !password.is_empty() => {
+            vec![userinfo.to_string(), password.to_string()]
+        }
+        _ => vec![userinfo.to_string()],
+    }
+}
+
 /// Git protocols a clone may use, given the same policy as `validate_repo_url`.
 pub fn allowed_protocols(allow_local: bool) -> &'static str {
     if allow_local {
@@ -85,8 +103,8 @@ pub fn clone_commands(spec: &RunSpec, dest: &str) -> Vec<Vec<String>> {
     }
 }
 
-/// Credentials for HTTP remotes, as git config passed through the environment. `None` when the
-/// settings carry no token or basic credentials.
+/// Credentials for HTTP remotes, as git config passed through the environment (not the command
+/// line, where other users of the machine could read them).
 pub fn http_auth_env(user: &str, password: &str) -> Vec<(String, String)> {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     vec![
@@ -127,6 +145,20 @@ mod tests {
         ] {
             assert!(validate_repo_url(bad, true).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credentials_in_urls_are_found_for_masking() {
+        assert_eq!(
+            url_credentials("https://bot:ghp_abc@github.com/o/r.git"),
+            ["bot:ghp_abc", "ghp_abc"]
+        );
+        assert_eq!(
+            url_credentials("https://ghp_token@github.com/o/r.git"),
+            ["ghp_token"]
+        );
+        assert!(url_credentials("https://github.com/o/r.git").is_empty());
+        assert!(url_credentials("git@github.com:o/r.git").is_empty());
     }
 
     #[test]

@@ -142,7 +142,9 @@ impl Runner {
         let secrets: Vec<String> = match &prepared {
             Ok((spec, env)) => {
                 let vars = env.iter().filter(|e| e.secret).map(|e| e.value.clone());
-                vars.chain(self.git_secrets(spec)).collect()
+                vars.chain(self.git_secrets(spec, &d.stack.org))
+                    .chain(git::url_credentials(&spec.repo_url))
+                    .collect()
             }
             Err(_) => vec![],
         };
@@ -315,7 +317,7 @@ impl Runner {
                     secret: false,
                 }),
                 EnvValue::Secret { secret } => {
-                    let plain = self.deps.cipher.open(secret).ok_or_else(|| {
+                    let plain = self.deps.cipher.for_org(&d.stack.org).open(secret).ok_or_else(|| {
                         format!("the secret environment variable {name} cannot be decrypted with this server's key")
                     })?;
                     env.push(EnvVar {
@@ -329,7 +331,7 @@ impl Runner {
         Ok((spec, env))
     }
 
-    fn git_secrets(&self, spec: &RunSpec) -> Vec<String> {
+    fn git_secrets(&self, spec: &RunSpec, org: &str) -> Vec<String> {
         let Some(auth) = &spec.git_auth else {
             return vec![];
         };
@@ -351,7 +353,7 @@ impl Runner {
         sealed
             .into_iter()
             .flatten()
-            .filter_map(|s| self.deps.cipher.open(&s))
+            .filter_map(|s| self.deps.cipher.for_org(org).open(&s))
             .collect()
     }
 
@@ -561,7 +563,8 @@ impl Runner {
         ];
         if let Some(auth) = &spec.git_auth {
             let open = |s: &Option<crate::settings::SealedValue>| {
-                s.as_ref().and_then(|v| self.deps.cipher.open(&v.secret))
+                s.as_ref()
+                    .and_then(|v| self.deps.cipher.for_org(&run.d.stack.org).open(&v.secret))
             };
             if let Some(ssh) = &auth.ssh_auth {
                 let key = open(&ssh.ssh_private_key).ok_or(Failure::Failed(
@@ -771,7 +774,7 @@ impl Runner {
         let mut names = Vec::new();
         for (name, value, secret) in parsed {
             let stored = if secret {
-                serde_json::json!({ "secret": self.deps.cipher.seal(&value.to_string()) })
+                serde_json::json!({ "secret": self.deps.cipher.for_org(&run.d.stack.org).seal(&value.to_string()) })
             } else {
                 serde_json::json!({ "value": value })
             };

@@ -331,15 +331,21 @@ impl StackStore for SqliteStore {
         let stack = stack.clone();
         self.db
             .write(move |c| {
-                let had: Option<bool> = c
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let had: bool = tx
                     .query_row(
-                        "UPDATE stacks SET settings = NULL WHERE org = ?1 AND project = ?2 AND name = ?3 \
-                         RETURNING 1",
+                        "SELECT settings IS NOT NULL FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3",
                         params![stack.org, stack.project, stack.stack],
                         |r| r.get(0),
                     )
-                    .optional()?;
-                had.ok_or_else(|| Error::not_found(format!("stack '{stack}' not found")))
+                    .optional()?
+                    .ok_or_else(|| Error::not_found(format!("stack '{stack}' not found")))?;
+                tx.execute(
+                    "UPDATE stacks SET settings = NULL WHERE org = ?1 AND project = ?2 AND name = ?3",
+                    params![stack.org, stack.project, stack.stack],
+                )?;
+                tx.commit()?;
+                Ok(had)
             })
             .await
     }
