@@ -843,7 +843,10 @@ async fn schedules_are_stored_listed_and_due_by_their_next_slot(b: Backend) {
     // Paused schedules are not due; updates move them.
     let mut paused = every.clone();
     paused.paused = true;
-    b.schedules.update_schedule(&paused).await.unwrap();
+    b.schedules
+        .update_schedule(&paused, every.next_execution)
+        .await
+        .unwrap();
     let due: Vec<Uuid> = b
         .schedules
         .due_schedules(at(5), 10)
@@ -856,7 +859,10 @@ async fn schedules_are_stored_listed_and_due_by_their_next_slot(b: Backend) {
     let mut moved = later.clone();
     moved.next_execution = Some(at(3));
     moved.when = cron("3 * * * *");
-    b.schedules.update_schedule(&moved).await.unwrap();
+    b.schedules
+        .update_schedule(&moved, later.next_execution)
+        .await
+        .unwrap();
     let due: Vec<Uuid> = b
         .schedules
         .due_schedules(at(5), 10)
@@ -898,7 +904,9 @@ async fn schedules_are_stored_listed_and_due_by_their_next_slot(b: Backend) {
             .is_empty()
     );
     assert!(matches!(
-        b.schedules.update_schedule(&once).await,
+        b.schedules
+            .update_schedule(&once, once.next_execution)
+            .await,
         Err(Error::NotFound(_))
     ));
 }
@@ -925,6 +933,22 @@ async fn advancing_a_slot_happens_once(b: Backend) {
         (got.next_execution, got.last_executed),
         (Some(at(10)), Some(at(5)))
     );
+    // An update based on the slot before the firing is refused; one based on the new slot works.
+    let mut edited = got.clone();
+    edited.paused = true;
+    assert!(matches!(
+        b.schedules.update_schedule(&edited, Some(at(5))).await,
+        Err(Error::Conflict(_))
+    ));
+    b.schedules
+        .update_schedule(&edited, Some(at(10)))
+        .await
+        .unwrap();
+    edited.paused = false;
+    b.schedules
+        .update_schedule(&edited, Some(at(10)))
+        .await
+        .unwrap();
     // A stale expectation loses; a one-time schedule leaves the due index once fired.
     assert!(
         !b.schedules

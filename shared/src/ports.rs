@@ -299,9 +299,15 @@ pub trait ScheduleStore: Send + Sync {
     /// A stack's schedules, oldest first.
     async fn list_schedules(&self, stack: &StackRef) -> Result<Vec<crate::schedule::Schedule>>;
 
-    /// Replaces when it fires, what it fires, its next slot and its pause flag.
-    /// `Error::NotFound` if absent.
-    async fn update_schedule(&self, schedule: &crate::schedule::Schedule) -> Result<()>;
+    /// Replaces when it fires, what it fires, its next slot and its pause flag, only if its
+    /// next slot is still `expected_next` (as the caller read it): a tick that fired the
+    /// schedule meanwhile makes this `Error::Conflict`, and the caller re-reads. `Error::NotFound`
+    /// if absent.
+    async fn update_schedule(
+        &self,
+        schedule: &crate::schedule::Schedule,
+        expected_next: Option<OffsetDateTime>,
+    ) -> Result<()>;
 
     /// Deletes a schedule and its history. `Error::NotFound` if absent.
     async fn delete_schedule(&self, stack: &StackRef, id: Uuid) -> Result<()>;

@@ -211,17 +211,37 @@ impl ScheduleStore for DynamoStore {
         Ok(out)
     }
 
-    async fn update_schedule(&self, sched: &Schedule) -> Result<()> {
-        let r = self
+    async fn update_schedule(
+        &self,
+        sched: &Schedule,
+        expected_next: Option<OffsetDateTime>,
+    ) -> Result<()> {
+        let mut req = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(schedule_item(sched)?))
-            .condition_expression("attribute_exists(pk)")
+            .set_item(Some(schedule_item(sched)?));
+        req = match expected_next {
+            Some(t) => req
+                .condition_expression("attribute_exists(pk) AND #next = :expected")
+                .expression_attribute_values(":expected", n(to_micros(t))),
+            None => {
+                req.condition_expression("attribute_exists(pk) AND attribute_not_exists(#next)")
+            }
+        };
+        let r = req
+            .set_expression_attribute_names(names(&["#next"]))
             .send()
             .await;
         match checked("PutItem", r)? {
             Some(_) => Ok(()),
+            None if self
+                .get(key(stack_pk(&sched.stack), sched_sk(sched.id)))
+                .await?
+                .is_some() =>
+            {
+                Err(Error::conflict("the schedule fired meanwhile; retry"))
+            }
             None => Err(Error::not_found("schedule not found")),
         }
     }

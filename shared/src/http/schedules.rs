@@ -159,14 +159,39 @@ async fn update(
     when: When,
     request: Value,
 ) -> Result<Json<Value>> {
-    let mut s = find(state, stack, raw_id).await?;
-    let now = OffsetDateTime::now_utc();
-    s.next_execution = Schedule::first_slot(&when, now)?;
-    s.when = when;
-    s.definition = json!({ "request": request });
-    s.modified = now;
-    state.deps.schedules.update_schedule(&s).await?;
+    let definition = json!({ "request": request });
+    let s = modify(state, stack, raw_id, |s, now| {
+        s.next_execution = Schedule::first_slot(&when, now)?;
+        s.when = when.clone();
+        s.definition = definition.clone();
+        Ok(())
+    })
+    .await?;
     Ok(Json(action(&s)))
+}
+
+/// Read, change, and write back a schedule, conditional on the slot that was read: a tick
+/// firing it in between makes the write fail, and the change is made again on what the tick
+/// left (so a resumed or edited schedule never fires a slot twice).
+async fn modify(
+    state: &AppState,
+    stack: &StackRef,
+    raw_id: &str,
+    change: impl Fn(&mut Schedule, OffsetDateTime) -> Result<()>,
+) -> Result<Schedule> {
+    for _ in 0..5 {
+        let mut s = find(state, stack, raw_id).await?;
+        let read_next = s.next_execution;
+        let now = OffsetDateTime::now_utc();
+        change(&mut s, now)?;
+        s.modified = now;
+        match state.deps.schedules.update_schedule(&s, read_next).await {
+            Ok(()) => return Ok(s),
+            Err(Error::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::conflict("the schedule is changing; retry"))
 }
 
 async fn find(state: &AppState, stack: &StackRef, raw_id: &str) -> Result<Schedule> {
@@ -295,14 +320,14 @@ async fn set_paused(
     raw_id: &str,
     paused: bool,
 ) -> Result<StatusCode> {
-    let mut s = find(state, stack, raw_id).await?;
-    let now = OffsetDateTime::now_utc();
-    if !paused && s.paused && matches!(s.when, When::Cron(_)) {
-        s.next_execution = Schedule::first_slot(&s.when, now)?;
-    }
-    s.paused = paused;
-    s.modified = now;
-    state.deps.schedules.update_schedule(&s).await?;
+    modify(state, stack, raw_id, |s, now| {
+        if !paused && s.paused && matches!(s.when, When::Cron(_)) {
+            s.next_execution = Schedule::first_slot(&s.when, now)?;
+        }
+        s.paused = paused;
+        Ok(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -122,15 +122,19 @@ impl ScheduleStore for SqliteStore {
             .await
     }
 
-    async fn update_schedule(&self, s: &Schedule) -> Result<()> {
+    async fn update_schedule(
+        &self,
+        s: &Schedule,
+        expected_next: Option<OffsetDateTime>,
+    ) -> Result<()> {
         let s = s.clone();
-        let n = self
-            .db
+        self.db
             .write(move |c| {
                 let (cron, once) = when_columns(&s.when);
-                Ok(c.execute(
+                let n = c.execute(
                     "UPDATE schedules SET cron = ?2, once = ?3, definition = ?4, next_execution = ?5, paused = ?6, modified = ?7 \
-                     WHERE id = ?1 AND stack_id = (SELECT id FROM stacks WHERE org = ?8 AND project = ?9 AND name = ?10)",
+                     WHERE id = ?1 AND next_execution IS ?11 \
+                     AND stack_id = (SELECT id FROM stacks WHERE org = ?8 AND project = ?9 AND name = ?10)",
                     params![
                         s.id.to_string(),
                         cron,
@@ -141,15 +145,25 @@ impl ScheduleStore for SqliteStore {
                         to_micros(s.modified),
                         s.stack.org,
                         s.stack.project,
-                        s.stack.stack
+                        s.stack.stack,
+                        expected_next.map(to_micros)
                     ],
-                )?)
+                )?;
+                if n == 1 {
+                    return Ok(());
+                }
+                let exists: bool = c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM schedules WHERE id = ?1)",
+                    [s.id.to_string()],
+                    |r| r.get(0),
+                )?;
+                Err(if exists {
+                    Error::conflict("the schedule fired meanwhile; retry")
+                } else {
+                    Error::not_found("schedule not found")
+                })
             })
-            .await?;
-        if n == 0 {
-            return Err(Error::not_found("schedule not found"));
-        }
-        Ok(())
+            .await
     }
 
     async fn delete_schedule(&self, stack: &StackRef, id: Uuid) -> Result<()> {
