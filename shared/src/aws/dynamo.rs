@@ -530,6 +530,48 @@ impl DynamoStore {
         flush(&mut chunk, tx)
     }
 
+    /// A stack's queued deployments, oldest first. Claims always take a stack's oldest queued
+    /// deployment, so every queued one is newer than every deployment that ever started: the
+    /// stack's history is read backwards only until the first started one, not in full.
+    async fn queued_of_stack(&self, spk: &str) -> Result<Vec<Item>> {
+        let mut queued = Vec::new();
+        let mut start = None;
+        loop {
+            let resp = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :dep)")
+                .expression_attribute_values(":pk", s(spk))
+                .expression_attribute_values(":dep", s("DEP#"))
+                .projection_expression("version, #status, operation, skip_intermediate")
+                .set_expression_attribute_names(names(&["#status"]))
+                .scan_index_forward(false)
+                .consistent_read(true)
+                .limit(25)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| aws_err("Query", e))?;
+            for item in resp.items.unwrap_or_default() {
+                match opt_s(&item, "status").as_deref() {
+                    Some("not-started") => queued.push(item),
+                    // Cancelled or skipped while queued: keep looking past it.
+                    Some("skipped") => {}
+                    _ => {
+                        queued.reverse();
+                        return Ok(queued);
+                    }
+                }
+            }
+            start = resp.last_evaluated_key;
+            if start.is_none() {
+                queued.reverse();
+                return Ok(queued);
+            }
+        }
+    }
+
     /// A page of deployment items (newest first unless ascending), and the total.
     async fn page(
         &self,
@@ -1140,18 +1182,7 @@ impl RunStore for DynamoStore {
             return Ok(ClaimOutcome::Paused);
         }
         // Queued ahead of it, or the slot taken: the stack's order must hold.
-        let queued: Vec<Item> = self
-            .query(
-                None,
-                "pk = :pk AND begins_with(sk, :dep)",
-                vec![(":pk", s(&spk)), (":dep", s("DEP#"))],
-                true,
-                None,
-            )
-            .await?
-            .into_iter()
-            .filter(|i| opt_s(i, "status").as_deref() == Some(JobStatus::NotStarted.as_str()))
-            .collect();
+        let queued = self.queued_of_stack(&spk).await?;
         let first = queued.first().and_then(|i| opt_n(i, "version"));
         if opt_s(&st, "active").is_some() || first != Some(d.version) {
             return Ok(ClaimOutcome::Busy);
