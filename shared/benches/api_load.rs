@@ -6,8 +6,8 @@
 //!
 //! cargo bench --bench api_load -- [--connections 32] [--seconds 10]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -24,34 +24,8 @@ async fn main() {
     let connections = arg("--connections", 32) as usize;
     let seconds = arg("--seconds", 10);
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmac"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut token) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(u) = line.strip_prefix("Tarmac listening on ") {
-            url = u.to_string();
-        } else if line.trim().starts_with("tmc_") {
-            token = line.trim().to_string();
-        } else if line.starts_with("Press Ctrl+C") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let server = common::Server::start(data.path(), &["--workers", "1"], None);
+    let url = server.url.clone();
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
@@ -59,7 +33,7 @@ async fn main() {
         .unwrap();
     let stack = format!("{url}/api/stacks/default/bench/dev");
     // A deployment to read: paused, so it stays queued and nothing else runs meanwhile.
-    let auth = format!("token {token}");
+    let auth = server.auth.clone();
     client
         .post(format!("{stack}/deployments/pause"))
         .header("Authorization", &auth)
@@ -104,8 +78,7 @@ async fn main() {
         });
     }
     let mut lat: Vec<f64> = tasks.join_all().await.into_iter().flatten().collect();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| lat[((p / 100.0) * (lat.len() - 1) as f64).round() as usize];
     println!(

@@ -5,7 +5,8 @@
 //!
 //! cargo bench --bench overhead -- [--pairs 10]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,38 +55,14 @@ async fn main() {
     git(&repo, &["commit", "-q", "-m", "init"]);
 
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmac"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-local-repos",
-            "--workers",
-            "1",
-            "--data-dir",
-        ])
-        .arg(work.path().join("data"))
-        .env("PATH", &path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut token) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(u) = line.strip_prefix("Tarmac listening on ") {
-            url = u.to_string();
-        } else if line.trim().starts_with("tmc_") {
-            token = line.trim().to_string();
-        } else if line.starts_with("Press Ctrl+C") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let server = common::Server::start(
+        &work.path().join("data"),
+        &["--allow-local-repos", "--workers", "1"],
+        Some(&path),
+    );
+    let url = server.url.clone();
     let client = reqwest::Client::new();
-    let auth = format!("token {token}");
+    let auth = server.auth.clone();
 
     let (mut by_hand, mut through) = (vec![], vec![]);
     for i in 0..pairs {
@@ -149,8 +126,7 @@ async fn main() {
         }
         through.push(t.elapsed().as_secs_f64());
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let (h, t) = (median(&mut by_hand), median(&mut through));
     println!(
         "P2: Terraform apply of 50 terraform_data resources, {pairs} interleaved pairs, fresh state each"

@@ -8,9 +8,10 @@
 //!
 //! cargo bench --bench throughput -- [--seconds 60] [--workers 4] [--stacks 100]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -71,41 +72,15 @@ async fn main() {
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "init"]);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmac"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-local-repos",
-            "--workers",
-            &workers.to_string(),
-            "--data-dir",
-        ])
-        .arg(work.path().join("data"))
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut token) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(u) = line.strip_prefix("Tarmac listening on ") {
-            url = u.to_string();
-        } else if line.trim().starts_with("tmc_") {
-            token = line.trim().to_string();
-        } else if line.starts_with("Press Ctrl+C") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let server = common::Server::start(
+        &work.path().join("data"),
+        &["--allow-local-repos", "--workers", &workers.to_string()],
+        Some(&path),
+    );
+    let url = server.url.clone();
     let client = reqwest::Client::new();
-    let auth = format!("token {token}");
+    let auth = server.auth.clone();
     let settings = json!({"sourceContext": {"git": {"repoUrl": format!("file://{}", repo.display()), "branch": "main", "repoDir": "infra"}}});
     for s in 0..stacks {
         let r = client
@@ -167,8 +142,7 @@ async fn main() {
     }
     let done: Vec<Value> = clients.join_all().await.into_iter().flatten().collect();
     let elapsed = start.elapsed().as_secs_f64();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let mut waits: Vec<f64> = done
         .iter()
         .map(|d| {

@@ -8,10 +8,11 @@
 //!
 //! cargo bench --bench trigger_to_start -- [--deployments 200] [--stacks 20] [--clients 2] [--workers 2]
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -100,39 +101,20 @@ async fn main() {
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "init"]);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tarmac"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let server = common::Server::start(
+        &work.path().join("data"),
+        &[
             "--allow-local-repos",
             "--workers",
             &args.workers.to_string(),
-            "--data-dir",
-        ])
-        .arg(work.path().join("data"))
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut token) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(u) = line.strip_prefix("Tarmac listening on ") {
-            url = u.to_string();
-        } else if line.trim().starts_with("tmc_") {
-            token = line.trim().to_string();
-        } else if line.starts_with("Press Ctrl+C") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+        ],
+        Some(&path),
+    );
+    let (url, token) = (
+        server.url.clone(),
+        server.auth.trim_start_matches("token ").to_string(),
+    );
 
     let client = reqwest::Client::new();
     let settings = json!({
@@ -204,8 +186,7 @@ async fn main() {
     let sent: HashMap<String, (u128, Value)> =
         tasks.join_all().await.into_iter().flatten().collect();
     let elapsed = started.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 
     let mut ms: Vec<f64> = std::fs::read_to_string(&trace)
         .unwrap()

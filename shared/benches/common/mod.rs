@@ -1,0 +1,56 @@
+//! What every benchmark shares: a release `tarmac serve` on 127.0.0.1:0, stopped on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+    /// The first-start admin token, as `Authorization` wants it.
+    pub auth: String,
+}
+
+impl Server {
+    /// Starts `tarmac serve` on a fresh `data_dir` with extra flags and, if given, the `PATH`
+    /// its deployments (and it) see.
+    pub fn start(data_dir: &Path, args: &[&str], path: Option<&str>) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tarmac"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(p) = path {
+            cmd.env("PATH", p);
+        }
+        let mut child = cmd.spawn().expect("start tarmac serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut url, mut token) = (String::new(), String::new());
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(u) = line.strip_prefix("Tarmac listening on ") {
+                url = u.to_string();
+            } else if line.trim().starts_with("tmc_") {
+                token = line.trim().to_string();
+            } else if line.starts_with("Press Ctrl+C") {
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            url,
+            auth: format!("token {token}"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
