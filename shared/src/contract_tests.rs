@@ -228,6 +228,8 @@ async fn paused_stacks_and_orgs_are_not_claimed(b: Backend) {
     b.orgs.set_org_paused("org", true).await.unwrap();
     assert!(matches!(claim(&b, &st, id, &w).await, ClaimOutcome::Paused));
     assert!(b.orgs.org_state("org").await.unwrap().paused);
+    assert!(b.orgs.org_paused("org").await.unwrap());
+    assert!(!b.orgs.org_paused("never-paused").await.unwrap());
     b.orgs.set_org_paused("org", false).await.unwrap();
     assert_eq!(claimed(claim(&b, &st, id, &w).await), id);
     assert!(matches!(

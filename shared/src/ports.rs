@@ -57,6 +57,9 @@ pub trait StackStore: Send + Sync {
 #[async_trait]
 pub trait OrgStore: Send + Sync {
     async fn set_org_paused(&self, org: &str, paused: bool) -> Result<()>;
+    /// Whether the org is paused (false for an org never paused). One read.
+    async fn org_paused(&self, org: &str) -> Result<bool>;
+    /// Pause flags and deployment counts; reads every deployment's status in the org.
     async fn org_state(&self, org: &str) -> Result<OrgState>;
 }
 

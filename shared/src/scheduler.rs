@@ -91,7 +91,7 @@ async fn reconcile(deps: &Deps, now: OffsetDateTime) -> Result<usize> {
             continue;
         };
         if deps.stacks.stack_paused(&stack).await? != Some(false)
-            || deps.orgs.org_state(&stack.org).await?.paused
+            || deps.orgs.org_paused(&stack.org).await?
         {
             continue;
         }

@@ -901,6 +901,13 @@ impl OrgStore for DynamoStore {
         Ok(())
     }
 
+    async fn org_paused(&self, org: &str) -> Result<bool> {
+        Ok(self
+            .get(org_key(org))
+            .await?
+            .is_some_and(|o| get_b(&o, "paused")))
+    }
+
     async fn org_state(&self, org: &str) -> Result<OrgState> {
         let paused = self
             .get(org_key(org))

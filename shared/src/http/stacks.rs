@@ -128,7 +128,7 @@ pub async fn stack_metadata(State(state): State<AppState>, ctx: StackCtx) -> Res
         .stack_paused(&ctx.stack)
         .await?
         .ok_or_else(|| Error::not_found(format!("stack '{}' not found", ctx.stack)))?;
-    let org_paused = state.deps.orgs.org_state(&ctx.stack.org).await?.paused;
+    let org_paused = state.deps.orgs.org_paused(&ctx.stack.org).await?;
     Ok(Json(json!({
         "paused": stack_paused || org_paused,
         "stackPaused": stack_paused,

@@ -418,6 +418,18 @@ impl OrgStore for SqliteStore {
         Ok(())
     }
 
+    async fn org_paused(&self, org: &str) -> Result<bool> {
+        let org = org.to_string();
+        self.db
+            .read(move |c| {
+                Ok(c.prepare_cached("SELECT paused FROM orgs WHERE name = ?1")?
+                    .query_row([&org], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(false))
+            })
+            .await
+    }
+
     async fn org_state(&self, org: &str) -> Result<OrgState> {
         let org = org.to_string();
         self.db
