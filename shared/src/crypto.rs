@@ -3,7 +3,8 @@
 //! Secret values are sealed with AES-256-GCM under a data key. Embedded mode keeps the key in a
 //! file in the data dir, created on first start with mode 0600. A sealed value is the base64 of
 //! `MAGIC || nonce || ciphertext+tag`, so it is valid base64 for SDK clients that decode
-//! `ciphertext`, and recognisable when a client sends back what it read.
+//! `ciphertext`, and recognisable when a client sends back what it read. Each value is sealed
+//! for one org, which is authenticated with it (`Cipher::for_org`).
 
 use std::path::Path;
 
@@ -142,6 +143,14 @@ impl OrgCipher<'_> {
     }
 }
 
+/// Whether `value` has the envelope of a sealed value (of any org or server), whether or not
+/// this cipher can open it.
+pub fn looks_sealed(value: &str) -> bool {
+    STANDARD
+        .decode(value)
+        .is_ok_and(|b| b.starts_with(MAGIC) && b.len() > MAGIC.len() + NONCE_LEN)
+}
+
 /// Writes a file only its owner can read.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -192,6 +201,7 @@ mod tests {
             "a value sealed for one org must not open for another"
         );
         assert!(STANDARD.decode(&sealed).is_ok(), "sealed values are base64");
+        assert!(looks_sealed(&sealed) && !looks_sealed("hunter2") && !looks_sealed("VE1DMQ=="));
     }
 
     #[test]

@@ -275,7 +275,7 @@ fn validate_env_name(name: &str) -> Result<()> {
 /// Turns any `SecretValue` form into `{"secret": <sealed>}`.
 fn seal_secret(value: &Value, path: &str, cipher: &OrgCipher) -> Result<Value> {
     let sealed = match value {
-        Value::String(s) => seal_unless_sealed(s, cipher),
+        Value::String(s) => seal_unless_sealed(s, cipher, path)?,
         Value::Object(map) => {
             let member = |name: &str| {
                 map.iter()
@@ -286,7 +286,7 @@ fn seal_secret(value: &Value, path: &str, cipher: &OrgCipher) -> Result<Value> {
                 let s = v
                     .as_str()
                     .ok_or_else(|| type_error(&format!("{path}.secret"), "a string"))?;
-                seal_unless_sealed(s, cipher)
+                seal_unless_sealed(s, cipher, path)?
             } else if let Some(v) = member("ciphertext") {
                 let s = v
                     .as_str()
@@ -313,12 +313,16 @@ fn seal_secret(value: &Value, path: &str, cipher: &OrgCipher) -> Result<Value> {
     Ok(serde_json::json!({ "secret": sealed }))
 }
 
-fn seal_unless_sealed(s: &str, cipher: &OrgCipher) -> String {
+fn seal_unless_sealed(s: &str, cipher: &OrgCipher, path: &str) -> Result<String> {
     // Clients send back the `{"secret": <ciphertext>}` they read (reference §3.1).
     if cipher.is_sealed(s) {
-        s.to_string()
+        Ok(s.to_string())
+    } else if crate::crypto::looks_sealed(s) {
+        Err(Error::invalid(format!(
+            "{path} holds a value encrypted for another organization or by another server; send the plaintext instead"
+        )))
     } else {
-        cipher.seal(s)
+        Ok(cipher.seal(s))
     }
 }
 
@@ -680,6 +684,20 @@ mod tests {
         for (body, want) in cases {
             let err = canonicalize(&body, &c).unwrap_err().to_string();
             assert!(err.contains(want), "{body}: {err}");
+        }
+        // A value sealed for another org is refused, not taken for a password.
+        let foreign = key.for_org("someone-else").seal("their-secret");
+        for body in [
+            json!({"operationContext": {"environmentVariables": {"X": {"secret": foreign}}}}),
+            json!({"sourceContext": {"git": {"gitAuth": {"accessToken": foreign}}}}),
+            json!({"operationContext": {"environmentVariables": {"X": {"ciphertext": foreign}}}}),
+        ] {
+            let err = canonicalize(&body, &c).unwrap_err().to_string();
+            assert!(
+                err.contains("another organization")
+                    || err.contains("not encrypted by this server"),
+                "{body}: {err}"
+            );
         }
     }
 
