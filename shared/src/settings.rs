@@ -272,16 +272,21 @@ fn validate_env_name(name: &str) -> Result<()> {
     }
 }
 
+/// A JSON object's member by case-insensitive name (clients disagree on spelling), `null`
+/// counting as absent. `None` if `body` is not an object.
+pub fn member<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
+    body.as_object()?
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_null())
+        .map(|(_, v)| v)
+}
+
 /// Turns any `SecretValue` form into `{"secret": <sealed>}`.
 fn seal_secret(value: &Value, path: &str, cipher: &OrgCipher) -> Result<Value> {
     let sealed = match value {
         Value::String(s) => seal_unless_sealed(s, cipher, path)?,
-        Value::Object(map) => {
-            let member = |name: &str| {
-                map.iter()
-                    .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_null())
-                    .map(|(_, v)| v)
-            };
+        Value::Object(_) => {
+            let member = |name: &str| member(value, name);
             if let Some(v) = member("secret") {
                 let s = v
                     .as_str()

@@ -57,6 +57,19 @@ async fn drift_is_detected_recorded_remediated_and_gone() {
     app.wait_for(&s, &detect, Some("succeeded")).await;
     let (_, runs) = app.get(&format!("/api/stacks/{s}/drift/runs")).await;
     assert_eq!(runs["total"], 2, "{runs}");
+    let (_, oldest_first) = app
+        .get(&format!("/api/stacks/{s}/drift/runs?asc=true"))
+        .await;
+    assert_eq!(
+        oldest_first["driftRuns"][0]["id"],
+        runs["driftRuns"][1]["id"]
+    );
+    assert_eq!(
+        app.get(&format!("/api/stacks/{s}/drift/runs?pageSize=0"))
+            .await
+            .0,
+        400
+    );
     let latest = &runs["driftRuns"][0];
     assert_eq!(latest["driftDetected"], true);
     assert_eq!(latest["deploymentId"], detect.as_str());

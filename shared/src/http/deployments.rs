@@ -101,7 +101,7 @@ pub async fn get_by_version(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     page: Option<i64>,
     page_size: Option<i64>,
     asc: Option<bool>,
@@ -110,7 +110,9 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    fn page(&self) -> Result<PageRequest> {
+    /// The page asked for: `page` from 1, `pageSize` 1 to 100 (default 10), newest first
+    /// unless `asc`.
+    pub(super) fn page(&self) -> Result<PageRequest> {
         let page = self.page.unwrap_or(1);
         if page < 1 {
             return Err(Error::invalid(format!(

@@ -15,6 +15,7 @@ use crate::domain::{JobStatus, Operation, PageRequest, StackRef};
 use crate::error::{Error, Result};
 use crate::ports::DriftRun;
 use crate::schedule::{Cron, Purpose, Schedule, When, parse_instant};
+use crate::settings::member;
 
 /// `ScheduledAction`. Every field the SDK requires is present; `lastExecuted` and, once a
 /// one-time schedule has fired, `nextExecution` are `""` (the SDK rejects null and absence).
@@ -36,14 +37,6 @@ fn action(s: &Schedule) -> Value {
         When::Once(t) => v["scheduleOnce"] = json!(rfc3339(*t)),
     }
     v
-}
-
-/// A body member by case-insensitive name, `null` counting as absent.
-fn member<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
-    body.as_object()?
-        .iter()
-        .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_null())
-        .map(|(_, v)| v)
 }
 
 fn string_member(body: &Value, name: &str) -> Result<Option<String>> {
@@ -390,40 +383,22 @@ async fn drift_json(state: &AppState, run: &DriftRun) -> Result<Value> {
     Ok(v)
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PageQuery {
-    page: Option<i64>,
-    page_size: Option<i64>,
-}
-
 pub async fn drift_runs(
     State(state): State<AppState>,
     ctx: StackCtx,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<super::deployments::ListQuery>,
 ) -> Result<Json<Value>> {
-    let page = q.page.unwrap_or(1);
-    let size = q.page_size.unwrap_or(10);
-    if page < 1 || !(1..=100).contains(&size) {
-        return Err(Error::invalid(
-            "page must be 1 or more and pageSize between 1 and 100",
-        ));
-    }
+    let req = q.page()?;
     if !state.deps.stacks.stack_exists(&ctx.stack).await? {
         return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
     }
-    let req = PageRequest {
-        page: page as u32,
-        page_size: size as u32,
-        ascending: false,
-    };
     let runs = state.deps.drift.drift_runs(&ctx.stack, req).await?;
     let mut items = Vec::with_capacity(runs.items.len());
     for r in &runs.items {
         items.push(drift_json(&state, r).await?);
     }
     Ok(Json(
-        json!({ "driftRuns": items, "itemsPerPage": size, "total": runs.total }),
+        json!({ "driftRuns": items, "itemsPerPage": req.page_size, "total": runs.total }),
     ))
 }
 

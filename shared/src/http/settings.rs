@@ -102,12 +102,9 @@ pub async fn encrypt(
 ) -> Result<Json<Value>> {
     let plaintext = match &body {
         Value::String(s) => Some(s.clone()),
-        Value::Object(map) => ["secret", "plaintext"].iter().find_map(|k| {
-            map.iter()
-                .find(|(key, v)| key.eq_ignore_ascii_case(k) && !v.is_null())
-                .and_then(|(_, v)| v.as_str().map(str::to_string))
-        }),
-        _ => None,
+        _ => ["secret", "plaintext"]
+            .iter()
+            .find_map(|k| settings::member(&body, k).and_then(|v| v.as_str().map(str::to_string))),
     };
     let plaintext = plaintext
         .filter(|p| !p.is_empty())

@@ -33,10 +33,8 @@ pub async fn create_stack(
     authorize(&p, &org, Role::Write, || {
         Error::not_found(format!("organization '{org}' not found"))
     })?;
-    let name = body
-        .as_object()
-        .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("stackName")))
-        .and_then(|(_, v)| v.as_str())
+    let name = crate::settings::member(&body, "stackName")
+        .and_then(|v| v.as_str())
         .ok_or_else(|| Error::invalid("stackName is required"))?;
     let stack = StackRef::new(&org, &project, name)?;
     state.deps.stacks.create_stack(&stack).await?;
