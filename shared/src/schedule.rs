@@ -11,6 +11,14 @@ use uuid::Uuid;
 use crate::domain::StackRef;
 use crate::error::{Error, Result};
 
+/// The parser for standard cron: minute to day of week, no seconds or years.
+fn five_fields() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+}
+
 /// A parsed 5-field cron expression, evaluated in UTC.
 #[derive(Debug, Clone)]
 pub struct Cron {
@@ -40,11 +48,7 @@ impl Cron {
                 "invalid scheduleCron '{text}': expected 5 fields (minute hour day-of-month month day-of-week), found {fields}"
             )));
         }
-        let parser = CronParser::builder()
-            .seconds(Seconds::Disallowed)
-            .year(Year::Disallowed)
-            .build();
-        let cron = parser
+        let cron = five_fields()
             .parse(text)
             .map_err(|e| Error::invalid(format!("invalid scheduleCron '{text}': {e}")))?;
         // A pattern that can never match (30 February) is refused now, not at its first tick.
@@ -61,11 +65,7 @@ impl Cron {
 
     /// Re-reads an expression that `parse` accepted when it was stored.
     pub fn from_stored(text: &str) -> Result<Self> {
-        let parser = CronParser::builder()
-            .seconds(Seconds::Disallowed)
-            .year(Year::Disallowed)
-            .build();
-        let cron = parser
+        let cron = five_fields()
             .parse(text)
             .map_err(|e| Error::internal(format!("stored cron '{text}' no longer parses: {e}")))?;
         Ok(Self {

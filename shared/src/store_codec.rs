@@ -3,8 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::time_fmt::from_micros;
-use crate::domain::{Step, StepStatus};
-use crate::error::Result;
+use uuid::Uuid;
+
+use crate::domain::{JobStatus, Step, StepStatus};
+use crate::error::{Error, Result};
 
 /// One step as stored (times in microseconds since the epoch).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +34,20 @@ impl StoredStep {
             started: self.started.map(from_micros),
             last_updated: self.updated.map(from_micros),
         })
+    }
+}
+
+/// An id read back from storage; a malformed one is the store's fault, not the caller's.
+pub fn stored_id(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| Error::internal(format!("bad id in store: {e}")))
+}
+
+/// The status a deployment's still-running steps take when it ends with `status`.
+pub fn closing_step_status(status: JobStatus) -> StepStatus {
+    if status == JobStatus::Succeeded {
+        StepStatus::Succeeded
+    } else {
+        StepStatus::Failed
     }
 }
 

@@ -24,7 +24,9 @@ use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
-use crate::store_codec::{StoredStep, close_running, decode_steps, to_domain_steps};
+use crate::store_codec::{
+    StoredStep, close_running, closing_step_status, decode_steps, stored_id, to_domain_steps,
+};
 
 /// Log chunks stay well below DynamoDB's 400 KB item limit.
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -380,7 +382,7 @@ impl DynamoStore {
 
     fn to_deployment(&self, d: &Item, stack: &Item) -> Result<Deployment> {
         Ok(Deployment {
-            id: Uuid::parse_str(&get_s(d, "id")?).map_err(|e| Error::internal(e.to_string()))?,
+            id: stored_id(&get_s(d, "id")?)?,
             stack: StackRef {
                 org: get_s(d, "org")?,
                 project: get_s(d, "project")?,
@@ -626,11 +628,7 @@ impl DynamoStore {
         status: JobStatus,
         message: Option<&str>,
     ) -> Result<()> {
-        let step_status = if status == JobStatus::Succeeded {
-            StepStatus::Succeeded
-        } else {
-            StepStatus::Failed
-        };
+        let step_status = closing_step_status(status);
         self.write_run(
             id,
             guard,
@@ -714,8 +712,7 @@ impl StackStore for DynamoStore {
                 )
                 .await?;
             for d in &deps {
-                let id = Uuid::parse_str(&get_s(d, "id")?)
-                    .map_err(|e| Error::internal(e.to_string()))?;
+                let id = stored_id(&get_s(d, "id")?)?;
                 let chunks = self
                     .query(None, "pk = :pk", vec![(":pk", s(log_pk(id)))], true, None)
                     .await?;
@@ -1431,8 +1428,7 @@ impl RunStore for DynamoStore {
         items
             .iter()
             .map(|i| {
-                let deployment_id = Uuid::parse_str(&get_s(i, "id")?)
-                    .map_err(|e| Error::internal(e.to_string()))?;
+                let deployment_id = stored_id(&get_s(i, "id")?)?;
                 Ok(QueueMessage {
                     deployment_id,
                     org: get_s(i, "org")?,
@@ -1455,8 +1451,7 @@ impl RunStore for DynamoStore {
             )
             .await?;
         for item in leased {
-            let id = Uuid::parse_str(&get_s(&item, "id")?)
-                .map_err(|e| Error::internal(e.to_string()))?;
+            let id = stored_id(&get_s(&item, "id")?)?;
             // Checked again by the write's condition: a heartbeat may renew it meanwhile.
             let Some((spk, version)) = self.locate(id).await? else {
                 continue;
@@ -1491,8 +1486,7 @@ impl RunStore for DynamoStore {
             )
             .await?;
         for item in stale {
-            let id = Uuid::parse_str(&get_s(&item, "id")?)
-                .map_err(|e| Error::internal(e.to_string()))?;
+            let id = stored_id(&get_s(&item, "id")?)?;
             let msg = "Skipped: queued for longer than the queue allows.\n";
             if self
                 .end(

@@ -18,6 +18,7 @@ use crate::ports::{
     DriftRun, DriftStore, FireResult, HistoryEvent, PlannedFiring, SKIPPED_NOTE, ScheduleStore,
 };
 use crate::schedule::{Cron, Purpose, Schedule, When};
+use crate::store_codec::stored_id;
 
 const DUE: &str = "DUE";
 
@@ -27,10 +28,6 @@ fn sched_sk(id: Uuid) -> String {
 
 fn hist_pk(id: Uuid) -> String {
     format!("SCHEDHIST#{id}")
-}
-
-fn uuid(s: &str) -> Result<Uuid> {
-    Uuid::parse_str(s).map_err(|e| Error::internal(format!("bad id in store: {e}")))
 }
 
 fn due_key(next: OffsetDateTime, id: Uuid) -> String {
@@ -79,7 +76,7 @@ fn schedule_from(item: &Item) -> Result<Schedule> {
         _ => return Err(Error::internal("schedule without cron or instant")),
     };
     Ok(Schedule {
-        id: uuid(&get_s(item, "id")?)?,
+        id: stored_id(&get_s(item, "id")?)?,
         stack: StackRef {
             org: get_s(item, "org")?,
             project: get_s(item, "project")?,
@@ -97,6 +94,18 @@ fn schedule_from(item: &Item) -> Result<Schedule> {
 }
 
 impl DynamoStore {
+    /// Writes an item whole, unconditionally.
+    async fn put(&self, item: Item) -> Result<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| aws_err("PutItem", e))?;
+        Ok(())
+    }
+
     async fn delete_key(&self, k: Item) -> Result<()> {
         self.client
             .delete_item()
@@ -139,7 +148,8 @@ impl DynamoStore {
                 .await?;
             for item in items {
                 if prefix == "SCHED#" {
-                    self.delete_history(uuid(&get_s(&item, "id")?)?).await?;
+                    self.delete_history(stored_id(&get_s(&item, "id")?)?)
+                        .await?;
                 }
                 self.delete_key(key(spk, get_s(&item, "sk")?)).await?;
             }
@@ -327,14 +337,7 @@ impl ScheduleStore for DynamoStore {
             item.insert("deployment".into(), s(d.to_string()));
             item.insert("version".into(), n(v));
         }
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| aws_err("PutItem", e))?;
-        Ok(())
+        self.put(item).await
     }
 
     async fn fire(&self, batch: Vec<PlannedFiring>) -> Result<Vec<FireResult>> {
@@ -412,11 +415,11 @@ impl ScheduleStore for DynamoStore {
             .take(limit)
             .map(|i| {
                 let deployment = match (opt_s(i, "deployment"), opt_n(i, "version")) {
-                    (Some(d), Some(v)) => Some((uuid(&d)?, v)),
+                    (Some(d), Some(v)) => Some((stored_id(&d)?, v)),
                     _ => None,
                 };
                 Ok(HistoryEvent {
-                    id: uuid(&get_s(i, "id")?)?,
+                    id: stored_id(&get_s(i, "id")?)?,
                     schedule_id,
                     executed: from_micros(get_n(i, "executed")?),
                     deployment,
@@ -429,13 +432,16 @@ impl ScheduleStore for DynamoStore {
 
 fn drift_from(stack: &StackRef, i: &Item) -> Result<DriftRun> {
     Ok(DriftRun {
-        id: uuid(&get_s(i, "id")?)?,
+        id: stored_id(&get_s(i, "id")?)?,
         stack: stack.clone(),
         created: from_micros(get_n(i, "created")?),
-        detect: (uuid(&get_s(i, "detect_id")?)?, get_n(i, "detect_version")?),
+        detect: (
+            stored_id(&get_s(i, "detect_id")?)?,
+            get_n(i, "detect_version")?,
+        ),
         drift_detected: get_b(i, "drift_detected"),
         remediation: match (opt_s(i, "remediate_id"), opt_n(i, "remediate_version")) {
-            (Some(d), Some(v)) => Some((uuid(&d)?, v)),
+            (Some(d), Some(v)) => Some((stored_id(&d)?, v)),
             _ => None,
         },
     })
@@ -457,14 +463,7 @@ impl DriftStore for DynamoStore {
             item.insert("remediate_id".into(), s(d.to_string()));
             item.insert("remediate_version".into(), n(v));
         }
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| aws_err("PutItem", e))?;
-        Ok(())
+        self.put(item).await
     }
 
     async fn link_remediation(

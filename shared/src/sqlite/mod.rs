@@ -20,7 +20,9 @@ use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
-use crate::store_codec::{StoredStep, close_running, decode_steps, to_domain_steps};
+use crate::store_codec::{
+    StoredStep, close_running, closing_step_status, decode_steps, stored_id, to_domain_steps,
+};
 
 /// Every port, on one SQLite database.
 #[derive(Clone)]
@@ -92,8 +94,7 @@ fn deployment_from_row(r: &Row) -> rusqlite::Result<Result<Deployment>> {
         (r.get(11)?, r.get(12)?, r.get(13)?, r.get(15)?);
     Ok((|| {
         Ok(Deployment {
-            id: Uuid::parse_str(&id)
-                .map_err(|e| Error::internal(format!("bad id in store: {e}")))?,
+            id: stored_id(&id)?,
             stack,
             version,
             latest_version: latest,
@@ -652,7 +653,7 @@ fn claim_in(tx: &Transaction, lease: &Lease) -> Result<Option<Uuid>> {
         if skip_intermediate && skip_if_superseded(tx, dseq, sid, &operation)? {
             continue;
         }
-        let id = Uuid::parse_str(&id).map_err(|e| Error::internal(e.to_string()))?;
+        let id = stored_id(&id)?;
         take_slot(tx, dseq, sid, id, lease)?;
         return Ok(Some(id));
     }
@@ -896,11 +897,7 @@ impl RunStore for SqliteStore {
 
     async fn finish(&self, id: Uuid, lease: &Lease, status: JobStatus) -> Result<()> {
         let lease = lease.clone();
-        let step_status = if status == JobStatus::Succeeded {
-            StepStatus::Succeeded
-        } else {
-            StepStatus::Failed
-        };
+        let step_status = closing_step_status(status);
         self.db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -927,7 +924,7 @@ impl RunStore for SqliteStore {
                 })?;
                 rows.map(|row| {
                     let (id, org, project, stack) = row?;
-                    let deployment_id = Uuid::parse_str(&id).map_err(|e| Error::internal(e.to_string()))?;
+                    let deployment_id = stored_id(&id)?;
                     Ok(QueueMessage { deployment_id, org, project, stack })
                 })
                 .collect()
@@ -970,7 +967,7 @@ impl RunStore for SqliteStore {
                 expired
                     .into_iter()
                     .chain(stale)
-                    .map(|(_, id)| Uuid::parse_str(&id).map_err(|e| Error::internal(e.to_string())))
+                    .map(|(_, id)| stored_id(&id))
                     .collect::<Result<Vec<_>>>()
             })
             .await?;

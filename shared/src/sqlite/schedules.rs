@@ -13,13 +13,10 @@ use crate::ports::{
     DriftRun, DriftStore, FireResult, HistoryEvent, PlannedFiring, SKIPPED_NOTE, ScheduleStore,
 };
 use crate::schedule::{Cron, Purpose, Schedule, When};
+use crate::store_codec::stored_id;
 
 const COLUMNS: &str = "s.id, st.org, st.project, st.name, s.purpose, s.cron, s.once, s.definition, \
     s.next_execution, s.paused, s.created, s.modified, s.last_executed";
-
-fn uuid(s: &str) -> Result<Uuid> {
-    Uuid::parse_str(s).map_err(|e| Error::internal(format!("bad id in store: {e}")))
-}
 
 fn schedule_from_row(r: &Row) -> rusqlite::Result<Result<Schedule>> {
     let (id, org, project, stack, purpose): (String, String, String, String, String) =
@@ -35,7 +32,7 @@ fn schedule_from_row(r: &Row) -> rusqlite::Result<Result<Schedule>> {
             (None, None) => return Err(Error::internal("schedule without cron or instant")),
         };
         Ok(Schedule {
-            id: uuid(&id)?,
+            id: stored_id(&id)?,
             stack: StackRef {
                 org,
                 project,
@@ -331,10 +328,10 @@ impl ScheduleStore for SqliteStore {
                 rows.map(|row| {
                     let (id, executed, dep, version, note) = row?;
                     let deployment = match (dep, version) {
-                        (Some(d), Some(v)) => Some((uuid(&d)?, v)),
+                        (Some(d), Some(v)) => Some((stored_id(&d)?, v)),
                         _ => None,
                     };
-                    Ok(HistoryEvent { id: uuid(&id)?, schedule_id, executed: from_micros(executed), deployment, note })
+                    Ok(HistoryEvent { id: stored_id(&id)?, schedule_id, executed: from_micros(executed), deployment, note })
                 })
                 .collect()
             })
@@ -363,13 +360,13 @@ fn drift_from_row(stack: &StackRef, r: &Row) -> rusqlite::Result<Result<DriftRun
     let stack = stack.clone();
     Ok((|| {
         Ok(DriftRun {
-            id: uuid(&id)?,
+            id: stored_id(&id)?,
             stack,
             created: from_micros(created),
-            detect: (uuid(&detect_id)?, detect_version),
+            detect: (stored_id(&detect_id)?, detect_version),
             drift_detected: detected,
             remediation: match (rem_id, rem_version) {
-                (Some(i), Some(v)) => Some((uuid(&i)?, v)),
+                (Some(i), Some(v)) => Some((stored_id(&i)?, v)),
                 _ => None,
             },
         })
