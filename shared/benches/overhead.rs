@@ -11,18 +11,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn git(dir: &Path, args: &[&str]) {
-    assert!(
-        Command::new("git")
-            .args(["-c", "user.email=b@example.com", "-c", "user.name=bench"])
-            .args(args)
-            .current_dir(dir)
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -41,18 +29,13 @@ async fn main() {
         std::env::var("TARMAC_TEST_TOOLS").expect("set TARMAC_TEST_TOOLS (run tests/setup.sh)");
     let bin = Path::new(&tools).join("bin");
     let work = tempfile::tempdir().unwrap();
-    let repo = work.path().join("repo");
-    std::fs::create_dir_all(repo.join("infra")).unwrap();
     let mut program = String::new();
     for i in 0..50 {
         program.push_str(&format!(
             "resource \"terraform_data\" \"r{i}\" {{\n  input = \"value-{i}\"\n}}\n"
         ));
     }
-    std::fs::write(repo.join("infra/main.tf"), &program).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "init"]);
+    let repo = common::repo_with(work.path(), &program);
 
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let server = common::Server::start(
@@ -108,22 +91,13 @@ async fn main() {
             .await
             .unwrap();
         let id = created["id"].as_str().unwrap().to_string();
-        loop {
-            let d: serde_json::Value = client
-                .get(format!("{stack}/deployments/{id}"))
-                .header("Authorization", &auth)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            match d["status"].as_str().unwrap() {
-                "succeeded" => break,
-                "failed" | "skipped" => panic!("deployment {id} ended {}", d["status"]),
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
+        common::wait_succeeded(
+            &client,
+            &format!("{stack}/deployments/{id}"),
+            &auth,
+            Duration::from_millis(5),
+        )
+        .await;
         through.push(t.elapsed().as_secs_f64());
     }
     drop(server);

@@ -11,7 +11,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -25,18 +24,6 @@ fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) {
-    assert!(
-        Command::new("git")
-            .args(["-c", "user.email=b@example.com", "-c", "user.name=bench"])
-            .args(args)
-            .current_dir(dir)
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 fn parse(t: &str) -> time::OffsetDateTime {
@@ -65,12 +52,7 @@ async fn main() {
     )
     .unwrap();
     std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let repo = work.path().join("repo");
-    std::fs::create_dir_all(repo.join("infra")).unwrap();
-    std::fs::write(repo.join("infra/main.tf"), "# trivial\n").unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "init"]);
+    let repo = common::repo_with(work.path(), "# trivial\n");
 
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let server = common::Server::start(
@@ -119,22 +101,13 @@ async fn main() {
                     .unwrap()
                     .to_string();
                 // Each client keeps one deployment in flight: it waits for it to end.
-                let d = loop {
-                    let d: Value = client
-                        .get(format!("{stack}/deployments/{id}"))
-                        .header("Authorization", &auth)
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    match d["status"].as_str().unwrap() {
-                        "succeeded" => break d,
-                        "failed" | "skipped" => panic!("{id} ended {}", d["status"]),
-                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                    }
-                };
+                let d = common::wait_succeeded(
+                    &client,
+                    &format!("{stack}/deployments/{id}"),
+                    &auth,
+                    Duration::from_millis(200),
+                )
+                .await;
                 done.push(d);
             }
             done

@@ -12,7 +12,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -62,17 +61,6 @@ fn now_ns() -> u128 {
         .as_nanos()
 }
 
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .args(["-c", "user.email=b@example.com", "-c", "user.name=bench"])
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
@@ -94,12 +82,7 @@ async fn main() {
     )
     .unwrap();
     std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let repo = work.path().join("repo");
-    std::fs::create_dir_all(repo.join("infra")).unwrap();
-    std::fs::write(repo.join("infra/main.tf"), "# trivial\n").unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "init"]);
+    let repo = common::repo_with(work.path(), "# trivial\n");
 
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let server = common::Server::start(
@@ -163,22 +146,15 @@ async fn main() {
                     .to_string();
                 // Closed loop: the next trigger waits for this run to end, so the figure is the
                 // platform's own latency, not time spent queued behind other runs.
-                let steps: Value = loop {
-                    let d: Value = client
-                        .get(format!("{stack}/deployments/{id}"))
-                        .header("Authorization", format!("token {token}"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    match d["status"].as_str().unwrap() {
-                        "succeeded" => break d["jobs"][0]["steps"].clone(),
-                        "failed" | "skipped" => panic!("deployment {id} ended {}", d["status"]),
-                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                };
+                let auth = format!("token {token}");
+                let d = common::wait_succeeded(
+                    &client,
+                    &format!("{stack}/deployments/{id}"),
+                    &auth,
+                    Duration::from_millis(20),
+                )
+                .await;
+                let steps = d["jobs"][0]["steps"].clone();
                 sent.push((id, (t0, steps)));
             }
         });

@@ -1,4 +1,7 @@
-//! What every benchmark shares: a release `tarmac serve` on 127.0.0.1:0, stopped on drop.
+//! What the benchmarks share: a release `tarmac serve` on 127.0.0.1:0 (stopped on drop), a
+//! local git repository, and waiting for a deployment to succeed.
+// Each benchmark is its own crate and uses only some of these.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -52,5 +55,53 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A git repository in `dir/repo` with `program` committed as `infra/main.tf` on `main`.
+pub fn repo_with(dir: &Path, program: &str) -> std::path::PathBuf {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(repo.join("infra")).unwrap();
+    std::fs::write(repo.join("infra/main.tf"), program).unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &["commit", "-q", "-m", "init"],
+    ] {
+        let ok = Command::new("git")
+            .args(["-c", "user.email=b@example.com", "-c", "user.name=bench"])
+            .args(args)
+            .current_dir(&repo)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+    repo
+}
+
+/// Polls a deployment (its URL) every `poll` until it succeeds, and returns it. Panics if it
+/// fails or is skipped: a benchmark of failing runs measures nothing.
+pub async fn wait_succeeded(
+    client: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    poll: std::time::Duration,
+) -> serde_json::Value {
+    loop {
+        let d: serde_json::Value = client
+            .get(url)
+            .header("Authorization", auth)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match d["status"].as_str().unwrap() {
+            "succeeded" => return d,
+            "failed" | "skipped" => panic!("deployment {url} ended {}", d["status"]),
+            _ => tokio::time::sleep(poll).await,
+        }
     }
 }
