@@ -57,6 +57,8 @@ where
         allow_local_repos: false,
         state_dir: None,
         concurrency: 1,
+        issuer: None,
+        credentials: None,
     })
 }
 

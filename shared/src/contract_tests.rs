@@ -23,6 +23,7 @@ struct Backend {
     logs: Arc<dyn LogStore>,
     schedules: Arc<dyn ScheduleStore>,
     drift: Arc<dyn DriftStore>,
+    keys: Arc<dyn SigningKeyStore>,
     _keep: Box<dyn std::any::Any + Send>,
 }
 
@@ -36,6 +37,7 @@ where
         + LogStore
         + ScheduleStore
         + DriftStore
+        + SigningKeyStore
         + 'static,
 {
     Backend {
@@ -46,6 +48,7 @@ where
         runs: store.clone(),
         logs: store.clone(),
         schedules: store.clone(),
+        keys: store.clone(),
         drift: store,
         _keep: keep,
     }
@@ -113,6 +116,10 @@ contract!(
     paused_schedules_do_not_fire_and_resume_at_their_next_future_slot,
     one_time_and_ttl_schedules_fire_once,
     schedule_requests_are_validated,
+    only_the_lease_holder_of_a_running_deployment_is_recognised,
+    the_signing_keyring_is_written_optimistically,
+    tokens_verify_against_the_jwks_across_a_rotation,
+    only_a_running_deployments_worker_gets_its_credentials,
 );
 
 fn stack(name: &str) -> StackRef {
@@ -1100,6 +1107,8 @@ fn deps(b: &Backend) -> Arc<crate::deps::Deps> {
         allow_local_repos: true,
         state_dir: None,
         concurrency: 1,
+        issuer: None,
+        credentials: None,
     })
 }
 
@@ -1496,4 +1505,208 @@ async fn sqlite_claim_next_takes_the_oldest_claimable_deployment() {
         b.runs.claim_next(&w).await.unwrap().unwrap().deployment.id,
         a2
     );
+}
+
+async fn only_the_lease_holder_of_a_running_deployment_is_recognised(b: Backend) {
+    let st = stack("held");
+    let id = create(&b, &st, Operation::Update).await;
+    let held = |owner: &'static str, st: StackRef| {
+        let runs = b.runs.clone();
+        async move {
+            runs.held_deployment(&st, id, owner)
+                .await
+                .unwrap()
+                .map(|d| d.id)
+        }
+    };
+    assert_eq!(held("w", st.clone()).await, None, "queued");
+    let w = lease("w", 60_000);
+    claimed(claim(&b, &st, id, &w).await);
+    assert_eq!(
+        held("w", st.clone()).await,
+        None,
+        "accepted, not yet running"
+    );
+    b.runs.mark_running(id, &w).await.unwrap();
+    assert_eq!(held("w", st.clone()).await, Some(id));
+    assert_eq!(held("thief", st.clone()).await, None, "another lease");
+    assert_eq!(
+        held("w", stack("other")).await,
+        None,
+        "another stack's path"
+    );
+    b.runs.finish(id, &w, JobStatus::Succeeded).await.unwrap();
+    assert_eq!(held("w", st.clone()).await, None, "finished");
+
+    // An expired lease proves nothing, even before the reaper has run.
+    let id = create(&b, &st, Operation::Update).await;
+    let short = lease("short", 300);
+    claimed(claim(&b, &st, id, &short).await);
+    b.runs.mark_running(id, &short).await.unwrap();
+    assert!(
+        b.runs
+            .held_deployment(&st, id, "short")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        b.runs
+            .held_deployment(&st, id, "short")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn the_signing_keyring_is_written_optimistically(b: Backend) {
+    use crate::oidc::{KeyMaterial, SigningKey};
+    let key = |kid: &str| SigningKey {
+        kid: kid.into(),
+        n: "n".into(),
+        e: "AQAB".into(),
+        created: 1,
+        retired_until: None,
+        material: KeyMaterial::Kms(kid.into()),
+    };
+    assert_eq!(b.keys.keyring().await.unwrap(), (vec![], 0));
+    assert_eq!(b.keys.put_keyring(&[key("a")], 0).await.unwrap(), 1);
+    assert!(matches!(
+        b.keys.put_keyring(&[key("b")], 0).await,
+        Err(Error::Conflict(_))
+    ));
+    let both = [key("a"), key("b")];
+    assert_eq!(b.keys.put_keyring(&both, 1).await.unwrap(), 2);
+    assert!(matches!(
+        b.keys.put_keyring(&[key("c")], 1).await,
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(b.keys.keyring().await.unwrap(), (both.to_vec(), 2));
+}
+
+async fn tokens_verify_against_the_jwks_across_a_rotation(b: Backend) {
+    let issuer = crate::oidc::Issuer::new(
+        "https://tarmac.test/oidc",
+        b.keys.clone(),
+        Some(crate::crypto::Cipher::from_key(&[5; 32])),
+        None,
+    );
+    issuer.ensure_local_key().await.unwrap();
+    issuer.ensure_local_key().await.unwrap();
+    let jwks = issuer.jwks().await.unwrap();
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        1,
+        "one key, made once"
+    );
+    let claims = |n: i64| {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        json!({"iss": "https://tarmac.test/oidc", "aud": "org", "sub": format!("s{n}"), "iat": now, "nbf": now, "exp": now + 600})
+    };
+    let before = issuer.sign(&claims(1)).await.unwrap();
+    let old_kid = crate::oidc::testing::kid(&before);
+    let new_kid = issuer.rotate_local().await.unwrap();
+    assert_ne!(old_kid, new_kid);
+    let after = issuer.sign(&claims(2)).await.unwrap();
+    assert_eq!(
+        crate::oidc::testing::kid(&after),
+        new_kid,
+        "new tokens carry the new kid"
+    );
+    let jwks = issuer.jwks().await.unwrap();
+    let verify =
+        |t: &str| crate::oidc::testing::verify(t, &jwks, "https://tarmac.test/oidc", "org");
+    assert_eq!(
+        verify(&before).unwrap()["sub"],
+        "s1",
+        "tokens signed before the rotation still verify"
+    );
+    assert_eq!(verify(&after).unwrap()["sub"], "s2");
+    // A token whose payload was changed does not verify.
+    let mut parts: Vec<&str> = after.split('.').collect();
+    let forged = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims(3).to_string())
+    };
+    parts[1] = &forged;
+    assert!(verify(&parts.join(".")).is_err());
+}
+
+async fn only_a_running_deployments_worker_gets_its_credentials(b: Backend) {
+    use crate::oidc::{CredentialBroker, ExchangeRequest, Exchanger, Issuer};
+    let issuer = Arc::new(Issuer::new(
+        "https://tarmac.test/oidc",
+        b.keys.clone(),
+        Some(crate::crypto::Cipher::from_key(&[6; 32])),
+        None,
+    ));
+    issuer.ensure_local_key().await.unwrap();
+    let exchanger = Exchanger::new(b.runs.clone(), issuer.clone(), None);
+    let request = |st: &StackRef, id: Uuid, lease: &str| ExchangeRequest {
+        org: st.org.clone(),
+        project: st.project.clone(),
+        stack: st.stack.clone(),
+        deployment_id: id,
+        lease: lease.into(),
+    };
+    let refused = |r: crate::error::Result<crate::oidc::RunCredentials>| match r {
+        Err(e) => e.status().as_u16() == 403,
+        Ok(_) => false,
+    };
+
+    let (mine, theirs) = (stack("creds"), stack("creds-other"));
+    let mut n = new(&mine, Operation::Preview, false);
+    n.config["operationContext"] = json!({"oidc": {"readScope": true}});
+    let id = b.deployments.create_deployment(n).await.unwrap().id;
+    let other = create(&b, &theirs, Operation::Update).await;
+    // Queued: nobody runs it yet.
+    assert!(refused(exchanger.exchange(&request(&mine, id, "w")).await));
+    let (w, w2) = (lease("w", 60_000), lease("w2", 60_000));
+    claimed(claim(&b, &mine, id, &w).await);
+    b.runs.mark_running(id, &w).await.unwrap();
+    claimed(claim(&b, &theirs, other, &w2).await);
+    b.runs.mark_running(other, &w2).await.unwrap();
+
+    let creds = exchanger.exchange(&request(&mine, id, "w")).await.unwrap();
+    assert!(creds.aws.is_none() && creds.azure.is_none() && creds.gcp.is_none());
+    let claims = crate::oidc::testing::verify(
+        &creds.token,
+        &issuer.jwks().await.unwrap(),
+        "https://tarmac.test/oidc",
+        "org",
+    )
+    .unwrap();
+    assert_eq!(
+        claims["sub"],
+        "pulumi:deploy:org:org:project:proj:stack:creds:operation:preview:scope:read"
+    );
+    assert_eq!(claims["scope"], "read");
+    assert_eq!(claims["deployment"], 1);
+    assert_eq!(creds.expires, claims["exp"].as_i64().unwrap());
+
+    // A wrong lease, another deployment's lease, another stack's path: all 403.
+    assert!(refused(
+        exchanger.exchange(&request(&mine, id, "thief")).await
+    ));
+    assert!(refused(exchanger.exchange(&request(&mine, id, "w2")).await));
+    assert!(refused(
+        exchanger.exchange(&request(&theirs, other, "w")).await
+    ));
+    assert!(refused(
+        exchanger.exchange(&request(&theirs, id, "w")).await
+    ));
+    // A running deployment without OIDC settings gets no token (400, not a token by default).
+    assert_eq!(
+        exchanger
+            .exchange(&request(&theirs, other, "w2"))
+            .await
+            .unwrap_err()
+            .status()
+            .as_u16(),
+        400
+    );
+    // Once finished, not even its own worker gets credentials.
+    b.runs.finish(id, &w, JobStatus::Succeeded).await.unwrap();
+    assert!(refused(exchanger.exchange(&request(&mine, id, "w")).await));
 }

@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 
 use crate::crypto::Cipher;
 use crate::error::Result;
+use crate::oidc::{CredentialBroker, Exchanger, ISSUER_PATH, Issuer};
 use crate::ports::*;
 use crate::sqlite::SqliteStore;
 
@@ -32,6 +33,10 @@ pub struct Deps {
     pub state_dir: Option<PathBuf>,
     /// Deployments that can run at once, reported as the org's `concurrency`.
     pub concurrency: usize,
+    /// The OIDC issuer whose discovery document and JWKS the API serves.
+    pub issuer: Option<Arc<Issuer>>,
+    /// Where runs get their OIDC token and cloud credentials.
+    pub credentials: Option<Arc<dyn CredentialBroker>>,
 }
 
 /// The embedded backend's files in a data dir.
@@ -62,14 +67,26 @@ impl Embedded {
         })
     }
 
+    /// The ports over this data dir. The OIDC issuer is `issuer_url`, by default the public URL
+    /// plus `/oidc`; call `Issuer::ensure_local_key` before it signs.
     pub fn deps(
         &self,
         public_url: String,
+        issuer_url: Option<String>,
         allow_local_repos: bool,
         state_dir: PathBuf,
         concurrency: usize,
     ) -> Deps {
         let s = Arc::new(self.store.clone());
+        let issuer_url = issuer_url
+            .unwrap_or_else(|| format!("{}{ISSUER_PATH}", public_url.trim_end_matches('/')));
+        let issuer = Arc::new(Issuer::new(
+            &issuer_url,
+            s.clone(),
+            Some(self.cipher.clone()),
+            None,
+        ));
+        let credentials = Arc::new(Exchanger::new(s.clone(), Arc::clone(&issuer), None));
         Deps {
             stacks: s.clone(),
             orgs: s.clone(),
@@ -85,6 +102,8 @@ impl Embedded {
             allow_local_repos,
             state_dir: Some(state_dir),
             concurrency,
+            issuer: Some(issuer),
+            credentials: Some(credentials),
         }
     }
 }

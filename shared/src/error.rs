@@ -31,6 +31,9 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     Internal(String),
+    /// A provider we called (AWS STS, say) refused; the message is the provider's, for the user.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl Error {
@@ -55,6 +58,7 @@ impl Error {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Sqlite(_) | Self::Io(_) | Self::Json(_) | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -83,7 +87,7 @@ pub fn error_body(status: StatusCode, message: &str) -> Response {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, Self::Upstream(_)) {
             tracing::error!(error = %self.chain(), "request failed");
             return error_body(status, "internal server error");
         }

@@ -12,6 +12,7 @@ pub mod deps;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod oidc;
 pub mod ports;
 pub mod runner;
 pub mod schedule;

@@ -153,6 +153,15 @@ pub trait RunStore: Send + Sync {
     /// `accepted` → `running`.
     async fn mark_running(&self, id: Uuid, lease: &Lease) -> Result<()>;
 
+    /// The deployment `id` of `stack` if it is `running` under an unexpired lease held by
+    /// `owner`; `None` otherwise. Reads only: this is how a caller proves it runs a deployment.
+    async fn held_deployment(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+        owner: &str,
+    ) -> Result<Option<Deployment>>;
+
     /// Extends the lease by its ttl, and reports whether a cancel was requested.
     async fn heartbeat(&self, id: Uuid, lease: &Lease) -> Result<Heartbeat>;
 
@@ -383,4 +392,15 @@ pub trait DriftStore: Send + Sync {
 
     /// `None` if the stack has no drift run with this id.
     async fn drift_run(&self, stack: &StackRef, id: Uuid) -> Result<Option<DriftRun>>;
+}
+
+/// The OIDC issuer's signing keys, as one keyring with a write counter (0 before the first write).
+/// Rotation is rare, so the whole keyring is rewritten each time.
+#[async_trait]
+pub trait SigningKeyStore: Send + Sync {
+    async fn keyring(&self) -> Result<(Vec<crate::oidc::SigningKey>, i64)>;
+
+    /// Replaces the keyring if its counter is still `expected`, returning the new counter;
+    /// `Error::Conflict` if another writer got in between.
+    async fn put_keyring(&self, keys: &[crate::oidc::SigningKey], expected: i64) -> Result<i64>;
 }

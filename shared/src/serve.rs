@@ -24,6 +24,8 @@ pub struct ServeConfig {
     /// The org that gets an admin token when the data dir is new.
     pub bootstrap_org: String,
     pub public_url: Option<String>,
+    /// The OIDC issuer URL (`iss`); defaults to the public URL plus `/oidc`.
+    pub oidc_issuer: Option<String>,
     pub allow_local_repos: bool,
     pub deployment_timeout: Duration,
     pub lease_ttl: Duration,
@@ -87,10 +89,14 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let state_dir = cfg.data_dir.join("state");
     let deps = Arc::new(embedded.deps(
         public_url,
+        cfg.oidc_issuer.clone(),
         cfg.allow_local_repos,
         state_dir.clone(),
         cfg.workers,
     ));
+    if let Some(issuer) = &deps.issuer {
+        issuer.ensure_local_key().await?;
+    }
 
     let runner = Arc::new(Runner::new(
         Arc::clone(&deps),
@@ -214,4 +220,18 @@ pub async fn create_token(
         .create_token(&token_hash(&token), org, role, name)
         .await?;
     Ok(token)
+}
+
+/// `tarmac oidc rotate-key`: a new signing key for the issuer of a data dir; the old one stays
+/// in the JWKS until every token it signed has expired. Safe while `tarmac serve` runs: the
+/// server reads the keyring from the store each time it signs or serves the JWKS.
+pub async fn rotate_signing_key(data_dir: &std::path::Path) -> Result<String> {
+    let embedded = Embedded::open(data_dir)?;
+    let issuer = crate::oidc::Issuer::new(
+        "",
+        Arc::new(embedded.store.clone()),
+        Some(embedded.cipher.clone()),
+        None,
+    );
+    issuer.rotate_local().await
 }

@@ -50,7 +50,7 @@ pub fn prepare_deployment(
     } else {
         settings::strip_nulls(&request)
     };
-    settings::check_size(&config)?;
+    settings::check_stored(&config)?;
     let spec = RunSpec::from_config(&config)?;
     validate_repo_url(&spec.repo_url, deps.allow_local_repos)?;
     Ok(NewDeployment {

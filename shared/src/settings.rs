@@ -133,6 +133,11 @@ pub const SETTINGS: Shape = Obj(&[
                             ("tokenLifetime", Str),
                         ]),
                     ),
+                    // Tarmac's token options (see `oidc::token`).
+                    ("audience", Str),
+                    ("subjectTemplate", Str),
+                    ("tokenExpiration", Str),
+                    ("readScope", Bool),
                 ]),
             ),
             ("preRunCommands", StrList),
@@ -466,6 +471,13 @@ pub const MAX_TIMEOUT_SECS: i64 = 7 * 86_400;
 /// limits (DynamoDB items are at most 400 KB).
 pub const MAX_SETTINGS_BYTES: usize = 256 * 1024;
 
+/// Refuses settings that cannot be stored: too large, or with OIDC options no run could use.
+pub fn check_stored(settings: &Value) -> Result<()> {
+    check_size(settings)?;
+    crate::oidc::OidcSpec::from_config(settings)?;
+    Ok(())
+}
+
 /// Refuses settings too large to store.
 pub fn check_size(settings: &Value) -> Result<()> {
     let len = serde_json::to_vec(settings)?.len();
@@ -492,6 +504,8 @@ pub struct RunSpec {
     pub skip_intermediate: bool,
     pub timeout_secs: Option<u64>,
     pub engine: Option<String>,
+    /// `operationContext.oidc`: when set, the run gets a token and cloud credentials.
+    pub oidc: Option<crate::oidc::OidcSpec>,
 }
 
 #[derive(Deserialize, Default)]
@@ -603,6 +617,7 @@ impl RunSpec {
             skip_intermediate: raw.operation_context.options.skip_intermediate_deployments,
             timeout_secs,
             engine,
+            oidc: crate::oidc::OidcSpec::from_config(config)?,
         })
     }
 }

@@ -11,6 +11,7 @@ mod bad_input;
 mod drills;
 mod git_auth;
 mod lifecycle;
+mod oidc;
 mod queue;
 mod schedules;
 mod serve;

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use crate::aws::config::AwsConfig;
+use crate::aws::oidc::LambdaBroker;
 use crate::aws::{DynamoStore, SqsQueue, kms};
 use crate::deps::Deps;
 use crate::error::Result;
+use crate::oidc::{CredentialBroker, Issuer};
 use crate::runner::{Runner, RunnerConfig};
 
 /// Everything the Lambda handlers share.
@@ -28,6 +30,15 @@ impl AwsApp {
         )
         .await?;
         let store = Arc::new(DynamoStore::new(dynamo, &cfg.table));
+        // The API serves the issuer's documents from the keyring; only the `oidc` function signs.
+        let issuer = cfg
+            .oidc_issuer
+            .as_deref()
+            .map(|url| Arc::new(Issuer::new(url, store.clone(), None, None)));
+        let credentials = cfg.oidc_function.as_deref().map(|f| {
+            Arc::new(LambdaBroker::new(aws_sdk_lambda::Client::new(sdk), f))
+                as Arc<dyn CredentialBroker>
+        });
         let queue = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &cfg.queue_url));
         let deps = Arc::new(Deps {
             stacks: store.clone(),
@@ -45,6 +56,8 @@ impl AwsApp {
             state_dir: None,
             // Lambda concurrency, not Tarmac, bounds parallel runs in AWS mode.
             concurrency: 0,
+            issuer,
+            credentials,
         });
         let runner = Arc::new(Runner::new(
             Arc::clone(&deps),

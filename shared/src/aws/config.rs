@@ -16,6 +16,8 @@
 //! | `TARMAC_STATE_DIR` | `/tmp/tarmac/state` | engine state when the program has no backend of its own |
 //! | `TARMAC_CHILD_PATH` | this process's `PATH` | `PATH` for deployments |
 //! | `TARMAC_ALLOW_LOCAL_REPOS` | false | allow `file://` repositories (tests) |
+//! | `TARMAC_OIDC_ISSUER` | `TARMAC_PUBLIC_URL` + `/oidc` | the OIDC issuer whose JWKS the API serves |
+//! | `TARMAC_OIDC_FUNCTION` | none | the `oidc` function the worker invokes for credentials; without it, runs with `operationContext.oidc` fail |
 //!
 //! Endpoints (an emulator, say) come from the SDK's own `AWS_ENDPOINT_URL` and
 //! `AWS_ENDPOINT_URL_<SERVICE>`.
@@ -41,6 +43,8 @@ pub struct AwsConfig {
     pub state_dir: PathBuf,
     pub child_path: String,
     pub allow_local_repos: bool,
+    pub oidc_issuer: Option<String>,
+    pub oidc_function: Option<String>,
 }
 
 impl AwsConfig {
@@ -103,6 +107,8 @@ impl AwsConfig {
                 .or_else(|| get("PATH"))
                 .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
             allow_local_repos: flag("TARMAC_ALLOW_LOCAL_REPOS")?,
+            oidc_issuer: crate::aws::oidc::issuer_url(&get).ok(),
+            oidc_function: get("TARMAC_OIDC_FUNCTION").filter(|f| !f.is_empty()),
         };
         if cfg.lease_ttl < Duration::from_secs(3) {
             return Err(Error::invalid("TARMAC_LEASE_SECS must be at least 3"));

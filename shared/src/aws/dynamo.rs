@@ -1166,6 +1166,31 @@ impl DeploymentStore for DynamoStore {
 
 #[async_trait]
 impl RunStore for DynamoStore {
+    async fn held_deployment(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+        owner: &str,
+    ) -> Result<Option<Deployment>> {
+        let spk = match self.locate(id).await? {
+            Some((spk, version)) if spk == stack_pk(stack) => (spk, version),
+            _ => return Ok(None),
+        };
+        let Some(d) = self.get(key(&spk.0, dep_sk(spk.1))).await? else {
+            return Ok(None);
+        };
+        let held = opt_s(&d, "status").as_deref() == Some(JobStatus::Running.as_str())
+            && opt_s(&d, "lease_owner").as_deref() == Some(owner)
+            && opt_n(&d, "lease_expires").is_some_and(|e| e > now_us());
+        if !held {
+            return Ok(None);
+        }
+        let Some(stack_item) = self.get(key(&spk.0, STACK_SK)).await? else {
+            return Ok(None);
+        };
+        self.to_deployment(&d, &stack_item).map(Some)
+    }
+
     async fn claim(&self, stack: &StackRef, id: Uuid, lease: &Lease) -> Result<ClaimOutcome> {
         let spk = stack_pk(stack);
         let Some(d) = self.get_deployment(stack, id).await? else {
@@ -1605,4 +1630,53 @@ pub async fn create_table(client: &Client, table: &str) -> Result<()> {
         .await
         .map_err(|e| aws_err("CreateTable", e))?;
     Ok(())
+}
+
+const KEYRING_PK: &str = "CONFIG";
+const KEYRING_SK: &str = "OIDCKEYS";
+
+#[async_trait]
+impl SigningKeyStore for DynamoStore {
+    async fn keyring(&self) -> Result<(Vec<crate::oidc::SigningKey>, i64)> {
+        match self.get(key(KEYRING_PK, KEYRING_SK)).await? {
+            Some(item) => Ok((
+                serde_json::from_str(&get_s(&item, "keys")?)?,
+                get_n(&item, "version")?,
+            )),
+            None => Ok((Vec::new(), 0)),
+        }
+    }
+
+    async fn put_keyring(&self, keys: &[crate::oidc::SigningKey], expected: i64) -> Result<i64> {
+        let cond = if expected == 0 {
+            "attribute_not_exists(#version)"
+        } else {
+            "#version = :expected"
+        };
+        let set = "SET #keys = :keys, #version = :next";
+        let mut vals = vec![
+            (":keys", s(serde_json::to_string(keys)?)),
+            (":next", n(expected + 1)),
+        ];
+        if expected != 0 {
+            vals.push((":expected", n(expected)));
+        }
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(KEYRING_PK, KEYRING_SK)))
+            .update_expression(set)
+            .condition_expression(cond)
+            .set_expression_attribute_names(names(&[set, cond]))
+            .set_expression_attribute_values(values(vals))
+            .send()
+            .await;
+        match checked("UpdateItem", r)? {
+            Some(_) => Ok(expected + 1),
+            None => Err(Error::conflict(
+                "the signing keys were changed concurrently",
+            )),
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod dynamo_schedules;
 pub mod item;
 pub mod kms;
 pub mod lambda;
+pub mod oidc;
 pub mod sqs;
 
 pub use app::AwsApp;

@@ -30,6 +30,26 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage the OIDC issuer.
+    Oidc {
+        #[command(subcommand)]
+        command: OidcCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OidcCommand {
+    /// Make a new key the signing key. The old key stays in the JWKS until every token it signed
+    /// has expired (12 hours and 5 minutes), so running deployments are not disturbed.
+    RotateKey {
+        /// Embedded mode: the data dir whose issuer gets a new generated key.
+        #[arg(long, env = "TARMAC_DATA_DIR", default_value = "./.tarmac")]
+        data_dir: PathBuf,
+        /// AWS mode: the KMS key (RSA_2048, SIGN_VERIFY) to sign with from now on. The table is
+        /// read from TARMAC_TABLE, and AWS access from the usual environment.
+        #[arg(long)]
+        kms_key_id: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -49,6 +69,10 @@ struct ServeArgs {
     /// Base URL for links in responses (consoleUrl). Defaults to the listen address.
     #[arg(long, env = "TARMAC_PUBLIC_URL")]
     public_url: Option<String>,
+    /// The OIDC issuer URL put in deployments' tokens. Defaults to the public URL plus /oidc,
+    /// where this server answers the discovery document and the JWKS.
+    #[arg(long, env = "TARMAC_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
     /// Allow cloning file:// URLs and local paths. Off by default: API users could otherwise read
     /// repositories on this machine's disk.
     #[arg(long, env = "TARMAC_ALLOW_LOCAL_REPOS")]
@@ -107,6 +131,7 @@ async fn main() -> ExitCode {
                 workers,
                 bootstrap_org: a.org,
                 public_url: a.public_url.map(|u| u.trim_end_matches('/').to_string()),
+                oidc_issuer: a.oidc_issuer,
                 allow_local_repos: a.allow_local_repos,
                 deployment_timeout: Duration::from_secs(a.deployment_timeout),
                 lease_ttl: Duration::from_secs_f64(a.lease_secs),
@@ -134,6 +159,20 @@ async fn main() -> ExitCode {
             tarmac::serve::create_token(&data_dir, &org, role, &name)
                 .await
                 .map(|token| println!("{token}"))
+        }
+        Command::Oidc {
+            command:
+                OidcCommand::RotateKey {
+                    data_dir,
+                    kms_key_id,
+                },
+        } => {
+            tarmac::telemetry::init(false);
+            let rotated = match kms_key_id {
+                Some(key_id) => tarmac::aws::oidc::rotate_kms_key(&key_id).await,
+                None => tarmac::serve::rotate_signing_key(&data_dir).await,
+            };
+            rotated.map(|kid| println!("new signing key: {kid}"))
         }
     };
     match result {

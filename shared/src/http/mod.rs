@@ -5,6 +5,7 @@
 
 mod deployments;
 pub mod extract;
+mod oidc;
 mod schedules;
 mod settings;
 mod stacks;
@@ -96,6 +97,11 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .route("/deployments/{id}/updates", get(deployments::updates))
         .route("/deployments/{id}/cancel", post(deployments::cancel));
     Router::new()
+        .route(
+            "/oidc/.well-known/openid-configuration",
+            get(oidc::discovery),
+        )
+        .route("/oidc/.well-known/jwks.json", get(oidc::jwks))
         .route("/api/user", get(stacks::current_user))
         .route("/api/stacks/{org}/{project}", post(stacks::create_stack))
         .route(S, axum::routing::delete(stacks::delete_stack))
@@ -154,6 +160,7 @@ mod tests {
             .unwrap();
         let deps = e.deps(
             "http://tarmac.test".into(),
+            None,
             false,
             dir.path().join("state"),
             1,

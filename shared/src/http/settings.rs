@@ -30,7 +30,7 @@ async fn write(
     for _ in 0..8 {
         let current = state.deps.stacks.get_settings(stack).await?;
         let value = next(current.as_ref().map(|c| &c.settings));
-        settings::check_size(&value)?;
+        settings::check_stored(&value)?;
         match state
             .deps
             .stacks

@@ -3,7 +3,7 @@
 //! Lines go through a channel to one flusher task per run, which writes them in batches so a
 //! chatty engine costs a few transactions a second, not one per line.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -25,7 +25,14 @@ impl Masker {
     /// Secrets of one character are not masked: masking every `1` or `a` would hide the log and
     /// protect nothing.
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
-        let mut needles = Vec::new();
+        let mut masker = Self::default();
+        masker.extend(secrets);
+        masker
+    }
+
+    /// Adds secrets learnt during the run (an OIDC token, say).
+    pub fn extend(&mut self, secrets: impl IntoIterator<Item = String>) {
+        let needles = &mut self.needles;
         for s in secrets {
             // A multi-line secret (a private key) is also masked line by line, since output is
             // read one line at a time.
@@ -38,7 +45,6 @@ impl Masker {
         }
         // Longest first, so a secret containing another is masked whole.
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        Self { needles }
     }
 
     pub fn mask(&self, line: &str) -> String {
@@ -61,7 +67,7 @@ enum Msg {
 #[derive(Clone)]
 pub struct RunLog {
     tx: mpsc::Sender<Msg>,
-    masker: Arc<Masker>,
+    masker: Arc<RwLock<Masker>>,
 }
 
 const BATCH: usize = 256;
@@ -105,13 +111,25 @@ impl RunLog {
         });
         Self {
             tx,
-            masker: Arc::new(masker),
+            masker: Arc::new(RwLock::new(masker)),
         }
+    }
+
+    /// Masks these too, from the next line on.
+    pub fn mask_also(&self, secrets: impl IntoIterator<Item = String>) {
+        self.masker
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(secrets);
     }
 
     /// Logs one line of a step, masked. A trailing newline is added if missing.
     pub async fn line(&self, step: usize, text: &str) {
-        let mut line = self.masker.mask(text);
+        let mut line = self
+            .masker
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .mask(text);
         if !line.ends_with('\n') {
             line.push('\n');
         }

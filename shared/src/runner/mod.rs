@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::deps::Deps;
 use crate::domain::{Deployment, JobStatus, Lease, Operation, StepStatus};
 use crate::error::Error;
+use crate::oidc::ExchangeRequest;
 use crate::ports::{Claimed, DriftRun};
 use crate::settings::{EnvValue, RunSpec};
 use engine::Engine;
@@ -109,10 +110,25 @@ struct Run<'a> {
     log: RunLog,
     stop: CancellationToken,
     workdir: PathBuf,
-    /// The child environment shared by pre-run commands and the engine.
-    env: Vec<(String, String)>,
+    /// The child environment shared by pre-run commands and the engine; the OIDC step adds to it.
+    env: Mutex<Vec<(String, String)>>,
     /// Names of the steps started so far; the last one gets the run's closing line.
     steps: Mutex<Vec<String>>,
+}
+
+impl Run<'_> {
+    fn env(&self) -> Vec<(String, String)> {
+        self.env.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets variables, replacing any of the same name.
+    fn set_env(&self, vars: Vec<(String, String)>) {
+        let mut env = self.env.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in vars {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        }
+    }
 }
 
 impl Runner {
@@ -181,7 +197,7 @@ impl Runner {
             lease,
             log: log.clone(),
             stop: stop.clone(),
-            env: self.child_env(&d, &workdir, user_env),
+            env: Mutex::new(self.child_env(&d, &workdir, user_env)),
             workdir: workdir.clone(),
             steps: Mutex::new(Vec::new()),
         };
@@ -508,6 +524,14 @@ impl Runner {
         let result = self.get_source(run, idx, spec).await;
         let program_dir = self.end(run, idx, result).await?;
 
+        if spec.oidc.is_some() {
+            let idx = self
+                .begin(run, "Fetch provider credentials via OIDC")
+                .await?;
+            let result = self.fetch_credentials(run, idx).await;
+            self.end(run, idx, result).await?;
+        }
+
         for (i, command) in spec.pre_run_commands.iter().enumerate() {
             let idx = self
                 .begin(run, &format!("Pre-run command {}", i + 1))
@@ -518,7 +542,7 @@ impl Runner {
                 program: shell,
                 args: vec!["-c".into(), command.clone()],
                 cwd: program_dir.clone(),
-                env: run.env.clone(),
+                env: run.env(),
             };
             let result = self
                 .command(run, idx, &cmd, Stdout::Log, &[])
@@ -639,6 +663,56 @@ impl Runner {
         Ok(program_dir)
     }
 
+    /// Trades the run's lease for its OIDC token and cloud credentials, which join the
+    /// environment of every later step and are masked in the log from now on.
+    async fn fetch_credentials(&self, run: &Run<'_>, idx: usize) -> StepResult<()> {
+        let broker = self.deps.credentials.as_ref().ok_or_else(|| {
+            Failure::Failed("this server is not configured to issue OIDC credentials".into())
+        })?;
+        let request = ExchangeRequest {
+            org: run.d.stack.org.clone(),
+            project: run.d.stack.project.clone(),
+            stack: run.d.stack.stack.clone(),
+            deployment_id: run.d.id,
+            lease: run.lease.owner.clone(),
+        };
+        let exchanged = tokio::select! {
+            r = broker.exchange(&request) => r,
+            _ = run.stop.cancelled() => return Err(Failure::Stopped),
+        };
+        let creds = exchanged.map_err(|e| {
+            let status = e.status();
+            if status.is_server_error() && !matches!(e, Error::Upstream(_)) {
+                tracing::error!(error = %e.chain(), "OIDC credential exchange failed");
+                Failure::Failed("The OIDC credential exchange failed inside Tarmac; the server's log has the cause.".into())
+            } else {
+                Failure::Failed(format!("The OIDC credential exchange failed: {e}"))
+            }
+        })?;
+        run.log.mask_also(creds.secrets());
+        for note in &creds.notes {
+            run.log.line(idx, note).await;
+        }
+        let dir = run.workdir.join("oidc");
+        let (env, files) = creds.environment(&dir);
+        let written = async {
+            tokio::fs::create_dir_all(&dir).await?;
+            for (path, contents) in files {
+                crate::crypto::write_private(&path, contents.as_bytes())?;
+            }
+            Ok::<_, Error>(())
+        };
+        written
+            .await
+            .map_err(|e| Failure::Failed(format!("cannot write the OIDC credential files: {e}")))?;
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        run.log
+            .line(idx, &format!("Set {}", names.join(", ")))
+            .await;
+        run.set_env(env);
+        Ok(())
+    }
+
     fn state_dir(&self, d: &Deployment) -> PathBuf {
         self.cfg
             .state_dir
@@ -658,7 +732,7 @@ impl Runner {
         tokio::fs::create_dir_all(&state).await.map_err(|e| {
             Failure::Failed(format!("cannot create the stack's state directory: {e}"))
         })?;
-        let mut env = run.env.clone();
+        let mut env = run.env();
         match engine {
             Engine::Terraform | Engine::Tofu => {
                 if !engine::declares_backend(program_dir) {

@@ -787,6 +787,32 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    async fn held_deployment(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+        owner: &str,
+    ) -> Result<Option<Deployment>> {
+        let (stack, owner) = (stack.clone(), owner.to_string());
+        self.db
+            .read(move |c| {
+                query_deployment(
+                    c,
+                    "d.id = ?1 AND s.org = ?2 AND s.project = ?3 AND s.name = ?4 \
+                     AND d.status = 'running' AND d.lease_owner = ?5 AND d.lease_expires > ?6",
+                    params![
+                        id.to_string(),
+                        stack.org,
+                        stack.project,
+                        stack.stack,
+                        owner,
+                        now_us()
+                    ],
+                )
+            })
+            .await
+    }
+
     async fn heartbeat(&self, id: Uuid, lease: &Lease) -> Result<Heartbeat> {
         let lease = lease.clone();
         self.db
@@ -1007,6 +1033,51 @@ impl LogStore for SqliteStore {
                         .collect::<rusqlite::Result<Vec<_>>>()?,
                 };
                 Ok(entries)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl SigningKeyStore for SqliteStore {
+    async fn keyring(&self) -> Result<(Vec<crate::oidc::SigningKey>, i64)> {
+        self.db
+            .read(|c| {
+                let row: Option<(String, i64)> = c
+                    .prepare_cached("SELECT body, version FROM oidc_keyring WHERE id = 1")?
+                    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                match row {
+                    Some((body, version)) => Ok((serde_json::from_str(&body)?, version)),
+                    None => Ok((Vec::new(), 0)),
+                }
+            })
+            .await
+    }
+
+    async fn put_keyring(&self, keys: &[crate::oidc::SigningKey], expected: i64) -> Result<i64> {
+        let body = serde_json::to_string(keys)?;
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let current: i64 = tx
+                    .query_row("SELECT version FROM oidc_keyring WHERE id = 1", [], |r| {
+                        r.get(0)
+                    })
+                    .optional()?
+                    .unwrap_or(0);
+                if current != expected {
+                    return Err(Error::conflict(
+                        "the signing keys were changed concurrently",
+                    ));
+                }
+                tx.execute(
+                    "INSERT INTO oidc_keyring (id, body, version) VALUES (1, ?1, ?2) \
+                     ON CONFLICT (id) DO UPDATE SET body = ?1, version = ?2",
+                    params![body, current + 1],
+                )?;
+                tx.commit()?;
+                Ok(current + 1)
             })
             .await
     }

@@ -117,6 +117,14 @@ CREATE TABLE drift_runs (
 );
 CREATE INDEX drift_runs_stack ON drift_runs(stack_id, created);
 "#,
+    r#"
+-- The OIDC issuer's keyring: one row, rewritten on rotation.
+CREATE TABLE oidc_keyring (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    body    TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

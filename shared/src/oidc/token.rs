@@ -1,0 +1,555 @@
+//! A deployment's OIDC settings (`operationContext.oidc`), validated, and the token claims
+//! they produce.
+//!
+//! Pulumi's keys (`aws`, `azure`, `gcp`) are read as Pulumi documents them. Tarmac adds four
+//! keys beside them, which Pulumi clients ignore:
+//! - `audience`: the token's `aud` (default: the org name);
+//! - `subjectTemplate`: the token's `sub`, for federated credentials that match subjects
+//!   exactly (Azure, GCP); e.g. the operation-independent
+//!   `pulumi:deploy:org:${organization.name}:project:${project.name}:stack:${stack.name}`;
+//! - `tokenExpiration`: a Go duration, default `1h`, at most `12h`;
+//! - `readScope`: when true, `preview` and `detect-drift` get `scope: read` (and `:scope:read`
+//!   in the default subject), so a trust policy can hand them a read-only role.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::MAX_TOKEN_LIFETIME;
+use crate::domain::{Deployment, Operation, StackRef};
+use crate::error::{Error, Result};
+
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// `operationContext.oidc`, validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OidcSpec {
+    pub aws: Option<AwsOidc>,
+    pub azure: Option<AzureOidc>,
+    pub gcp: Option<GcpOidc>,
+    pub audience: Option<String>,
+    pub subject_template: Option<String>,
+    pub token_lifetime: Duration,
+    pub read_scope: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AwsOidc {
+    pub role_arn: String,
+    /// A template (see `render`).
+    pub session_name: String,
+    pub duration: Option<Duration>,
+    pub policy_arns: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AzureOidc {
+    pub client_id: String,
+    pub tenant_id: String,
+    pub subscription_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GcpOidc {
+    pub project_id: String,
+    pub region: Option<String>,
+    pub workload_pool_id: String,
+    pub provider_id: String,
+    pub service_account: String,
+    pub token_lifetime: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Raw {
+    aws: Option<RawAws>,
+    azure: Option<RawAzure>,
+    gcp: Option<RawGcp>,
+    audience: Option<String>,
+    subject_template: Option<String>,
+    token_expiration: Option<String>,
+    read_scope: Option<bool>,
+}
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawAws {
+    role_arn: Option<String>,
+    session_name: Option<String>,
+    duration: Option<String>,
+    policy_arns: Option<Vec<String>>,
+}
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawAzure {
+    client_id: Option<String>,
+    tenant_id: Option<String>,
+    subscription_id: Option<String>,
+}
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawGcp {
+    project_id: Option<String>,
+    region: Option<String>,
+    workload_pool_id: Option<String>,
+    provider_id: Option<String>,
+    service_account: Option<String>,
+    token_lifetime: Option<String>,
+}
+
+const P: &str = "operationContext.oidc";
+
+fn required(v: Option<String>, path: &str) -> Result<String> {
+    v.filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| Error::invalid(format!("{P}.{path} is required")))
+}
+
+fn optional(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+fn bounded(
+    v: Option<String>,
+    path: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Option<Duration>> {
+    let Some(text) = optional(v) else {
+        return Ok(None);
+    };
+    let d = parse_go_duration(&text).ok_or_else(|| {
+        Error::invalid(format!(
+            "{P}.{path} '{text}' is not a duration such as 1h0m0s"
+        ))
+    })?;
+    if d < min || d > max {
+        return Err(Error::invalid(format!(
+            "{P}.{path} must be between {}s and {}s, not {text}",
+            min.as_secs(),
+            max.as_secs()
+        )));
+    }
+    Ok(Some(d))
+}
+
+impl OidcSpec {
+    /// Reads `operationContext.oidc` from canonical settings. `None` when it is absent: the
+    /// deployment gets no token. Invalid values are refused with their path.
+    pub fn from_config(config: &Value) -> Result<Option<Self>> {
+        let value = &config["operationContext"]["oidc"];
+        if !value.is_object() {
+            return Ok(None);
+        }
+        let raw: Raw = serde_json::from_value(value.clone())
+            .map_err(|e| Error::invalid(format!("invalid {P}: {e}")))?;
+        let aws = raw
+            .aws
+            .map(|a| -> Result<AwsOidc> {
+                let session_name =
+                    optional(a.session_name).unwrap_or_else(|| "tarmac-deploy".into());
+                check_template(&session_name, "aws.sessionName", false)?;
+                Ok(AwsOidc {
+                    role_arn: required(a.role_arn, "aws.roleArn")?,
+                    session_name,
+                    // STS's own limits on DurationSeconds.
+                    duration: bounded(
+                        a.duration,
+                        "aws.duration",
+                        Duration::from_secs(900),
+                        Duration::from_secs(43_200),
+                    )?,
+                    policy_arns: a.policy_arns.unwrap_or_default(),
+                })
+            })
+            .transpose()?;
+        let azure = raw
+            .azure
+            .map(|a| -> Result<AzureOidc> {
+                Ok(AzureOidc {
+                    client_id: required(a.client_id, "azure.clientId")?,
+                    tenant_id: required(a.tenant_id, "azure.tenantId")?,
+                    subscription_id: optional(a.subscription_id),
+                })
+            })
+            .transpose()?;
+        let gcp = raw
+            .gcp
+            .map(|g| -> Result<GcpOidc> {
+                Ok(GcpOidc {
+                    project_id: required(g.project_id, "gcp.projectId")?,
+                    region: optional(g.region),
+                    workload_pool_id: required(g.workload_pool_id, "gcp.workloadPoolId")?,
+                    provider_id: required(g.provider_id, "gcp.providerId")?,
+                    service_account: required(g.service_account, "gcp.serviceAccount")?,
+                    token_lifetime: bounded(
+                        g.token_lifetime,
+                        "gcp.tokenLifetime",
+                        Duration::from_secs(1),
+                        Duration::from_secs(43_200),
+                    )?,
+                })
+            })
+            .transpose()?;
+        let subject_template = optional(raw.subject_template);
+        if let Some(t) = &subject_template {
+            check_template(t, "subjectTemplate", true)?;
+        }
+        let token_lifetime = bounded(
+            raw.token_expiration,
+            "tokenExpiration",
+            Duration::from_secs(60),
+            MAX_TOKEN_LIFETIME,
+        )?
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        Ok(Some(Self {
+            aws,
+            azure,
+            gcp,
+            audience: optional(raw.audience),
+            subject_template,
+            token_lifetime,
+            read_scope: raw.read_scope.unwrap_or(false),
+        }))
+    }
+
+    /// `read` for read-only operations when `readScope` is on, `write` otherwise.
+    pub fn scope(&self, op: Operation) -> &'static str {
+        if self.read_scope && matches!(op, Operation::Preview | Operation::DetectDrift) {
+            "read"
+        } else {
+            "write"
+        }
+    }
+
+    /// The token's claims, in Pulumi's format.
+    pub fn claims(&self, d: &Deployment, issuer: &str, now: OffsetDateTime, jti: Uuid) -> Value {
+        let scope = self.scope(d.operation);
+        let vars = Vars { d, scope };
+        let sub = match &self.subject_template {
+            Some(t) => render(t, &vars),
+            None => format!(
+                "pulumi:deploy:org:{}:project:{}:stack:{}:operation:{}:scope:{scope}",
+                d.stack.org, d.stack.project, d.stack.stack, d.operation
+            ),
+        };
+        let iat = now.unix_timestamp();
+        json!({
+            "iss": issuer,
+            "aud": self.audience.clone().unwrap_or_else(|| d.stack.org.clone()),
+            "sub": sub,
+            "org": d.stack.org,
+            "project": d.stack.project,
+            "stack": d.stack.stack,
+            "stackId": stack_id(&d.stack),
+            "operation": d.operation.as_str(),
+            "deployment": d.version,
+            "scope": scope,
+            "jti": jti.to_string(),
+            "iat": iat,
+            "nbf": iat,
+            "exp": iat + self.token_lifetime.as_secs() as i64,
+        })
+    }
+
+    /// The AWS session name, rendered and made valid for STS: `[\w+=,.@-]`, 2 to 64 characters.
+    pub fn session_name(&self, aws: &AwsOidc, d: &Deployment) -> String {
+        let vars = Vars {
+            d,
+            scope: self.scope(d.operation),
+        };
+        let mut name: String = render(&aws.session_name, &vars)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(64)
+            .collect();
+        while name.len() < 2 {
+            name.push('-');
+        }
+        name
+    }
+}
+
+/// A stable, opaque id for a stack, shaped like a UUID (Pulumi's `stackId` is one).
+pub fn stack_id(stack: &StackRef) -> String {
+    let h = Sha256::digest(format!("tarmac-stack:{stack}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&h[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+struct Vars<'a> {
+    d: &'a Deployment,
+    scope: &'a str,
+}
+
+const VARIABLES: &[&str] = &[
+    "organization.name",
+    "project.name",
+    "stack.name",
+    "deployment.operation",
+    "deployment.version",
+    "deployment.id",
+];
+
+/// Refuses `${...}` variables a template cannot use. `deployment.scope` is for subjects only.
+fn check_template(template: &str, path: &str, subject: bool) -> Result<()> {
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| Error::invalid(format!("{P}.{path} has an unclosed '${{'")))?;
+        let name = &after[..end];
+        if !(VARIABLES.contains(&name) || (subject && name == "deployment.scope")) {
+            let mut known: Vec<&str> = VARIABLES.to_vec();
+            if subject {
+                known.push("deployment.scope");
+            }
+            return Err(Error::invalid(format!(
+                "{P}.{path} uses the unknown variable '${{{name}}}'; known: {}",
+                known
+                    .iter()
+                    .map(|k| format!("${{{k}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(())
+}
+
+fn render(template: &str, vars: &Vars<'_>) -> String {
+    let d = vars.d;
+    template
+        .replace("${organization.name}", &d.stack.org)
+        .replace("${project.name}", &d.stack.project)
+        .replace("${stack.name}", &d.stack.stack)
+        .replace("${deployment.operation}", d.operation.as_str())
+        .replace("${deployment.version}", &d.version.to_string())
+        .replace("${deployment.id}", &d.id.to_string())
+        .replace("${deployment.scope}", vars.scope)
+}
+
+/// Parses a Go duration (`1h0m0s`, `90m`, `1.5h`, `3600s`): a sequence of decimal numbers, each
+/// with a unit among `h`, `m`, `s`, `ms`, `us`, `ns`.
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * scale;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::JobStatus;
+
+    fn deployment(op: Operation) -> Deployment {
+        Deployment {
+            id: Uuid::parse_str("6f1d0a52-3b1c-4d59-9d7e-2f4b8f7a9c10").unwrap(),
+            stack: StackRef {
+                org: "acme".into(),
+                project: "web".into(),
+                stack: "prod".into(),
+            },
+            version: 7,
+            latest_version: 7,
+            operation: op,
+            status: JobStatus::Running,
+            config: Value::Null,
+            initiator: "api".into(),
+            requested_by: "u".into(),
+            created: OffsetDateTime::UNIX_EPOCH,
+            modified: OffsetDateTime::UNIX_EPOCH,
+            started: None,
+            steps: vec![],
+            stack_paused: false,
+        }
+    }
+
+    fn spec(oidc: Value) -> Result<Option<OidcSpec>> {
+        OidcSpec::from_config(&json!({"operationContext": {"oidc": oidc}}))
+    }
+
+    #[test]
+    fn go_durations_parse_as_go_does() {
+        let secs = |s: &str| parse_go_duration(s).map(|d| d.as_secs_f64());
+        assert_eq!(secs("1h0m0s"), Some(3600.0));
+        assert_eq!(secs("90m"), Some(5400.0));
+        assert_eq!(secs("1.5h"), Some(5400.0));
+        assert_eq!(secs("2h45m30s"), Some(9930.0));
+        assert_eq!(secs("1500ms"), Some(1.5));
+        assert_eq!(secs("0"), Some(0.0));
+        for bad in ["", "1", "h", "1d", "1h-5m", "abc", "1..2s"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_claims_follow_pulumis_format() {
+        let s = spec(json!({"aws": {"roleArn": "arn:aws:iam::1:role/r", "sessionName": "s"}}))
+            .unwrap()
+            .unwrap();
+        let d = deployment(Operation::Update);
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let c = s.claims(&d, "https://t.example/oidc", now, Uuid::nil());
+        assert_eq!(c["iss"], "https://t.example/oidc");
+        assert_eq!(c["aud"], "acme");
+        assert_eq!(
+            c["sub"],
+            "pulumi:deploy:org:acme:project:web:stack:prod:operation:update:scope:write"
+        );
+        assert_eq!(c["deployment"], 7);
+        assert_eq!(c["operation"], "update");
+        assert_eq!(c["scope"], "write");
+        assert_eq!(c["exp"], 1_800_003_600);
+        assert_eq!(c["nbf"], c["iat"]);
+        assert_eq!(c["stackId"], stack_id(&d.stack));
+        assert_ne!(
+            stack_id(&d.stack),
+            stack_id(&StackRef {
+                stack: "dev".into(),
+                ..d.stack.clone()
+            })
+        );
+    }
+
+    #[test]
+    fn read_scope_audience_subject_template_and_lifetime_are_honoured() {
+        let s = spec(json!({
+            "readScope": true,
+            "audience": "api://AzureADTokenExchange",
+            "subjectTemplate": "pulumi:deploy:org:${organization.name}:project:${project.name}:stack:${stack.name}",
+            "tokenExpiration": "12h",
+        }))
+        .unwrap()
+        .unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(0).unwrap();
+        let preview = s.claims(&deployment(Operation::Preview), "i", now, Uuid::nil());
+        let update = s.claims(&deployment(Operation::Update), "i", now, Uuid::nil());
+        assert_eq!(preview["scope"], "read");
+        assert_eq!(update["scope"], "write");
+        // The template's subject is the same for every operation.
+        assert_eq!(
+            preview["sub"],
+            "pulumi:deploy:org:acme:project:web:stack:prod"
+        );
+        assert_eq!(preview["sub"], update["sub"]);
+        assert_eq!(preview["aud"], "api://AzureADTokenExchange");
+        assert_eq!(preview["exp"], 12 * 3600);
+        // Without readScope, previews write as in Pulumi.
+        let plain = spec(json!({})).unwrap().unwrap();
+        let c = plain.claims(&deployment(Operation::Preview), "i", now, Uuid::nil());
+        assert_eq!(c["scope"], "write");
+        assert!(
+            c["sub"]
+                .as_str()
+                .unwrap()
+                .ends_with(":operation:preview:scope:write")
+        );
+    }
+
+    #[test]
+    fn session_names_render_their_variables_and_fit_sts() {
+        let s = spec(json!({"aws": {"roleArn": "r", "sessionName": "${organization.name}/${stack.name}-${deployment.operation}-${deployment.version}-${deployment.id}"}}))
+            .unwrap()
+            .unwrap();
+        let name = s.session_name(s.aws.as_ref().unwrap(), &deployment(Operation::DetectDrift));
+        assert_eq!(
+            name,
+            "acme-prod-detect-drift-7-6f1d0a52-3b1c-4d59-9d7e-2f4b8f7a9c10"
+        );
+        let long = spec(json!({"aws": {"roleArn": "r", "sessionName": "x".repeat(100)}}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            long.session_name(long.aws.as_ref().unwrap(), &deployment(Operation::Update))
+                .len(),
+            64
+        );
+    }
+
+    #[test]
+    fn absent_oidc_means_no_token_and_bad_values_are_refused_with_their_path() {
+        assert_eq!(OidcSpec::from_config(&json!({})).unwrap(), None);
+        let cases = [
+            (
+                json!({"aws": {"sessionName": "s"}}),
+                "operationContext.oidc.aws.roleArn is required",
+            ),
+            (
+                json!({"aws": {"roleArn": "r", "duration": "5m"}}),
+                "aws.duration must be between 900s and 43200s",
+            ),
+            (
+                json!({"aws": {"roleArn": "r", "duration": "soon"}}),
+                "is not a duration",
+            ),
+            (
+                json!({"aws": {"roleArn": "r", "sessionName": "${user.name}"}}),
+                "unknown variable '${user.name}'",
+            ),
+            (
+                json!({"azure": {"clientId": "c"}}),
+                "azure.tenantId is required",
+            ),
+            (
+                json!({"gcp": {"projectId": "1", "workloadPoolId": "p", "providerId": "x"}}),
+                "gcp.serviceAccount is required",
+            ),
+            (
+                json!({"tokenExpiration": "13h"}),
+                "tokenExpiration must be between 60s and 43200s",
+            ),
+            (json!({"subjectTemplate": "a:${stack.name"}), "unclosed"),
+            (
+                json!({"aws": {"roleArn": "r", "sessionName": "${deployment.scope}"}}),
+                "unknown variable",
+            ),
+        ];
+        for (oidc, want) in cases {
+            let err = spec(oidc.clone()).unwrap_err().to_string();
+            assert!(err.contains(want), "{oidc}: {err}");
+        }
+        // The subject may use the scope.
+        spec(json!({"subjectTemplate": "x:${deployment.scope}"})).unwrap();
+    }
+}
