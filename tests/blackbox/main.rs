@@ -3,6 +3,8 @@
 //!
 //! Run through `tests/run.sh`, which installs the engine and sets `TARMAC_TEST_TOOLS`.
 
+#[path = "../support/jwt.rs"]
+mod jwt;
 mod support;
 
 mod api;

@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use crate::jwt::{kid, verify};
 use crate::support::{TestApp, TestRepo, stack};
 
 /// The emulator's Python, which has boto3: the run's "AWS client".
@@ -19,27 +20,6 @@ fn endpoint() -> String {
     std::env::var("AWS_ENDPOINT_URL").expect(
         "AWS_ENDPOINT_URL is not set: run the tests with tests/run.sh, which starts the AWS emulator",
     )
-}
-
-/// Verifies a token as a relying party would, with `jsonwebtoken`: RS256 under the JWKS key
-/// its `kid` names, and `iss`, `aud`, `exp`, `nbf`.
-fn verify(token: &str, jwks: &Value, iss: &str, aud: &str) -> Result<Value, String> {
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
-    let set: JwkSet = serde_json::from_value(jwks.clone()).map_err(|e| e.to_string())?;
-    let kid = jsonwebtoken::decode_header(token)
-        .map_err(|e| e.to_string())?
-        .kid
-        .ok_or("no kid")?;
-    let jwk = set.find(&kid).ok_or(format!("kid {kid} not in the JWKS"))?;
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-    let mut v = Validation::new(Algorithm::RS256);
-    v.set_issuer(&[iss]);
-    v.set_audience(&[aud]);
-    v.validate_nbf = true;
-    v.set_required_spec_claims(&["exp", "iss", "aud", "sub", "nbf", "iat"]);
-    jsonwebtoken::decode::<Value>(token, &key, &v)
-        .map(|d| d.claims)
-        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -236,4 +216,73 @@ async fn bad_oidc_settings_are_refused_and_nothing_is_written() {
     assert_eq!(app.get(&path).await.1, before);
     let (_, list) = app.get(&format!("/api/stacks/{s}/deployments")).await;
     assert_eq!(list["total"], 0, "{list}");
+}
+
+/// A deployment whose settings ask for the token alone, which its pre-run command copies to
+/// `copy`. Returns the token.
+async fn token_of_a_deployment(
+    app: &TestApp,
+    repo: &TestRepo,
+    s: &str,
+    copy: &std::path::Path,
+) -> String {
+    let mut settings = repo.settings();
+    settings["operationContext"] = json!({
+        "oidc": {},
+        "preRunCommands": [format!("cp \"$PULUMI_OIDC_TOKEN_FILE\" {}", copy.display())],
+    });
+    app.post(&format!("/api/stacks/{s}/deployments/settings"), settings)
+        .await;
+    let id = app.deploy(s, json!({"operation": "preview"})).await;
+    app.wait_for(s, &id, Some("succeeded")).await;
+    std::fs::read_to_string(copy).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn rotating_the_key_while_serving_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_kid()
+{
+    let app = TestApp::spawn().await;
+    let repo = TestRepo::new();
+    let out = tempfile::tempdir().unwrap();
+    let s = stack("oidc-rotate");
+    let issuer = format!("{}/oidc", app.url);
+    let jwks = || async {
+        reqwest::get(format!("{issuer}/.well-known/jwks.json"))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let before = token_of_a_deployment(&app, &repo, &s, &out.path().join("1")).await;
+    let first = jwks().await;
+    assert_eq!(first["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(first["keys"][0]["kid"].as_str().unwrap(), kid(&before));
+
+    let rotated = std::process::Command::new(env!("CARGO_BIN_EXE_tarmac"))
+        .args(["oidc", "rotate-key", "--data-dir"])
+        .arg(app.data())
+        .output()
+        .unwrap();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let printed = String::from_utf8(rotated.stdout).unwrap();
+    let new_kid = printed
+        .trim()
+        .strip_prefix("new signing key: ")
+        .unwrap()
+        .to_string();
+
+    let after = token_of_a_deployment(&app, &repo, &s, &out.path().join("2")).await;
+    assert_eq!(kid(&after), new_kid, "new tokens carry the new kid");
+    let both = jwks().await;
+    assert_eq!(both["keys"].as_array().unwrap().len(), 2);
+    let before_claims = verify(&before, &both, &issuer, "default").unwrap();
+    verify(&after, &both, &issuer, "default").unwrap();
+    // Without readScope, a preview's token is a write token, as in Pulumi.
+    assert_eq!(before_claims["scope"], "write");
+    assert_eq!(before_claims["operation"], "preview");
 }

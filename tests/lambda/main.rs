@@ -17,6 +17,9 @@ use tarmac::crypto::{new_token, token_hash};
 use tarmac::domain::Role;
 use tower::ServiceExt;
 
+#[path = "../support/jwt.rs"]
+mod jwt;
+
 fn events_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../events")
 }
@@ -58,6 +61,12 @@ fn every_event_fixture_parses_with_its_type() {
             serde_json::from_str::<SqsEvent>(&text)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
+        } else if name.starts_with("invoke-oidc-") {
+            // The worker's direct invocation of the oidc function.
+            let text = text.replace("__DEPLOYMENT_ID__", &uuid::Uuid::new_v4().to_string());
+            serde_json::from_str::<tarmac::oidc::ExchangeRequest>(&text)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         } else if name.starts_with("eventbridge-") {
             serde_json::from_str::<EventBridgeEvent>(&text)
                 .map(|_| ())
@@ -68,7 +77,7 @@ fn every_event_fixture_parses_with_its_type() {
         ok.unwrap_or_else(|e| panic!("{name}: {e}"));
         seen += 1;
     }
-    assert!(seen >= 11, "fixtures missing: saw {seen}");
+    assert!(seen >= 12, "fixtures missing: saw {seen}");
 }
 
 /// A fresh table, FIFO queue (with its DLQ) and KMS key on the emulator, and an app over them.
@@ -755,4 +764,152 @@ async fn r2_triple_delivery_runs_each_deployment_once() {
         n,
         "exactly one engine run per deployment"
     );
+}
+
+/// An RSA-2048 signing key in the emulator's KMS.
+async fn kms_signing_key(kms: &aws_sdk_kms::Client) -> String {
+    kms.create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id
+}
+
+#[tokio::test]
+async fn the_oidc_function_signs_with_kms_exchanges_at_sts_and_answers_only_the_lease_holder() {
+    use tarmac::aws::oidc::{OidcFunction, Reply};
+    use tarmac::domain::{Lease, NewDeployment, Operation, StackRef};
+    use tarmac::ports::ClaimOutcome;
+
+    let env = Env::new().await;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let kms = aws_sdk_kms::Client::new(&sdk);
+    let first_key = kms_signing_key(&kms).await;
+    let table = env.app.cfg.table.clone();
+    let vars = [
+        ("TARMAC_TABLE", table.clone()),
+        (
+            "TARMAC_PUBLIC_URL",
+            "https://tarmac.example.com".to_string(),
+        ),
+        ("TARMAC_OIDC_KMS_KEY_ID", first_key.clone()),
+    ];
+    let lookup = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+    let function = OidcFunction::build(lookup, &sdk).await.unwrap();
+    // A second cold start finds the key registered and keeps it.
+    OidcFunction::build(lookup, &sdk).await.unwrap();
+
+    // A running deployment with AWS OIDC settings, held by the worker's lease.
+    let stack = StackRef::new("acme", "web", "oidc").unwrap();
+    let id = uuid::Uuid::new_v4();
+    env.app
+        .deps
+        .deployments
+        .create_deployment(NewDeployment {
+            id,
+            stack: stack.clone(),
+            operation: Operation::Update,
+            config: serde_json::json!({
+                "sourceContext": {"git": {"repoUrl": "https://example.com/r.git"}},
+                "operationContext": {"oidc": {"aws": {
+                    "roleArn": "arn:aws:iam::123456789012:role/deployer",
+                    "sessionName": "${organization.name}-${deployment.id}",
+                    "policyArns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"],
+                }}},
+            }),
+            initiator: "api".into(),
+            requested_by: "ci".into(),
+            skip_intermediate: false,
+        })
+        .await
+        .unwrap();
+    let lease = Lease {
+        owner: "lambda-worker-1".into(),
+        ttl: Duration::from_secs(60),
+    };
+    let claimed = env.app.deps.runs.claim(&stack, id, &lease).await.unwrap();
+    assert!(matches!(claimed, ClaimOutcome::Claimed(_)));
+    env.app.deps.runs.mark_running(id, &lease).await.unwrap();
+
+    let ask = |owner: &str| serde_json::json!({"org": "acme", "project": "web", "stack": "oidc", "deploymentId": id, "lease": owner});
+    let reply = |v: Value| serde_json::from_value::<Reply>(v).unwrap();
+    let Reply::Credentials(creds) = reply(function.handle(ask("lambda-worker-1")).await) else {
+        panic!("the lease holder was refused");
+    };
+    let aws = creds.aws.as_ref().expect("AWS credentials from STS");
+    assert!(!aws.access_key_id.is_empty() && !aws.session_token.is_empty());
+    assert!(
+        creds
+            .notes
+            .iter()
+            .any(|n| n.contains(&format!("assumed-role/deployer/acme-{id}"))),
+        "{:?}",
+        creds.notes
+    );
+
+    // The API serves the KMS key's JWKS; the token verifies against it.
+    let (status, jwks) = env.call("GET", "/oidc/.well-known/jwks.json", None).await;
+    assert_eq!(status, 200, "{jwks}");
+    let issuer = "https://tarmac.example.com/oidc";
+    let claims = jwt::verify(&creds.token, &jwks, issuer, "acme").unwrap();
+    assert_eq!(
+        claims["sub"],
+        "pulumi:deploy:org:acme:project:web:stack:oidc:operation:update:scope:write"
+    );
+    let (_, discovery) = env
+        .call("GET", "/oidc/.well-known/openid-configuration", None)
+        .await;
+    assert_eq!(discovery["issuer"], issuer);
+
+    // Refused: a wrong lease, another stack's path, a request that is not one.
+    for bad in [
+        ask("someone-else"),
+        serde_json::json!({"org": "acme", "project": "web", "stack": "dev", "deploymentId": id, "lease": "lambda-worker-1"}),
+    ] {
+        match reply(function.handle(bad).await) {
+            Reply::Error { code, .. } => assert_eq!(code, 403),
+            Reply::Credentials(_) => panic!("credentials for a caller without the lease"),
+        }
+    }
+    assert!(matches!(
+        reply(function.handle(serde_json::json!({"hello": 1})).await),
+        Reply::Error { code: 400, .. }
+    ));
+
+    // Rotation to a second KMS key: new tokens carry its kid, old ones still verify.
+    let old_kid = jwt::kid(&creds.token);
+    let second_key = kms_signing_key(&kms).await;
+    let store = Arc::new(tarmac::aws::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        &table,
+    ));
+    let new_kid = tarmac::oidc::Issuer::new("", store, None, Some(kms.clone()))
+        .rotate_kms(&second_key)
+        .await
+        .unwrap();
+    assert_ne!(new_kid, old_kid);
+    let Reply::Credentials(after) = reply(function.handle(ask("lambda-worker-1")).await) else {
+        panic!("refused after the rotation");
+    };
+    assert_eq!(jwt::kid(&after.token), new_kid);
+    let (_, jwks) = env.call("GET", "/oidc/.well-known/jwks.json", None).await;
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    jwt::verify(&creds.token, &jwks, issuer, "acme").unwrap();
+    jwt::verify(&after.token, &jwks, issuer, "acme").unwrap();
+
+    // A finished deployment gets nothing, even with its lease.
+    env.app
+        .deps
+        .runs
+        .finish(id, &lease, tarmac::domain::JobStatus::Succeeded)
+        .await
+        .unwrap();
+    assert!(matches!(
+        reply(function.handle(ask("lambda-worker-1")).await),
+        Reply::Error { code: 403, .. }
+    ));
 }
