@@ -913,3 +913,70 @@ async fn the_oidc_function_signs_with_kms_exchanges_at_sts_and_answers_only_the_
         Reply::Error { code: 403, .. }
     ));
 }
+
+/// The worker's side of the exchange, over a real Lambda Invoke on the emulator. The function
+/// behind it is a stand-in (a mock, in Python) for the `oidc` function, whose own behaviour the
+/// test above covers: a debug build of the real one is 400 MB, too big to upload per test run.
+#[tokio::test]
+async fn the_workers_broker_invokes_the_oidc_function_and_reads_its_refusals() {
+    use tarmac::oidc::{CredentialBroker, ExchangeRequest};
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let lambda = aws_sdk_lambda::Client::new(&sdk);
+    let dir = tempfile::tempdir().unwrap();
+    let handler = r#"
+import json
+def handler(event, context):
+    if event.get("lease") == "held":
+        return {"credentials": {"token": "t", "expires": 1, "aws": None, "azure": None,
+                                "gcp": None, "notes": [json.dumps(event, sort_keys=True)]}}
+    return {"error": {"code": 403, "message": "not held: " + event["deploymentId"]}}
+"#;
+    std::fs::write(dir.path().join("stand_in.py"), handler).unwrap();
+    let zip = dir.path().join("f.zip");
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], 'w'); z.write(sys.argv[2], 'stand_in.py'); z.close()"])
+        .arg(&zip)
+        .arg(dir.path().join("stand_in.py"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let name = format!("tarmac-oidc-{}", uuid::Uuid::new_v4().simple());
+    lambda
+        .create_function()
+        .function_name(&name)
+        .runtime(aws_sdk_lambda::types::Runtime::Python312)
+        .role("arn:aws:iam::123456789012:role/oidc")
+        .handler("stand_in.handler")
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .zip_file(aws_sdk_lambda::primitives::Blob::new(
+                    std::fs::read(&zip).unwrap(),
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let broker = tarmac::aws::oidc::LambdaBroker::new(lambda.clone(), &name);
+    let id = uuid::Uuid::new_v4();
+    let request = |lease: &str| ExchangeRequest {
+        org: "acme".into(),
+        project: "web".into(),
+        stack: "dev".into(),
+        deployment_id: id,
+        lease: lease.into(),
+    };
+    let creds = broker.exchange(&request("held")).await.unwrap();
+    // The function received the request as the worker sent it.
+    let received: Value = serde_json::from_str(&creds.notes[0]).unwrap();
+    assert_eq!(received, serde_json::to_value(request("held")).unwrap());
+    let refused = broker.exchange(&request("stolen")).await.unwrap_err();
+    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(refused.to_string(), format!("not held: {id}"));
+    lambda
+        .delete_function()
+        .function_name(&name)
+        .send()
+        .await
+        .unwrap();
+}
