@@ -59,6 +59,8 @@ where
         concurrency: 1,
         issuer: None,
         credentials: None,
+        hooks: None,
+        outbox: None,
     })
 }
 

@@ -120,6 +120,8 @@ contract!(
     the_signing_keyring_is_written_optimistically,
     tokens_verify_against_the_jwks_across_a_rotation,
     only_a_running_deployments_worker_gets_its_credentials,
+    a_create_with_a_taken_id_is_a_conflict_and_changes_nothing,
+    integrations_and_an_orgs_stack_settings,
 );
 
 fn stack(name: &str) -> StackRef {
@@ -1109,6 +1111,8 @@ fn deps(b: &Backend) -> Arc<crate::deps::Deps> {
         concurrency: 1,
         issuer: None,
         credentials: None,
+        hooks: None,
+        outbox: None,
     })
 }
 
@@ -1709,4 +1713,71 @@ async fn only_a_running_deployments_worker_gets_its_credentials(b: Backend) {
     // Once finished, not even its own worker gets credentials.
     b.runs.finish(id, &w, JobStatus::Succeeded).await.unwrap();
     assert!(refused(exchanger.exchange(&request(&mine, id, "w")).await));
+}
+
+async fn a_create_with_a_taken_id_is_a_conflict_and_changes_nothing(b: Backend) {
+    let st = stack("same-id");
+    let first = new(&st, Operation::Update, false);
+    let again = first.clone();
+    b.deployments.create_deployment(first).await.unwrap();
+    assert!(matches!(
+        b.deployments.create_deployment(again).await,
+        Err(Error::Conflict(_))
+    ));
+    let page = b
+        .deployments
+        .list_stack_deployments(
+            &st,
+            PageRequest {
+                page: 1,
+                page_size: 10,
+                ascending: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+    // The stack's versions were not consumed by the refused create.
+    let next = b
+        .deployments
+        .create_deployment(new(&st, Operation::Update, false))
+        .await
+        .unwrap();
+    assert_eq!(next.version, 2);
+}
+
+async fn integrations_and_an_orgs_stack_settings(b: Backend) {
+    assert_eq!(b.orgs.get_integration("org", "github").await.unwrap(), None);
+    let cfg = json!({"webhookSecret": "sealed", "apiUrl": "https://api.github.com"});
+    b.orgs
+        .put_integration("org", "github", Some(&cfg))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.orgs.get_integration("org", "github").await.unwrap(),
+        Some(cfg)
+    );
+    assert_eq!(
+        b.orgs.get_integration("other", "github").await.unwrap(),
+        None
+    );
+    b.orgs.put_integration("org", "github", None).await.unwrap();
+    assert_eq!(b.orgs.get_integration("org", "github").await.unwrap(), None);
+
+    let with = stack("with-settings");
+    b.stacks
+        .put_settings(&with, &json!({"gitHub": {"repository": "o/r"}}), 0)
+        .await
+        .unwrap();
+    b.stacks.create_stack(&stack("bare")).await.unwrap();
+    let elsewhere = StackRef::new("other-org", "proj", "x").unwrap();
+    b.stacks
+        .put_settings(&elsewhere, &json!({}), 0)
+        .await
+        .unwrap();
+    let listed = b.stacks.list_stack_settings("org").await.unwrap();
+    assert_eq!(
+        listed,
+        vec![(with, json!({"gitHub": {"repository": "o/r"}}))]
+    );
 }

@@ -37,6 +37,9 @@ pub struct Deps {
     pub issuer: Option<Arc<Issuer>>,
     /// Where runs get their OIDC token and cloud credentials.
     pub credentials: Option<Arc<dyn CredentialBroker>>,
+    /// Webhooks and the outbox that delivers notifications; `None` where not available.
+    pub hooks: Option<Arc<dyn HookStore>>,
+    pub outbox: Option<Arc<dyn Outbox>>,
 }
 
 /// The embedded backend's files in a data dir.
@@ -95,7 +98,7 @@ impl Embedded {
             logs: s.clone(),
             runs: s.clone(),
             schedules: s.clone(),
-            drift: s,
+            drift: s.clone(),
             queue: None,
             cipher: self.cipher.clone(),
             public_url,
@@ -104,6 +107,8 @@ impl Embedded {
             concurrency,
             issuer: Some(issuer),
             credentials: Some(credentials),
+            hooks: Some(s.clone()),
+            outbox: Some(s),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod deps;
 pub mod domain;
 pub mod error;
+pub mod github;
 pub mod http;
 pub mod oidc;
 pub mod ports;
@@ -23,6 +24,7 @@ pub mod settings;
 pub mod sqlite;
 pub mod store_codec;
 pub mod telemetry;
+pub mod webhooks;
 pub mod worker;
 
 #[cfg(test)]

@@ -51,6 +51,9 @@ pub trait StackStore: Send + Sync {
 
     /// The outputs recorded by the last successful run that records them; `None` if no stack.
     async fn get_outputs(&self, stack: &StackRef) -> Result<Option<Value>>;
+
+    /// Every stack of `org` that has settings, with them.
+    async fn list_stack_settings(&self, org: &str) -> Result<Vec<(StackRef, Value)>>;
 }
 
 /// Orgs' pause flags and deployment counts. Orgs exist implicitly, through their tokens.
@@ -61,6 +64,10 @@ pub trait OrgStore: Send + Sync {
     async fn org_paused(&self, org: &str) -> Result<bool>;
     /// Pause flags and deployment counts; reads every deployment's status in the org.
     async fn org_state(&self, org: &str) -> Result<OrgState>;
+    /// An integration's stored configuration (`kind`: `github`), secrets sealed.
+    async fn get_integration(&self, org: &str, kind: &str) -> Result<Option<Value>>;
+    /// Stores (or with `None`, removes) an integration's configuration.
+    async fn put_integration(&self, org: &str, kind: &str, config: Option<&Value>) -> Result<()>;
 }
 
 /// API tokens. Only hashes are stored.
@@ -78,6 +85,8 @@ pub trait DeploymentStore: Send + Sync {
     /// Creates the stack if needed, assigns the next per-stack version atomically, and stores
     /// the deployment as `not-started`. In the embedded backend this one transaction is also
     /// the enqueue.
+    /// `Error::Conflict` if a deployment with `new.id` exists (so a fixed id makes a retried
+    /// create harmless).
     async fn create_deployment(&self, new: NewDeployment) -> Result<Deployment>;
 
     /// `None` if the stack has no deployment with this id.
@@ -403,4 +412,103 @@ pub trait SigningKeyStore: Send + Sync {
     /// Replaces the keyring if its counter is still `expected`, returning the new counter;
     /// `Error::Conflict` if another writer got in between.
     async fn put_keyring(&self, keys: &[crate::oidc::SigningKey], expected: i64) -> Result<i64>;
+}
+
+/// Outbound webhooks, at org or stack scope. Names are unique within a scope.
+#[async_trait]
+pub trait HookStore: Send + Sync {
+    /// `Error::Conflict` if the scope has a hook of that name.
+    async fn create_hook(
+        &self,
+        scope: &crate::webhooks::HookScope,
+        hook: &crate::webhooks::Hook,
+    ) -> Result<()>;
+    async fn list_hooks(
+        &self,
+        scope: &crate::webhooks::HookScope,
+    ) -> Result<Vec<crate::webhooks::Hook>>;
+    async fn get_hook(
+        &self,
+        scope: &crate::webhooks::HookScope,
+        name: &str,
+    ) -> Result<Option<crate::webhooks::Hook>>;
+    /// `Error::NotFound` if absent.
+    async fn update_hook(
+        &self,
+        scope: &crate::webhooks::HookScope,
+        hook: &crate::webhooks::Hook,
+    ) -> Result<()>;
+    /// `Error::NotFound` if absent.
+    async fn delete_hook(&self, scope: &crate::webhooks::HookScope, name: &str) -> Result<()>;
+    /// The hooks that hear about `stack`: its own and its org's.
+    async fn hooks_for_stack(
+        &self,
+        stack: &StackRef,
+    ) -> Result<Vec<(crate::webhooks::HookScope, crate::webhooks::Hook)>>;
+}
+
+/// A notification waiting to be sent (or sent): to a hook (`hook:<scope>/<name>`) or GitHub.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    /// Also the `Pulumi-Webhook-ID` header: the same on every attempt.
+    pub id: String,
+    pub org: String,
+    pub target: String,
+    /// `Pulumi-Webhook-Kind` (`deployment`, `drift_detection`, `ping`, ...) or `github_status`
+    /// and `github_comment`.
+    pub kind: String,
+    /// The filter name (`deployment_succeeded`, ...).
+    pub event: String,
+    pub body: String,
+    pub created: OffsetDateTime,
+}
+
+/// One attempt to send an outbox message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub timestamp: OffsetDateTime,
+    pub duration_ms: i64,
+    pub request_url: String,
+    pub request_headers: String,
+    /// 0 when there was no response.
+    pub response_code: i64,
+    pub response_headers: String,
+    pub response_body: String,
+}
+
+/// The outbox: notifications written beside the state change that caused them, sent later.
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// The stack's next event number, 1 up: the `sequence` of its payloads.
+    async fn next_event_sequence(&self, stack: &StackRef) -> Result<i64>;
+    /// Stores messages: due now, or (`due` false) already done, for a caller that sends them
+    /// itself (a ping).
+    async fn enqueue(&self, messages: &[OutboxMessage], due: bool) -> Result<()>;
+    /// Up to `limit` due messages with their attempts so far, each leased for `lease` so that
+    /// one dispatcher sends it at a time (a crashed one's messages come back after the lease).
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<(OutboxMessage, u32)>>;
+    /// Records an attempt; the message is due again at `next`, or done if `None`.
+    async fn record_attempt(
+        &self,
+        id: &str,
+        attempt: &Attempt,
+        next: Option<OffsetDateTime>,
+    ) -> Result<()>;
+    /// Due again at `next` (or done) without an attempt to record.
+    async fn reschedule(&self, id: &str, next: Option<OffsetDateTime>) -> Result<()>;
+    /// Done: nothing more to send.
+    async fn finish(&self, id: &str) -> Result<()>;
+    /// A message and its attempts so far.
+    async fn message(&self, id: &str) -> Result<Option<(OutboxMessage, u32)>>;
+    /// The attempts for `target`'s messages, newest first, at most `limit`.
+    async fn attempts(
+        &self,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<(OutboxMessage, Attempt, u32)>>;
 }

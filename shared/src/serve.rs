@@ -121,6 +121,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         lease_ttl: cfg.lease_ttl,
     };
     let mut workers = pool.spawn(cfg.workers, stop_claiming.clone(), abort_runs.clone());
+    let dispatcher = crate::webhooks::dispatch::spawn(
+        Arc::clone(&deps),
+        embedded.store.outbox_signal(),
+        crate::webhooks::dispatch::RETRY_BASE,
+        stop_claiming.clone(),
+    );
     let ticker = spawn_ticker(
         Arc::clone(&deps),
         (cfg.lease_ttl / 3).max(Duration::from_millis(200)),
@@ -158,6 +164,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
 
     stop_claiming.cancel();
     ticker.abort();
+    let _ = dispatcher.await;
     let drained = tokio::time::timeout(cfg.shutdown_grace, async {
         while workers.join_next().await.is_some() {}
     })

@@ -85,9 +85,16 @@ pub async fn create_deployment(
 ) -> Result<Deployment> {
     let stored = deps.stacks.get_settings(stack).await?.map(|s| s.settings);
     let new = prepare_deployment(deps, stack, body, stored.as_ref(), initiator, requested_by)?;
-    let operation = new.operation;
+    store_deployment(deps, new).await
+}
+
+/// Stores a prepared deployment, sends it to the queue and announces it (`deployment_queued`).
+pub async fn store_deployment(deps: &Deps, new: NewDeployment) -> Result<Deployment> {
+    let (operation, stack) = (new.operation, new.stack.clone());
+    let initiator = new.initiator.clone();
     let d = deps.deployments.create_deployment(new).await?;
     tracing::info!(deployment_id = %d.id, version = d.version, %operation, %initiator, "deployment queued");
-    enqueue(deps, stack, d.id).await;
+    enqueue(deps, &stack, d.id).await;
+    crate::webhooks::events::deployment(deps, &d, "deployment_queued").await;
     Ok(d)
 }

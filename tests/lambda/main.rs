@@ -61,6 +61,20 @@ fn every_event_fixture_parses_with_its_type() {
             serde_json::from_str::<SqsEvent>(&text)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
+        } else if let Some(rest) = name.strip_prefix("github-") {
+            // Real GitHub webhook payloads, named by their X-GitHub-Event.
+            let kind = ["pull_request", "push", "ping"]
+                .into_iter()
+                .find(|k| rest.starts_with(k))
+                .unwrap_or("unknown");
+            match kind {
+                "ping" => serde_json::from_str::<Value>(&text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| v["zen"].as_str().map(|_| ()).ok_or("no zen".into())),
+                _ => tarmac::github::triggers::Event::parse(kind, text.as_bytes())
+                    .map_err(|e| e.to_string())
+                    .and_then(|e| e.map(|_| ()).ok_or(format!("{kind} was ignored"))),
+            }
         } else if name.starts_with("invoke-oidc-") {
             // The worker's direct invocation of the oidc function.
             let text = text.replace("__DEPLOYMENT_ID__", &uuid::Uuid::new_v4().to_string());
@@ -77,7 +91,7 @@ fn every_event_fixture_parses_with_its_type() {
         ok.unwrap_or_else(|e| panic!("{name}: {e}"));
         seen += 1;
     }
-    assert!(seen >= 12, "fixtures missing: saw {seen}");
+    assert!(seen >= 17, "fixtures missing: saw {seen}");
 }
 
 /// A fresh table, FIFO queue (with its DLQ) and KMS key on the emulator, and an app over them.

@@ -58,6 +58,9 @@ impl AwsApp {
             concurrency: 0,
             issuer,
             credentials,
+            // Webhooks and GitHub notifications need an outbox on DynamoDB: not there yet.
+            hooks: None,
+            outbox: None,
         });
         let runner = Arc::new(Runner::new(
             Arc::clone(&deps),

@@ -863,6 +863,32 @@ impl StackStore for DynamoStore {
             None => Ok(Some(Value::Object(Default::default()))),
         }
     }
+
+    async fn list_stack_settings(&self, org: &str) -> Result<Vec<(StackRef, Value)>> {
+        let items = self
+            .query(
+                Some("gsi2"),
+                "gsi2pk = :pk",
+                vec![(":pk", s(org_stacks(org)))],
+                true,
+                None,
+            )
+            .await?;
+        let mut out = Vec::new();
+        for st in items {
+            if let Some(raw) = opt_s(&st, "settings") {
+                out.push((
+                    StackRef {
+                        org: get_s(&st, "org")?,
+                        project: get_s(&st, "project")?,
+                        stack: get_s(&st, "stack")?,
+                    },
+                    serde_json::from_str(&raw)?,
+                ));
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn new_stack_item(stack: &StackRef) -> Item {
@@ -903,6 +929,41 @@ impl OrgStore for DynamoStore {
             .get(org_key(org))
             .await?
             .is_some_and(|o| get_b(&o, "paused")))
+    }
+
+    async fn get_integration(&self, org: &str, kind: &str) -> Result<Option<Value>> {
+        let item = self
+            .get(key(format!("ORG#{org}"), format!("INTEGRATION#{kind}")))
+            .await?;
+        item.map(|i| Ok(serde_json::from_str(&get_s(&i, "config")?)?))
+            .transpose()
+    }
+
+    async fn put_integration(&self, org: &str, kind: &str, config: Option<&Value>) -> Result<()> {
+        let item_key = key(format!("ORG#{org}"), format!("INTEGRATION#{kind}"));
+        match config {
+            Some(cfg) => {
+                let mut item = item_key;
+                item.insert("config".into(), s(serde_json::to_string(cfg)?));
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .send()
+                    .await
+                    .map_err(|e| aws_err("PutItem", e))?;
+            }
+            None => {
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(item_key))
+                    .send()
+                    .await
+                    .map_err(|e| aws_err("DeleteItem", e))?;
+            }
+        }
+        Ok(())
     }
 
     async fn org_state(&self, org: &str) -> Result<OrgState> {
@@ -1055,6 +1116,14 @@ impl DeploymentStore for DynamoStore {
                         .ok_or_else(|| Error::internal("created deployment vanished"));
                 }
                 Err(_) => {
+                    // A deployment with this id exists: a retried create (a redelivered
+                    // webhook, say), not a race for the version.
+                    if self.get(ptr_key(new.id)).await?.is_some() {
+                        return Err(Error::conflict(format!(
+                            "deployment {} already exists",
+                            new.id
+                        )));
+                    }
                     // Another create took this version: back off a little (jittered) and retry.
                     let jitter = (new.id.as_u128() as u64 + attempt as u64) % 7;
                     tokio::time::sleep(Duration::from_millis(2 + jitter)).await;

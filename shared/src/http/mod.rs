@@ -5,6 +5,8 @@
 
 mod deployments;
 pub mod extract;
+mod github;
+mod hooks;
 mod oidc;
 mod schedules;
 mod settings;
@@ -95,7 +97,20 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .route("/deployments/{id}", get(deployments::get_by_id))
         .route("/deployments/{id}/logs", get(deployments::logs))
         .route("/deployments/{id}/updates", get(deployments::updates))
-        .route("/deployments/{id}/cancel", post(deployments::cancel));
+        .route("/deployments/{id}/cancel", post(deployments::cancel))
+        .route("/hooks", get(hooks::stack_list).post(hooks::stack_create))
+        .route(
+            "/hooks/{name}",
+            get(hooks::stack_read)
+                .patch(hooks::stack_update)
+                .delete(hooks::stack_delete),
+        )
+        .route("/hooks/{name}/ping", post(hooks::stack_ping))
+        .route("/hooks/{name}/deliveries", get(hooks::stack_deliveries))
+        .route(
+            "/hooks/{name}/deliveries/{event}/redeliver",
+            post(hooks::stack_redeliver),
+        );
     Router::new()
         .route(
             "/oidc/.well-known/openid-configuration",
@@ -115,6 +130,33 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .route(
             "/api/orgs/{org}/deployments/metadata",
             get(stacks::org_metadata),
+        )
+        .route(
+            "/api/orgs/{org}/hooks",
+            get(hooks::org_list).post(hooks::org_create),
+        )
+        .route(
+            "/api/orgs/{org}/hooks/{name}",
+            get(hooks::org_read)
+                .patch(hooks::org_update)
+                .delete(hooks::org_delete),
+        )
+        .route("/api/orgs/{org}/hooks/{name}/ping", post(hooks::org_ping))
+        .route(
+            "/api/orgs/{org}/hooks/{name}/deliveries",
+            get(hooks::org_deliveries),
+        )
+        .route(
+            "/api/orgs/{org}/hooks/{name}/deliveries/{event}/redeliver",
+            post(hooks::org_redeliver),
+        )
+        .route(
+            "/api/orgs/{org}/integrations/github",
+            get(github::get).put(github::put).delete(github::delete),
+        )
+        .route(
+            "/api/orgs/{org}/integrations/github/webhook",
+            post(github::webhook),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -73,11 +73,27 @@ pub fn clone_commands(spec: &RunSpec, dest: &str) -> Vec<Vec<String>> {
     let url = spec.repo_url.clone();
     let args = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
     if let Some(commit) = &spec.commit {
-        // A commit may not be at any ref's tip, so fetch the history and check it out.
-        return vec![
-            args(&["clone", "--quiet", "--no-checkout", "--", &url, dest]),
-            args(&["-C", dest, "checkout", "--quiet", "--detach", commit]),
-        ];
+        // A commit may not be at any ref's tip, so fetch the history and check it out. A pull
+        // request's head (perhaps from a fork) is only under its `refs/pull/<n>/head`.
+        let mut cmds = vec![args(&[
+            "clone",
+            "--quiet",
+            "--no-checkout",
+            "--",
+            &url,
+            dest,
+        ])];
+        if let Some(pull) = spec
+            .branch
+            .as_deref()
+            .filter(|b| b.starts_with("refs/pull/"))
+        {
+            cmds.push(args(&["-C", dest, "fetch", "--quiet", "origin", pull]));
+        }
+        cmds.push(args(&[
+            "-C", dest, "checkout", "--quiet", "--detach", commit,
+        ]));
+        return cmds;
     }
     let reference = spec
         .tag

@@ -153,6 +153,7 @@ impl Runner {
             return JobStatus::Failed;
         }
         tracing::info!("deployment started");
+        crate::webhooks::events::deployment(&self.deps, &d, "deployment_started").await;
         let prepared = self.prepare(&d);
         // Everything secret the run knows is masked: its secret variables and git credentials.
         let secrets: Vec<String> = match &prepared {
@@ -248,6 +249,20 @@ impl Runner {
             return JobStatus::Failed;
         }
         tracing::info!(status = %status, "deployment finished");
+        let event = if status == JobStatus::Succeeded {
+            "deployment_succeeded"
+        } else {
+            "deployment_failed"
+        };
+        crate::webhooks::events::deployment(&self.deps, &d, event).await;
+        if d.operation == Operation::RemediateDrift {
+            let event = if status == JobStatus::Succeeded {
+                "drift_remediation_succeeded"
+            } else {
+                "drift_remediation_failed"
+            };
+            crate::webhooks::events::drift_remediation(&self.deps, &d, event).await;
+        }
         self.after(&d, status, drift, delete_after).await;
         status
     }
@@ -275,6 +290,14 @@ impl Runner {
                 tracing::error!(error = %e.chain(), "could not record the drift run");
                 return;
             }
+            crate::webhooks::events::drift_detection(
+                &self.deps,
+                d,
+                run.id,
+                run.drift_detected,
+                status == JobStatus::Succeeded,
+            )
+            .await;
             if status == JobStatus::Succeeded
                 && drift == Some(true)
                 && option(d, "remediateIfDriftDetected")

@@ -1,6 +1,7 @@
 //! The embedded adapters: every port on one SQLite file. Production code for `tarmac serve`.
 
 mod db;
+mod notifications;
 mod schedules;
 mod schema;
 
@@ -29,6 +30,7 @@ use crate::store_codec::{
 pub struct SqliteStore {
     db: Arc<Db>,
     work: Arc<Notify>,
+    outbox: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -36,12 +38,18 @@ impl SqliteStore {
         Ok(Self {
             db: Db::open(path)?,
             work: Arc::new(Notify::new()),
+            outbox: Arc::new(Notify::new()),
         })
     }
 
     /// Signalled whenever a deployment may have become claimable.
     pub fn work_signal(&self) -> Arc<Notify> {
         Arc::clone(&self.work)
+    }
+
+    /// Signalled whenever notifications were queued.
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.outbox)
     }
 
     pub(crate) fn wake_workers(&self) {
@@ -274,6 +282,10 @@ impl StackStore for SqliteStore {
                     )));
                 }
                 tx.execute("DELETE FROM stacks WHERE id = ?1", [id])?;
+                tx.execute(
+                    "DELETE FROM hooks WHERE scope = ?1",
+                    [format!("stack/{stack}")],
+                )?;
                 tx.commit()?;
                 Ok(())
             })
@@ -382,6 +394,10 @@ impl StackStore for SqliteStore {
             .await
     }
 
+    async fn list_stack_settings(&self, org: &str) -> Result<Vec<(StackRef, Value)>> {
+        self.stack_settings_of(org).await
+    }
+
     async fn get_outputs(&self, stack: &StackRef) -> Result<Option<Value>> {
         let stack = stack.clone();
         self.db
@@ -429,6 +445,14 @@ impl OrgStore for SqliteStore {
                     .unwrap_or(false))
             })
             .await
+    }
+
+    async fn get_integration(&self, org: &str, kind: &str) -> Result<Option<Value>> {
+        self.integration(org, kind).await
+    }
+
+    async fn put_integration(&self, org: &str, kind: &str, config: Option<&Value>) -> Result<()> {
+        self.set_integration(org, kind, config).await
     }
 
     async fn org_state(&self, org: &str) -> Result<OrgState> {
@@ -504,6 +528,19 @@ impl DeploymentStore for SqliteStore {
             .db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let exists: Option<i64> = tx
+                    .query_row(
+                        "SELECT 1 FROM deployments WHERE id = ?1",
+                        [new.id.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if exists.is_some() {
+                    return Err(Error::conflict(format!(
+                        "deployment {} already exists",
+                        new.id
+                    )));
+                }
                 insert_deployment(&tx, &new)?;
                 let d = query_deployment(&tx, "d.id = ?1", [new.id.to_string()])?
                     .ok_or_else(|| Error::internal("inserted deployment vanished"))?;

@@ -125,6 +125,55 @@ CREATE TABLE oidc_keyring (
     version INTEGER NOT NULL
 );
 "#,
+    r#"
+-- Each stack's event counter: the `sequence` of its webhook payloads.
+ALTER TABLE stacks ADD COLUMN event_seq INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE org_integrations (
+    org    TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    config TEXT NOT NULL,
+    PRIMARY KEY (org, kind)
+) WITHOUT ROWID;
+
+-- Webhooks; `scope` is `org/{org}` or `stack/{org}/{project}/{stack}`.
+CREATE TABLE hooks (
+    scope   TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    body    TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (scope, name)
+) WITHOUT ROWID;
+
+-- Notifications to send; `due` is NULL once done.
+CREATE TABLE outbox (
+    id       TEXT PRIMARY KEY,
+    org      TEXT NOT NULL,
+    target   TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    event    TEXT NOT NULL,
+    body     TEXT NOT NULL,
+    created  INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due      INTEGER
+);
+CREATE INDEX outbox_due ON outbox(due) WHERE due IS NOT NULL;
+
+CREATE TABLE outbox_attempts (
+    message          TEXT NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+    n                INTEGER NOT NULL,
+    target           TEXT NOT NULL,
+    ts               INTEGER NOT NULL,
+    duration_ms      INTEGER NOT NULL,
+    request_url      TEXT NOT NULL,
+    request_headers  TEXT NOT NULL,
+    response_code    INTEGER NOT NULL,
+    response_headers TEXT NOT NULL,
+    response_body    TEXT NOT NULL,
+    PRIMARY KEY (message, n)
+) WITHOUT ROWID;
+CREATE INDEX outbox_attempts_target ON outbox_attempts(target, ts);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -1,0 +1,198 @@
+//! An org's GitHub connection (`/api/orgs/{org}/integrations/github`, admin) and the webhook
+//! GitHub posts to (`.../github/webhook`, authenticated by its signature, not a token).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::extract::{JsonBody, OrgCtx, Params, authorize};
+use crate::domain::{Role, StackRef, validate_name};
+use crate::error::{Error, Result};
+use crate::github::client::GitHub;
+use crate::github::triggers::{Event, Trigger, triggers};
+use crate::github::{Integration, signature_valid};
+
+const KIND: &str = "github";
+
+fn require_admin(ctx: &OrgCtx) -> Result<()> {
+    authorize(&ctx.principal, &ctx.org, Role::Admin, || {
+        Error::not_found("organization not found")
+    })
+}
+
+async fn stored(state: &AppState, org: &str) -> Result<Option<Integration>> {
+    match state.deps.orgs.get_integration(org, KIND).await? {
+        Some(v) => Ok(Some(serde_json::from_value(v)?)),
+        None => Ok(None),
+    }
+}
+
+pub async fn get(State(state): State<AppState>, ctx: OrgCtx) -> Result<Json<Value>> {
+    let i = stored(&state, &ctx.org)
+        .await?
+        .ok_or_else(|| Error::not_found("this organization has no GitHub integration"))?;
+    Ok(Json(i.render()))
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    ctx: OrgCtx,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    require_admin(&ctx)?;
+    let i = Integration::from_request(&body, &state.deps.cipher.for_org(&ctx.org))?;
+    state
+        .deps
+        .orgs
+        .put_integration(&ctx.org, KIND, Some(&serde_json::to_value(&i)?))
+        .await?;
+    Ok(Json(i.render()))
+}
+
+pub async fn delete(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
+    require_admin(&ctx)?;
+    state
+        .deps
+        .orgs
+        .put_integration(&ctx.org, KIND, None)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The id of the deployment a delivery makes for a stack: the same on every redelivery, so a
+/// redelivered event finds its deployments made and makes none.
+fn deployment_id(delivery: &str, stack: &StackRef) -> uuid::Uuid {
+    let h = Sha256::digest(format!("github:{delivery}:{stack}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&h[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// `POST /api/orgs/{org}/integrations/github/webhook`.
+pub async fn webhook(
+    State(state): State<AppState>,
+    Params(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let org = params.get("org").cloned().unwrap_or_default();
+    validate_name("organization", &org)?;
+    // An org without an integration and a bad signature look the same: nothing to learn here.
+    let refused = || Error::Unauthorized("the X-Hub-Signature-256 signature does not match".into());
+    let integration = stored(&state, &org).await?.ok_or_else(refused)?;
+    let cipher = state.deps.cipher.for_org(&org);
+    let secret = cipher.open(&integration.webhook_secret).ok_or_else(|| {
+        Error::internal("the webhook secret cannot be opened with this server's key")
+    })?;
+    if !signature_valid(&secret, &body, header(&headers, "x-hub-signature-256")) {
+        return Err(refused());
+    }
+    let kind = header(&headers, "x-github-event")
+        .unwrap_or_default()
+        .to_string();
+    if kind == "ping" {
+        return Ok(Json(json!({"message": "pong"})).into_response());
+    }
+    let delivery = header(&headers, "x-github-delivery")
+        .filter(|d| !d.is_empty() && d.len() <= 100)
+        .ok_or_else(|| Error::invalid("X-GitHub-Delivery is required"))?
+        .to_string();
+    let Some(event) = Event::parse(&kind, &body)? else {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"delivery": delivery, "ignored": format!("event '{kind}' is not one Tarmac acts on"), "deployments": []})),
+        )
+            .into_response());
+    };
+    let stacks = state.deps.stacks.list_stack_settings(&org).await?;
+    let wanted = triggers(&event, &stacks);
+    let repo = event.repository();
+    // The clone token is fetched only for stacks that clone from GitHub itself.
+    let needs_token = wanted.iter().any(|t| {
+        stacks
+            .iter()
+            .find(|(s, _)| *s == t.stack)
+            .is_some_and(|(_, settings)| {
+                settings["sourceContext"]["git"]["repoUrl"]
+                    .as_str()
+                    .is_none_or(|u| u.trim().is_empty())
+            })
+    });
+    let token = if needs_token {
+        GitHub::new(&integration, |s| cipher.open(s))?
+            .token(event.installation())
+            .await?
+    } else {
+        None
+    };
+    let clone_url = repo
+        .clone_url
+        .clone()
+        .unwrap_or_else(|| format!("https://github.com/{}.git", repo.full_name));
+    let mut made = Vec::new();
+    let mut duplicates = 0;
+    for t in &wanted {
+        match create(&state, &delivery, &kind, &event, t, &stacks, &clone_url, token.as_deref()).await? {
+            Some(d) => made.push(json!({"stack": d.stack.to_string(), "id": d.id, "version": d.version, "operation": d.operation.as_str()})),
+            None => duplicates += 1,
+        }
+    }
+    tracing::info!(%org, %delivery, event = %kind, deployments = made.len(), duplicates, "GitHub webhook");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"delivery": delivery, "deployments": made, "duplicates": duplicates})),
+    )
+        .into_response())
+}
+
+/// Creates one trigger's deployment; `None` if this delivery already made it.
+#[allow(clippy::too_many_arguments)]
+async fn create(
+    state: &AppState,
+    delivery: &str,
+    kind: &str,
+    event: &Event,
+    t: &Trigger,
+    stacks: &[(StackRef, Value)],
+    clone_url: &str,
+    token: Option<&str>,
+) -> Result<Option<crate::domain::Deployment>> {
+    let settings = stacks
+        .iter()
+        .find(|(s, _)| *s == t.stack)
+        .map(|(_, v)| v.clone())
+        .unwrap_or(Value::Null);
+    let request = t.request(&settings, Some((clone_url, token)));
+    let mut new = crate::service::prepare_deployment(
+        &state.deps,
+        &t.stack,
+        &request,
+        Some(&settings),
+        "github",
+        "github",
+    )?;
+    new.id = deployment_id(delivery, &t.stack);
+    new.config["trigger"] = json!({
+        "provider": "github",
+        "event": kind,
+        "delivery": delivery,
+        "repository": event.repository().full_name,
+        "commit": t.commit,
+        "pullRequest": t.pull_request,
+        "installation": event.installation(),
+    });
+    match crate::service::store_deployment(&state.deps, new).await {
+        Ok(d) => Ok(Some(d)),
+        Err(Error::Conflict(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,374 @@
+//! Sending outbox messages: signed HTTP POSTs to hooks, and GitHub API calls, each attempt
+//! recorded, failures retried with exponential backoff.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::HookScope;
+use crate::deps::Deps;
+use crate::domain::StackRef;
+use crate::error::{Error, Result};
+use crate::github::client::GitHub;
+use crate::github::{Integration, hmac_hex};
+use crate::ports::{Attempt, OutboxMessage};
+
+/// Attempts per message before it is given up (about four minutes of retries at the default
+/// base).
+pub const MAX_ATTEMPTS: u32 = 8;
+/// The first retry's delay; each next one doubles, up to `MAX_DELAY`.
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+const MAX_DELAY: Duration = Duration::from_secs(300);
+/// A receiver gets this long to answer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response bodies are kept up to this size in the delivery log.
+const KEEP_BODY: usize = 4096;
+
+/// When to try again after `attempts` failed attempts; `None` once they are spent.
+pub fn next_attempt(attempts: u32, now: OffsetDateTime, base: Duration) -> Option<OffsetDateTime> {
+    if attempts >= MAX_ATTEMPTS {
+        return None;
+    }
+    let delay = base
+        .saturating_mul(1 << attempts.saturating_sub(1).min(20))
+        .min(MAX_DELAY);
+    Some(now + delay)
+}
+
+/// `hook:<scope key>/<name>` back into its scope and name.
+pub fn parse_hook_target(target: &str) -> Option<(HookScope, String)> {
+    let rest = target.strip_prefix("hook:")?;
+    let (scope, name) = rest.rsplit_once('/')?;
+    if let Some(org) = scope.strip_prefix("org/") {
+        return Some((
+            HookScope {
+                org: org.to_string(),
+                stack: None,
+            },
+            name.to_string(),
+        ));
+    }
+    let mut parts = scope.strip_prefix("stack/")?.splitn(3, '/');
+    let stack = StackRef::new(parts.next()?, parts.next()?, parts.next()?).ok()?;
+    Some((
+        HookScope {
+            org: stack.org.clone(),
+            stack: Some(stack),
+        },
+        name.to_string(),
+    ))
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(SEND_TIMEOUT)
+        .user_agent(concat!("tarmac/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Sends one message once and returns the attempt, whatever happened. `Ok(None)` when the
+/// message has nowhere to go any more (its hook was deleted or deactivated).
+pub async fn send(deps: &Deps, m: &OutboxMessage) -> Result<Option<Attempt>> {
+    if m.target == "github" {
+        return Ok(Some(send_github(deps, m).await));
+    }
+    let (scope, name) = parse_hook_target(&m.target)
+        .ok_or_else(|| Error::internal(format!("bad outbox target {}", m.target)))?;
+    let Some(hooks) = &deps.hooks else {
+        return Ok(None);
+    };
+    let Some(hook) = hooks.get_hook(&scope, &name).await? else {
+        return Ok(None);
+    };
+    if !hook.active && m.kind != "ping" {
+        return Ok(None);
+    }
+    let secret = match &hook.secret {
+        Some(s) => Some(deps.cipher.for_org(&scope.org).open(s).ok_or_else(|| {
+            Error::internal("a webhook secret cannot be opened with this server's key")
+        })?),
+        None => None,
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut headers: Vec<(String, String)> = vec![
+        ("Content-Type".into(), "application/json".into()),
+        ("Pulumi-Webhook-ID".into(), m.id.clone()),
+        ("Pulumi-Webhook-Kind".into(), m.kind.clone()),
+        ("Tarmac-Webhook-Event".into(), m.event.clone()),
+    ];
+    if let Some(secret) = &secret {
+        let t = now.unix_timestamp();
+        headers.push((
+            "Pulumi-Webhook-Signature".into(),
+            hmac_hex(secret, m.body.as_bytes()),
+        ));
+        headers.push((
+            "Tarmac-Webhook-Signature".into(),
+            format!(
+                "t={t},v1={}",
+                hmac_hex(secret, format!("{t}.{}", m.body).as_bytes())
+            ),
+        ));
+    }
+    let mut req = http().post(&hook.payload_url).body(m.body.clone());
+    for (k, v) in &headers {
+        req = req.header(k, v);
+    }
+    let started = Instant::now();
+    let result = req.send().await;
+    let duration_ms = started.elapsed().as_millis() as i64;
+    let request_headers: String = headers
+        .iter()
+        .filter(|(k, _)| !k.ends_with("Signature"))
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let attempt = match result {
+        Ok(resp) => {
+            let code = resp.status().as_u16() as i64;
+            let response_headers: String = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap_or("")))
+                .collect();
+            let mut body = resp.text().await.unwrap_or_default();
+            body.truncate(KEEP_BODY);
+            Attempt {
+                timestamp: now,
+                duration_ms,
+                request_url: hook.payload_url.clone(),
+                request_headers,
+                response_code: code,
+                response_headers,
+                response_body: body,
+            }
+        }
+        Err(e) => Attempt {
+            timestamp: now,
+            duration_ms,
+            request_url: hook.payload_url.clone(),
+            request_headers,
+            response_code: 0,
+            response_headers: String::new(),
+            response_body: format!("no response: {e}"),
+        },
+    };
+    Ok(Some(attempt))
+}
+
+async fn send_github(deps: &Deps, m: &OutboxMessage) -> Attempt {
+    let now = OffsetDateTime::now_utc();
+    let started = Instant::now();
+    let body: Value = serde_json::from_str(&m.body).unwrap_or(Value::Null);
+    let result = github_call(deps, &m.org, &m.kind, &body).await;
+    let (code, response_body) = match &result {
+        Ok(url) => (200, url.clone()),
+        Err(e) => (0, e.to_string()),
+    };
+    Attempt {
+        timestamp: now,
+        duration_ms: started.elapsed().as_millis() as i64,
+        request_url: result.unwrap_or_default(),
+        request_headers: String::new(),
+        response_code: code,
+        response_headers: String::new(),
+        response_body,
+    }
+}
+
+/// Makes the GitHub call a message describes; returns the API path it called.
+async fn github_call(deps: &Deps, org: &str, kind: &str, body: &Value) -> Result<String> {
+    let stored = deps
+        .orgs
+        .get_integration(org, "github")
+        .await?
+        .ok_or_else(|| Error::invalid("the org's GitHub integration was removed"))?;
+    let integration: Integration = serde_json::from_value(stored)?;
+    let cipher = deps.cipher.for_org(org);
+    let gh = GitHub::new(&integration, |s| cipher.open(s))?;
+    let token = gh
+        .token(body["installation"].as_i64())
+        .await?
+        .ok_or_else(|| Error::invalid("the GitHub integration has no token or App"))?;
+    let repo = body["repository"].as_str().unwrap_or_default();
+    match kind {
+        "github_status" => {
+            let commit = body["commit"].as_str().unwrap_or_default();
+            gh.set_status(&token, repo, commit, &body["status"]).await?;
+            Ok(format!("/repos/{repo}/statuses/{commit}"))
+        }
+        "github_comment" => {
+            let pr = body["pullRequest"].as_i64().unwrap_or_default();
+            gh.upsert_comment(
+                &token,
+                repo,
+                pr,
+                body["marker"].as_str().unwrap_or_default(),
+                body["body"].as_str().unwrap_or_default(),
+            )
+            .await?;
+            Ok(format!("/repos/{repo}/issues/{pr}/comments"))
+        }
+        other => Err(Error::internal(format!("unknown GitHub message {other}"))),
+    }
+}
+
+fn delivered(a: &Attempt) -> bool {
+    (200..300).contains(&a.response_code)
+}
+
+/// Sends one claimed message and records the attempt, scheduling the next if it failed.
+pub async fn deliver(deps: &Deps, m: &OutboxMessage, attempts_before: u32, base: Duration) {
+    let Some(outbox) = &deps.outbox else { return };
+    let attempt = match send(deps, m).await {
+        Ok(Some(a)) => a,
+        // Nowhere to go: done, without an attempt.
+        Ok(None) => {
+            let _ = outbox.finish(&m.id).await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(id = %m.id, error = %e.chain(), "could not send a notification");
+            let next = next_attempt(attempts_before + 1, OffsetDateTime::now_utc(), base);
+            let _ = outbox.reschedule(&m.id, next).await;
+            return;
+        }
+    };
+    let next = if delivered(&attempt) {
+        None
+    } else {
+        next_attempt(attempts_before + 1, OffsetDateTime::now_utc(), base)
+    };
+    if next.is_none() && !delivered(&attempt) {
+        tracing::warn!(id = %m.id, target = %m.target, "notification given up after {MAX_ATTEMPTS} attempts");
+    }
+    if let Err(e) = outbox.record_attempt(&m.id, &attempt, next).await {
+        tracing::error!(id = %m.id, error = %e.chain(), "could not record a delivery attempt");
+    }
+}
+
+/// Sends a message now, outside the schedule (a ping, a redelivery), records the attempt and
+/// returns it. A failed send is retried on the usual schedule.
+pub async fn deliver_now(deps: &Deps, m: &OutboxMessage, attempts_before: u32) -> Result<Attempt> {
+    let outbox = deps
+        .outbox
+        .as_ref()
+        .ok_or_else(|| Error::not_found("webhooks are not available here"))?;
+    let attempt = send(deps, m)
+        .await?
+        .ok_or_else(|| Error::not_found("the webhook no longer exists"))?;
+    let next = if delivered(&attempt) || m.kind == "ping" {
+        None
+    } else {
+        next_attempt(attempts_before + 1, OffsetDateTime::now_utc(), RETRY_BASE)
+    };
+    outbox.record_attempt(&m.id, &attempt, next).await?;
+    Ok(attempt)
+}
+
+/// The embedded dispatcher: sends due messages until `stop`, woken early by `wake`.
+pub fn spawn(
+    deps: Arc<Deps>,
+    wake: Arc<Notify>,
+    base: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(outbox) = deps.outbox.clone() else {
+            return;
+        };
+        let mut running = tokio::task::JoinSet::new();
+        while !stop.is_cancelled() {
+            while running.try_join_next().is_some() {}
+            let claimed = if running.len() < 16 {
+                outbox
+                    .claim_due(
+                        OffsetDateTime::now_utc(),
+                        16 - running.len(),
+                        SEND_TIMEOUT * 3,
+                    )
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e.chain(), "outbox claim failed");
+                        vec![]
+                    })
+            } else {
+                vec![]
+            };
+            let idle = claimed.is_empty();
+            for (m, attempts) in claimed {
+                let deps = Arc::clone(&deps);
+                running.spawn(async move { deliver(&deps, &m, attempts, base).await });
+            }
+            if idle {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        }
+        // In-flight sends get their timeout to finish; their messages stay claimed otherwise
+        // and are sent again after the lease.
+        let _ = tokio::time::timeout(SEND_TIMEOUT, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+    })
+}
+
+/// A delivery as Pulumi shows it, plus Tarmac's `event` and `attempt`.
+pub fn render_delivery(m: &OutboxMessage, a: &Attempt, n: usize) -> Value {
+    json!({
+        "id": m.id,
+        "kind": m.kind,
+        "event": m.event,
+        "attempt": n,
+        "payload": m.body,
+        "timestamp": a.timestamp.unix_timestamp(),
+        "duration": a.duration_ms,
+        "requestUrl": a.request_url,
+        "requestHeaders": a.request_headers,
+        "responseCode": a.response_code,
+        "responseHeaders": a.response_headers,
+        "responseBody": a.response_body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_and_stop() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let delay = |n| next_attempt(n, now, RETRY_BASE).map(|t| (t - now).whole_seconds());
+        assert_eq!(delay(1), Some(1));
+        assert_eq!(delay(2), Some(2));
+        assert_eq!(delay(3), Some(4));
+        assert_eq!(delay(7), Some(64));
+        assert_eq!(delay(MAX_ATTEMPTS), None);
+    }
+
+    #[test]
+    fn hook_targets_round_trip() {
+        let s = HookScope {
+            org: "acme".into(),
+            stack: Some(StackRef::new("acme", "web", "dev").unwrap()),
+        };
+        let t = super::super::events::hook_target(&s, "ab12cd34");
+        assert_eq!(parse_hook_target(&t), Some((s, "ab12cd34".into())));
+        let o = HookScope {
+            org: "acme".into(),
+            stack: None,
+        };
+        assert_eq!(
+            parse_hook_target(&super::super::events::hook_target(&o, "x")),
+            Some((o, "x".into()))
+        );
+    }
+}

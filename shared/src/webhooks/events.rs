@@ -1,0 +1,353 @@
+//! From lifecycle events to outbox messages: one per interested hook, formatted for it, and the
+//! GitHub status (and preview comment) of deployments that GitHub triggered.
+//!
+//! Emitting never fails the caller and never waits on a receiver: it writes outbox messages
+//! and returns. Stacks with no hook and no GitHub trigger cost one read.
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::{EMITTED, Format, Hook, HookScope};
+use crate::deps::Deps;
+use crate::domain::{Deployment, JobStatus, Operation, StackRef};
+use crate::ports::{LogQuery, OutboxMessage};
+
+/// The GitHub event a deployment came from, kept in its configuration under `trigger`.
+pub fn github_trigger(d: &Deployment) -> Option<&Value> {
+    let t = &d.config["trigger"];
+    (t["provider"] == "github").then_some(t)
+}
+
+pub fn deployment_url(deps: &Deps, stack: &StackRef, version: i64) -> String {
+    format!(
+        "{}/{}/{}/{}/deployments/{version}",
+        deps.public_url, stack.org, stack.project, stack.stack
+    )
+}
+
+fn kind_of(event: &str) -> &'static str {
+    EMITTED
+        .iter()
+        .find(|(e, _, _)| *e == event)
+        .map_or("deployment", |(_, k, _)| *k)
+}
+
+/// Pulumi's raw payload for a deployment event, plus `sequence`, `deploymentId` and `event`.
+fn deployment_payload(
+    deps: &Deps,
+    d: &Deployment,
+    status: JobStatus,
+    event: &str,
+    seq: i64,
+) -> Value {
+    let org = json!({"name": d.stack.org, "githubLogin": d.stack.org, "avatarUrl": ""});
+    json!({
+        "user": {"name": d.requested_by, "githubLogin": d.requested_by, "avatarUrl": ""},
+        "organization": org,
+        "projectName": d.stack.project,
+        "stackName": d.stack.stack,
+        "deploymentUrl": deployment_url(deps, &d.stack, d.version),
+        "version": d.version,
+        "operation": d.operation.as_str(),
+        "status": status.as_str(),
+        "deploymentId": d.id,
+        "event": event,
+        "sequence": seq,
+    })
+}
+
+/// A one-line summary for chat formats.
+fn summary(payload: &Value, event: &str) -> String {
+    let stack = format!(
+        "{}/{}/{}",
+        payload["organization"]["name"].as_str().unwrap_or_default(),
+        payload["projectName"].as_str().unwrap_or_default(),
+        payload["stackName"].as_str().unwrap_or_default()
+    );
+    let url = payload["deploymentUrl"]
+        .as_str()
+        .or(payload["referenceUrl"].as_str())
+        .unwrap_or_default();
+    let what = match event {
+        e if e.starts_with("deployment_") => format!(
+            "deployment #{} ({}) {}",
+            payload["version"],
+            payload["operation"].as_str().unwrap_or_default(),
+            &e["deployment_".len()..]
+        ),
+        e => e.replace('_', " "),
+    };
+    format!("{stack}: {what} <{url}>")
+}
+
+/// The body a hook of `format` receives.
+pub fn format_body(format: Format, payload: &Value, event: &str) -> Value {
+    match format {
+        Format::Raw => payload.clone(),
+        Format::Slack => json!({ "text": summary(payload, event) }),
+        Format::MsTeams => {
+            let color = if event.ends_with("failed") {
+                "d73a49"
+            } else {
+                "2ea44f"
+            };
+            json!({
+                "@type": "MessageCard",
+                "@context": "https://schema.org/extensions",
+                "summary": summary(payload, event),
+                "themeColor": color,
+                "title": event.replace('_', " "),
+                "text": summary(payload, event),
+            })
+        }
+    }
+}
+
+/// Hook messages for `event` on `stack`, with the payload built for the sequence number the
+/// stack's counter hands out. Nothing is read or counted when no hook wants the event.
+async fn hook_messages(
+    deps: &Deps,
+    stack: &StackRef,
+    event: &str,
+    payload: impl FnOnce(i64) -> Value,
+) -> crate::error::Result<(Vec<OutboxMessage>, Vec<(HookScope, Hook)>)> {
+    let (Some(hooks), Some(outbox)) = (&deps.hooks, &deps.outbox) else {
+        return Ok((vec![], vec![]));
+    };
+    let wanting: Vec<(HookScope, Hook)> = hooks
+        .hooks_for_stack(stack)
+        .await?
+        .into_iter()
+        .filter(|(_, h)| h.wants(event))
+        .collect();
+    if wanting.is_empty() {
+        return Ok((vec![], wanting));
+    }
+    let seq = outbox.next_event_sequence(stack).await?;
+    let payload = payload(seq);
+    let now = OffsetDateTime::now_utc();
+    let messages = wanting
+        .iter()
+        .map(|(scope, hook)| OutboxMessage {
+            id: uuid::Uuid::new_v4().to_string(),
+            org: stack.org.clone(),
+            target: hook_target(scope, &hook.name),
+            kind: kind_of(event).to_string(),
+            event: event.to_string(),
+            body: format_body(hook.format, &payload, event).to_string(),
+            created: now,
+        })
+        .collect();
+    Ok((messages, wanting))
+}
+
+pub fn hook_target(scope: &HookScope, name: &str) -> String {
+    format!("hook:{}/{name}", scope.key())
+}
+
+/// Emits a deployment event (`deployment_queued`, `_started`, `_succeeded`, `_failed`).
+pub async fn deployment(deps: &Deps, d: &Deployment, event: &str) {
+    let status = match event {
+        "deployment_queued" => JobStatus::NotStarted,
+        "deployment_started" => JobStatus::Running,
+        "deployment_succeeded" => JobStatus::Succeeded,
+        _ => JobStatus::Failed,
+    };
+    let result = async {
+        let (mut messages, _) = hook_messages(deps, &d.stack, event, |seq| {
+            deployment_payload(deps, d, status, event, seq)
+        })
+        .await?;
+        messages.extend(github_messages(deps, d, event).await);
+        if !messages.is_empty()
+            && let Some(outbox) = &deps.outbox
+        {
+            outbox.enqueue(&messages, true).await?;
+        }
+        Ok::<_, crate::error::Error>(())
+    };
+    if let Err(e) = result.await {
+        tracing::error!(deployment_id = %d.id, event, error = %e.chain(), "could not queue notifications");
+    }
+}
+
+/// Emits `drift_remediation_succeeded` or `_failed` for a finished `remediate-drift`.
+pub async fn drift_remediation(deps: &Deps, d: &Deployment, event: &str) {
+    let result = async {
+        let (messages, _) = hook_messages(deps, &d.stack, event, |seq| {
+            json!({
+                "organization": {"name": d.stack.org, "githubLogin": d.stack.org, "avatarUrl": ""},
+                "projectName": d.stack.project,
+                "stackName": d.stack.stack,
+                "status": if event.ends_with("succeeded") { "succeeded" } else { "failed" },
+                "resourceChanges": {},
+                "referenceUrl": deployment_url(deps, &d.stack, d.version),
+                "event": event,
+                "sequence": seq,
+            })
+        })
+        .await?;
+        if let (false, Some(outbox)) = (messages.is_empty(), &deps.outbox) {
+            outbox.enqueue(&messages, true).await?;
+        }
+        Ok::<_, crate::error::Error>(())
+    };
+    if let Err(e) = result.await {
+        tracing::error!(deployment_id = %d.id, event, error = %e.chain(), "could not queue notifications");
+    }
+}
+
+/// Emits a drift run's events: `drift_detected` when drift was found, then
+/// `drift_detection_succeeded` or `_failed`.
+pub async fn drift_detection(
+    deps: &Deps,
+    d: &Deployment,
+    run_id: uuid::Uuid,
+    drift: bool,
+    ok: bool,
+) {
+    let mut events = vec![];
+    if drift {
+        events.push("drift_detected");
+    }
+    events.push(if ok {
+        "drift_detection_succeeded"
+    } else {
+        "drift_detection_failed"
+    });
+    for event in events {
+        let result = async {
+            let (messages, _) = hook_messages(deps, &d.stack, event, |seq| {
+                json!({
+                    "organization": {"name": d.stack.org, "githubLogin": d.stack.org, "avatarUrl": ""},
+                    "projectName": d.stack.project,
+                    "stackName": d.stack.stack,
+                    "driftDetected": drift,
+                    "driftRunId": run_id,
+                    "status": if ok { "succeeded" } else { "failed" },
+                    "resourceChanges": {},
+                    "referenceUrl": deployment_url(deps, &d.stack, d.version),
+                    "event": event,
+                    "sequence": seq,
+                })
+            })
+            .await?;
+            if let (false, Some(outbox)) = (messages.is_empty(), &deps.outbox) {
+                outbox.enqueue(&messages, true).await?;
+            }
+            Ok::<_, crate::error::Error>(())
+        };
+        if let Err(e) = result.await {
+            tracing::error!(deployment_id = %d.id, event, error = %e.chain(), "could not queue notifications");
+        }
+    }
+}
+
+/// The GitHub messages for a deployment GitHub triggered: its commit status at every event,
+/// and for a finished preview of a pull request, the comment with the change summary.
+async fn github_messages(deps: &Deps, d: &Deployment, event: &str) -> Vec<OutboxMessage> {
+    let Some(t) = github_trigger(d) else {
+        return vec![];
+    };
+    let (repo, commit) = (t["repository"].as_str(), t["commit"].as_str());
+    let (Some(repo), Some(commit)) = (repo, commit) else {
+        return vec![];
+    };
+    let (state, description) = match event {
+        "deployment_queued" => ("pending", format!("{} queued", d.operation)),
+        "deployment_started" => ("pending", format!("{} running", d.operation)),
+        "deployment_succeeded" => ("success", format!("{} succeeded", d.operation)),
+        _ => ("failure", format!("{} failed", d.operation)),
+    };
+    let url = deployment_url(deps, &d.stack, d.version);
+    let now = OffsetDateTime::now_utc();
+    let message = |kind: &str, body: Value| OutboxMessage {
+        id: uuid::Uuid::new_v4().to_string(),
+        org: d.stack.org.clone(),
+        target: "github".into(),
+        kind: kind.into(),
+        event: event.into(),
+        body: body.to_string(),
+        created: now,
+    };
+    let installation = t["installation"].clone();
+    let mut out = vec![message(
+        "github_status",
+        json!({
+            "repository": repo,
+            "commit": commit,
+            "installation": installation,
+            "status": {
+                "state": state,
+                "target_url": url,
+                "description": description,
+                "context": format!("tarmac/{}/{}", d.stack.project, d.stack.stack),
+            },
+        }),
+    )];
+    let finished = matches!(event, "deployment_succeeded" | "deployment_failed");
+    if finished
+        && d.operation == Operation::Preview
+        && let Some(pr) = t["pullRequest"].as_i64()
+    {
+        let outcome = if event == "deployment_succeeded" {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        let changes = change_summary(deps, d).await;
+        let body = format!(
+            "**Tarmac preview** of `{}` at `{}` {outcome}.\n\n{changes}\n\n[Deployment #{}]({url})",
+            d.stack,
+            &commit[..commit.len().min(7)],
+            d.version
+        );
+        out.push(message(
+            "github_comment",
+            json!({
+                "repository": repo,
+                "pullRequest": pr,
+                "installation": installation,
+                "marker": format!("<!-- tarmac:{} -->", d.stack),
+                "body": body,
+            }),
+        ));
+    }
+    out
+}
+
+/// The engine's own summary lines from the deployment's log: Terraform's `Plan:` / `No
+/// changes.`, Pulumi's resource counts.
+async fn change_summary(deps: &Deps, d: &Deployment) -> String {
+    let entries = deps
+        .logs
+        .read_logs(
+            d.id,
+            LogQuery::Stream {
+                after: 0,
+                limit: 100_000,
+            },
+        )
+        .await
+        .unwrap_or_default();
+    let lines: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.line.as_deref())
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("Plan:")
+                || l.starts_with("No changes.")
+                || l.starts_with("Changes to Outputs")
+                || l.contains(" to create")
+                || l.contains(" to update")
+                || l.contains(" to delete")
+                || l.contains(" unchanged")
+        })
+        .map(|l| format!("    {l}"))
+        .collect();
+    if lines.is_empty() {
+        "No change summary was found in the log.".into()
+    } else {
+        lines.join("\n")
+    }
+}

@@ -1,0 +1,400 @@
+//! GitHub in: real webhook payloads (`events/github-*.json`, from `@octokit/webhooks-examples`)
+//! signed and posted to a real server, deploying real commits of a real repository with the
+//! Terraform engine; GitHub out: statuses and preview comments sent to a fake GitHub.
+//!
+//! The payloads name commits of GitHub's example repository; each test swaps those ids for
+//! commits of its own repository, and keeps everything else as GitHub sent it.
+
+use serde_json::{Value, json};
+
+use crate::fakes::FakeServer;
+use crate::support::{TestApp, TestRepo, stack};
+
+const PUSHED: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+const PR_HEAD: &str = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+const SECRET: &str = "webhook-secret-for-tests";
+
+fn fixture(name: &str, swaps: &[(&str, &str)]) -> String {
+    let mut text =
+        std::fs::read_to_string(format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    for (from, to) in swaps {
+        text = text.replace(from, to);
+    }
+    text
+}
+
+fn sign(body: &str) -> String {
+    use aws_lc_rs::hmac;
+    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
+    let tag = hmac::sign(&key, body.as_bytes());
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// Posts a GitHub event; `signature` `None` leaves the header out.
+async fn deliver(
+    app: &TestApp,
+    event: &str,
+    delivery: &str,
+    body: &str,
+    signature: Option<String>,
+) -> (u16, Value) {
+    let mut req = app
+        .client
+        .post(format!(
+            "{}/api/orgs/default/integrations/github/webhook",
+            app.url
+        ))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    if let Some(s) = signature {
+        req = req.header("X-Hub-Signature-256", s);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn connect(app: &TestApp, github: &FakeServer) {
+    let (status, body) = app
+        .put(
+            "/api/orgs/default/integrations/github",
+            json!({"webhookSecret": SECRET, "apiUrl": github.url, "token": "ghp_configured_token"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains(SECRET) && !body.to_string().contains("ghp_"));
+}
+
+async fn settings(app: &TestApp, name: &str, repo: &TestRepo, branch: &str, gh: Value) {
+    let mut s = repo.settings();
+    s["sourceContext"]["git"]["branch"] = json!(branch);
+    s["gitHub"] = gh;
+    let (status, body) = app
+        .post(
+            &format!("/api/stacks/{}/deployments/settings", stack(name)),
+            s,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn deployment_count(app: &TestApp, name: &str) -> i64 {
+    let (_, list) = app
+        .get(&format!("/api/stacks/{}/deployments", stack(name)))
+        .await;
+    list["total"].as_i64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn pushes_and_tags_deploy_the_pushed_commit_once_and_report_status_to_github() {
+    let app = TestApp::spawn().await;
+    let github = FakeServer::github().await;
+    connect(&app, &github).await;
+    let repo = TestRepo::new();
+    repo.git(&["branch", "master"]);
+    let sha = repo.git(&["rev-parse", "HEAD"]);
+    let gh = |extra: Value| {
+        let mut v = json!({"repository": "Codertocat/Hello-World"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    // README.md is the pushed change.
+    settings(
+        &app,
+        "gh-push",
+        &repo,
+        "master",
+        gh(json!({"deployCommits": true, "paths": ["README.md", "infra/**"]})),
+    )
+    .await;
+    settings(
+        &app,
+        "gh-docs",
+        &repo,
+        "master",
+        gh(json!({"deployCommits": true, "paths": ["docs/**", "!README.md"]})),
+    )
+    .await;
+    settings(
+        &app,
+        "gh-other-branch",
+        &repo,
+        "main",
+        gh(json!({"deployCommits": true})),
+    )
+    .await;
+    settings(
+        &app,
+        "gh-tags",
+        &repo,
+        "master",
+        gh(json!({"deployTags": true, "tagFilters": ["simple-*"]})),
+    )
+    .await;
+    let mut other = repo.settings();
+    other["gitHub"] = json!({"repository": "Someone/Else", "deployCommits": true});
+    app.post(
+        &format!(
+            "/api/stacks/{}/deployments/settings",
+            stack("gh-other-repo")
+        ),
+        other,
+    )
+    .await;
+
+    let push = fixture("github-push.json", &[(PUSHED, &sha)]);
+    let (status, body) = deliver(&app, "push", "delivery-push-1", &push, Some(sign(&push))).await;
+    assert_eq!(status, 202, "{body}");
+    let made = body["deployments"].as_array().unwrap();
+    assert_eq!(made.len(), 1, "{body}");
+    assert_eq!(made[0]["stack"], "default/proj/gh-push");
+    assert_eq!(made[0]["operation"], "update");
+    let id = made[0]["id"].as_str().unwrap().to_string();
+    let d = app
+        .wait_for(&stack("gh-push"), &id, Some("succeeded"))
+        .await;
+    assert_eq!(d["initiator"], "github");
+    let log = app.log_text(&stack("gh-push"), &id).await;
+    assert!(log.contains(&format!("Checked out {sha}")), "{log}");
+
+    // A redelivery does nothing twice.
+    let (status, again) = deliver(&app, "push", "delivery-push-1", &push, Some(sign(&push))).await;
+    assert_eq!(status, 202);
+    assert_eq!(again["deployments"], json!([]));
+    assert_eq!(again["duplicates"], 1);
+    for (name, want) in [
+        ("gh-push", 1),
+        ("gh-docs", 0),
+        ("gh-other-branch", 0),
+        ("gh-other-repo", 0),
+        ("gh-tags", 0),
+    ] {
+        assert_eq!(deployment_count(&app, name).await, want, "{name}");
+    }
+
+    // The commit's status went pending, then success, linked to the deployment.
+    let statuses = github
+        .wait_until("a success status", |rs| {
+            rs.iter().any(|r| {
+                r.path == format!("/repos/Codertocat/Hello-World/statuses/{sha}")
+                    && r.json()["state"] == "success"
+            })
+        })
+        .await;
+    let mine: Vec<&crate::fakes::Recorded> = statuses
+        .iter()
+        .filter(|r| r.path.contains("/statuses/"))
+        .collect();
+    assert_eq!(mine[0].json()["state"], "pending");
+    let last = mine.last().unwrap().json();
+    assert_eq!(last["context"], "tarmac/proj/gh-push");
+    assert!(
+        last["target_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/default/proj/gh-push/deployments/1")
+    );
+    assert_eq!(
+        mine[0].header("authorization"),
+        Some("token ghp_configured_token")
+    );
+
+    // A tag push deploys the stacks that follow matching tags, at the tagged commit.
+    let tag = fixture("github-push-tag.json", &[(PUSHED, &sha)]);
+    let (status, body) = deliver(&app, "push", "delivery-tag-1", &tag, Some(sign(&tag))).await;
+    assert_eq!(status, 202, "{body}");
+    let made = body["deployments"].as_array().unwrap();
+    assert_eq!(made.len(), 1, "{body}");
+    assert_eq!(made[0]["stack"], "default/proj/gh-tags");
+    app.wait_for(
+        &stack("gh-tags"),
+        made[0]["id"].as_str().unwrap(),
+        Some("succeeded"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pull_requests_get_a_preview_and_one_comment_updated_in_place() {
+    let app = TestApp::spawn().await;
+    let github = FakeServer::github().await;
+    connect(&app, &github).await;
+    let repo = TestRepo::new();
+    repo.git(&["branch", "master"]);
+    settings(
+        &app,
+        "gh-previews",
+        &repo,
+        "master",
+        json!({"repository": "Codertocat/Hello-World", "previewPullRequests": true}),
+    )
+    .await;
+    settings(
+        &app,
+        "gh-no-previews",
+        &repo,
+        "master",
+        json!({"repository": "Codertocat/Hello-World", "deployCommits": true}),
+    )
+    .await;
+
+    // The pull request's head exists only under refs/pull/2/head, as a fork's would.
+    let head = repo.commit(
+        &[("infra/extra.tf", "resource \"terraform_data\" \"y\" {}\n")],
+        "pr change",
+    );
+    repo.git(&["update-ref", "refs/pull/2/head", &head]);
+    repo.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    let opened = fixture("github-pull_request-opened.json", &[(PR_HEAD, &head)]);
+    let (status, body) = deliver(
+        &app,
+        "pull_request",
+        "delivery-pr-1",
+        &opened,
+        Some(sign(&opened)),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let made = body["deployments"].as_array().unwrap();
+    assert_eq!(made.len(), 1, "{body}");
+    assert_eq!(made[0]["operation"], "preview");
+    let id = made[0]["id"].as_str().unwrap().to_string();
+    app.wait_for(&stack("gh-previews"), &id, Some("succeeded"))
+        .await;
+    let log = app.log_text(&stack("gh-previews"), &id).await;
+    assert!(log.contains(&format!("Checked out {head}")), "{log}");
+
+    let recorded = github
+        .wait_until("the preview comment", |rs| {
+            rs.iter().any(|r| {
+                r.method == "POST" && r.path == "/repos/Codertocat/Hello-World/issues/2/comments"
+            })
+        })
+        .await;
+    let comment = recorded
+        .iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/issues/2/comments"))
+        .unwrap()
+        .json();
+    let text = comment["body"].as_str().unwrap();
+    assert!(
+        text.contains("Tarmac preview") && text.contains("succeeded"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Plan: 2 to add"),
+        "the change summary: {text}"
+    );
+
+    // The next push to the pull request previews again and edits the same comment.
+    repo.git(&["checkout", "-q", &head]);
+    let head2 = repo.commit(
+        &[("infra/more.tf", "resource \"terraform_data\" \"z\" {}\n")],
+        "more",
+    );
+    repo.git(&["update-ref", "refs/pull/2/head", &head2]);
+    let sync = fixture("github-pull_request-synchronize.json", &[(PR_HEAD, &head2)]);
+    let (status, body) = deliver(
+        &app,
+        "pull_request",
+        "delivery-pr-2",
+        &sync,
+        Some(sign(&sync)),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id2 = body["deployments"][0]["id"].as_str().unwrap().to_string();
+    app.wait_for(&stack("gh-previews"), &id2, Some("succeeded"))
+        .await;
+    let recorded = github
+        .wait_until("the comment edited in place", |rs| {
+            rs.iter().any(|r| {
+                r.method == "PATCH"
+                    && r.path == "/repos/Codertocat/Hello-World/issues/comments/1000"
+            })
+        })
+        .await;
+    let posts = recorded
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/issues/2/comments"))
+        .count();
+    assert_eq!(posts, 1, "one comment per stack and pull request");
+    assert_eq!(deployment_count(&app, "gh-no-previews").await, 0);
+}
+
+#[tokio::test]
+async fn unsigned_foreign_and_uninteresting_events_change_nothing() {
+    let app = TestApp::spawn().await;
+    let github = FakeServer::github().await;
+    let repo = TestRepo::new();
+    repo.git(&["branch", "master"]);
+    let sha = repo.git(&["rev-parse", "HEAD"]);
+    let push = fixture("github-push.json", &[(PUSHED, &sha)]);
+    // Before the org connects GitHub, every delivery is refused like a bad signature.
+    let (status, _) = deliver(&app, "push", "d0", &push, Some(sign(&push))).await;
+    assert_eq!(status, 401);
+    connect(&app, &github).await;
+    settings(
+        &app,
+        "gh-guarded",
+        &repo,
+        "master",
+        json!({"repository": "Codertocat/Hello-World", "deployCommits": true}),
+    )
+    .await;
+
+    let (status, body) = deliver(&app, "push", "d1", &push, Some("sha256=00".to_string())).await;
+    assert_eq!((status, body["code"].clone()), (401, json!(401)), "{body}");
+    let (status, _) = deliver(&app, "push", "d2", &push, None).await;
+    assert_eq!(status, 401, "a missing signature");
+    let tampered = push.replace("\"deleted\": false", "\"deleted\": true");
+    let (status, _) = deliver(&app, "push", "d3", &tampered, Some(sign(&push))).await;
+    assert_eq!(status, 401, "a body that is not the one signed");
+    // Signed with another org's secret: refused too.
+    let (status, _) = deliver(
+        &app,
+        "push",
+        "d4",
+        &push,
+        Some("sha256=".to_string() + &"ab".repeat(32)),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(deployment_count(&app, "gh-guarded").await, 0);
+
+    let ping = fixture("github-ping.json", &[]);
+    let (status, body) = deliver(&app, "ping", "d5", &ping, Some(sign(&ping))).await;
+    assert_eq!((status, body["message"].clone()), (200, json!("pong")));
+    let issue = r#"{"action":"opened","issue":{"number":1},"repository":{"full_name":"Codertocat/Hello-World"}}"#;
+    let (status, body) = deliver(&app, "issues", "d6", issue, Some(sign(issue))).await;
+    assert_eq!(status, 202);
+    assert!(
+        body["ignored"].as_str().unwrap().contains("issues"),
+        "{body}"
+    );
+    let (status, body) = deliver(&app, "push", "d7", "{not json", Some(sign("{not json"))).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(deployment_count(&app, "gh-guarded").await, 0);
+    assert!(github.recorded().is_empty(), "nothing was sent to GitHub");
+
+    // Only an admin connects GitHub, and the secret never comes back.
+    let writer = app.create_token("default", "write");
+    let resp = app
+        .client
+        .put(format!("{}/api/orgs/default/integrations/github", app.url))
+        .header("Authorization", format!("token {writer}"))
+        .json(&json!({"webhookSecret": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let (_, shown) = app.get("/api/orgs/default/integrations/github").await;
+    assert_eq!(shown["hasWebhookSecret"], true);
+    assert!(!shown.to_string().contains(SECRET));
+}
