@@ -398,3 +398,109 @@ async fn unsigned_foreign_and_uninteresting_events_change_nothing() {
     assert_eq!(shown["hasWebhookSecret"], true);
     assert!(!shown.to_string().contains(SECRET));
 }
+
+/// An RSA key as GitHub hands App keys out (PKCS#1 PEM), and its public key (PKCS#1 DER).
+fn app_key() -> (String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("app.pem");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    run(&[
+        "genrsa",
+        "-traditional",
+        "-out",
+        pem.to_str().unwrap(),
+        "2048",
+    ]);
+    let public = run(&[
+        "rsa",
+        "-in",
+        pem.to_str().unwrap(),
+        "-RSAPublicKey_out",
+        "-outform",
+        "DER",
+    ]);
+    (std::fs::read_to_string(&pem).unwrap(), public)
+}
+
+#[tokio::test]
+async fn a_github_app_authenticates_with_a_signed_jwt_and_uses_its_installation_token() {
+    let app = TestApp::spawn().await;
+    let github = FakeServer::github().await;
+    let (pem, public) = app_key();
+    assert!(pem.contains("BEGIN RSA PRIVATE KEY"));
+    let (status, body) = app
+        .put(
+            "/api/orgs/default/integrations/github",
+            json!({"webhookSecret": SECRET, "apiUrl": github.url, "app": {"appId": "4242", "privateKey": pem, "installationId": 9}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["app"],
+        json!({"appId": "4242", "installationId": 9, "hasPrivateKey": true})
+    );
+    assert!(!body.to_string().contains("PRIVATE KEY"));
+
+    let repo = TestRepo::new();
+    repo.git(&["branch", "master"]);
+    let sha = repo.git(&["rev-parse", "HEAD"]);
+    settings(
+        &app,
+        "gh-app",
+        &repo,
+        "master",
+        json!({"repository": "Codertocat/Hello-World", "deployCommits": true}),
+    )
+    .await;
+    // The push names installation 1: that installation's token is used, not the default.
+    let push = fixture("github-push.json", &[(PUSHED, &sha)]);
+    let (status, body) = deliver(&app, "push", "delivery-app-1", &push, Some(sign(&push))).await;
+    assert_eq!(status, 202, "{body}");
+    let got = github
+        .wait_until("a status sent with the installation token", |rs| {
+            rs.iter()
+                .any(|r| r.path.contains("/statuses/") && r.json()["state"] == "success")
+        })
+        .await;
+    let exchange = got
+        .iter()
+        .find(|r| r.path == "/app/installations/1/access_tokens")
+        .expect("an installation token was requested");
+    let jwt = exchange
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap();
+    // Verify the App JWT with the public key, as GitHub does.
+    let (signed, sig) = jwt.rsplit_once('.').unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        &public,
+    )
+    .verify(signed.as_bytes(), &b64.decode(sig).unwrap())
+    .expect("the App JWT is signed with the App's key");
+    let claims: Value =
+        serde_json::from_slice(&b64.decode(signed.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(claims["iss"], "4242");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        600
+    );
+    let status_call = got.iter().find(|r| r.path.contains("/statuses/")).unwrap();
+    assert_eq!(
+        status_call.header("authorization"),
+        Some("token ghs_installation_token")
+    );
+}

@@ -11,6 +11,7 @@ mod api;
 mod auth;
 mod bad_input;
 mod drills;
+#[path = "../support/fakes.rs"]
 mod fakes;
 mod git_auth;
 mod github;

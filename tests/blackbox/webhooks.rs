@@ -363,3 +363,55 @@ async fn bad_hook_requests_are_refused_and_write_nothing() {
     // A dead receiver (nothing listens on port 9): the deployment still succeeds.
     deploy_and_wait(&app, &s).await;
 }
+
+#[tokio::test]
+async fn drift_runs_are_announced_to_hooks_that_ask_for_them() {
+    let app = TestApp::spawn().await;
+    let repo = TestRepo::new();
+    let s = stack("drift-hooked");
+    app.post(
+        &format!("/api/stacks/{s}/deployments/settings"),
+        repo.settings(),
+    )
+    .await;
+    let teams = FakeServer::start(|_, _| async { (200, "1".into()) }).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/stacks/{s}/hooks"),
+            json!({"displayName": "drift", "payloadUrl": teams.url, "format": "ms_teams",
+                   "filters": ["drift_detected", "drift_detection_succeeded", "drift_detection_failed"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    deploy_and_wait(&app, &s).await;
+    let id = app.deploy(&s, json!({"operation": "detect-drift"})).await;
+    app.wait_for(&s, &id, Some("succeeded")).await;
+    let got = teams
+        .wait_until("the drift event", |rs| !rs.is_empty())
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let got = if got.len() < teams.recorded().len() {
+        teams.recorded()
+    } else {
+        got
+    };
+    assert_eq!(
+        got.len(),
+        1,
+        "no drift, so no drift_detected; and no deployment events"
+    );
+    let card = got[0].json();
+    assert_eq!(card["@type"], "MessageCard");
+    assert_eq!(card["title"], "drift detection succeeded");
+    assert!(
+        card["text"]
+            .as_str()
+            .unwrap()
+            .contains("default/proj/drift-hooked"),
+        "{card}"
+    );
+    assert_eq!(
+        got[0].header("pulumi-webhook-kind"),
+        Some("drift_detection")
+    );
+}

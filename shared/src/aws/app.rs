@@ -48,7 +48,7 @@ impl AwsApp {
             logs: store.clone(),
             runs: store.clone(),
             schedules: store.clone(),
-            drift: store,
+            drift: store.clone(),
             queue: Some(queue.clone()),
             cipher: cipher.clone(),
             public_url: cfg.public_url.clone(),
@@ -58,9 +58,8 @@ impl AwsApp {
             concurrency: 0,
             issuer,
             credentials,
-            // Webhooks and GitHub notifications need an outbox on DynamoDB: not there yet.
-            hooks: None,
-            outbox: None,
+            hooks: Some(store.clone()),
+            outbox: Some(store.clone()),
         });
         let runner = Arc::new(Runner::new(
             Arc::clone(&deps),

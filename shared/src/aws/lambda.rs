@@ -2,7 +2,7 @@
 //! EventBridge scheduler. (The API function serves `http::router` through `lambda_http`.)
 
 use std::collections::HashSet;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -107,6 +107,13 @@ pub async fn worker(
             tracing::warn!(error = %e.chain(), "could not hand a message back");
         }
     }
+    // Nothing runs between invocations: the runs' notifications go out now, within what is
+    // left of this one (the scheduler's tick sends whatever is left, and the retries).
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .saturating_sub(app.cfg.safety_margin / 2);
+    crate::webhooks::dispatch::drain(&app.deps, left.min(NOTIFY_BUDGET)).await;
     Ok(response)
 }
 
@@ -193,7 +200,11 @@ async fn handle(
     }
 }
 
-/// The scheduler's tick, on EventBridge's `rate(1 minute)`.
+/// How long the worker spends sending its runs' notifications before it returns.
+const NOTIFY_BUDGET: Duration = Duration::from_secs(15);
+
+/// The scheduler's tick, on EventBridge's `rate(1 minute)`: also sends every notification that
+/// is due (retries included).
 pub async fn scheduler(
     app: &AwsApp,
     event: LambdaEvent<EventBridgeEvent>,
@@ -207,5 +218,7 @@ pub async fn scheduler(
         .unwrap_or_else(OffsetDateTime::now_utc)
         // An event delivered late must not reap leases early.
         .min(OffsetDateTime::now_utc());
-    Ok(tick(&app.deps, now, app.cfg.queue_max_age).await?)
+    let report = tick(&app.deps, now, app.cfg.queue_max_age).await?;
+    crate::webhooks::dispatch::drain(&app.deps, NOTIFY_BUDGET * 2).await;
+    Ok(report)
 }

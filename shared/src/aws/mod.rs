@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod dynamo;
+mod dynamo_notifications;
 mod dynamo_schedules;
 pub mod item;
 pub mod kms;

@@ -270,6 +270,43 @@ pub async fn deliver_now(deps: &Deps, m: &OutboxMessage, attempts_before: u32) -
     Ok(attempt)
 }
 
+/// Sends what is due until nothing is or `budget` is spent: how the Lambda functions dispatch
+/// (the worker after its runs, the scheduler on every tick), since nothing runs between
+/// invocations. Returns how many messages were claimed.
+pub async fn drain(deps: &Arc<Deps>, budget: Duration) -> usize {
+    let Some(outbox) = deps.outbox.clone() else {
+        return 0;
+    };
+    let started = Instant::now();
+    let mut claimed_total = 0;
+    while started.elapsed() < budget {
+        let claimed = match outbox
+            .claim_due(OffsetDateTime::now_utc(), 16, SEND_TIMEOUT * 3)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "outbox claim failed");
+                break;
+            }
+        };
+        if claimed.is_empty() {
+            break;
+        }
+        claimed_total += claimed.len();
+        let mut sends = tokio::task::JoinSet::new();
+        for (m, attempts) in claimed {
+            let deps = Arc::clone(deps);
+            sends.spawn(async move { deliver(&deps, &m, attempts, RETRY_BASE).await });
+        }
+        let left = budget.saturating_sub(started.elapsed()).max(SEND_TIMEOUT);
+        // Unfinished sends keep their claim and are sent again after its lease.
+        let _ =
+            tokio::time::timeout(left, async { while sends.join_next().await.is_some() {} }).await;
+    }
+    claimed_total
+}
+
 /// The embedded dispatcher: sends due messages until `stop`, woken early by `wake`.
 pub fn spawn(
     deps: Arc<Deps>,
