@@ -1977,4 +1977,26 @@ async fn the_outbox_hands_each_due_message_to_one_dispatcher_and_logs_attempts(b
     );
     b.outbox.reschedule("m2", Some(now)).await.unwrap();
     assert_eq!(b.outbox.claim_due(now, 10, lease).await.unwrap().len(), 1);
+    // Retention: done messages older than the cut go (SQLite; DynamoDB's TTL does it there),
+    // messages still due never do.
+    let pruned = b
+        .outbox
+        .prune_done(now + Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(pruned == 2 || pruned == 0, "{pruned}");
+    if pruned == 2 {
+        assert_eq!(b.outbox.message("m1").await.unwrap(), None);
+        assert!(
+            b.outbox
+                .attempts("hook:org/org/a", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            b.outbox.message("m2").await.unwrap().is_some(),
+            "m2 is due again"
+        );
+    }
 }

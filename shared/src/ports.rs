@@ -505,6 +505,9 @@ pub trait Outbox: Send + Sync {
     async fn finish(&self, id: &str) -> Result<()>;
     /// A message and its attempts so far.
     async fn message(&self, id: &str) -> Result<Option<(OutboxMessage, u32)>>;
+    /// Forgets messages done before `before`, with their attempts (the delivery log's
+    /// retention). Stores that expire items themselves (DynamoDB's TTL) do nothing here.
+    async fn prune_done(&self, before: OffsetDateTime) -> Result<usize>;
     /// The attempts for `target`'s messages, newest first, at most `limit`.
     async fn attempts(
         &self,

@@ -35,6 +35,9 @@ pub struct TickReport {
 /// Due schedules are read in batches of this many.
 const BATCH: usize = 500;
 
+/// How long sent notifications and their attempts stay in the delivery log.
+pub const DELIVERY_LOG_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
 /// One tick at `now`.
 pub async fn tick(
     deps: &Arc<Deps>,
@@ -62,6 +65,11 @@ pub async fn tick(
         keep(e, "reconciling");
         0
     });
+    if let Some(outbox) = &deps.outbox
+        && let Err(e) = outbox.prune_done(now - DELIVERY_LOG_RETENTION).await
+    {
+        keep(e, "pruning the delivery log");
+    }
     if fired + skipped + reaped + resent > 0 {
         tracing::info!(fired, skipped, reaped, resent, "tick");
     }

@@ -397,6 +397,14 @@ async fn unsigned_foreign_and_uninteresting_events_change_nothing() {
     let (_, shown) = app.get("/api/orgs/default/integrations/github").await;
     assert_eq!(shown["hasWebhookSecret"], true);
     assert!(!shown.to_string().contains(SECRET));
+
+    // A push payload far above the API's 1 MiB limit (GitHub sends up to 25 MB) is taken.
+    let mut big: Value = serde_json::from_str(&push).unwrap();
+    big["padding"] = json!("x".repeat(3 * 1024 * 1024));
+    let big = big.to_string();
+    let (status, body) = deliver(&app, "push", "d8", &big, Some(sign(&big))).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(deployment_count(&app, "gh-guarded").await, 1);
 }
 
 /// An RSA key as GitHub hands App keys out (PKCS#1 PEM), and its public key (PKCS#1 DER).

@@ -7,7 +7,7 @@
 //! `ATTEMPTS#{target}`, newest last, carrying what the delivery log shows.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use time::OffsetDateTime;
 
 use super::dynamo::{DynamoStore, STACK_SK, aws_err, checked, stack_pk};
@@ -19,6 +19,13 @@ use crate::ports::{Attempt, HookStore, Outbox, OutboxMessage};
 use crate::webhooks::{Hook, HookScope};
 
 const OUTBOX: &str = "OUTBOX";
+
+/// How long messages and their attempts are kept: DynamoDB's TTL removes them after.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+fn expires(from: OffsetDateTime) -> AttributeValue {
+    n((from + RETENTION).unix_timestamp())
+}
 
 fn scope_pk(scope: &HookScope) -> String {
     match &scope.stack {
@@ -195,6 +202,7 @@ impl Outbox for DynamoStore {
                     ("body", s(&m.body)),
                     ("created", n(to_micros(m.created))),
                     ("attempts", n(0)),
+                    ("expires", expires(m.created)),
                 ] {
                     item.insert(k.into(), v);
                 }
@@ -280,6 +288,7 @@ impl Outbox for DynamoStore {
             ("response_code", n(attempt.response_code)),
             ("response_headers", s(&attempt.response_headers)),
             ("response_body", s(&attempt.response_body)),
+            ("expires", expires(attempt.timestamp)),
         ] {
             log.insert(k.into(), v);
         }
@@ -341,6 +350,11 @@ impl Outbox for DynamoStore {
             .await
             .map_err(|e| aws_err("UpdateItem", e))?;
         Ok(())
+    }
+
+    async fn prune_done(&self, _before: OffsetDateTime) -> Result<usize> {
+        // The table's TTL (`expires`) removes old messages and attempts.
+        Ok(0)
     }
 
     async fn message(&self, id: &str) -> Result<Option<(OutboxMessage, u32)>> {

@@ -26,6 +26,8 @@ use crate::error::error_body;
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
+/// GitHub's own limit on webhook payloads.
+pub const GITHUB_BODY_LIMIT: usize = 25 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -156,7 +158,8 @@ pub fn router(deps: Arc<Deps>) -> Router {
         )
         .route(
             "/api/orgs/{org}/integrations/github/webhook",
-            post(github::webhook),
+            // GitHub sends payloads of up to 25 MB (a push of many commits).
+            post(github::webhook).layer(DefaultBodyLimit::max(GITHUB_BODY_LIMIT)),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

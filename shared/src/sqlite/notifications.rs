@@ -290,6 +290,18 @@ impl Outbox for SqliteStore {
             .await
     }
 
+    async fn prune_done(&self, before: OffsetDateTime) -> Result<usize> {
+        let before = to_micros(before);
+        self.db
+            .write(move |c| {
+                Ok(c.execute(
+                    "DELETE FROM outbox WHERE due IS NULL AND created < ?1",
+                    [before],
+                )?)
+            })
+            .await
+    }
+
     async fn message(&self, id: &str) -> Result<Option<(OutboxMessage, u32)>> {
         let id = id.to_string();
         self.db

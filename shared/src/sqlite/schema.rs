@@ -158,6 +158,7 @@ CREATE TABLE outbox (
     due      INTEGER
 );
 CREATE INDEX outbox_due ON outbox(due) WHERE due IS NOT NULL;
+CREATE INDEX outbox_done ON outbox(created) WHERE due IS NULL;
 
 CREATE TABLE outbox_attempts (
     message          TEXT NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
