@@ -337,7 +337,14 @@ async fn the_reaper_fails_expired_leases_frees_the_stack_and_skips_stale_queue_i
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     let now = OffsetDateTime::now_utc();
-    assert_eq!(b.runs.reap(now, now - week).await.unwrap(), vec![dead]);
+    assert_eq!(
+        b.runs.reap(now, now - week).await.unwrap(),
+        vec![Reaped {
+            stack: st.clone(),
+            id: dead,
+            status: JobStatus::Failed
+        }]
+    );
     let d = b
         .deployments
         .get_deployment(&st, dead)
@@ -375,7 +382,11 @@ async fn the_reaper_fails_expired_leases_frees_the_stack_and_skips_stale_queue_i
     );
     assert_eq!(
         b.runs.reap(OffsetDateTime::now_utc(), later).await.unwrap(),
-        vec![old]
+        vec![Reaped {
+            stack: st2.clone(),
+            id: old,
+            status: JobStatus::Skipped
+        }]
     );
     assert_eq!(status(&b, &st2, old).await, JobStatus::Skipped);
     assert!(b.runs.queued_before(later).await.unwrap().is_empty());

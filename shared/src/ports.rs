@@ -200,9 +200,17 @@ pub trait RunStore: Send + Sync {
     async fn queued_before(&self, cutoff: OffsetDateTime) -> Result<Vec<QueueMessage>>;
 
     /// Fails every deployment whose lease expired before `now` (its worker died), with a log
-    /// line saying so, and skips those queued since before `queue_expiry`. Returns the ids it
+    /// line saying so, and skips those queued since before `queue_expiry`. Returns what it
     /// changed.
-    async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Uuid>>;
+    async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Reaped>>;
+}
+
+/// A deployment the reaper ended: failed (its worker died) or skipped (queued too long).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    pub stack: StackRef,
+    pub id: Uuid,
+    pub status: JobStatus,
 }
 
 /// A deployment handed to the workers.

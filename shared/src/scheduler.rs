@@ -12,7 +12,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::deps::Deps;
-use crate::domain::StackRef;
+use crate::domain::{JobStatus, StackRef};
 use crate::error::Result;
 use crate::ports::{FireResult, PlannedFiring};
 use crate::schedule::firing;
@@ -55,7 +55,15 @@ pub async fn tick(
         (0, 0)
     });
     let reaped = match deps.runs.reap(now, now - queue_max_age).await {
-        Ok(ids) => ids.len(),
+        Ok(ended) => {
+            // Their workers are gone: announce the failures they could not.
+            for r in ended.iter().filter(|r| r.status == JobStatus::Failed) {
+                if let Ok(Some(d)) = deps.deployments.get_deployment(&r.stack, r.id).await {
+                    crate::webhooks::events::deployment(deps, &d, "deployment_failed").await;
+                }
+            }
+            ended.len()
+        }
         Err(e) => {
             keep(e, "reaping");
             0

@@ -415,3 +415,34 @@ async fn drift_runs_are_announced_to_hooks_that_ask_for_them() {
         Some("drift_detection")
     );
 }
+
+#[tokio::test]
+async fn a_run_whose_server_died_is_announced_as_failed_after_the_restart() {
+    let mut app = TestApp::spawn_with(&["--lease-secs", "2"]).await;
+    let repo = TestRepo::new();
+    let s = stack("died-hooked");
+    let mut settings = repo.settings();
+    settings["operationContext"] = json!({"preRunCommands": ["sleep 60"]});
+    app.post(&format!("/api/stacks/{s}/deployments/settings"), settings)
+        .await;
+    let receiver = FakeServer::start(|_, _| async { (200, "{}".into()) }).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/stacks/{s}/hooks"),
+            json!({"displayName": "failures", "payloadUrl": receiver.url, "filters": ["deployment_failed"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = app.deploy(&s, json!({"operation": "update"})).await;
+    app.wait_for(&s, &id, Some("running")).await;
+    // The server dies mid-run; nothing announced the failure before it did.
+    app.kill();
+    assert!(receiver.recorded().is_empty());
+    app.restart_with(&[]);
+    let got = receiver
+        .wait_until("the failure, announced by the reaper", |rs| !rs.is_empty())
+        .await;
+    let p = got[0].json();
+    assert_eq!((p["status"].as_str(), p["deploymentId"].as_str()), (Some("failed"), Some(id.as_str())));
+    app.wait_for(&s, &id, Some("failed")).await;
+}

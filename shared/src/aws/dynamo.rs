@@ -891,6 +891,15 @@ impl StackStore for DynamoStore {
     }
 }
 
+/// The stack a deployment item belongs to.
+fn stack_of(d: &Item) -> Result<StackRef> {
+    Ok(StackRef {
+        org: get_s(d, "org")?,
+        project: get_s(d, "project")?,
+        stack: get_s(d, "stack")?,
+    })
+}
+
 fn new_stack_item(stack: &StackRef) -> Item {
     let mut item = key(stack_pk(stack), STACK_SK);
     item.insert("org".into(), s(&stack.org));
@@ -1533,7 +1542,7 @@ impl RunStore for DynamoStore {
             .collect()
     }
 
-    async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Uuid>> {
+    async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Reaped>> {
         let mut changed = Vec::new();
         let leased = self
             .query(
@@ -1567,7 +1576,11 @@ impl RunStore for DynamoStore {
                 .await
                 .is_ok()
             {
-                changed.push(id);
+                changed.push(Reaped {
+                    stack: stack_of(&cur)?,
+                    id,
+                    status: JobStatus::Failed,
+                });
             }
         }
         let stale = self
@@ -1592,7 +1605,11 @@ impl RunStore for DynamoStore {
                 .await
                 .is_ok()
             {
-                changed.push(id);
+                changed.push(Reaped {
+                    stack: stack_of(&item)?,
+                    id,
+                    status: JobStatus::Skipped,
+                });
             }
         }
         Ok(changed)

@@ -995,23 +995,38 @@ impl RunStore for SqliteStore {
             .await
     }
 
-    async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Uuid>> {
+    async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Reaped>> {
         let (now, expiry) = (to_micros(now), to_micros(queue_expiry));
         let changed = self
             .db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let expired: Vec<(i64, String)> = tx
+                let row = |r: &Row<'_>| -> rusqlite::Result<(i64, String, StackRef)> {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        StackRef {
+                            org: r.get(2)?,
+                            project: r.get(3)?,
+                            stack: r.get(4)?,
+                        },
+                    ))
+                };
+                let expired: Vec<(i64, String, StackRef)> = tx
                     .prepare_cached(
-                        "SELECT seq, id FROM deployments WHERE status IN ('accepted', 'running') AND lease_expires < ?1",
+                        "SELECT d.seq, d.id, s.org, s.project, s.name FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                         WHERE d.status IN ('accepted', 'running') AND d.lease_expires < ?1",
                     )?
-                    .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .query_map([now], row)?
                     .collect::<rusqlite::Result<_>>()?;
-                let stale: Vec<(i64, String)> = tx
-                    .prepare_cached("SELECT seq, id FROM deployments WHERE status = 'not-started' AND created < ?1")?
-                    .query_map([expiry], |r| Ok((r.get(0)?, r.get(1)?)))?
+                let stale: Vec<(i64, String, StackRef)> = tx
+                    .prepare_cached(
+                        "SELECT d.seq, d.id, s.org, s.project, s.name FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                         WHERE d.status = 'not-started' AND d.created < ?1",
+                    )?
+                    .query_map([expiry], row)?
                     .collect::<rusqlite::Result<_>>()?;
-                for (dseq, _) in &expired {
+                for (dseq, _, _) in &expired {
                     insert_log(
                         &tx,
                         *dseq,
@@ -1022,15 +1037,22 @@ impl RunStore for SqliteStore {
                     )?;
                     terminate(&tx, *dseq, JobStatus::Failed, StepStatus::Failed)?;
                 }
-                for (dseq, _) in &stale {
+                for (dseq, _, _) in &stale {
                     insert_log(&tx, *dseq, 0, None, Some("Skipped: queued for longer than the queue allows.\n"), now)?;
                     terminate(&tx, *dseq, JobStatus::Skipped, StepStatus::Failed)?;
                 }
                 tx.commit()?;
-                expired
-                    .into_iter()
-                    .chain(stale)
-                    .map(|(_, id)| stored_id(&id))
+                let failed = expired.into_iter().map(|e| (e, JobStatus::Failed));
+                let skipped = stale.into_iter().map(|e| (e, JobStatus::Skipped));
+                failed
+                    .chain(skipped)
+                    .map(|((_, id, stack), status)| {
+                        Ok(Reaped {
+                            stack,
+                            id: stored_id(&id)?,
+                            status,
+                        })
+                    })
                     .collect::<Result<Vec<_>>>()
             })
             .await?;
