@@ -475,6 +475,7 @@ pub const MAX_SETTINGS_BYTES: usize = 256 * 1024;
 pub fn check_stored(settings: &Value) -> Result<()> {
     check_size(settings)?;
     crate::oidc::OidcSpec::from_config(settings)?;
+    crate::github::triggers::check_globs(settings)?;
     Ok(())
 }
 

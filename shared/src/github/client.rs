@@ -91,6 +91,7 @@ impl GitHub {
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .user_agent(concat!("tarmac/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::internal(format!("HTTP client: {e}")))?;
         Ok(Self {
@@ -187,43 +188,58 @@ impl GitHub {
         body: &str,
     ) -> Result<()> {
         let text = format!("{body}\n\n{marker}");
-        let existing = self
-            .call(
-                token,
-                reqwest::Method::GET,
-                &format!("/repos/{repo}/issues/{pr}/comments?per_page=100"),
-                None,
-            )
-            .await?;
-        let found = existing.as_array().and_then(|cs| {
-            cs.iter()
-                .find(|c| c["body"].as_str().is_some_and(|b| b.contains(marker)))
-                .and_then(|c| c["id"].as_i64())
-        });
         let payload = json!({ "body": text });
-        match found {
-            Some(id) => {
-                self.call(
+        // Ours is the newest comment carrying the marker (first pages are oldest first).
+        let mut found = None;
+        for page in 1..=MAX_COMMENT_PAGES {
+            let listed = self
+                .call(
+                    token,
+                    reqwest::Method::GET,
+                    &format!("/repos/{repo}/issues/{pr}/comments?per_page=100&page={page}"),
+                    None,
+                )
+                .await?;
+            let comments = listed.as_array().cloned().unwrap_or_default();
+            for c in &comments {
+                if c["body"].as_str().is_some_and(|b| b.contains(marker)) {
+                    found = c["id"].as_i64().or(found);
+                }
+            }
+            if comments.len() < 100 {
+                break;
+            }
+        }
+        if let Some(id) = found {
+            let edited = self
+                .call(
                     token,
                     reqwest::Method::PATCH,
                     &format!("/repos/{repo}/issues/comments/{id}"),
                     Some(&payload),
                 )
-                .await
-            }
-            None => {
-                self.call(
-                    token,
-                    reqwest::Method::POST,
-                    &format!("/repos/{repo}/issues/{pr}/comments"),
-                    Some(&payload),
-                )
-                .await
+                .await;
+            // Someone else's comment that quotes the marker cannot be edited: post our own.
+            match edited {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(error = %e, "could not edit the preview comment; posting a new one")
+                }
             }
         }
+        self.call(
+            token,
+            reqwest::Method::POST,
+            &format!("/repos/{repo}/issues/{pr}/comments"),
+            Some(&payload),
+        )
+        .await
         .map(|_| ())
     }
 }
+
+/// Pull requests with more comments than this many pages of 100 get a new comment.
+const MAX_COMMENT_PAGES: u32 = 10;
 
 async fn checked(resp: reqwest::Response, what: &str) -> Result<Value> {
     let status = resp.status();

@@ -7,9 +7,11 @@
 //!   deployment is an `update` at exactly the pushed commit.
 //! - `push` of a tag: stacks with `gitHub.deployTags` whose `tagFilters` (globs; none means
 //!   every tag) match; an `update` at the tagged commit.
-//! - `pull_request` (`opened`, `synchronize`, `reopened`): stacks with
-//!   `gitHub.previewPullRequests` whose branch is the pull request's base; a `preview` at the
-//!   head commit, fetched through `refs/pull/<n>/head` so forks work.
+//! - `pull_request` (`opened`, `synchronize`, `reopened`) from a branch of the same
+//!   repository: stacks with `gitHub.previewPullRequests` whose branch is the pull request's
+//!   base; a `preview` at the head commit, fetched through `refs/pull/<n>/head`. Pull requests
+//!   from forks are not previewed: their code would run with the stack's secrets and
+//!   credentials.
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
@@ -80,6 +82,14 @@ pub struct GitRef {
     #[serde(rename = "ref")]
     pub git_ref: String,
     pub sha: String,
+    /// `null` when a fork was deleted.
+    #[serde(default)]
+    pub repo: Option<NamedRepo>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NamedRepo {
+    pub full_name: String,
 }
 
 /// An event Tarmac acts on.
@@ -275,7 +285,18 @@ pub fn triggers(event: &Event, stacks: &[(StackRef, Value)]) -> Vec<Trigger> {
             }
             Event::PullRequest(pr) => {
                 let base = short_branch(&pr.pull_request.base.git_ref);
-                if v.preview_pull_requests && stack_branch(settings, repo) == Some(base) {
+                // A fork's code would run with the stack's secrets and cloud credentials: only
+                // pull requests from branches of the repository itself are previewed.
+                let same_repo = pr
+                    .pull_request
+                    .head
+                    .repo
+                    .as_ref()
+                    .is_some_and(|h| h.full_name.eq_ignore_ascii_case(&repo.full_name));
+                if v.preview_pull_requests
+                    && same_repo
+                    && stack_branch(settings, repo) == Some(base)
+                {
                     out.push(trigger(
                         Operation::Preview,
                         &pr.pull_request.head.sha,
@@ -407,6 +428,18 @@ mod tests {
             assert_eq!(ts[0].fetch_ref.as_deref(), Some("refs/pull/2/head"));
             assert_eq!(ts[0].pull_request, Some(2));
         }
+        // A fork's pull request is not previewed.
+        let mut fork: Value =
+            serde_json::from_slice(&fixture("github-pull_request-opened.json")).unwrap();
+        fork["pull_request"]["head"]["repo"]["full_name"] = json!("mallory/Hello-World");
+        let e = Event::parse("pull_request", fork.to_string().as_bytes())
+            .unwrap()
+            .unwrap();
+        let stacks = [stack(
+            "previews",
+            json!({"repository": "Codertocat/Hello-World", "previewPullRequests": true}),
+        )];
+        assert!(triggers(&e, &stacks).is_empty());
         // Other actions are ignored.
         let mut closed: Value =
             serde_json::from_slice(&fixture("github-pull_request-opened.json")).unwrap();

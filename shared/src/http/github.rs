@@ -68,10 +68,15 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The id of the deployment a delivery makes for a stack: the same on every redelivery, so a
-/// redelivered event finds its deployments made and makes none.
-fn deployment_id(delivery: &str, stack: &StackRef) -> uuid::Uuid {
-    let h = Sha256::digest(format!("github:{delivery}:{stack}").as_bytes());
+/// The id of the deployment an event makes for a stack, from the signed body (not the delivery
+/// id, which the signature does not cover): a redelivery, or a replay of an old signed body under
+/// a new delivery id, finds its deployment made and makes none.
+fn deployment_id(body: &[u8], stack: &StackRef) -> uuid::Uuid {
+    let mut h = Sha256::new();
+    h.update(b"github:");
+    h.update(Sha256::digest(body));
+    h.update(stack.to_string().as_bytes());
+    let h = h.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&h[..16]);
     uuid::Builder::from_random_bytes(bytes).into_uuid()
@@ -141,7 +146,7 @@ pub async fn webhook(
     let mut made = Vec::new();
     let mut duplicates = 0;
     for t in &wanted {
-        match create(&state, &delivery, &kind, &event, t, &stacks, &clone_url, token.as_deref()).await? {
+        match create(&state, &body, &delivery, &kind, &event, t, &stacks, &clone_url, token.as_deref()).await? {
             Some(d) => made.push(json!({"stack": d.stack.to_string(), "id": d.id, "version": d.version, "operation": d.operation.as_str()})),
             None => duplicates += 1,
         }
@@ -158,6 +163,7 @@ pub async fn webhook(
 #[allow(clippy::too_many_arguments)]
 async fn create(
     state: &AppState,
+    body: &[u8],
     delivery: &str,
     kind: &str,
     event: &Event,
@@ -180,7 +186,8 @@ async fn create(
         "github",
         "github",
     )?;
-    new.id = deployment_id(delivery, &t.stack);
+    new.id = deployment_id(body, &t.stack);
+    let id = new.id;
     new.config["trigger"] = json!({
         "provider": "github",
         "event": kind,
@@ -192,7 +199,18 @@ async fn create(
     });
     match crate::service::store_deployment(&state.deps, new).await {
         Ok(d) => Ok(Some(d)),
-        Err(Error::Conflict(_)) => Ok(None),
+        // Made already, by an earlier delivery of this event; any other conflict (a burst
+        // of creates on the stack) is passed on, so GitHub's log shows the delivery failed.
+        Err(Error::Conflict(_))
+            if state
+                .deps
+                .deployments
+                .get_deployment(&t.stack, id)
+                .await?
+                .is_some() =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }

@@ -289,8 +289,11 @@ impl Issuer {
                     .kms_client()?
                     .sign()
                     .key_id(key_id)
-                    .message(aws_sdk_kms::primitives::Blob::new(input.as_bytes()))
-                    .message_type(aws_sdk_kms::types::MessageType::Raw)
+                    // KMS takes raw messages only up to 4 KB: send the SHA-256 digest.
+                    .message(aws_sdk_kms::primitives::Blob::new(
+                        Sha256::digest(input.as_bytes()).to_vec(),
+                    ))
+                    .message_type(aws_sdk_kms::types::MessageType::Digest)
                     .signing_algorithm(
                         aws_sdk_kms::types::SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
                     )

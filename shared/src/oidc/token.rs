@@ -3,10 +3,12 @@
 //!
 //! Pulumi's keys (`aws`, `azure`, `gcp`) are read as Pulumi documents them. Tarmac adds four
 //! keys beside them, which Pulumi clients ignore:
-//! - `audience`: the token's `aud` (default: the org name);
+//! - `audience`: the token's `aud` (default: the org name); a URI such as
+//!   `api://AzureADTokenExchange`, never something that looks like an org name;
 //! - `subjectTemplate`: the token's `sub`, for federated credentials that match subjects
-//!   exactly (Azure, GCP); e.g. the operation-independent
-//!   `pulumi:deploy:org:${organization.name}:project:${project.name}:stack:${stack.name}`;
+//!   exactly (Azure, GCP); it must start with
+//!   `pulumi:deploy:org:${organization.name}:project:${project.name}:stack:${stack.name}`
+//!   (which alone is the operation-independent form), so a stack can never claim another's;
 //! - `tokenExpiration`: a Go duration, default `1h`, at most `12h`;
 //! - `readScope`: when true, `preview` and `detect-drift` get `scope: read` (and `:scope:read`
 //!   in the default subject), so a trust policy can hand them a read-only role.
@@ -196,6 +198,17 @@ impl OidcSpec {
         let subject_template = optional(raw.subject_template);
         if let Some(t) = &subject_template {
             check_template(t, "subjectTemplate", true)?;
+            // The subject always names the token's own org, project and stack: a template
+            // could otherwise claim another stack's (or org's) identity to a trust policy.
+            if !t.starts_with(SUBJECT_PREFIX) {
+                return Err(Error::invalid(format!(
+                    "{P}.subjectTemplate must start with '{SUBJECT_PREFIX}', so that it names its own stack"
+                )));
+            }
+        }
+        let audience = optional(raw.audience);
+        if let Some(a) = &audience {
+            check_audience(a)?;
         }
         let token_lifetime = bounded(
             raw.token_expiration,
@@ -208,7 +221,7 @@ impl OidcSpec {
             aws,
             azure,
             gcp,
-            audience: optional(raw.audience),
+            audience,
             subject_template,
             token_lifetime,
             read_scope: raw.read_scope.unwrap_or(false),
@@ -302,8 +315,38 @@ const VARIABLES: &[&str] = &[
     "deployment.id",
 ];
 
+/// What every custom subject starts with.
+pub const SUBJECT_PREFIX: &str =
+    "pulumi:deploy:org:${organization.name}:project:${project.name}:stack:${stack.name}";
+
+/// Templates and audiences stay short (KMS signs at most 4 KB, and nothing needs more).
+const MAX_CLAIM_TEXT: usize = 512;
+
+/// A custom audience may not look like an org name: trust policies written for Pulumi accept
+/// a token when its `aud` is their org, so an audience naming another org would pass them. URIs
+/// (`api://AzureADTokenExchange`, `//iam.googleapis.com/...`, `https://...`) are fine; the org's
+/// own name is the default.
+fn check_audience(audience: &str) -> Result<()> {
+    if audience.len() > MAX_CLAIM_TEXT {
+        return Err(Error::invalid(format!(
+            "{P}.audience is longer than {MAX_CLAIM_TEXT} characters"
+        )));
+    }
+    if crate::domain::validate_name("organization", audience).is_ok() {
+        return Err(Error::invalid(format!(
+            "{P}.audience '{audience}' looks like an organization name; leave it out to use this org's name, or use a URI such as api://AzureADTokenExchange"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses `${...}` variables a template cannot use. `deployment.scope` is for subjects only.
 fn check_template(template: &str, path: &str, subject: bool) -> Result<()> {
+    if template.len() > MAX_CLAIM_TEXT {
+        return Err(Error::invalid(format!(
+            "{P}.{path} is longer than {MAX_CLAIM_TEXT} characters"
+        )));
+    }
     let mut rest = template;
     while let Some(start) = rest.find("${") {
         let after = &rest[start + 2..];
@@ -541,6 +584,19 @@ mod tests {
             ),
             (json!({"subjectTemplate": "a:${stack.name"}), "unclosed"),
             (
+                json!({"subjectTemplate": "pulumi:deploy:org:other:project:p:stack:prod"}),
+                "must start with",
+            ),
+            (
+                json!({"subjectTemplate": "x:pulumi:deploy:org:${organization.name}:project:${project.name}:stack:${stack.name}"}),
+                "must start with",
+            ),
+            (
+                json!({"audience": "other-org"}),
+                "looks like an organization name",
+            ),
+            (json!({"audience": "a".repeat(600)}), "longer than"),
+            (
                 json!({"aws": {"roleArn": "r", "sessionName": "${deployment.scope}"}}),
                 "unknown variable",
             ),
@@ -549,7 +605,8 @@ mod tests {
             let err = spec(oidc.clone()).unwrap_err().to_string();
             assert!(err.contains(want), "{oidc}: {err}");
         }
-        // The subject may use the scope.
-        spec(json!({"subjectTemplate": "x:${deployment.scope}"})).unwrap();
+        // The subject may add the scope after its stack.
+        spec(json!({"subjectTemplate": format!("{SUBJECT_PREFIX}:scope:${{deployment.scope}}")}))
+            .unwrap();
     }
 }

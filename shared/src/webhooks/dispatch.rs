@@ -25,6 +25,9 @@ pub const RETRY_BASE: Duration = Duration::from_secs(1);
 const MAX_DELAY: Duration = Duration::from_secs(300);
 /// A receiver gets this long to answer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A claimed message is someone's for this long: longer than the slowest send (a GitHub comment
+/// is a token, a read and a write, each with its own timeout).
+const CLAIM: Duration = Duration::from_secs(120);
 /// Response bodies are kept up to this size in the delivery log.
 const KEEP_BODY: usize = 4096;
 
@@ -63,12 +66,73 @@ pub fn parse_hook_target(target: &str) -> Option<(HookScope, String)> {
     ))
 }
 
-fn http() -> reqwest::Client {
+/// Addresses a hook may never reach: link-local (cloud metadata services live there),
+/// unspecified and multicast. Private and loopback addresses are allowed: self-hosted receivers
+/// are often internal.
+fn forbidden(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_link_local() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()
+        }
+        std::net::IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            (seg[0] & 0xffc0) == 0xfe80
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                // AWS's IPv6 metadata endpoint.
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+    }
+}
+
+/// A client for one hook URL: the host resolved once and checked, the connection pinned to
+/// that address (so a second lookup cannot swap it), no redirects followed.
+async fn client_for(url: &str) -> std::result::Result<reqwest::Client, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad payload URL: {e}"))?;
+    let host = parsed
+        .host_str()
+        .ok_or("the payload URL has no host")?
+        .to_string();
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let lookup = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((lookup.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    if let Some(bad) = addrs.iter().find(|a| forbidden(a.ip())) {
+        return Err(format!(
+            "{host} resolves to {}, which webhooks may not reach",
+            bad.ip()
+        ));
+    }
+    let addr = *addrs
+        .first()
+        .ok_or_else(|| format!("{host} has no address"))?;
     reqwest::Client::builder()
         .timeout(SEND_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tarmac/", env!("CARGO_PKG_VERSION")))
+        .resolve(&lookup, addr)
         .build()
-        .unwrap_or_default()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// At most `KEEP_BODY` bytes of a response body: the rest is not read.
+async fn capped_body(mut resp: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    while kept.len() < KEEP_BODY {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                kept.extend_from_slice(&chunk[..chunk.len().min(KEEP_BODY - kept.len())])
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// Sends one message once and returns the attempt, whatever happened. `Ok(None)` when the
@@ -115,12 +179,17 @@ pub async fn send(deps: &Deps, m: &OutboxMessage) -> Result<Option<Attempt>> {
             ),
         ));
     }
-    let mut req = http().post(&hook.payload_url).body(m.body.clone());
-    for (k, v) in &headers {
-        req = req.header(k, v);
-    }
     let started = Instant::now();
-    let result = req.send().await;
+    let result = match client_for(&hook.payload_url).await {
+        Ok(client) => {
+            let mut req = client.post(&hook.payload_url).body(m.body.clone());
+            for (k, v) in &headers {
+                req = req.header(k, v);
+            }
+            req.send().await.map_err(|e| e.to_string())
+        }
+        Err(refused) => Err(refused),
+    };
     let duration_ms = started.elapsed().as_millis() as i64;
     let request_headers: String = headers
         .iter()
@@ -135,8 +204,7 @@ pub async fn send(deps: &Deps, m: &OutboxMessage) -> Result<Option<Attempt>> {
                 .iter()
                 .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap_or("")))
                 .collect();
-            let mut body = resp.text().await.unwrap_or_default();
-            body.truncate(KEEP_BODY);
+            let body = capped_body(resp).await;
             Attempt {
                 timestamp: now,
                 duration_ms,
@@ -198,7 +266,13 @@ async fn github_call(deps: &Deps, org: &str, kind: &str, body: &Value) -> Result
     match kind {
         "github_status" => {
             let commit = body["commit"].as_str().unwrap_or_default();
-            gh.set_status(&token, repo, commit, &body["status"]).await?;
+            let mut status = body["status"].clone();
+            if let Some(current) = current_state(deps, body).await {
+                let (state, description) = current;
+                status["state"] = json!(state);
+                status["description"] = json!(description);
+            }
+            gh.set_status(&token, repo, commit, &status).await?;
             Ok(format!("/repos/{repo}/statuses/{commit}"))
         }
         "github_comment" => {
@@ -215,6 +289,15 @@ async fn github_call(deps: &Deps, org: &str, kind: &str, body: &Value) -> Result
         }
         other => Err(Error::internal(format!("unknown GitHub message {other}"))),
     }
+}
+
+/// The commit status for the deployment's state now, if it can be read.
+async fn current_state(deps: &Deps, body: &Value) -> Option<(&'static str, String)> {
+    let mut parts = body["stack"].as_str()?.splitn(3, '/');
+    let stack = StackRef::new(parts.next()?, parts.next()?, parts.next()?).ok()?;
+    let id = body["deploymentId"].as_str()?.parse().ok()?;
+    let d = deps.deployments.get_deployment(&stack, id).await.ok()??;
+    Some(super::events::github_state(d.status, d.operation))
 }
 
 fn delivered(a: &Attempt) -> bool {
@@ -279,11 +362,9 @@ pub async fn drain(deps: &Arc<Deps>, budget: Duration) -> usize {
     };
     let started = Instant::now();
     let mut claimed_total = 0;
-    while started.elapsed() < budget {
-        let claimed = match outbox
-            .claim_due(OffsetDateTime::now_utc(), 16, SEND_TIMEOUT * 3)
-            .await
-        {
+    // Less than one send's time left: leave the messages to the next invocation.
+    while started.elapsed() + SEND_TIMEOUT <= budget {
+        let claimed = match outbox.claim_due(OffsetDateTime::now_utc(), 16, CLAIM).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e.chain(), "outbox claim failed");
@@ -299,8 +380,8 @@ pub async fn drain(deps: &Arc<Deps>, budget: Duration) -> usize {
             let deps = Arc::clone(deps);
             sends.spawn(async move { deliver(&deps, &m, attempts, RETRY_BASE).await });
         }
-        let left = budget.saturating_sub(started.elapsed()).max(SEND_TIMEOUT);
-        // Unfinished sends keep their claim and are sent again after its lease.
+        let left = budget.saturating_sub(started.elapsed());
+        // Unfinished sends keep their claim and are sent again after it.
         let _ =
             tokio::time::timeout(left, async { while sends.join_next().await.is_some() {} }).await;
     }
@@ -323,11 +404,7 @@ pub fn spawn(
             while running.try_join_next().is_some() {}
             let claimed = if running.len() < 16 {
                 outbox
-                    .claim_due(
-                        OffsetDateTime::now_utc(),
-                        16 - running.len(),
-                        SEND_TIMEOUT * 3,
-                    )
+                    .claim_due(OffsetDateTime::now_utc(), 16 - running.len(), CLAIM)
                     .await
                     .unwrap_or_else(|e| {
                         tracing::warn!(error = %e.chain(), "outbox claim failed");

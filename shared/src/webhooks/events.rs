@@ -243,6 +243,17 @@ pub async fn drift_detection(
     }
 }
 
+/// A commit status for a deployment in `status`.
+pub fn github_state(status: JobStatus, op: Operation) -> (&'static str, String) {
+    match status {
+        JobStatus::NotStarted => ("pending", format!("{op} queued")),
+        JobStatus::Accepted | JobStatus::Running => ("pending", format!("{op} running")),
+        JobStatus::Succeeded => ("success", format!("{op} succeeded")),
+        JobStatus::Failed => ("failure", format!("{op} failed")),
+        JobStatus::Skipped => ("error", format!("{op} skipped")),
+    }
+}
+
 /// The GitHub messages for a deployment GitHub triggered: its commit status at every event,
 /// and for a finished preview of a pull request, the comment with the change summary.
 async fn github_messages(deps: &Deps, d: &Deployment, event: &str) -> Vec<OutboxMessage> {
@@ -253,12 +264,15 @@ async fn github_messages(deps: &Deps, d: &Deployment, event: &str) -> Vec<Outbox
     let (Some(repo), Some(commit)) = (repo, commit) else {
         return vec![];
     };
-    let (state, description) = match event {
-        "deployment_queued" => ("pending", format!("{} queued", d.operation)),
-        "deployment_started" => ("pending", format!("{} running", d.operation)),
-        "deployment_succeeded" => ("success", format!("{} succeeded", d.operation)),
-        _ => ("failure", format!("{} failed", d.operation)),
-    };
+    let (state, description) = github_state(
+        match event {
+            "deployment_queued" => JobStatus::NotStarted,
+            "deployment_started" => JobStatus::Running,
+            "deployment_succeeded" => JobStatus::Succeeded,
+            _ => JobStatus::Failed,
+        },
+        d.operation,
+    );
     let url = deployment_url(deps, &d.stack, d.version);
     let now = OffsetDateTime::now_utc();
     let message = |kind: &str, body: Value| OutboxMessage {
@@ -277,6 +291,10 @@ async fn github_messages(deps: &Deps, d: &Deployment, event: &str) -> Vec<Outbox
             "repository": repo,
             "commit": commit,
             "installation": installation,
+            // The sender re-reads the deployment and reports its state then, so statuses
+            // delivered out of order (or retried late) never leave a stale one last.
+            "stack": d.stack.to_string(),
+            "deploymentId": d.id,
             "status": {
                 "state": state,
                 "target_url": url,
