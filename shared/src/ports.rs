@@ -487,8 +487,6 @@ pub struct Attempt {
 /// The outbox: notifications written beside the state change that caused them, sent later.
 #[async_trait]
 pub trait Outbox: Send + Sync {
-    /// The stack's next event number, 1 up: the `sequence` of its payloads.
-    async fn next_event_sequence(&self, stack: &StackRef) -> Result<i64>;
     /// Stores messages: due now, or (`due` false) already done, for a caller that sends them
     /// itself (a ping).
     async fn enqueue(&self, messages: &[OutboxMessage], due: bool) -> Result<()>;

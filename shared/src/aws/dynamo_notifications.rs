@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use time::OffsetDateTime;
 
-use super::dynamo::{DynamoStore, STACK_SK, aws_err, checked, stack_pk};
+use super::dynamo::{DynamoStore, aws_err, checked, stack_pk};
 use super::item::*;
 use crate::domain::StackRef;
 use crate::domain::time_fmt::{from_micros, to_micros};
@@ -168,25 +168,6 @@ impl HookStore for DynamoStore {
 
 #[async_trait]
 impl Outbox for DynamoStore {
-    async fn next_event_sequence(&self, stack: &StackRef) -> Result<i64> {
-        let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(stack_pk(stack), STACK_SK)))
-            .update_expression("ADD #event_seq :one")
-            .condition_expression("attribute_exists(pk)")
-            .set_expression_attribute_names(names(&["#event_seq"]))
-            .expression_attribute_values(":one", n(1))
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await;
-        match checked("UpdateItem", r)? {
-            Some(out) => get_n(&out.attributes.unwrap_or_default(), "event_seq"),
-            None => Err(Error::not_found(format!("stack '{stack}' not found"))),
-        }
-    }
-
     async fn enqueue(&self, messages: &[OutboxMessage], due: bool) -> Result<()> {
         // One transaction holds at most 100 items.
         for chunk in messages.chunks(100) {

@@ -155,21 +155,6 @@ fn message_from_row(r: &Row<'_>) -> rusqlite::Result<(OutboxMessage, u32)> {
 
 #[async_trait]
 impl Outbox for SqliteStore {
-    async fn next_event_sequence(&self, stack: &StackRef) -> Result<i64> {
-        let stack = stack.clone();
-        self.db
-            .write(move |c| {
-                c.prepare_cached(
-                    "UPDATE stacks SET event_seq = event_seq + 1 \
-                     WHERE org = ?1 AND project = ?2 AND name = ?3 RETURNING event_seq",
-                )?
-                .query_row(params![stack.org, stack.project, stack.stack], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| Error::not_found(format!("stack '{stack}' not found")))
-            })
-            .await
-    }
-
     async fn enqueue(&self, messages: &[OutboxMessage], due: bool) -> Result<()> {
         let messages = messages.to_vec();
         self.db

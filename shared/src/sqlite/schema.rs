@@ -126,9 +126,6 @@ CREATE TABLE oidc_keyring (
 );
 "#,
     r#"
--- Each stack's event counter: the `sequence` of its webhook payloads.
-ALTER TABLE stacks ADD COLUMN event_seq INTEGER NOT NULL DEFAULT 0;
-
 CREATE TABLE org_integrations (
     org    TEXT NOT NULL,
     kind   TEXT NOT NULL,

@@ -469,6 +469,22 @@ mod tests {
     }
 
     #[test]
+    fn sequences_follow_versions_then_each_runs_lifecycle() {
+        use super::super::events::sequence;
+        let order = [
+            sequence(1, "deployment_queued"),
+            sequence(1, "deployment_started"),
+            sequence(1, "deployment_failed"),
+            sequence(2, "deployment_queued"),
+            sequence(2, "deployment_started"),
+            sequence(2, "drift_detected"),
+            sequence(2, "drift_detection_succeeded"),
+            sequence(3, "deployment_queued"),
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    }
+
+    #[test]
     fn hook_targets_round_trip() {
         let s = HookScope {
             org: "acme".into(),

@@ -103,15 +103,31 @@ pub fn format_body(format: Format, payload: &Value, event: &str) -> Value {
     }
 }
 
-/// Hook messages for `event` on `stack`, with the payload built for the sequence number the
-/// stack's counter hands out. Nothing is read or counted when no hook wants the event.
+/// A stack's events in order: by deployment version (assigned in creation order), then by
+/// lifecycle step. Derived from the event itself, so it holds however emissions interleave
+/// (a run's `started` can be emitted before the request that queued it has emitted `queued`).
+pub fn sequence(version: i64, event: &str) -> i64 {
+    let step = match event {
+        "deployment_queued" => 1,
+        "deployment_started" => 2,
+        "deployment_succeeded" | "deployment_failed" => 3,
+        "drift_detected" => 4,
+        "drift_detection_succeeded" | "drift_detection_failed" => 5,
+        _ => 6,
+    };
+    version * 8 + step
+}
+
+/// Hook messages for `event` of deployment `version` on `stack`, with the payload built for
+/// its sequence number. Nothing is built when no hook wants the event.
 async fn hook_messages(
     deps: &Deps,
     stack: &StackRef,
+    version: i64,
     event: &str,
     payload: impl FnOnce(i64) -> Value,
 ) -> crate::error::Result<(Vec<OutboxMessage>, Vec<(HookScope, Hook)>)> {
-    let (Some(hooks), Some(outbox)) = (&deps.hooks, &deps.outbox) else {
+    let Some(hooks) = &deps.hooks else {
         return Ok((vec![], vec![]));
     };
     let wanting: Vec<(HookScope, Hook)> = hooks
@@ -123,8 +139,7 @@ async fn hook_messages(
     if wanting.is_empty() {
         return Ok((vec![], wanting));
     }
-    let seq = outbox.next_event_sequence(stack).await?;
-    let payload = payload(seq);
+    let payload = payload(sequence(version, event));
     let now = OffsetDateTime::now_utc();
     let messages = wanting
         .iter()
@@ -154,7 +169,7 @@ pub async fn deployment(deps: &Deps, d: &Deployment, event: &str) {
         _ => JobStatus::Failed,
     };
     let result = async {
-        let (mut messages, _) = hook_messages(deps, &d.stack, event, |seq| {
+        let (mut messages, _) = hook_messages(deps, &d.stack, d.version, event, |seq| {
             deployment_payload(deps, d, status, event, seq)
         })
         .await?;
@@ -174,7 +189,7 @@ pub async fn deployment(deps: &Deps, d: &Deployment, event: &str) {
 /// Emits `drift_remediation_succeeded` or `_failed` for a finished `remediate-drift`.
 pub async fn drift_remediation(deps: &Deps, d: &Deployment, event: &str) {
     let result = async {
-        let (messages, _) = hook_messages(deps, &d.stack, event, |seq| {
+        let (messages, _) = hook_messages(deps, &d.stack, d.version, event, |seq| {
             json!({
                 "organization": {"name": d.stack.org, "githubLogin": d.stack.org, "avatarUrl": ""},
                 "projectName": d.stack.project,
@@ -217,7 +232,7 @@ pub async fn drift_detection(
     });
     for event in events {
         let result = async {
-            let (messages, _) = hook_messages(deps, &d.stack, event, |seq| {
+            let (messages, _) = hook_messages(deps, &d.stack, d.version, event, |seq| {
                 json!({
                     "organization": {"name": d.stack.org, "githubLogin": d.stack.org, "avatarUrl": ""},
                     "projectName": d.stack.project,
