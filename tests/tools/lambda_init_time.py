@@ -70,6 +70,7 @@ env = {
     "AWS_LAMBDA_LOG_STREAM_NAME": "init", "AWS_REGION": "us-east-1",
     "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
     "TARMAC_TABLE": table, "TARMAC_QUEUE_URL": queue, "TARMAC_KMS_KEY_ID": key, "RUST_LOG": "warn",
+    "TARMAC_PUBLIC_URL": "https://tarmac.example.com",
 }
 times = []
 for i in range(runs):
