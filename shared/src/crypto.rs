@@ -174,8 +174,52 @@ pub fn new_token() -> String {
 
 /// The stored form of a token. Tokens carry 256 bits of entropy, so a plain SHA-256 suffices.
 pub fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(token.as_bytes())
+}
+
+/// Lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes from hex; `None` unless it is an even number of hex digits.
+pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    to_hex(&Sha256::digest(bytes))
+}
+
+/// Hex HMAC-SHA256 of `message` under `key` (webhook signatures).
+pub fn hmac_sha256_hex(key: &str, message: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key.as_bytes());
+    to_hex(aws_lc_rs::hmac::sign(&key, message).as_ref())
+}
+
+/// Whether `tag` is the HMAC-SHA256 of `message` under `key`, compared in constant time.
+pub fn hmac_sha256_valid(key: &str, message: &[u8], tag: &[u8]) -> bool {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key.as_bytes());
+    aws_lc_rs::hmac::verify(&key, message, tag).is_ok()
+}
+
+/// A UUID derived from `parts` (SHA-256 of them, in the version 4 layout): the same parts
+/// always give the same id.
+pub fn derived_uuid(parts: &[&[u8]]) -> uuid::Uuid {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update(part);
+    }
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&h.finalize()[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
 #[cfg(test)]

@@ -42,6 +42,13 @@ pub struct Deps {
     pub outbox: Option<Arc<dyn Outbox>>,
 }
 
+impl Deps {
+    /// A deployment's `consoleUrl`, also the link in notifications.
+    pub fn console_url(&self, stack: &crate::domain::StackRef, version: i64) -> String {
+        format!("{}/{stack}/deployments/{version}", self.public_url)
+    }
+}
+
 /// The embedded backend's files in a data dir.
 pub struct Embedded {
     pub store: SqliteStore,

@@ -34,6 +34,13 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
 }
 
 impl StackRef {
+    /// `org/project/stack`, as `Display` writes it.
+    pub fn parse(path: &str) -> Result<Self> {
+        let mut parts = path.splitn(3, '/');
+        let mut next = || parts.next().unwrap_or_default();
+        Self::new(next(), next(), next())
+    }
+
     pub fn new(org: &str, project: &str, stack: &str) -> Result<Self> {
         validate_name("organization", org)?;
         validate_name("project", project)?;

@@ -65,6 +65,12 @@ impl Error {
         }
     }
 
+    /// Whether a client sees only "internal server error" for this error: every 5xx but a
+    /// provider's refusal, whose message is meant for the user.
+    pub fn is_internal(&self) -> bool {
+        self.status().is_server_error() && !matches!(self, Self::Upstream(_))
+    }
+
     /// The error and every source below it, for logs.
     pub fn chain(&self) -> String {
         let mut out = self.to_string();
@@ -87,7 +93,7 @@ pub fn error_body(status: StatusCode, message: &str) -> Response {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() && !matches!(self, Self::Upstream(_)) {
+        if self.is_internal() {
             tracing::error!(error = %self.chain(), "request failed");
             return error_body(status, "internal server error");
         }

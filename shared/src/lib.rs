@@ -31,3 +31,6 @@ pub mod worker;
 mod contract_tests;
 
 pub use error::{Error, Result};
+
+/// How Tarmac names itself to the servers it calls (webhook receivers, GitHub).
+pub const USER_AGENT: &str = concat!("tarmac/", env!("CARGO_PKG_VERSION"));

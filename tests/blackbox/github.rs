@@ -25,11 +25,10 @@ fn fixture(name: &str, swaps: &[(&str, &str)]) -> String {
 }
 
 fn sign(body: &str) -> String {
-    use aws_lc_rs::hmac;
-    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
-    let tag = hmac::sign(&key, body.as_bytes());
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!(
+        "sha256={}",
+        crate::signing::hmac_hex(SECRET, body.as_bytes())
+    )
 }
 
 /// Posts a GitHub event; `signature` `None` leaves the header out.

@@ -3,8 +3,8 @@
 //!
 //! Run through `tests/run.sh`, which installs the engine and sets `TARMAC_TEST_TOOLS`.
 
-#[path = "../support/jwt.rs"]
-mod jwt;
+#[path = "../support/signing.rs"]
+mod signing;
 mod support;
 
 mod api;

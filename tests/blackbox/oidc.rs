@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::jwt::{kid, verify};
+use crate::signing::{kid, verify};
 use crate::support::{TestApp, TestRepo, stack};
 
 /// The emulator's Python, which has boto3: the run's "AWS client".
@@ -22,20 +22,21 @@ fn endpoint() -> String {
     )
 }
 
+/// A GET without a token, as a relying party fetches the issuer's documents.
+async fn anonymous_get(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_deployment_gets_a_verifiable_token_and_assumed_role_credentials_and_nothing_of_the_platform()
  {
     let app = TestApp::spawn().await;
     // The issuer's documents need no token.
-    let anonymous = reqwest::Client::new();
-    let discovery: Value = anonymous
-        .get(format!("{}/oidc/.well-known/openid-configuration", app.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let discovery = anonymous_get(&format!(
+        "{}/oidc/.well-known/openid-configuration",
+        app.url
+    ))
+    .await;
     let issuer = format!("{}/oidc", app.url);
     assert_eq!(discovery["issuer"], issuer);
     assert_eq!(
@@ -92,14 +93,7 @@ async fn a_deployment_gets_a_verifiable_token_and_assumed_role_credentials_and_n
 
     // The token verifies against the served JWKS, with every claim in Pulumi's format.
     let token = std::fs::read_to_string(&token_copy).unwrap();
-    let jwks: Value = anonymous
-        .get(&jwks_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = anonymous_get(&jwks_url).await;
     let claims = verify(token.trim(), &jwks, &issuer, "default").unwrap();
     assert_eq!(
         claims["sub"],
@@ -246,14 +240,8 @@ async fn rotating_the_key_while_serving_keeps_old_tokens_valid_and_signs_new_one
     let out = tempfile::tempdir().unwrap();
     let s = stack("oidc-rotate");
     let issuer = format!("{}/oidc", app.url);
-    let jwks = || async {
-        reqwest::get(format!("{issuer}/.well-known/jwks.json"))
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    };
+    let jwks_url = format!("{issuer}/.well-known/jwks.json");
+    let jwks = || anonymous_get(&jwks_url);
     let before = token_of_a_deployment(&app, &repo, &s, &out.path().join("1")).await;
     let first = jwks().await;
     assert_eq!(first["keys"].as_array().unwrap().len(), 1);

@@ -17,8 +17,8 @@ use tarmac::crypto::{new_token, token_hash};
 use tarmac::domain::Role;
 use tower::ServiceExt;
 
-#[path = "../support/jwt.rs"]
-mod jwt;
+#[path = "../support/signing.rs"]
+mod signing;
 // Shared with the black-box tests; this crate uses part of it.
 #[allow(dead_code)]
 #[path = "../support/fakes.rs"]
@@ -873,7 +873,7 @@ async fn the_oidc_function_signs_with_kms_exchanges_at_sts_and_answers_only_the_
     let (status, jwks) = env.call("GET", "/oidc/.well-known/jwks.json", None).await;
     assert_eq!(status, 200, "{jwks}");
     let issuer = "https://tarmac.example.com/oidc";
-    let claims = jwt::verify(&creds.token, &jwks, issuer, "acme").unwrap();
+    let claims = signing::verify(&creds.token, &jwks, issuer, "acme").unwrap();
     assert_eq!(
         claims["sub"],
         "pulumi:deploy:org:acme:project:web:stack:oidc:operation:update:scope:write"
@@ -899,7 +899,7 @@ async fn the_oidc_function_signs_with_kms_exchanges_at_sts_and_answers_only_the_
     ));
 
     // Rotation to a second KMS key: new tokens carry its kid, old ones still verify.
-    let old_kid = jwt::kid(&creds.token);
+    let old_kid = signing::kid(&creds.token);
     let second_key = kms_signing_key(&kms).await;
     let store = Arc::new(tarmac::aws::DynamoStore::new(
         aws_sdk_dynamodb::Client::new(&sdk),
@@ -913,11 +913,11 @@ async fn the_oidc_function_signs_with_kms_exchanges_at_sts_and_answers_only_the_
     let Reply::Credentials(after) = reply(function.handle(ask("lambda-worker-1")).await) else {
         panic!("refused after the rotation");
     };
-    assert_eq!(jwt::kid(&after.token), new_kid);
+    assert_eq!(signing::kid(&after.token), new_kid);
     let (_, jwks) = env.call("GET", "/oidc/.well-known/jwks.json", None).await;
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
-    jwt::verify(&creds.token, &jwks, issuer, "acme").unwrap();
-    jwt::verify(&after.token, &jwks, issuer, "acme").unwrap();
+    signing::verify(&creds.token, &jwks, issuer, "acme").unwrap();
+    signing::verify(&after.token, &jwks, issuer, "acme").unwrap();
 
     // A finished deployment gets nothing, even with its lease.
     env.app
@@ -1013,24 +1013,14 @@ async fn in_aws_mode_the_worker_and_the_tick_deliver_webhooks_and_retries() {
         }
     })
     .await;
-    let (status, hook) = env
-        .call(
-            "POST",
-            "/api/stacks/acme/web/dev/hooks",
-            Some(&serde_json::json!({"displayName": "ops", "payloadUrl": receiver.url, "secret": "s3", "filters": ["deployment_succeeded", "deployment_started"]}).to_string()),
-        )
-        .await;
+    let create_hook = serde_json::json!({"displayName": "ops", "payloadUrl": receiver.url, "secret": "s3", "filters": ["deployment_succeeded", "deployment_started"]}).to_string();
+    let hooks = "/api/stacks/acme/web/dev/hooks";
     // The stack does not exist before its settings: 404, then create it.
+    let (status, hook) = env.call("POST", hooks, Some(&create_hook)).await;
     assert_eq!(status, 404, "{hook}");
     let (status, _) = env.api("apigw-v2-patch-settings.json", "").await;
     assert_eq!(status, 200);
-    let (status, hook) = env
-        .call(
-            "POST",
-            "/api/stacks/acme/web/dev/hooks",
-            Some(&serde_json::json!({"displayName": "ops", "payloadUrl": receiver.url, "secret": "s3", "filters": ["deployment_succeeded", "deployment_started"]}).to_string()),
-        )
-        .await;
+    let (status, hook) = env.call("POST", hooks, Some(&create_hook)).await;
     assert_eq!(status, 201, "{hook}");
     let name = hook["name"].as_str().unwrap().to_string();
 
@@ -1128,15 +1118,7 @@ async fn in_aws_mode_a_signed_push_deploys_once_and_the_status_reaches_github() 
     .to_string();
     let body =
         fixture("github-push.json", &[]).replace("6113728f27ae82c7b1a177c8d03f9e96e0adf246", &sha);
-    let signature = {
-        use aws_lc_rs::hmac;
-        let tag = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
-            body.as_bytes(),
-        );
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256={hex}")
-    };
+    let signature = format!("sha256={}", signing::hmac_hex(secret, body.as_bytes()));
     let post = |delivery: &str| {
         let mut ev: Value =
             serde_json::from_str(&fixture("apigw-v2-create-deployment.json", &[])).unwrap();

@@ -85,6 +85,16 @@ def fixture(name, subs):
     return text
 
 
+def start(binary, name, env):
+    """Starts a bootstrap on a Runtime API of its own: (process, invocations, responses)."""
+    address, invocations, responses = runtime_api()
+    proc = subprocess.Popen([binary], env={**env, "AWS_LAMBDA_FUNCTION_NAME": name,
+                                           "AWS_LAMBDA_RUNTIME_API": address},
+                            stdout=subprocess.DEVNULL,
+                            stderr=None if os.environ.get("RSS_DEBUG") else subprocess.DEVNULL)
+    return proc, invocations, responses
+
+
 def status_kb(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -143,11 +153,7 @@ def one_run():
             "__TRACE_FILE__": os.path.join(work, "trace")}
     procs = []
     try:
-        address, invocations, responses = runtime_api()
-        api = subprocess.Popen([api_bin], env={**env, "AWS_LAMBDA_FUNCTION_NAME": "api",
-                                               "AWS_LAMBDA_RUNTIME_API": address},
-                               stdout=subprocess.DEVNULL,
-                               stderr=None if os.environ.get("RSS_DEBUG") else subprocess.DEVNULL)
+        api, invocations, responses = start(api_bin, "api", env)
         procs.append(api)
         for name in ("apigw-v2-patch-settings.json", "apigw-v2-create-deployment.json"):
             invocations.put(fixture(name, subs))
@@ -167,11 +173,7 @@ def one_run():
             "md5OfBody": m.get("MD5OfBody", ""), "eventSource": "aws:sqs",
             "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:tarmac.fifo", "awsRegion": "us-east-1",
         }
-        address, invocations, responses = runtime_api()
-        worker = subprocess.Popen([worker_bin], env={**env, "AWS_LAMBDA_FUNCTION_NAME": "worker",
-                                                     "AWS_LAMBDA_RUNTIME_API": address},
-                                  stdout=subprocess.DEVNULL,
-                                  stderr=None if os.environ.get("RSS_DEBUG") else subprocess.DEVNULL)
+        worker, invocations, responses = start(worker_bin, "worker", env)
         procs.append(worker)
         invocations.put(json.dumps({"Records": [record]}))
         reply = json.loads(responses.get(timeout=int(os.environ.get("RSS_TIMEOUT", "300"))))

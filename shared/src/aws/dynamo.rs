@@ -374,6 +374,18 @@ impl DynamoStore {
         Ok(Some(loc))
     }
 
+    /// Every stack item of an org (the `gsi2` partition `ORG#{org}#STACKS`).
+    async fn org_stack_items(&self, org: &str) -> Result<Vec<Item>> {
+        self.query(
+            Some("gsi2"),
+            "gsi2pk = :pk",
+            vec![(":pk", s(org_stacks(org)))],
+            true,
+            None,
+        )
+        .await
+    }
+
     async fn locate_or_conflict(&self, id: Uuid) -> Result<(String, i64)> {
         self.locate(id)
             .await?
@@ -865,26 +877,10 @@ impl StackStore for DynamoStore {
     }
 
     async fn list_stack_settings(&self, org: &str) -> Result<Vec<(StackRef, Value)>> {
-        let items = self
-            .query(
-                Some("gsi2"),
-                "gsi2pk = :pk",
-                vec![(":pk", s(org_stacks(org)))],
-                true,
-                None,
-            )
-            .await?;
         let mut out = Vec::new();
-        for st in items {
+        for st in self.org_stack_items(org).await? {
             if let Some(raw) = opt_s(&st, "settings") {
-                out.push((
-                    StackRef {
-                        org: get_s(&st, "org")?,
-                        project: get_s(&st, "project")?,
-                        stack: get_s(&st, "stack")?,
-                    },
-                    serde_json::from_str(&raw)?,
-                ));
+                out.push((stack_of(&st)?, serde_json::from_str(&raw)?));
             }
         }
         Ok(out)
@@ -980,15 +976,7 @@ impl OrgStore for DynamoStore {
             .get(org_key(org))
             .await?
             .is_some_and(|o| get_b(&o, "paused"));
-        let stacks = self
-            .query(
-                Some("gsi2"),
-                "gsi2pk = :pk",
-                vec![(":pk", s(org_stacks(org)))],
-                true,
-                None,
-            )
-            .await?;
+        let stacks = self.org_stack_items(org).await?;
         let paused_stacks = stacks
             .iter()
             .filter(|st| get_b(st, "paused"))

@@ -152,10 +152,7 @@ impl HookStore for DynamoStore {
             org: stack.org.clone(),
             stack: None,
         };
-        let own = HookScope {
-            org: stack.org.clone(),
-            stack: Some(stack.clone()),
-        };
+        let own = HookScope::for_stack(stack);
         let mut out = Vec::new();
         for scope in [org, own] {
             for hook in self.hooks_in(&scope_pk(&scope)).await? {

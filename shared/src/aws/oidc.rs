@@ -106,7 +106,7 @@ impl OidcFunction {
                 Ok(creds) => Reply::Credentials(Box::new(creds)),
                 Err(e) => {
                     let status = e.status();
-                    let message = if status.is_server_error() && !matches!(e, Error::Upstream(_)) {
+                    let message = if e.is_internal() {
                         tracing::error!(error = %e.chain(), "credential exchange failed");
                         "internal error".to_string()
                     } else {

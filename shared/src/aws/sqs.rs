@@ -4,7 +4,6 @@
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::ports::{Queue, QueueMessage};
@@ -20,10 +19,7 @@ pub fn group_id(m: &QueueMessage) -> String {
     if path.len() <= 128 {
         path
     } else {
-        Sha256::digest(path.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::crypto::sha256_hex(path.as_bytes())
     }
 }
 

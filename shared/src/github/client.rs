@@ -90,7 +90,7 @@ impl GitHub {
         };
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
-            .user_agent(concat!("tarmac/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::internal(format!("HTTP client: {e}")))?;

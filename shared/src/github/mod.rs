@@ -10,7 +10,6 @@
 pub mod client;
 pub mod triggers;
 
-use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -124,36 +123,12 @@ impl Integration {
     }
 }
 
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-pub fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Checks `X-Hub-Signature-256` (`sha256=<hex HMAC-SHA256 of the raw body>`) in constant time.
 pub fn signature_valid(secret: &str, body: &[u8], header: Option<&str>) -> bool {
-    let Some(sig) = header
+    header
         .and_then(|h| h.trim().strip_prefix("sha256="))
-        .and_then(decode_hex)
-    else {
-        return false;
-    };
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    hmac::verify(&key, body, &sig).is_ok()
-}
-
-/// Hex HMAC-SHA256 of `message` under `secret`.
-pub fn hmac_hex(secret: &str, message: &[u8]) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    encode_hex(hmac::sign(&key, message).as_ref())
+        .and_then(crate::crypto::from_hex)
+        .is_some_and(|tag| crate::crypto::hmac_sha256_valid(secret, body, &tag))
 }
 
 #[cfg(test)]
@@ -163,7 +138,7 @@ mod tests {
     #[test]
     fn signatures_are_checked_over_the_raw_body() {
         let body = br#"{"zen":"Keep it logically awesome."}"#;
-        let good = format!("sha256={}", hmac_hex("s3cret", body));
+        let good = format!("sha256={}", crate::crypto::hmac_sha256_hex("s3cret", body));
         assert!(signature_valid("s3cret", body, Some(&good)));
         assert!(!signature_valid("other", body, Some(&good)));
         assert!(!signature_valid("s3cret", b"{}", Some(&good)));

@@ -35,20 +35,11 @@ pub async fn create(
         &ctx.principal.token_name,
     )
     .await?;
-    let console = format!(
-        "{}/{}/deployments/{}",
-        state.deps.public_url,
-        path_of(&ctx.stack),
-        d.version
-    );
+    let console = state.deps.console_url(&ctx.stack, d.version);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "id": d.id, "consoleUrl": console, "version": d.version })),
     ))
-}
-
-fn path_of(stack: &StackRef) -> String {
-    format!("{}/{}/{}", stack.org, stack.project, stack.stack)
 }
 
 fn parse_id(raw: &str) -> Result<Uuid> {

@@ -174,6 +174,15 @@ impl FromRequestParts<AppState> for OrgCtx {
     }
 }
 
+impl OrgCtx {
+    /// Org-wide changes (pause, integrations, org webhooks) need an admin token.
+    pub fn require_admin(&self) -> Result<(), Error> {
+        authorize(&self.principal, &self.org, Role::Admin, || {
+            Error::not_found("organization not found")
+        })
+    }
+}
+
 /// A named path parameter beyond the org/project/stack ones.
 pub fn param(parts: &HashMap<String, String>, name: &str) -> String {
     parts.get(name).cloned().unwrap_or_default()

@@ -10,20 +10,14 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
-use super::extract::{JsonBody, OrgCtx, Params, authorize};
-use crate::domain::{Role, StackRef, validate_name};
+use super::extract::{JsonBody, OrgCtx, Params};
+use crate::domain::{StackRef, validate_name};
 use crate::error::{Error, Result};
 use crate::github::client::GitHub;
 use crate::github::triggers::{Event, Trigger, triggers};
 use crate::github::{Integration, signature_valid};
 
 const KIND: &str = "github";
-
-fn require_admin(ctx: &OrgCtx) -> Result<()> {
-    authorize(&ctx.principal, &ctx.org, Role::Admin, || {
-        Error::not_found("organization not found")
-    })
-}
 
 async fn stored(state: &AppState, org: &str) -> Result<Option<Integration>> {
     match state.deps.orgs.get_integration(org, KIND).await? {
@@ -44,7 +38,7 @@ pub async fn put(
     ctx: OrgCtx,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
-    require_admin(&ctx)?;
+    ctx.require_admin()?;
     let i = Integration::from_request(&body, &state.deps.cipher.for_org(&ctx.org))?;
     state
         .deps
@@ -55,7 +49,7 @@ pub async fn put(
 }
 
 pub async fn delete(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
-    require_admin(&ctx)?;
+    ctx.require_admin()?;
     state
         .deps
         .orgs
@@ -72,14 +66,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// id, which the signature does not cover): a redelivery, or a replay of an old signed body under
 /// a new delivery id, finds its deployment made and makes none.
 fn deployment_id(body: &[u8], stack: &StackRef) -> uuid::Uuid {
-    let mut h = Sha256::new();
-    h.update(b"github:");
-    h.update(Sha256::digest(body));
-    h.update(stack.to_string().as_bytes());
-    let h = h.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&h[..16]);
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
+    crate::crypto::derived_uuid(&[
+        b"github:",
+        &Sha256::digest(body),
+        stack.to_string().as_bytes(),
+    ])
 }
 
 /// `POST /api/orgs/{org}/integrations/github/webhook`.

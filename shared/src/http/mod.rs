@@ -100,19 +100,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .route("/deployments/{id}/logs", get(deployments::logs))
         .route("/deployments/{id}/updates", get(deployments::updates))
         .route("/deployments/{id}/cancel", post(deployments::cancel))
-        .route("/hooks", get(hooks::stack_list).post(hooks::stack_create))
-        .route(
-            "/hooks/{name}",
-            get(hooks::stack_read)
-                .patch(hooks::stack_update)
-                .delete(hooks::stack_delete),
-        )
-        .route("/hooks/{name}/ping", post(hooks::stack_ping))
-        .route("/hooks/{name}/deliveries", get(hooks::stack_deliveries))
-        .route(
-            "/hooks/{name}/deliveries/{event}/redeliver",
-            post(hooks::stack_redeliver),
-        );
+        .nest("/hooks", hook_routes());
     Router::new()
         .route(
             "/oidc/.well-known/openid-configuration",
@@ -133,25 +121,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
             "/api/orgs/{org}/deployments/metadata",
             get(stacks::org_metadata),
         )
-        .route(
-            "/api/orgs/{org}/hooks",
-            get(hooks::org_list).post(hooks::org_create),
-        )
-        .route(
-            "/api/orgs/{org}/hooks/{name}",
-            get(hooks::org_read)
-                .patch(hooks::org_update)
-                .delete(hooks::org_delete),
-        )
-        .route("/api/orgs/{org}/hooks/{name}/ping", post(hooks::org_ping))
-        .route(
-            "/api/orgs/{org}/hooks/{name}/deliveries",
-            get(hooks::org_deliveries),
-        )
-        .route(
-            "/api/orgs/{org}/hooks/{name}/deliveries/{event}/redeliver",
-            post(hooks::org_redeliver),
-        )
+        .nest("/api/orgs/{org}/hooks", hook_routes())
         .route(
             "/api/orgs/{org}/integrations/github",
             get(github::get).put(github::put).delete(github::delete),
@@ -165,6 +135,22 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(AppState { deps })
+}
+
+/// The webhook routes, the same under an org and under a stack.
+fn hook_routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(hooks::list).post(hooks::create))
+        .route(
+            "/{name}",
+            get(hooks::read).patch(hooks::update).delete(hooks::delete),
+        )
+        .route("/{name}/ping", post(hooks::ping))
+        .route("/{name}/deliveries", get(hooks::deliveries))
+        .route(
+            "/{name}/deliveries/{event}/redeliver",
+            post(hooks::redeliver),
+        )
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

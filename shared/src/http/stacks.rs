@@ -142,20 +142,14 @@ pub async fn clear_cache(ctx: StackCtx) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-fn require_admin(ctx: &OrgCtx) -> Result<()> {
-    authorize(&ctx.principal, &ctx.org, Role::Admin, || {
-        Error::not_found("organization not found")
-    })
-}
-
 pub async fn pause_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
-    require_admin(&ctx)?;
+    ctx.require_admin()?;
     state.deps.orgs.set_org_paused(&ctx.org, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn resume_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
-    require_admin(&ctx)?;
+    ctx.require_admin()?;
     state.deps.orgs.set_org_paused(&ctx.org, false).await?;
     resend_queued(&state, |m| m.org == ctx.org).await;
     Ok(StatusCode::NO_CONTENT)

@@ -331,37 +331,10 @@ impl Issuer {
     }
 }
 
-/// Token checks for tests, with an independent JWT library.
+/// Token checks for tests, with an independent JWT library: the same file the test crates use.
 #[cfg(test)]
-pub mod testing {
-    use serde_json::Value;
-
-    /// The `kid` in a token's header.
-    pub fn kid(token: &str) -> String {
-        jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
-    }
-
-    /// Verifies `token` against `jwks` as a relying party would: RS256, the key named by `kid`,
-    /// `iss`, `aud`, `exp` and `nbf`. Returns the claims.
-    pub fn verify(token: &str, jwks: &Value, iss: &str, aud: &str) -> Result<Value, String> {
-        use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
-        let set: JwkSet = serde_json::from_value(jwks.clone()).map_err(|e| e.to_string())?;
-        let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
-        let kid = header.kid.ok_or("no kid")?;
-        let jwk = set
-            .find(&kid)
-            .ok_or_else(|| format!("kid {kid} is not in the JWKS"))?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-        let mut v = Validation::new(Algorithm::RS256);
-        v.set_issuer(&[iss]);
-        v.set_audience(&[aud]);
-        v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub", "nbf", "iat"]);
-        jsonwebtoken::decode::<Value>(token, &key, &v)
-            .map(|d| d.claims)
-            .map_err(|e| e.to_string())
-    }
-}
+#[path = "../../../tests/support/signing.rs"]
+pub mod testing;
 
 #[cfg(test)]
 mod tests {

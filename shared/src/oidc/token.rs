@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -293,12 +292,7 @@ impl OidcSpec {
 
 /// A stable, opaque id for a stack, shaped like a UUID (Pulumi's `stackId` is one).
 pub fn stack_id(stack: &StackRef) -> String {
-    let h = Sha256::digest(format!("tarmac-stack:{stack}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&h[..16]);
-    uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .to_string()
+    crate::crypto::derived_uuid(&[b"tarmac-stack:", stack.to_string().as_bytes()]).to_string()
 }
 
 struct Vars<'a> {

@@ -704,8 +704,7 @@ impl Runner {
             _ = run.stop.cancelled() => return Err(Failure::Stopped),
         };
         let creds = exchanged.map_err(|e| {
-            let status = e.status();
-            if status.is_server_error() && !matches!(e, Error::Upstream(_)) {
+            if e.is_internal() {
                 tracing::error!(error = %e.chain(), "OIDC credential exchange failed");
                 Failure::Failed("The OIDC credential exchange failed inside Tarmac; the server's log has the cause.".into())
             } else {

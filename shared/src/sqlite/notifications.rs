@@ -12,29 +12,6 @@ use crate::error::{Error, Result};
 use crate::ports::{Attempt, HookStore, Outbox, OutboxMessage};
 use crate::webhooks::{Hook, HookScope};
 
-fn stack_scope(stack: &StackRef) -> String {
-    HookScope {
-        org: stack.org.clone(),
-        stack: Some(stack.clone()),
-    }
-    .key()
-}
-
-fn scope_from_key(key: &str) -> Option<HookScope> {
-    if let Some(org) = key.strip_prefix("org/") {
-        return Some(HookScope {
-            org: org.to_string(),
-            stack: None,
-        });
-    }
-    let mut parts = key.strip_prefix("stack/")?.splitn(3, '/');
-    let stack = StackRef::new(parts.next()?, parts.next()?, parts.next()?).ok()?;
-    Some(HookScope {
-        org: stack.org.clone(),
-        stack: Some(stack),
-    })
-}
-
 #[async_trait]
 impl HookStore for SqliteStore {
     async fn create_hook(&self, scope: &HookScope, hook: &Hook) -> Result<()> {
@@ -114,7 +91,14 @@ impl HookStore for SqliteStore {
     }
 
     async fn hooks_for_stack(&self, stack: &StackRef) -> Result<Vec<(HookScope, Hook)>> {
-        let keys = (format!("org/{}", stack.org), stack_scope(stack));
+        let keys = (
+            HookScope {
+                org: stack.org.clone(),
+                stack: None,
+            }
+            .key(),
+            HookScope::for_stack(stack).key(),
+        );
         self.db
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
@@ -126,7 +110,7 @@ impl HookStore for SqliteStore {
                 let mut out = Vec::new();
                 for row in rows {
                     let (key, body) = row?;
-                    if let Some(scope) = scope_from_key(&key) {
+                    if let Some(scope) = HookScope::from_key(&key) {
                         out.push((scope, serde_json::from_str(&body)?));
                     }
                 }

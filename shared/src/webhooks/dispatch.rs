@@ -10,11 +10,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::HookScope;
+use crate::crypto::hmac_sha256_hex;
 use crate::deps::Deps;
 use crate::domain::StackRef;
 use crate::error::{Error, Result};
+use crate::github::Integration;
 use crate::github::client::GitHub;
-use crate::github::{Integration, hmac_hex};
 use crate::ports::{Attempt, OutboxMessage};
 
 /// Attempts per message before it is given up (about four minutes of retries at the default
@@ -44,26 +45,8 @@ pub fn next_attempt(attempts: u32, now: OffsetDateTime, base: Duration) -> Optio
 
 /// `hook:<scope key>/<name>` back into its scope and name.
 pub fn parse_hook_target(target: &str) -> Option<(HookScope, String)> {
-    let rest = target.strip_prefix("hook:")?;
-    let (scope, name) = rest.rsplit_once('/')?;
-    if let Some(org) = scope.strip_prefix("org/") {
-        return Some((
-            HookScope {
-                org: org.to_string(),
-                stack: None,
-            },
-            name.to_string(),
-        ));
-    }
-    let mut parts = scope.strip_prefix("stack/")?.splitn(3, '/');
-    let stack = StackRef::new(parts.next()?, parts.next()?, parts.next()?).ok()?;
-    Some((
-        HookScope {
-            org: stack.org.clone(),
-            stack: Some(stack),
-        },
-        name.to_string(),
-    ))
+    let (scope, name) = target.strip_prefix("hook:")?.rsplit_once('/')?;
+    Some((HookScope::from_key(scope)?, name.to_string()))
 }
 
 /// Addresses a hook may never reach: link-local (cloud metadata services live there),
@@ -115,7 +98,7 @@ async fn client_for(url: &str) -> std::result::Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(SEND_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tarmac/", env!("CARGO_PKG_VERSION")))
+        .user_agent(crate::USER_AGENT)
         .resolve(&lookup, addr)
         .build()
         .map_err(|e| format!("HTTP client: {e}"))
@@ -169,13 +152,13 @@ pub async fn send(deps: &Deps, m: &OutboxMessage) -> Result<Option<Attempt>> {
         let t = now.unix_timestamp();
         headers.push((
             "Pulumi-Webhook-Signature".into(),
-            hmac_hex(secret, m.body.as_bytes()),
+            hmac_sha256_hex(secret, m.body.as_bytes()),
         ));
         headers.push((
             "Tarmac-Webhook-Signature".into(),
             format!(
                 "t={t},v1={}",
-                hmac_hex(secret, format!("{t}.{}", m.body).as_bytes())
+                hmac_sha256_hex(secret, format!("{t}.{}", m.body).as_bytes())
             ),
         ));
     }
@@ -293,8 +276,7 @@ async fn github_call(deps: &Deps, org: &str, kind: &str, body: &Value) -> Result
 
 /// The commit status for the deployment's state now, if it can be read.
 async fn current_state(deps: &Deps, body: &Value) -> Option<(&'static str, String)> {
-    let mut parts = body["stack"].as_str()?.splitn(3, '/');
-    let stack = StackRef::new(parts.next()?, parts.next()?, parts.next()?).ok()?;
+    let stack = StackRef::parse(body["stack"].as_str()?).ok()?;
     let id = body["deploymentId"].as_str()?.parse().ok()?;
     let d = deps.deployments.get_deployment(&stack, id).await.ok()??;
     Some(super::events::github_state(d.status, d.operation))

@@ -18,13 +18,6 @@ pub fn github_trigger(d: &Deployment) -> Option<&Value> {
     (t["provider"] == "github").then_some(t)
 }
 
-pub fn deployment_url(deps: &Deps, stack: &StackRef, version: i64) -> String {
-    format!(
-        "{}/{}/{}/{}/deployments/{version}",
-        deps.public_url, stack.org, stack.project, stack.stack
-    )
-}
-
 fn kind_of(event: &str) -> &'static str {
     EMITTED
         .iter()
@@ -46,7 +39,7 @@ fn deployment_payload(
         "organization": org,
         "projectName": d.stack.project,
         "stackName": d.stack.stack,
-        "deploymentUrl": deployment_url(deps, &d.stack, d.version),
+        "deploymentUrl": deps.console_url(&d.stack, d.version),
         "version": d.version,
         "operation": d.operation.as_str(),
         "status": status.as_str(),
@@ -126,9 +119,9 @@ async fn hook_messages(
     version: i64,
     event: &str,
     payload: impl FnOnce(i64) -> Value,
-) -> crate::error::Result<(Vec<OutboxMessage>, Vec<(HookScope, Hook)>)> {
+) -> crate::error::Result<Vec<OutboxMessage>> {
     let Some(hooks) = &deps.hooks else {
-        return Ok((vec![], vec![]));
+        return Ok(vec![]);
     };
     let wanting: Vec<(HookScope, Hook)> = hooks
         .hooks_for_stack(stack)
@@ -137,7 +130,7 @@ async fn hook_messages(
         .filter(|(_, h)| h.wants(event))
         .collect();
     if wanting.is_empty() {
-        return Ok((vec![], wanting));
+        return Ok(vec![]);
     }
     let payload = payload(sequence(version, event));
     let now = OffsetDateTime::now_utc();
@@ -153,27 +146,37 @@ async fn hook_messages(
             created: now,
         })
         .collect();
-    Ok((messages, wanting))
+    Ok(messages)
 }
 
 pub fn hook_target(scope: &HookScope, name: &str) -> String {
     format!("hook:{}/{name}", scope.key())
 }
 
-/// Emits a deployment event (`deployment_queued`, `_started`, `_succeeded`, `_failed`).
-pub async fn deployment(deps: &Deps, d: &Deployment, event: &str) {
-    let status = match event {
+/// The deployment status a deployment event reports.
+fn event_status(event: &str) -> JobStatus {
+    match event {
         "deployment_queued" => JobStatus::NotStarted,
         "deployment_started" => JobStatus::Running,
         "deployment_succeeded" => JobStatus::Succeeded,
         _ => JobStatus::Failed,
-    };
+    }
+}
+
+/// Queues `event`'s messages: one per hook that wants it, with `payload(sequence)`, and (for
+/// deployment events) GitHub's. A failure is logged, never passed on.
+async fn emit(
+    deps: &Deps,
+    d: &Deployment,
+    event: &str,
+    payload: impl FnOnce(i64) -> Value,
+    github: bool,
+) {
     let result = async {
-        let (mut messages, _) = hook_messages(deps, &d.stack, d.version, event, |seq| {
-            deployment_payload(deps, d, status, event, seq)
-        })
-        .await?;
-        messages.extend(github_messages(deps, d, event).await);
+        let mut messages = hook_messages(deps, &d.stack, d.version, event, payload).await?;
+        if github {
+            messages.extend(github_messages(deps, d, event).await);
+        }
         if !messages.is_empty()
             && let Some(outbox) = &deps.outbox
         {
@@ -186,30 +189,44 @@ pub async fn deployment(deps: &Deps, d: &Deployment, event: &str) {
     }
 }
 
+/// Emits a deployment event (`deployment_queued`, `_started`, `_succeeded`, `_failed`).
+pub async fn deployment(deps: &Deps, d: &Deployment, event: &str) {
+    let status = event_status(event);
+    let payload = |seq| deployment_payload(deps, d, status, event, seq);
+    emit(deps, d, event, payload, true).await;
+}
+
+/// Pulumi's drift payload; `detection` (run id, drift found) for detection events.
+fn drift_payload(
+    deps: &Deps,
+    d: &Deployment,
+    event: &str,
+    ok: bool,
+    detection: Option<(uuid::Uuid, bool)>,
+    seq: i64,
+) -> Value {
+    let mut payload = json!({
+        "organization": {"name": d.stack.org, "githubLogin": d.stack.org, "avatarUrl": ""},
+        "projectName": d.stack.project,
+        "stackName": d.stack.stack,
+        "status": if ok { "succeeded" } else { "failed" },
+        "resourceChanges": {},
+        "referenceUrl": deps.console_url(&d.stack, d.version),
+        "event": event,
+        "sequence": seq,
+    });
+    if let Some((run_id, drift)) = detection {
+        payload["driftDetected"] = json!(drift);
+        payload["driftRunId"] = json!(run_id);
+    }
+    payload
+}
+
 /// Emits `drift_remediation_succeeded` or `_failed` for a finished `remediate-drift`.
 pub async fn drift_remediation(deps: &Deps, d: &Deployment, event: &str) {
-    let result = async {
-        let (messages, _) = hook_messages(deps, &d.stack, d.version, event, |seq| {
-            json!({
-                "organization": {"name": d.stack.org, "githubLogin": d.stack.org, "avatarUrl": ""},
-                "projectName": d.stack.project,
-                "stackName": d.stack.stack,
-                "status": if event.ends_with("succeeded") { "succeeded" } else { "failed" },
-                "resourceChanges": {},
-                "referenceUrl": deployment_url(deps, &d.stack, d.version),
-                "event": event,
-                "sequence": seq,
-            })
-        })
-        .await?;
-        if let (false, Some(outbox)) = (messages.is_empty(), &deps.outbox) {
-            outbox.enqueue(&messages, true).await?;
-        }
-        Ok::<_, crate::error::Error>(())
-    };
-    if let Err(e) = result.await {
-        tracing::error!(deployment_id = %d.id, event, error = %e.chain(), "could not queue notifications");
-    }
+    let ok = event.ends_with("succeeded");
+    let payload = |seq| drift_payload(deps, d, event, ok, None, seq);
+    emit(deps, d, event, payload, false).await;
 }
 
 /// Emits a drift run's events: `drift_detected` when drift was found, then
@@ -221,40 +238,19 @@ pub async fn drift_detection(
     drift: bool,
     ok: bool,
 ) {
-    let mut events = vec![];
-    if drift {
-        events.push("drift_detected");
-    }
-    events.push(if ok {
+    let finished = if ok {
         "drift_detection_succeeded"
     } else {
         "drift_detection_failed"
-    });
+    };
+    let events = if drift {
+        vec!["drift_detected", finished]
+    } else {
+        vec![finished]
+    };
     for event in events {
-        let result = async {
-            let (messages, _) = hook_messages(deps, &d.stack, d.version, event, |seq| {
-                json!({
-                    "organization": {"name": d.stack.org, "githubLogin": d.stack.org, "avatarUrl": ""},
-                    "projectName": d.stack.project,
-                    "stackName": d.stack.stack,
-                    "driftDetected": drift,
-                    "driftRunId": run_id,
-                    "status": if ok { "succeeded" } else { "failed" },
-                    "resourceChanges": {},
-                    "referenceUrl": deployment_url(deps, &d.stack, d.version),
-                    "event": event,
-                    "sequence": seq,
-                })
-            })
-            .await?;
-            if let (false, Some(outbox)) = (messages.is_empty(), &deps.outbox) {
-                outbox.enqueue(&messages, true).await?;
-            }
-            Ok::<_, crate::error::Error>(())
-        };
-        if let Err(e) = result.await {
-            tracing::error!(deployment_id = %d.id, event, error = %e.chain(), "could not queue notifications");
-        }
+        let payload = |seq| drift_payload(deps, d, event, ok, Some((run_id, drift)), seq);
+        emit(deps, d, event, payload, false).await;
     }
 }
 
@@ -279,16 +275,8 @@ async fn github_messages(deps: &Deps, d: &Deployment, event: &str) -> Vec<Outbox
     let (Some(repo), Some(commit)) = (repo, commit) else {
         return vec![];
     };
-    let (state, description) = github_state(
-        match event {
-            "deployment_queued" => JobStatus::NotStarted,
-            "deployment_started" => JobStatus::Running,
-            "deployment_succeeded" => JobStatus::Succeeded,
-            _ => JobStatus::Failed,
-        },
-        d.operation,
-    );
-    let url = deployment_url(deps, &d.stack, d.version);
+    let (state, description) = github_state(event_status(event), d.operation);
+    let url = deps.console_url(&d.stack, d.version);
     let now = OffsetDateTime::now_utc();
     let message = |kind: &str, body: Value| OutboxMessage {
         id: uuid::Uuid::new_v4().to_string(),

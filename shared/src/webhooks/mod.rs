@@ -27,6 +27,26 @@ pub struct HookScope {
 }
 
 impl HookScope {
+    pub fn for_stack(stack: &StackRef) -> Self {
+        Self {
+            org: stack.org.clone(),
+            stack: Some(stack.clone()),
+        }
+    }
+
+    /// The scope `key` names.
+    pub fn from_key(key: &str) -> Option<Self> {
+        if let Some(org) = key.strip_prefix("org/") {
+            return Some(Self {
+                org: org.to_string(),
+                stack: None,
+            });
+        }
+        StackRef::parse(key.strip_prefix("stack/")?)
+            .ok()
+            .map(|s| Self::for_stack(&s))
+    }
+
     /// A stable key, for storage and outbox targets.
     pub fn key(&self) -> String {
         match &self.stack {

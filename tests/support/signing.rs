@@ -1,4 +1,5 @@
-//! Token checks shared by the test crates, with an independent JWT library (`jsonwebtoken`).
+//! Signature checks shared by the test crates and the library's own tests: JWTs with an
+//! independent library (`jsonwebtoken`), HMACs computed as a webhook's other end would.
 
 use serde_json::Value;
 
@@ -26,4 +27,11 @@ pub fn verify(token: &str, jwks: &Value, iss: &str, aud: &str) -> Result<Value, 
     jsonwebtoken::decode::<Value>(token, &key, &v)
         .map(|d| d.claims)
         .map_err(|e| e.to_string())
+}
+
+/// Hex HMAC-SHA256 of `message` under `key`, as GitHub and webhook receivers compute it.
+pub fn hmac_hex(key: &str, message: &[u8]) -> String {
+    use aws_lc_rs::hmac;
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes()), message);
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
