@@ -56,6 +56,8 @@ where
         public_url: String::new(),
         allow_local_repos: false,
         state_dir: None,
+        state_store: None,
+        bootstrap_sha256: None,
         concurrency: 1,
         issuer: None,
         credentials: None,

@@ -81,13 +81,15 @@ pub async fn aws_config() -> aws_config::SdkConfig {
 async fn dynamo() -> Backend {
     let client = aws_sdk_dynamodb::Client::new(&aws_config().await);
     let table = format!("tarmac-test-{}", Uuid::new_v4().simple());
-    crate::aws::dynamo::create_table(&client, &table)
-        .await
-        .unwrap();
+    // Tokens in a table of their own, as infra/template.yaml deploys them.
+    let tokens = format!("{table}-tokens");
+    for t in [&table, &tokens] {
+        crate::aws::dynamo::create_table(&client, t).await.unwrap();
+    }
     Backend {
         expires_by_ttl: true,
         ..backend(
-            Arc::new(crate::aws::DynamoStore::new(client, table)),
+            Arc::new(crate::aws::DynamoStore::new(client, table).with_token_table(tokens)),
             Box::new(()),
         )
     }
@@ -117,6 +119,7 @@ contract!(
     logs_read_as_a_stream_and_by_step,
     deleting_a_stack_removes_its_deployments_but_not_while_one_runs,
     stacks_orgs_and_tokens,
+    a_bootstrap_secret_gives_one_admin_token,
     lists_page_newest_first,
     racing_claims_start_exactly_one_run,
     schedules_are_stored_listed_and_due_by_their_next_slot,
@@ -1117,6 +1120,81 @@ async fn deleting_a_stack_removes_its_schedules_and_drift_runs(b: Backend) {
     );
 }
 
+async fn a_bootstrap_secret_gives_one_admin_token(b: Backend) {
+    use tower::ServiceExt;
+    let secret = "tmb_the-secret";
+    let mut d = deps(&b);
+    Arc::get_mut(&mut d).unwrap().bootstrap_sha256 =
+        Some(crate::crypto::sha256_hex(secret.as_bytes()));
+    let post = |body: serde_json::Value| {
+        let router = crate::http::router(Arc::clone(&d));
+        async move {
+            let req = axum::http::Request::builder()
+                .method("POST")
+                .uri("/api/bootstrap")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            let resp = router.oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    // Refusals write nothing.
+    for (body, want) in [
+        (json!({"secret": "tmb_wrong", "organization": "acme"}), 401),
+        (json!({"organization": "acme"}), 400),
+        (json!({"secret": secret, "organization": "no/such"}), 400),
+    ] {
+        let (status, v) = post(body.clone()).await;
+        assert_eq!(status, want, "{body} -> {v}");
+        assert_eq!(v["code"], want, "{v}");
+    }
+    assert_eq!(b.tokens.token_count().await.unwrap(), 0);
+
+    let (status, v) = post(json!({"secret": secret, "organization": "acme"})).await;
+    assert_eq!(status, 201, "{v}");
+    let token = v["token"].as_str().unwrap();
+    let p = b
+        .tokens
+        .find_token(&crate::crypto::token_hash(token))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((p.org.as_str(), p.role), ("acme", Role::Admin));
+    assert_eq!(p.token_name, "bootstrap-admin");
+    assert!(!v.to_string().contains(secret));
+
+    // Once only, for this org or any other.
+    let (status, v) = post(json!({"secret": secret, "organization": "other"})).await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(b.tokens.token_count().await.unwrap(), 1);
+    // The store refuses a second redemption by itself, too.
+    let hash = crate::crypto::sha256_hex(secret.as_bytes());
+    assert!(matches!(
+        b.tokens
+            .redeem_bootstrap(&hash, "h2", "acme", "again")
+            .await,
+        Err(crate::error::Error::Conflict(_))
+    ));
+    assert!(b.tokens.find_token("h2").await.unwrap().is_none());
+
+    // Without a configured secret the route does not exist.
+    let (status, v) = call(
+        &b,
+        "POST",
+        "/api/bootstrap",
+        Some(json!({"secret": secret, "organization": "acme"})),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+}
+
 /// `Deps` over a backend's ports, as the API and the tick use them.
 fn deps(b: &Backend) -> Arc<crate::deps::Deps> {
     Arc::new(crate::deps::Deps {
@@ -1133,6 +1211,8 @@ fn deps(b: &Backend) -> Arc<crate::deps::Deps> {
         public_url: "http://tarmac.test".into(),
         allow_local_repos: true,
         state_dir: None,
+        state_store: None,
+        bootstrap_sha256: None,
         concurrency: 1,
         issuer: None,
         credentials: None,

@@ -167,9 +167,14 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// A new API token: `tmc_` and 32 random bytes. Only its hash is ever stored.
 pub fn new_token() -> String {
+    new_secret("tmc_")
+}
+
+/// `prefix` and 32 random bytes, base64url.
+pub fn new_secret(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
-    format!("tmc_{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// The stored form of a token. Tokens carry 256 bits of entropy, so a plain SHA-256 suffices.

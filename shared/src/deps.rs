@@ -31,6 +31,11 @@ pub struct Deps {
     pub allow_local_repos: bool,
     /// Where per-stack engine state lives (embedded mode), removed with the stack.
     pub state_dir: Option<PathBuf>,
+    /// Where engine state is kept between runs when the worker's disk does not last (AWS).
+    pub state_store: Option<Arc<dyn StateStore>>,
+    /// SHA-256 (hex) of the one-time secret `POST /api/bootstrap` exchanges for an org's first
+    /// admin token; `None` disables the route.
+    pub bootstrap_sha256: Option<String>,
     /// Deployments that can run at once, reported as the org's `concurrency`.
     pub concurrency: usize,
     /// The OIDC issuer whose discovery document and JWKS the API serves.
@@ -111,6 +116,8 @@ impl Embedded {
             public_url,
             allow_local_repos,
             state_dir: Some(state_dir),
+            state_store: None,
+            bootstrap_sha256: None,
             concurrency,
             issuer: Some(issuer),
             credentials: Some(credentials),

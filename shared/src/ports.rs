@@ -70,10 +70,23 @@ pub trait OrgStore: Send + Sync {
     async fn put_integration(&self, org: &str, kind: &str, config: Option<&Value>) -> Result<()>;
 }
 
+/// Why a second redemption of a bootstrap secret is refused.
+pub const BOOTSTRAP_USED: &str = "this bootstrap secret has already been used; deploy with --new-bootstrap-secret for another one";
+
 /// API tokens. Only hashes are stored.
 #[async_trait]
 pub trait TokenStore: Send + Sync {
     async fn create_token(&self, hash: &str, org: &str, role: Role, name: &str) -> Result<()>;
+    /// Creates an admin token for `org` in exchange for a bootstrap secret (by its hash), at
+    /// most once per secret: `Error::Conflict` if the secret was redeemed before. The token and
+    /// the redemption are one write.
+    async fn redeem_bootstrap(
+        &self,
+        secret_hash: &str,
+        hash: &str,
+        org: &str,
+        name: &str,
+    ) -> Result<()>;
     /// `None` if no token has this hash.
     async fn find_token(&self, hash: &str) -> Result<Option<Principal>>;
     async fn token_count(&self) -> Result<u64>;
@@ -521,3 +534,27 @@ pub trait Outbox: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(OutboxMessage, Attempt, u32)>>;
 }
+
+/// Engine state kept off the worker's disk (AWS mode: an S3 prefix per stack). The worker
+/// restores a stack's state into its state directory before the engine runs and saves it
+/// after; one run per stack at a time means nobody else writes it meanwhile.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Replaces `dir` with the stack's saved state, and describes what it wrote.
+    async fn restore(&self, stack: &StackRef, dir: &std::path::Path) -> Result<StateManifest>;
+    /// Uploads what changed in `dir` since `restored`, and removes what is gone. Returns how
+    /// many files were written and removed.
+    async fn save(
+        &self,
+        stack: &StackRef,
+        dir: &std::path::Path,
+        restored: &StateManifest,
+    ) -> Result<(usize, usize)>;
+    /// Removes the stack's state (its history stays, as the store keeps it).
+    async fn delete(&self, stack: &StackRef) -> Result<()>;
+    /// Where the state lives, for logs (`s3://bucket/org/project/stack/`).
+    fn location(&self, stack: &StackRef) -> String;
+}
+
+/// The files a restore wrote: relative path to SHA-256 (hex) of the contents.
+pub type StateManifest = std::collections::BTreeMap<String, String>;

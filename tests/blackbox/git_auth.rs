@@ -1,59 +1,9 @@
 //! Cloning from a remote that demands credentials, with `gitAuth` access tokens and basic auth.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use serde_json::{Value, json};
 
+use crate::git_server::GitServer;
 use crate::support::{TestApp, TestRepo, stack};
-
-/// `tests/tools/git_http_server.py`: real `git http-backend` behind Basic auth. Killed on drop.
-struct GitServer {
-    child: Child,
-    url: String,
-    _root: tempfile::TempDir,
-}
-
-impl GitServer {
-    fn start(repo: &TestRepo, user: &str, password: &str) -> Self {
-        let root = tempfile::tempdir().unwrap();
-        let bare = root.path().join("repo.git");
-        let ok = Command::new("git")
-            .args(["clone", "-q", "--bare"])
-            .arg(repo.dir.path())
-            .arg(&bare)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/tools/git_http_server.py"
-        );
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(root.path())
-            .args([user, password])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut port = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut port)
-            .unwrap();
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{}/repo.git", port.trim()),
-            _root: root,
-        }
-    }
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn settings(url: &str, auth: Value) -> Value {
     json!({"sourceContext": {"git": {"repoUrl": url, "branch": "main", "repoDir": "infra", "gitAuth": auth}}})
@@ -65,7 +15,7 @@ async fn private_repositories_clone_with_an_access_token_or_basic_auth() {
     let repo = TestRepo::new();
 
     // GitHub-style token: any user name, the token as password.
-    let server = GitServer::start(&repo, "x-access-token", "ghp_tarmac-test-token");
+    let server = GitServer::start(repo.dir.path(), "x-access-token", "ghp_tarmac-test-token");
     let s = stack("token");
     app.post(
         &format!("/api/stacks/{s}/deployments/settings"),
@@ -112,7 +62,7 @@ async fn private_repositories_clone_with_an_access_token_or_basic_auth() {
     assert!(!log.contains("ghp_tarmac-test-token"), "{log}");
     drop(server);
 
-    let server = GitServer::start(&repo, "alice", "s3cret-pass");
+    let server = GitServer::start(repo.dir.path(), "alice", "s3cret-pass");
     let s = stack("basic");
     let auth = json!({"basicAuth": {"userName": {"secret": "alice"}, "password": {"secret": "s3cret-pass"}}});
     app.post(

@@ -14,6 +14,8 @@ mod drills;
 #[path = "../support/fakes.rs"]
 mod fakes;
 mod git_auth;
+#[path = "../support/git_server.rs"]
+mod git_server;
 mod github;
 mod lifecycle;
 mod oidc;

@@ -23,6 +23,9 @@ mod signing;
 #[allow(dead_code)]
 #[path = "../support/fakes.rs"]
 mod fakes;
+#[path = "../support/git_server.rs"]
+mod git_server;
+mod state;
 
 fn events_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../events")

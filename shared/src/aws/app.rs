@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::aws::config::AwsConfig;
 use crate::aws::oidc::LambdaBroker;
-use crate::aws::{DynamoStore, SqsQueue, kms};
+use crate::aws::{DynamoStore, S3StateStore, SqsQueue, kms};
 use crate::deps::Deps;
 use crate::error::Result;
 use crate::oidc::{CredentialBroker, Issuer};
@@ -29,7 +29,19 @@ impl AwsApp {
             &cfg.table,
         )
         .await?;
-        let store = Arc::new(DynamoStore::new(dynamo, &cfg.table));
+        let mut store = DynamoStore::new(dynamo, &cfg.table);
+        if let Some(tokens) = &cfg.token_table {
+            store = store.with_token_table(tokens);
+        }
+        let store = Arc::new(store);
+        let state_store = cfg.state_bucket.as_deref().map(|bucket| {
+            // Emulators serve buckets by path, not by virtual host.
+            let s3 = aws_sdk_s3::config::Builder::from(sdk)
+                .force_path_style(sdk.endpoint_url().is_some())
+                .build();
+            Arc::new(S3StateStore::new(aws_sdk_s3::Client::from_conf(s3), bucket))
+                as Arc<dyn crate::ports::StateStore>
+        });
         // The API serves the issuer's documents from the keyring; only the `oidc` function signs.
         let issuer = cfg
             .oidc_issuer
@@ -54,6 +66,8 @@ impl AwsApp {
             public_url: cfg.public_url.clone(),
             allow_local_repos: cfg.allow_local_repos,
             state_dir: None,
+            state_store,
+            bootstrap_sha256: cfg.bootstrap_sha256.clone(),
             // Lambda concurrency, not Tarmac, bounds parallel runs in AWS mode.
             concurrency: 0,
             issuer,

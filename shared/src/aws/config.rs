@@ -5,6 +5,9 @@
 //! | `TARMAC_TABLE` | required | the DynamoDB table (see `TABLE.md`) |
 //! | `TARMAC_QUEUE_URL` | required | the SQS FIFO queue of deployments |
 //! | `TARMAC_KMS_KEY_ID` | required | the symmetric KMS key that wraps the secrets data key |
+//! | `TARMAC_TOKEN_TABLE` | `TARMAC_TABLE` | the DynamoDB table of API tokens (same key schema), apart so IAM can keep the other functions away from it |
+//! | `TARMAC_STATE_BUCKET` | none | the S3 bucket where engine state is kept between runs; without it, state stays under `TARMAC_STATE_DIR` |
+//! | `TARMAC_BOOTSTRAP_SHA256` | none | SHA-256 (hex) of the one-time secret `POST /api/bootstrap` exchanges for an org's first admin token |
 //! | `TARMAC_PUBLIC_URL` | empty | base of `consoleUrl` links (the API's public URL) |
 //! | `TARMAC_LEASE_SECS` | 60 | a worker's claim without a heartbeat |
 //! | `TARMAC_DEPLOYMENT_TIMEOUT` | 3600 | default run limit, in seconds (the invocation caps it) |
@@ -32,6 +35,9 @@ pub struct AwsConfig {
     pub table: String,
     pub queue_url: String,
     pub kms_key_id: String,
+    pub token_table: Option<String>,
+    pub state_bucket: Option<String>,
+    pub bootstrap_sha256: Option<String>,
     pub public_url: String,
     pub lease_ttl: Duration,
     pub deployment_timeout: Duration,
@@ -59,6 +65,7 @@ impl AwsConfig {
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| Error::invalid(format!("{k} must be set")))
         };
+        let optional = |k: &str| get(k).filter(|v| !v.is_empty());
         let secs = |k: &str, default: u64| -> Result<Duration> {
             match get(k) {
                 None => Ok(Duration::from_secs(default)),
@@ -87,6 +94,19 @@ impl AwsConfig {
             table: required("TARMAC_TABLE")?,
             queue_url: required("TARMAC_QUEUE_URL")?,
             kms_key_id: required("TARMAC_KMS_KEY_ID")?,
+            token_table: optional("TARMAC_TOKEN_TABLE"),
+            state_bucket: optional("TARMAC_STATE_BUCKET"),
+            bootstrap_sha256: match optional("TARMAC_BOOTSTRAP_SHA256") {
+                Some(h) if h.len() == 64 && crate::crypto::from_hex(&h).is_some() => {
+                    Some(h.to_ascii_lowercase())
+                }
+                Some(_) => {
+                    return Err(Error::invalid(
+                        "TARMAC_BOOTSTRAP_SHA256 must be a SHA-256 in hex (64 digits)",
+                    ));
+                }
+                None => None,
+            },
             public_url: get("TARMAC_PUBLIC_URL")
                 .unwrap_or_default()
                 .trim_end_matches('/')
@@ -108,7 +128,7 @@ impl AwsConfig {
                 .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
             allow_local_repos: flag("TARMAC_ALLOW_LOCAL_REPOS")?,
             oidc_issuer: crate::aws::oidc::issuer_url(&get).ok(),
-            oidc_function: get("TARMAC_OIDC_FUNCTION").filter(|f| !f.is_empty()),
+            oidc_function: optional("TARMAC_OIDC_FUNCTION"),
         };
         if cfg.lease_ttl < Duration::from_secs(3) {
             return Err(Error::invalid("TARMAC_LEASE_SECS must be at least 3"));
@@ -160,6 +180,11 @@ mod tests {
                 "TARMAC_LEASE_SECS must be a positive number",
             ),
             ("TARMAC_LEASE_SECS", "1", "at least 3"),
+            (
+                "TARMAC_BOOTSTRAP_SHA256",
+                "secret",
+                "TARMAC_BOOTSTRAP_SHA256 must be a SHA-256",
+            ),
             (
                 "TARMAC_ALLOW_LOCAL_REPOS",
                 "yes",

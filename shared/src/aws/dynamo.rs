@@ -38,6 +38,9 @@ const RETRIES: usize = 20;
 pub struct DynamoStore {
     pub(super) client: Client,
     pub(super) table: String,
+    /// API tokens and redeemed bootstrap secrets: `table` unless set apart, so that IAM can keep
+    /// every function but the API away from them.
+    token_table: String,
     /// Deployment id -> (stack partition, version). Immutable once written, so safe to cache.
     locations: Mutex<HashMap<Uuid, (String, i64)>>,
 }
@@ -232,11 +235,19 @@ enum Guard<'a> {
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
+        let table = table.into();
         Self {
             client,
-            table: table.into(),
+            token_table: table.clone(),
+            table,
             locations: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps tokens in a table of their own (`TARMAC_TOKEN_TABLE`), same key schema.
+    pub fn with_token_table(mut self, table: impl Into<String>) -> Self {
+        self.token_table = table.into();
+        self
     }
 
     pub(super) async fn commit(&self, tx: Tx) -> Result<std::result::Result<(), Vec<String>>> {
@@ -269,10 +280,14 @@ impl DynamoStore {
     }
 
     pub(super) async fn get(&self, key: Item) -> Result<Option<Item>> {
+        self.get_from(&self.table, key).await
+    }
+
+    async fn get_from(&self, table: &str, key: Item) -> Result<Option<Item>> {
         let out = self
             .client
             .get_item()
-            .table_name(&self.table)
+            .table_name(table)
             .set_key(Some(key))
             .consistent_read(true)
             .send()
@@ -1006,27 +1021,48 @@ impl OrgStore for DynamoStore {
 #[async_trait]
 impl TokenStore for DynamoStore {
     async fn create_token(&self, hash: &str, org: &str, role: Role, name: &str) -> Result<()> {
-        let mut item = key(format!("TOKEN#{hash}"), "#TOKEN");
-        item.insert("org".into(), s(org));
-        item.insert("role".into(), s(role.as_str()));
-        item.insert("name".into(), s(name));
-        item.insert("created".into(), n(now_us()));
-        let mut tx = self.tx();
-        tx.put(item, Some("attribute_not_exists(pk)"), vec![]);
-        tx.update(
-            key("META", "TOKENS"),
-            "ADD #count :one",
-            None,
-            vec![(":one", n(1))],
-        );
+        let tx = self.token_tx(hash, org, role, name);
         match self.commit(tx).await? {
             Ok(()) => Ok(()),
             Err(_) => Err(Error::conflict("token already exists")),
         }
     }
 
+    async fn redeem_bootstrap(
+        &self,
+        secret_hash: &str,
+        hash: &str,
+        org: &str,
+        name: &str,
+    ) -> Result<()> {
+        // A transaction that lost a race with another write of the token count is retried;
+        // only the marker's condition means the secret was used.
+        for _ in 0..5 {
+            let mut tx = self.token_tx(hash, org, Role::Admin, name);
+            let mut marker = key(format!("BOOTSTRAP#{secret_hash}"), "#BOOTSTRAP");
+            marker.insert("org".into(), s(org));
+            marker.insert("redeemed".into(), n(now_us()));
+            tx.put(marker, Some("attribute_not_exists(pk)"), vec![]);
+            match self.commit(tx).await? {
+                Ok(()) => return Ok(()),
+                Err(reasons)
+                    if reasons
+                        .get(2)
+                        .is_some_and(|r| r == "ConditionalCheckFailed") =>
+                {
+                    return Err(Error::conflict(BOOTSTRAP_USED));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        Err(Error::internal("the bootstrap write kept conflicting"))
+    }
+
     async fn find_token(&self, hash: &str) -> Result<Option<Principal>> {
-        let Some(t) = self.get(key(format!("TOKEN#{hash}"), "#TOKEN")).await? else {
+        let Some(t) = self
+            .get_from(&self.token_table, key(format!("TOKEN#{hash}"), "#TOKEN"))
+            .await?
+        else {
             return Ok(None);
         };
         Ok(Some(Principal {
@@ -1038,10 +1074,33 @@ impl TokenStore for DynamoStore {
 
     async fn token_count(&self) -> Result<u64> {
         Ok(self
-            .get(key("META", "TOKENS"))
+            .get_from(&self.token_table, key("META", "TOKENS"))
             .await?
             .and_then(|c| opt_n(&c, "count"))
             .unwrap_or(0) as u64)
+    }
+}
+
+impl DynamoStore {
+    /// A transaction on the token table that creates a token and counts it.
+    fn token_tx(&self, hash: &str, org: &str, role: Role, name: &str) -> Tx {
+        let mut item = key(format!("TOKEN#{hash}"), "#TOKEN");
+        item.insert("org".into(), s(org));
+        item.insert("role".into(), s(role.as_str()));
+        item.insert("name".into(), s(name));
+        item.insert("created".into(), n(now_us()));
+        let mut tx = Tx {
+            table: self.token_table.clone(),
+            items: vec![],
+        };
+        tx.put(item, Some("attribute_not_exists(pk)"), vec![]);
+        tx.update(
+            key("META", "TOKENS"),
+            "ADD #count :one",
+            None,
+            vec![(":one", n(1))],
+        );
+        tx
     }
 }
 

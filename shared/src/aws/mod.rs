@@ -1,4 +1,4 @@
-//! AWS mode: DynamoDB and SQS adapters of the ports, KMS envelope encryption, and the
+//! AWS mode: DynamoDB, SQS and S3 adapters of the ports, KMS envelope encryption, and the
 //! configuration the Lambda functions read from their environment.
 
 pub mod app;
@@ -10,9 +10,11 @@ pub mod item;
 pub mod kms;
 pub mod lambda;
 pub mod oidc;
+pub mod s3;
 pub mod sqs;
 
 pub use app::AwsApp;
 pub use config::AwsConfig;
 pub use dynamo::DynamoStore;
+pub use s3::S3StateStore;
 pub use sqs::SqsQueue;

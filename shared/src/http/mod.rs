@@ -3,6 +3,7 @@
 //! Paths, JSON keys, status values and codes follow Pulumi's Deployments API (reference §5).
 //! `S` below is `/api/stacks/{org}/{project}/{stack}`.
 
+mod bootstrap;
 mod deployments;
 pub mod extract;
 mod github;
@@ -108,6 +109,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
         )
         .route("/oidc/.well-known/jwks.json", get(oidc::jwks))
         .route("/api/user", get(stacks::current_user))
+        .route("/api/bootstrap", post(bootstrap::redeem))
         .route("/api/stacks/{org}/{project}", post(stacks::create_stack))
         .route(S, axum::routing::delete(stacks::delete_stack))
         .nest(S, stack_routes)

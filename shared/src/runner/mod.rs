@@ -334,6 +334,11 @@ impl Runner {
                 Ok(()) => {
                     tracing::info!("deleteAfterDestroy: the stack was deleted");
                     let _ = tokio::fs::remove_dir_all(self.state_dir(d)).await;
+                    if let Some(store) = &self.deps.state_store
+                        && let Err(e) = store.delete(&d.stack).await
+                    {
+                        tracing::error!(error = %e.chain(), "deleteAfterDestroy: could not delete the stack's saved state");
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e.chain(), "deleteAfterDestroy: could not delete the stack")
@@ -580,7 +585,7 @@ impl Runner {
         let idx = self
             .begin(run, &format!("{} {}", engine.binary(), op))
             .await?;
-        let result = self.engine_operation(run, idx, engine, &program_dir).await;
+        let result = self.engine_with_state(run, idx, engine, &program_dir).await;
         let outcome = self.end(run, idx, result).await?;
 
         if engine::records_outputs(op) {
@@ -788,6 +793,79 @@ impl Runner {
             }
         }
         Ok(env)
+    }
+
+    /// The engine operation, between restoring the stack's state and saving it when the state
+    /// lives off this machine. State is saved whatever the engine's outcome: a failed or
+    /// stopped apply may still have created resources its state records.
+    async fn engine_with_state(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        engine: Engine,
+        program_dir: &Path,
+    ) -> StepResult<Outcome> {
+        let Some(store) = &self.deps.state_store else {
+            return self.engine_operation(run, idx, engine, program_dir).await;
+        };
+        let stack = &run.d.stack;
+        let dir = self.state_dir(run.d);
+        let location = store.location(stack);
+        let restored = store.restore(stack, &dir).await.map_err(|e| {
+            tracing::error!(error = %e.chain(), "could not restore the stack's state");
+            Failure::Failed(format!("cannot restore the stack's state from {location}"))
+        })?;
+        run.log
+            .line(
+                idx,
+                &format!("Restored {} state file(s) from {location}", restored.len()),
+            )
+            .await;
+        let result = self.engine_operation(run, idx, engine, program_dir).await;
+        let mut saved = store.save(stack, &dir, &restored).await;
+        for wait in [1, 4] {
+            let Err(e) = &saved else { break };
+            tracing::warn!(error = %e.chain(), "could not save the stack's state; retrying");
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            saved = store.save(stack, &dir, &restored).await;
+        }
+        match saved {
+            Ok((0, 0)) => run.log.line(idx, "The stack's state is unchanged").await,
+            Ok((written, removed)) => {
+                run.log
+                    .line(
+                        idx,
+                        &format!(
+                            "Saved the stack's state to {location} ({written} written, {removed} removed)"
+                        ),
+                    )
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e.chain(), "could not save the stack's state");
+                // The next run would start from the older state and could make resources
+                // twice: nothing runs on this stack until someone has looked.
+                let paused = self.deps.stacks.set_stack_paused(stack, true).await.is_ok();
+                let message = format!(
+                    "cannot save the stack's state to {location}: the state this run wrote exists only on this worker. {}",
+                    if paused {
+                        "The stack is paused so that no deployment runs against the older state; resume it once the state is checked."
+                    } else {
+                        "Pause the stack until its state is checked."
+                    }
+                );
+                // The engine's own failure, if any, is the one to report; the lost save is
+                // logged beside it.
+                return match result {
+                    Err(f) => {
+                        run.log.line(idx, &message).await;
+                        Err(f)
+                    }
+                    Ok(_) => Err(Failure::Failed(message)),
+                };
+            }
+        }
+        result
     }
 
     async fn engine_operation(

@@ -494,6 +494,39 @@ impl TokenStore for SqliteStore {
             .await
     }
 
+    async fn redeem_bootstrap(
+        &self,
+        secret_hash: &str,
+        hash: &str,
+        org: &str,
+        name: &str,
+    ) -> Result<()> {
+        let (secret_hash, hash, org, name) = (
+            secret_hash.to_string(),
+            hash.to_string(),
+            org.to_string(),
+            name.to_string(),
+        );
+        self.db
+            .write(move |c| {
+                let tx = c.transaction()?;
+                let fresh = tx.execute(
+                    "INSERT OR IGNORE INTO bootstrap_redeemed (secret_hash, org, redeemed) VALUES (?1, ?2, ?3)",
+                    params![secret_hash, org, now_us()],
+                )?;
+                if fresh == 0 {
+                    return Err(Error::conflict(crate::ports::BOOTSTRAP_USED));
+                }
+                tx.execute(
+                    "INSERT INTO tokens (hash, org, role, name, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![hash, org, Role::Admin.as_str(), name, now_us()],
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
     async fn find_token(&self, hash: &str) -> Result<Option<Principal>> {
         let hash = hash.to_string();
         self.db

@@ -172,6 +172,13 @@ CREATE TABLE outbox_attempts (
 ) WITHOUT ROWID;
 CREATE INDEX outbox_attempts_target ON outbox_attempts(target, ts);
 "#,
+    r#"
+CREATE TABLE bootstrap_redeemed (
+    secret_hash TEXT PRIMARY KEY,
+    org         TEXT NOT NULL,
+    redeemed    INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -1,0 +1,255 @@
+//! Engine state in S3: one prefix per stack (`{org}/{project}/{stack}/`), restored into the
+//! worker's state directory before a run and saved after it. Lambda's disk does not outlive its
+//! environment, and a stack's next run may land on any environment.
+//!
+//! The bucket is versioned (infra/template.yaml), so every save keeps the previous state as a
+//! noncurrent version: the undo history of a stack's state.
+
+use std::path::{Component, Path, PathBuf};
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+
+use crate::crypto::sha256_hex;
+use crate::domain::StackRef;
+use crate::error::{Error, Result};
+use crate::ports::{StateManifest, StateStore};
+
+pub struct S3StateStore {
+    client: Client,
+    bucket: String,
+}
+
+impl S3StateStore {
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    fn prefix(stack: &StackRef) -> String {
+        format!("{}/{}/{}/", stack.org, stack.project, stack.stack)
+    }
+
+    /// Every key under the stack's prefix.
+    async fn keys(&self, stack: &StackRef) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(Self::prefix(stack))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| s3_err("ListObjectsV2", e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(String::from)),
+            );
+        }
+        Ok(keys)
+    }
+}
+
+fn s3_err<E: std::error::Error + 'static>(
+    op: &str,
+    e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Error {
+    Error::internal(format!("S3 {op}: {}", DisplayErrorContext(e)))
+}
+
+/// A key's path below the stack's prefix, if it is a plain relative path to a file: no `..`,
+/// no root, no `.`, no empty segment (two keys could otherwise name one file), no folder key.
+fn relative(rel: &str) -> Option<PathBuf> {
+    let plain = !rel.is_empty()
+        && rel
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    let path = PathBuf::from(rel);
+    (plain && path.components().all(|c| matches!(c, Component::Normal(_)))).then_some(path)
+}
+
+/// Pulumi's file backend keeps a copy of the state per update under these; the bucket's
+/// versions already are that history, and syncing them would grow every run's restore.
+const SKIPPED_DIRS: [&str; 2] = [".pulumi/history", ".pulumi/backups"];
+
+/// Every file under `dir`, as `/`-separated relative paths.
+fn files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                let skipped = entry
+                    .path()
+                    .strip_prefix(dir)
+                    .is_ok_and(|rel| SKIPPED_DIRS.iter().any(|s| rel == Path::new(s)));
+                if !skipped {
+                    pending.push(entry.path());
+                }
+            } else if kind.is_file()
+                && let Ok(rel) = entry.path().strip_prefix(dir)
+            {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[async_trait]
+impl StateStore for S3StateStore {
+    async fn restore(&self, stack: &StackRef, dir: &Path) -> Result<StateManifest> {
+        match tokio::fs::remove_dir_all(dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        tokio::fs::create_dir_all(dir).await?;
+        let prefix = Self::prefix(stack);
+        let mut manifest = StateManifest::new();
+        for key in self.keys(stack).await? {
+            let Some(rel) = key.strip_prefix(&prefix).and_then(relative) else {
+                tracing::warn!(key, "skipping a state object whose key is not a plain path");
+                continue;
+            };
+            let body = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| s3_err("GetObject", e))?
+                .body
+                .collect()
+                .await
+                .map_err(|e| Error::internal(format!("S3 GetObject {key}: {e}")))?
+                .into_bytes();
+            let path = dir.join(&rel);
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            crate::crypto::write_private(&path, &body)?;
+            manifest.insert(rel.to_string_lossy().into_owned(), sha256_hex(&body));
+        }
+        Ok(manifest)
+    }
+
+    async fn save(
+        &self,
+        stack: &StackRef,
+        dir: &Path,
+        restored: &StateManifest,
+    ) -> Result<(usize, usize)> {
+        let prefix = Self::prefix(stack);
+        let local = {
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || files(&dir))
+                .await
+                .map_err(|e| Error::internal(format!("listing the state directory: {e}")))??
+        };
+        let mut written = 0;
+        for rel in &local {
+            let body = tokio::fs::read(dir.join(rel)).await?;
+            if restored.get(rel).is_some_and(|h| *h == sha256_hex(&body)) {
+                continue;
+            }
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(format!("{prefix}{rel}"))
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| s3_err("PutObject", e))?;
+            written += 1;
+        }
+        let mut removed = 0;
+        for rel in restored.keys().filter(|r| !local.contains(r)) {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(format!("{prefix}{rel}"))
+                .send()
+                .await
+                .map_err(|e| s3_err("DeleteObject", e))?;
+            removed += 1;
+        }
+        Ok((written, removed))
+    }
+
+    async fn delete(&self, stack: &StackRef) -> Result<()> {
+        for key in self.keys(stack).await? {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| s3_err("DeleteObject", e))?;
+        }
+        Ok(())
+    }
+
+    fn location(&self, stack: &StackRef) -> String {
+        format!("s3://{}/{}", self.bucket, Self::prefix(stack))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_relative_keys_are_restored() {
+        assert_eq!(
+            relative("terraform.tfstate"),
+            Some(PathBuf::from("terraform.tfstate"))
+        );
+        assert_eq!(
+            relative(".pulumi/stacks/p/dev.json"),
+            Some(PathBuf::from(".pulumi/stacks/p/dev.json"))
+        );
+        for bad in [
+            "",
+            "../other/terraform.tfstate",
+            "/etc/passwd",
+            "a/../../b",
+            "a//b",
+            "a/./b",
+            "dir/",
+        ] {
+            assert_eq!(relative(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn files_lists_nested_files_relative_to_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".pulumi/stacks")).unwrap();
+        std::fs::write(dir.path().join(".pulumi/stacks/dev.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("terraform.tfstate"), "{}").unwrap();
+        for skipped in SKIPPED_DIRS {
+            std::fs::create_dir_all(dir.path().join(skipped).join("p")).unwrap();
+            std::fs::write(dir.path().join(skipped).join("p/1.json"), "{}").unwrap();
+        }
+        assert_eq!(
+            files(dir.path()).unwrap(),
+            vec![".pulumi/stacks/dev.json", "terraform.tfstate"]
+        );
+        assert!(files(&dir.path().join("missing")).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,53 @@
+//! A git remote over smart HTTP for tests, shared by the black-box and Lambda tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// `tests/tools/git_http_server.py`: real `git http-backend` behind Basic auth. Killed on drop.
+pub struct GitServer {
+    child: Child,
+    pub url: String,
+    _root: tempfile::TempDir,
+}
+
+impl GitServer {
+    pub fn start(repo: &Path, user: &str, password: &str) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let bare = root.path().join("repo.git");
+        let ok = Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(repo)
+            .arg(&bare)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/tools/git_http_server.py"
+        );
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(root.path())
+            .args([user, password])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{}/repo.git", port.trim()),
+            _root: root,
+        }
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
