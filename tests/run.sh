@@ -12,7 +12,11 @@ export CHECKPOINT_DISABLE=1
 # The local AWS emulator, on a free loopback port, stopped whatever happens.
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 mkdir -p target/emulator
-BIND_HOST=127.0.0.1 GATEWAY_PORT="$port" MINISTACK_ACCOUNT_ID=123456789012 TMPDIR="$root/target/emulator" \
+# Functions deployed to it run as its child processes and inherit its environment: the endpoint
+# to call back, and a PATH with the terraform shim (Lambda layers provide the engines in AWS).
+# IOT_MTLS_ENABLED=0: its IoT listener would otherwise bind all interfaces.
+IOT_MTLS_ENABLED=0 BIND_HOST=127.0.0.1 GATEWAY_PORT="$port" MINISTACK_ACCOUNT_ID=123456789012 \
+  TMPDIR="$root/target/emulator" AWS_ENDPOINT_URL="http://127.0.0.1:$port" PATH="$tools/bin:$PATH" \
   "$tools/emu/bin/ministack" >target/emulator/ministack.log 2>&1 &
 emulator=$!
 trap 'kill "$emulator" 2>/dev/null; wait "$emulator" 2>/dev/null || true' EXIT
@@ -24,7 +28,14 @@ curl -sf "http://127.0.0.1:$port/_ministack/health" >/dev/null || { echo "the AW
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
 
+# The template lints clean (cfn-lint), and its IAM is least privilege (tests/infra/).
+"$tools/venv/bin/cfn-lint" infra/template.yaml
+"$tools/emu/bin/python" -m pytest -q -p no:cacheprovider tests/infra
+
 cargo build --bins
+# The real function zips (release, x86_64 here), through the deploy command's own build, so the
+# infra test's deploy finds them built.
+bash infra/deploy build --arch x86_64
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

@@ -25,6 +25,7 @@ mod signing;
 mod fakes;
 #[path = "../support/git_server.rs"]
 mod git_server;
+mod infra;
 mod state;
 
 fn events_dir() -> PathBuf {

@@ -1,0 +1,297 @@
+//! The function zips: built by cargo-lambda, uploaded content-addressed to a bucket of the
+//! stack's own (so CloudFormation updates a function exactly when its code changed).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CreateBucketConfiguration, PublicAccessBlockConfiguration, Tag,
+    Tagging,
+};
+use tarmac::crypto::sha256_hex;
+use tarmac::error::{Error, Result};
+
+use crate::Arch;
+
+/// The functions, each a binary of the workspace and a parameter of the template.
+pub const FUNCTIONS: [(&str, &str); 4] = [
+    ("api", "ApiCodeKey"),
+    ("worker", "WorkerCodeKey"),
+    ("scheduler", "SchedulerCodeKey"),
+    ("oidc", "OidcCodeKey"),
+];
+
+/// The workspace root (the directory above this crate's).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("infra/ has a parent")
+        .to_path_buf()
+}
+
+fn zip_path(function: &str) -> PathBuf {
+    workspace_root()
+        .join("target/lambda")
+        .join(function)
+        .join("bootstrap.zip")
+}
+
+/// `cargo lambda build --release --output-format zip` for the four functions. x86_64 on an
+/// x86_64 Linux host builds with plain cargo; anything else cross-compiles with zig.
+pub fn build(arch: Arch) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root()).args([
+        "lambda",
+        "build",
+        "--release",
+        "--output-format",
+        "zip",
+    ]);
+    for (function, _) in FUNCTIONS {
+        cmd.args(["--bin", function]);
+    }
+    let native = cfg!(all(target_os = "linux", target_arch = "x86_64"));
+    match arch {
+        Arch::Arm64 => {
+            // zig links for aarch64, but the Rust standard library must be there.
+            let _ = Command::new("rustup")
+                .args(["target", "add", "aarch64-unknown-linux-gnu"])
+                .status();
+            cmd.arg("--arm64");
+        }
+        Arch::X86_64 if native => {
+            cmd.args(["--x86-64", "--compiler", "cargo"]);
+        }
+        Arch::X86_64 => {
+            cmd.arg("--x86-64");
+        }
+    }
+    eprintln!("Building the functions for {} ...", arch.as_str());
+    let status = cmd.status().map_err(|e| {
+        Error::invalid(format!(
+            "cannot run `cargo lambda` ({e}); infra/deploy installs it, or: pip install cargo-lambda"
+        ))
+    })?;
+    if !status.success() {
+        return Err(Error::internal(format!(
+            "cargo lambda build failed ({status})"
+        )));
+    }
+    Ok(())
+}
+
+/// `{stack}-{account}-{region}-artifacts`: at most 62 characters for a 24-character stack name.
+pub fn bucket_name(stack: &str, account: &str, region: &str) -> String {
+    format!("{stack}-{account}-{region}-artifacts")
+}
+
+fn s3_err<E: std::error::Error + 'static>(
+    op: &str,
+    e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Error {
+    Error::internal(format!("S3 {op}: {}", DisplayErrorContext(e)))
+}
+
+/// The S3 client: path-style against an emulator's endpoint.
+pub fn client(sdk: &aws_config::SdkConfig) -> Client {
+    let conf = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .build();
+    Client::from_conf(conf)
+}
+
+/// Creates the artifact bucket if it does not exist. Every call names the expected owner, so
+/// a bucket of that name in someone else's account is never written to.
+pub async fn ensure_bucket(
+    s3: &Client,
+    bucket: &str,
+    account: &str,
+    region: &str,
+    stack: &str,
+) -> Result<()> {
+    let head = s3
+        .head_bucket()
+        .bucket(bucket)
+        .expected_bucket_owner(account)
+        .send()
+        .await;
+    match head {
+        Ok(_) => return Ok(()),
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+        Err(e) => return Err(s3_err("HeadBucket", e)),
+    }
+    // CreateBucket cannot name an owner; it fails if the name is taken, by anyone.
+    let mut create = s3.create_bucket().bucket(bucket);
+    if region != "us-east-1" {
+        create = create.create_bucket_configuration(
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    create.send().await.map_err(|e| s3_err("CreateBucket", e))?;
+    s3.put_public_access_block()
+        .bucket(bucket)
+        .expected_bucket_owner(account)
+        .public_access_block_configuration(
+            PublicAccessBlockConfiguration::builder()
+                .block_public_acls(true)
+                .block_public_policy(true)
+                .ignore_public_acls(true)
+                .restrict_public_buckets(true)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| s3_err("PutPublicAccessBlock", e))?;
+    let tag = Tag::builder()
+        .key("tarmac:stack")
+        .value(stack)
+        .build()
+        .map_err(|e| Error::internal(format!("bucket tag: {e}")))?;
+    s3.put_bucket_tagging()
+        .bucket(bucket)
+        .expected_bucket_owner(account)
+        .tagging(
+            Tagging::builder()
+                .tag_set(tag)
+                .build()
+                .map_err(|e| Error::internal(format!("bucket tagging: {e}")))?,
+        )
+        .send()
+        .await
+        .map_err(|e| s3_err("PutBucketTagging", e))?;
+    eprintln!("Created the artifact bucket {bucket}");
+    Ok(())
+}
+
+/// Uploads each function's zip as `{function}/{sha256}.zip` (once) and returns the template
+/// parameters naming them.
+pub async fn upload(s3: &Client, bucket: &str, account: &str) -> Result<Vec<(String, String)>> {
+    let mut params = Vec::new();
+    for (function, parameter) in FUNCTIONS {
+        let path = zip_path(function);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Error::invalid(format!(
+                "cannot read {} ({e}): build first, or drop --skip-build",
+                path.display()
+            ))
+        })?;
+        let key = format!("{function}/{}.zip", sha256_hex(&bytes));
+        let exists = s3
+            .head_object()
+            .bucket(bucket)
+            .key(&key)
+            .expected_bucket_owner(account)
+            .send()
+            .await
+            .is_ok();
+        if !exists {
+            s3.put_object()
+                .bucket(bucket)
+                .key(&key)
+                .expected_bucket_owner(account)
+                .body(ByteStream::from(bytes))
+                .send()
+                .await
+                .map_err(|e| s3_err("PutObject", e))?;
+            eprintln!("Uploaded s3://{bucket}/{key}");
+        }
+        params.push((parameter.to_string(), key));
+    }
+    Ok(params)
+}
+
+/// Deletes every object version and delete marker in `bucket`; returns how many.
+pub async fn empty_bucket(s3: &Client, bucket: &str, account: &str) -> Result<usize> {
+    let mut removed = 0;
+    loop {
+        let page = s3
+            .list_object_versions()
+            .bucket(bucket)
+            .expected_bucket_owner(account)
+            .send()
+            .await
+            .map_err(|e| s3_err("ListObjectVersions", e))?;
+        let versions = page
+            .versions()
+            .iter()
+            .map(|v| (v.key(), v.version_id()))
+            .chain(
+                page.delete_markers()
+                    .iter()
+                    .map(|m| (m.key(), m.version_id())),
+            );
+        let mut any = false;
+        for (key, version) in versions {
+            let Some(key) = key else { continue };
+            s3.delete_object()
+                .bucket(bucket)
+                .key(key)
+                .expected_bucket_owner(account)
+                .set_version_id(version.map(String::from))
+                .send()
+                .await
+                .map_err(|e| s3_err("DeleteObject", e))?;
+            removed += 1;
+            any = true;
+        }
+        if !any {
+            return Ok(removed);
+        }
+    }
+}
+
+/// The current (not deleted) objects in `bucket`, up to the first page.
+pub async fn current_objects(s3: &Client, bucket: &str, account: &str) -> Result<Vec<String>> {
+    let page = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .expected_bucket_owner(account)
+        .send()
+        .await
+        .map_err(|e| s3_err("ListObjectsV2", e))?;
+    Ok(page
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(String::from))
+        .collect())
+}
+
+/// Empties and deletes the bucket; nothing if it does not exist.
+pub async fn delete_bucket(s3: &Client, bucket: &str, account: &str) -> Result<()> {
+    let head = s3
+        .head_bucket()
+        .bucket(bucket)
+        .expected_bucket_owner(account)
+        .send()
+        .await;
+    match head {
+        Ok(_) => {}
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => return Ok(()),
+        Err(e) => return Err(s3_err("HeadBucket", e)),
+    }
+    empty_bucket(s3, bucket, account).await?;
+    s3.delete_bucket()
+        .bucket(bucket)
+        .expected_bucket_owner(account)
+        .send()
+        .await
+        .map_err(|e| s3_err("DeleteBucket", e))?;
+    eprintln!("Deleted the bucket {bucket}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_bucket_name_is_valid() {
+        let name = bucket_name(&"a".repeat(24), "123456789012", "ap-southeast-2");
+        assert!(name.len() <= 63, "{} characters", name.len());
+    }
+}

@@ -1,0 +1,379 @@
+//! The deployed bundle: `infra/deploy` builds the real zips, uploads them and deploys
+//! `infra/template.yaml` to the emulator's CloudFormation, exactly as a user deploys to AWS.
+//! Everything after that goes through the emulated API Gateway URL: nothing runs in process.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::git;
+use crate::git_server::GitServer;
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// `infra/deploy <args>`, as a user runs it (the endpoint comes from AWS_ENDPOINT_URL).
+fn infra(args: &[&str]) -> Output {
+    let out = Command::new("bash")
+        .arg(root().join("infra/deploy"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    eprintln!(
+        "infra/deploy {}: {}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn deployed(out: &Output) -> Value {
+    assert!(out.status.success(), "deploy failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("deploy printed no JSON ({e}): {stdout}"))
+}
+
+/// The resources of `stack` in the emulator, by kind (`tests/tools/aws_resources.py`).
+fn resources(stack: &str) -> Value {
+    let python = Path::new(&std::env::var("TARMAC_TEST_TOOLS").unwrap()).join("emu/bin/python");
+    let out = Command::new(python)
+        .arg(root().join("tests/tools/aws_resources.py"))
+        .arg(stack)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Destroys the stack if the test ends early, so no functions keep running.
+struct Teardown<'a> {
+    stack: &'a str,
+    done: bool,
+}
+
+impl Drop for Teardown<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            infra(&[
+                "deploy",
+                "--stack-name",
+                self.stack,
+                "--arch",
+                "x86_64",
+                "--skip-build",
+                "--deletion-protection",
+                "false",
+                "--json",
+            ]);
+            infra(&["destroy", "--stack-name", self.stack, "--delete-state"]);
+        }
+    }
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("token {t}"));
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits for the deployment to end and returns it.
+    async fn finished(&self, stack: &str, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let (status, d) = self
+                .call(
+                    "GET",
+                    &format!("/api/stacks/{stack}/deployments/{id}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{d}");
+            if matches!(
+                d["status"].as_str(),
+                Some("succeeded" | "failed" | "skipped")
+            ) {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deployment {id} is still {}",
+                d["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn logs(&self, stack: &str, id: &str) -> String {
+        let (status, v) = self
+            .call(
+                "GET",
+                &format!("/api/stacks/{stack}/deployments/{id}/logs"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                l["header"]
+                    .as_str()
+                    .map(|h| format!("## {h}\n"))
+                    .unwrap_or_else(|| l["line"].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
+    }
+
+    async fn deploy(&self, stack: &str) -> Value {
+        let (status, v) = self
+            .call(
+                "POST",
+                &format!("/api/stacks/{stack}/deployments"),
+                Some(json!({"operation": "update"})),
+            )
+            .await;
+        assert_eq!(status, 202, "{v}");
+        let d = self.finished(stack, v["id"].as_str().unwrap()).await;
+        assert_eq!(
+            d["status"],
+            "succeeded",
+            "{d}\n{}",
+            self.logs(stack, v["id"].as_str().unwrap()).await
+        );
+        d
+    }
+}
+
+#[tokio::test]
+async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL is not set: run the tests with tests/run.sh");
+    let name = format!("tt{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let name = name.as_str();
+    let mut teardown = Teardown {
+        stack: name,
+        done: false,
+    };
+
+    // Build (a no-op after tests/run.sh's build), upload, create; then the update that turns
+    // the tables' deletion protection on (the default).
+    let out = deployed(&infra(&[
+        "deploy",
+        "--stack-name",
+        name,
+        "--region",
+        "us-east-1",
+        "--arch",
+        "x86_64",
+        "--json",
+    ]));
+    assert_eq!(out["status"], "UPDATE_COMPLETE", "{out}");
+    let outputs = &out["outputs"];
+    let secret = out["bootstrapSecret"].as_str().unwrap().to_string();
+    let mut api = Api {
+        http: reqwest::Client::new(),
+        base: format!(
+            "{endpoint}/_aws/execute-api/{}/$default",
+            outputs["ApiId"].as_str().unwrap()
+        ),
+        token: None,
+    };
+
+    // The first admin token, from the one-time secret; nothing else gets one.
+    let (status, v) = api.call("GET", "/api/user", None).await;
+    assert_eq!(status, 401, "{v}");
+    let (status, v) = api
+        .call(
+            "POST",
+            "/api/bootstrap",
+            Some(json!({"secret": "tmb_guess", "organization": "acme"})),
+        )
+        .await;
+    assert_eq!((status, v["code"].as_u64()), (401, Some(401)), "{v}");
+    let (status, v) = api
+        .call(
+            "POST",
+            "/api/bootstrap",
+            Some(json!({"secret": secret, "organization": "acme"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    api.token = Some(v["token"].as_str().unwrap().to_string());
+    let (status, v) = api
+        .call(
+            "POST",
+            "/api/bootstrap",
+            Some(json!({"secret": secret, "organization": "evil"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    let (status, v) = api.call("GET", "/api/user", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["organizations"][0]["name"], "acme");
+
+    // A Terraform program in a git remote that wants credentials.
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(
+        repo.path().join("main.tf"),
+        "resource \"terraform_data\" \"site\" {\n  input = \"deployed\"\n}\noutput \"site\" { value = terraform_data.site.output }\n",
+    )
+    .unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "site"]);
+    let remote = GitServer::start(repo.path(), "deployer", "git-pass");
+    let stack = "acme/site/prod";
+    let (status, v) = api
+        .call(
+            "POST",
+            &format!("/api/stacks/{stack}/deployments/settings"),
+            Some(json!({"sourceContext": {"git": {
+                "repoUrl": remote.url, "branch": "main",
+                "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
+            }}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    // api → SQS FIFO → worker (event source mapping) → DynamoDB; state saved to S3.
+    let first = api.deploy(stack).await;
+    let id = first["id"].as_str().unwrap();
+    let logs = api.logs(stack, id).await;
+    assert!(
+        logs.contains("Restored 0 state file(s) from s3://"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("Apply complete! Resources: 1 added"),
+        "{logs}"
+    );
+    assert!(logs.contains("Saved the stack's state to s3://"), "{logs}");
+    assert!(!logs.contains("git-pass"), "{logs}");
+    let (status, v) = api
+        .call("GET", &format!("/api/stacks/{stack}/export"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v.to_string().contains("deployed"),
+        "the output is recorded: {v}"
+    );
+
+    // The next run, on whichever worker environment, starts from that state.
+    let second = api.deploy(stack).await;
+    let logs = api.logs(stack, second["id"].as_str().unwrap()).await;
+    assert!(
+        logs.contains("Restored 1 state file(s) from s3://"),
+        "{logs}"
+    );
+    assert!(logs.contains("No changes."), "{logs}");
+
+    // The EventBridge rule's tick fires a one-time schedule.
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (status, v) = api
+        .call(
+            "POST",
+            &format!("/api/stacks/{stack}/deployments/schedules"),
+            Some(json!({"scheduleOnce": now, "request": {"operation": "update"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let scheduled = loop {
+        let (status, v) = api
+            .call(
+                "GET",
+                &format!("/api/stacks/{stack}/deployments?pageSize=10"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        if let Some(d) = v["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["version"] == 3)
+        {
+            break d.clone();
+        }
+        assert!(Instant::now() < deadline, "the scheduler never fired: {v}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let third = api.finished(stack, scheduled["id"].as_str().unwrap()).await;
+    assert_eq!(third["status"], "succeeded", "{third}");
+
+    // Every kind of resource is there (so the listing below can find them).
+    let before = resources(name);
+    for (kind, items) in before.as_object().unwrap() {
+        assert!(!items.as_array().unwrap().is_empty(), "no {kind}: {before}");
+    }
+
+    // Destroy refuses while the tables are protected, and while the bucket holds state.
+    let refused = infra(&["destroy", "--stack-name", name]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("has deletion protection on"));
+    // (No --arch: an update keeps the stack's x86_64.)
+    let out = deployed(&infra(&[
+        "deploy",
+        "--stack-name",
+        name,
+        "--skip-build",
+        "--deletion-protection",
+        "false",
+        "--json",
+    ]));
+    assert_eq!(out["status"], "UPDATE_COMPLETE", "{out}");
+    assert_eq!(out["outputs"]["ApiId"], outputs["ApiId"], "the same API");
+    assert_eq!(
+        out["bootstrapSecret"],
+        Value::Null,
+        "an update keeps the secret"
+    );
+    let refused = infra(&["destroy", "--stack-name", name]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("engine state of 1 stack(s) (acme/site/prod)"),
+        "{stderr}"
+    );
+    // The API still works: the refusals changed nothing.
+    let (status, _) = api.call("GET", "/api/user", None).await;
+    assert_eq!(status, 200);
+
+    let done = infra(&["destroy", "--stack-name", name, "--delete-state"]);
+    assert!(done.status.success());
+    teardown.done = true;
+    let after = resources(name);
+    for (kind, items) in after.as_object().unwrap() {
+        assert!(items.as_array().unwrap().is_empty(), "{kind} left: {after}");
+    }
+    drop(remote);
+}
