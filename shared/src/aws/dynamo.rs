@@ -1,5 +1,5 @@
-//! The DynamoDB adapter: every store port on one table. See `TABLE.md` beside this file for
-//! the keys, indexes and access patterns.
+//! The DynamoDB adapter: every store port on one table (API tokens optionally on a second). See
+//! `TABLE.md` beside this file for the keys, indexes and access patterns.
 //!
 //! Every read is a GetItem or a Query; every state change is a conditional write, and a lost
 //! race surfaces as `Error::Conflict`. Multi-item changes are transactions.
