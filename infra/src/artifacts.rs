@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CreateBucketConfiguration, PublicAccessBlockConfiguration, Tag,
     Tagging,
 };
+pub use tarmac::aws::s3::client;
+use tarmac::aws::s3::s3_err;
 use tarmac::crypto::sha256_hex;
 use tarmac::error::{Error, Result};
 
@@ -88,30 +89,9 @@ pub fn bucket_name(stack: &str, account: &str, region: &str) -> String {
     format!("{stack}-{account}-{region}-artifacts")
 }
 
-fn s3_err<E: std::error::Error + 'static>(
-    op: &str,
-    e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> Error {
-    Error::internal(format!("S3 {op}: {}", DisplayErrorContext(e)))
-}
-
-/// The S3 client: path-style against an emulator's endpoint.
-pub fn client(sdk: &aws_config::SdkConfig) -> Client {
-    let conf = aws_sdk_s3::config::Builder::from(sdk)
-        .force_path_style(sdk.endpoint_url().is_some())
-        .build();
-    Client::from_conf(conf)
-}
-
-/// Creates the artifact bucket if it does not exist. Every call names the expected owner, so
-/// a bucket of that name in someone else's account is never written to.
-pub async fn ensure_bucket(
-    s3: &Client,
-    bucket: &str,
-    account: &str,
-    region: &str,
-    stack: &str,
-) -> Result<()> {
+/// Whether the account's bucket exists. Naming the expected owner, a bucket of that name in
+/// someone else's account is an error, never a place to write to.
+async fn bucket_exists(s3: &Client, bucket: &str, account: &str) -> Result<bool> {
     let head = s3
         .head_bucket()
         .bucket(bucket)
@@ -119,9 +99,23 @@ pub async fn ensure_bucket(
         .send()
         .await;
     match head {
-        Ok(_) => return Ok(()),
-        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
-        Err(e) => return Err(s3_err("HeadBucket", e)),
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+        Err(e) => Err(s3_err("HeadBucket", e)),
+    }
+}
+
+/// Creates the artifact bucket if it does not exist. Every later call names the expected
+/// owner.
+pub async fn ensure_bucket(
+    s3: &Client,
+    bucket: &str,
+    account: &str,
+    region: &str,
+    stack: &str,
+) -> Result<()> {
+    if bucket_exists(s3, bucket, account).await? {
+        return Ok(());
     }
     // CreateBucket cannot name an owner; it fails if the name is taken, by anyone.
     let mut create = s3.create_bucket().bucket(bucket);
@@ -263,16 +257,8 @@ pub async fn current_objects(s3: &Client, bucket: &str, account: &str) -> Result
 
 /// Empties and deletes the bucket; nothing if it does not exist.
 pub async fn delete_bucket(s3: &Client, bucket: &str, account: &str) -> Result<()> {
-    let head = s3
-        .head_bucket()
-        .bucket(bucket)
-        .expected_bucket_owner(account)
-        .send()
-        .await;
-    match head {
-        Ok(_) => {}
-        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => return Ok(()),
-        Err(e) => return Err(s3_err("HeadBucket", e)),
+    if !bucket_exists(s3, bucket, account).await? {
+        return Ok(());
     }
     empty_bucket(s3, bucket, account).await?;
     s3.delete_bucket()

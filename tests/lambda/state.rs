@@ -7,11 +7,7 @@ use tarmac::ports::StateStore;
 #[tokio::test]
 async fn state_round_trips_through_s3_writing_only_what_changed() {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = tarmac::aws::s3::client(&sdk);
     let bucket = format!("tarmac-state-{}", uuid::Uuid::new_v4().simple());
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let store = S3StateStore::new(s3.clone(), &bucket);

@@ -35,11 +35,7 @@ impl AwsApp {
         }
         let store = Arc::new(store);
         let state_store = cfg.state_bucket.as_deref().map(|bucket| {
-            // Emulators serve buckets by path, not by virtual host.
-            let s3 = aws_sdk_s3::config::Builder::from(sdk)
-                .force_path_style(sdk.endpoint_url().is_some())
-                .build();
-            Arc::new(S3StateStore::new(aws_sdk_s3::Client::from_conf(s3), bucket))
+            Arc::new(S3StateStore::new(crate::aws::s3::client(sdk), bucket))
                 as Arc<dyn crate::ports::StateStore>
         });
         // The API serves the issuer's documents from the keyring; only the `oidc` function signs.

@@ -56,11 +56,21 @@ impl S3StateStore {
     }
 }
 
-fn s3_err<E: std::error::Error + 'static>(
+/// An S3 error as ours, with the SDK's whole context.
+pub fn s3_err<E: std::error::Error + 'static>(
     op: &str,
     e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> Error {
     Error::internal(format!("S3 {op}: {}", DisplayErrorContext(e)))
+}
+
+/// The S3 client for `sdk`: path-style addressing when an endpoint is set (an emulator serves
+/// buckets by path, not by virtual host).
+pub fn client(sdk: &aws_config::SdkConfig) -> Client {
+    let conf = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .build();
+    Client::from_conf(conf)
 }
 
 /// A key's path below the stack's prefix, if it is a plain relative path to a file: no `..`,
