@@ -92,18 +92,11 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The name Lambda's `Architectures` uses, which is also the option's value.
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Arm64 => "arm64",
             Arch::X86_64 => "x86_64",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "arm64" => Some(Arch::Arm64),
-            "x86_64" => Some(Arch::X86_64),
-            _ => None,
         }
     }
 }
@@ -171,6 +164,13 @@ async fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_option_values_are_lambdas_architecture_names() {
+        for arch in [Arch::Arm64, Arch::X86_64] {
+            assert_eq!(Arch::from_str(arch.as_str(), false), Ok(arch));
+        }
+    }
 
     #[test]
     fn stack_names_fit_bucket_and_log_group_names() {

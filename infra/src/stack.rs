@@ -7,6 +7,7 @@ use std::time::Duration;
 use aws_sdk_cloudformation::Client;
 use aws_sdk_cloudformation::error::DisplayErrorContext;
 use aws_sdk_cloudformation::types::{Capability, Parameter, Stack};
+use clap::ValueEnum;
 use serde_json::json;
 use tarmac::crypto::{new_secret, sha256_hex};
 use tarmac::error::{Error, Result};
@@ -46,11 +47,11 @@ async fn account_id(sdk: &aws_config::SdkConfig) -> Result<String> {
 async fn describe(cfn: &Client, name: &str) -> Result<Option<Stack>> {
     match cfn.describe_stacks().stack_name(name).send().await {
         Ok(out) => Ok(out.stacks().first().cloned()),
+        // CloudFormation says so with a ValidationError, not an error code of its own.
         Err(e)
-            if e.to_string().contains("does not exist")
-                || DisplayErrorContext(&e)
-                    .to_string()
-                    .contains("does not exist") =>
+            if DisplayErrorContext(&e)
+                .to_string()
+                .contains("does not exist") =>
         {
             Ok(None)
         }
@@ -219,7 +220,11 @@ pub async fn deploy(sdk: &aws_config::SdkConfig, args: &DeployArgs) -> Result<()
     // The architecture: as asked, else the stack's, else arm64. The zips are built for it.
     let arch = args
         .arch
-        .or_else(|| previous.get("Architecture").and_then(|a| Arch::parse(a)))
+        .or_else(|| {
+            previous
+                .get("Architecture")
+                .and_then(|a| Arch::from_str(a, false).ok())
+        })
         .unwrap_or(Arch::Arm64);
     if !args.skip_build {
         artifacts::build(arch)?;

@@ -48,6 +48,28 @@ pub struct Deps {
 }
 
 impl Deps {
+    /// Removes a deleted stack's engine state, wherever it is kept: the state store's copy (its
+    /// history stays in the versioned bucket) and the embedded state directory. Best effort:
+    /// the stack is already gone, so failures are logged.
+    pub async fn forget_state(&self, stack: &crate::domain::StackRef) {
+        if let Some(store) = &self.state_store
+            && let Err(e) = store.delete(stack).await
+        {
+            tracing::error!(error = %e.chain(), %stack, "could not remove a deleted stack's saved state");
+        }
+        if let Some(root) = &self.state_dir {
+            let dir = root
+                .join(&stack.org)
+                .join(&stack.project)
+                .join(&stack.stack);
+            if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(error = %e, dir = %dir.display(), "could not remove a deleted stack's state");
+            }
+        }
+    }
+
     /// A deployment's `consoleUrl`, also the link in notifications.
     pub fn console_url(&self, stack: &crate::domain::StackRef, version: i64) -> String {
         format!("{}/{stack}/deployments/{version}", self.public_url)

@@ -5,11 +5,11 @@ usage: lambda_worker_rss.py API_BOOTSTRAP WORKER_BOOTSTRAP [RUNS]
 
 Needs the AWS emulator (AWS_ENDPOINT_URL, as tests/run.sh sets it) and TARMAC_TEST_TOOLS (the
 Terraform shim); runs with the emulator venv's Python (boto3). Per run it creates a table, a
-FIFO queue and a KMS key, serves a minimal Runtime API on 127.0.0.1, feeds the real `api`
-bootstrap the settings and create-deployment events from `events/`, takes the message the api
-put on the queue, hands it to the real `worker` bootstrap, and reads the worker's VmHWM (the
-kernel's peak resident set of that process alone) once it has answered. Everything it starts,
-it stops.
+FIFO queue, a KMS key and a state bucket, serves a minimal Runtime API on 127.0.0.1, feeds the
+real `api` bootstrap the settings and create-deployment events from `events/`, takes the message
+the api put on the queue, hands it to the real `worker` bootstrap (which restores and saves the
+stack's state in the bucket), and reads the worker's VmHWM (the kernel's peak resident set of
+that process alone) once it has answered. Everything it starts, it stops.
 """
 import hashlib
 import json
@@ -25,6 +25,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
+import botocore.config
 
 api_bin, worker_bin = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 5
@@ -122,6 +123,11 @@ def one_run():
     queue_url = sqs.create_queue(QueueName=f"tarmac-rss-{suffix}.fifo",
                                  Attributes={"FifoQueue": "true", "VisibilityTimeout": "600"})["QueueUrl"]
     key = session.client("kms", endpoint_url=endpoint).create_key()["KeyMetadata"]["KeyId"]
+    # Engine state in S3, as infra/ deploys the worker: the run restores and saves through it.
+    s3 = session.client("s3", endpoint_url=endpoint,
+                        config=botocore.config.Config(s3={"addressing_style": "path"}))
+    bucket = f"tarmac-rss-{suffix}"
+    s3.create_bucket(Bucket=bucket)
     token = "tmc_" + uuid.uuid4().hex
     ddb.put_item(TableName=table, Item={
         "pk": {"S": "TOKEN#" + hashlib.sha256(token.encode()).hexdigest()}, "sk": {"S": "#TOKEN"},
@@ -144,6 +150,7 @@ def one_run():
         "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
         "TARMAC_TABLE": table, "TARMAC_QUEUE_URL": queue_url, "TARMAC_KMS_KEY_ID": key,
+        "TARMAC_STATE_BUCKET": bucket,
         "TARMAC_PUBLIC_URL": "https://tarmac.example.com", "TARMAC_ALLOW_LOCAL_REPOS": "true",
         "TARMAC_CHILD_PATH": f"{tools_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "TARMAC_WORK_DIR": os.path.join(work, "work"), "TARMAC_STATE_DIR": os.path.join(work, "state"),
@@ -184,6 +191,9 @@ def one_run():
         trace = open(subs["__TRACE_FILE__"]).read() if os.path.exists(subs["__TRACE_FILE__"]) else ""
         if "run" not in trace:
             sys.exit("the deployment's pre-run command did not run")
+        saved = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        if not any(k.endswith("terraform.tfstate") for k in saved):
+            sys.exit(f"the worker saved no state to S3: {saved}")
         return hwm, rss
     finally:
         for p in procs:

@@ -43,26 +43,10 @@ pub async fn create_stack(
     ))
 }
 
-/// Deletes the stack, its settings, deployments, logs and (embedded) engine state.
+/// Deletes the stack, its settings, deployments, logs and engine state.
 pub async fn delete_stack(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
     state.deps.stacks.delete_stack(&ctx.stack).await?;
-    if let Some(store) = &state.deps.state_store
-        && let Err(e) = store.delete(&ctx.stack).await
-    {
-        // The stack is gone; its state keeps its history in the versioned bucket either way.
-        tracing::error!(error = %e.chain(), "could not remove a deleted stack's saved state");
-    }
-    if let Some(root) = &state.deps.state_dir {
-        let dir = root
-            .join(&ctx.stack.org)
-            .join(&ctx.stack.project)
-            .join(&ctx.stack.stack);
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(error = %e, dir = %dir.display(), "could not remove a deleted stack's state");
-        }
-    }
+    state.deps.forget_state(&ctx.stack).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

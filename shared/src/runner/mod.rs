@@ -333,12 +333,9 @@ impl Runner {
             match self.deps.stacks.delete_stack(&d.stack).await {
                 Ok(()) => {
                     tracing::info!("deleteAfterDestroy: the stack was deleted");
+                    self.deps.forget_state(&d.stack).await;
+                    // This worker's copy (in embedded mode, the same directory).
                     let _ = tokio::fs::remove_dir_all(self.state_dir(d)).await;
-                    if let Some(store) = &self.deps.state_store
-                        && let Err(e) = store.delete(&d.stack).await
-                    {
-                        tracing::error!(error = %e.chain(), "deleteAfterDestroy: could not delete the stack's saved state");
-                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e.chain(), "deleteAfterDestroy: could not delete the stack")

@@ -479,18 +479,20 @@ impl OrgStore for SqliteStore {
     }
 }
 
+fn insert_token(c: &Connection, hash: &str, org: &str, role: Role, name: &str) -> Result<()> {
+    c.execute(
+        "INSERT INTO tokens (hash, org, role, name, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![hash, org, role.as_str(), name, now_us()],
+    )?;
+    Ok(())
+}
+
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn create_token(&self, hash: &str, org: &str, role: Role, name: &str) -> Result<()> {
         let (hash, org, name) = (hash.to_string(), org.to_string(), name.to_string());
         self.db
-            .write(move |c| {
-                c.execute(
-                    "INSERT INTO tokens (hash, org, role, name, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![hash, org, role.as_str(), name, now_us()],
-                )?;
-                Ok(())
-            })
+            .write(move |c| insert_token(c, &hash, &org, role, &name))
             .await
     }
 
@@ -517,10 +519,7 @@ impl TokenStore for SqliteStore {
                 if fresh == 0 {
                     return Err(Error::conflict(crate::ports::BOOTSTRAP_USED));
                 }
-                tx.execute(
-                    "INSERT INTO tokens (hash, org, role, name, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![hash, org, Role::Admin.as_str(), name, now_us()],
-                )?;
+                insert_token(&tx, &hash, &org, Role::Admin, &name)?;
                 tx.commit()?;
                 Ok(())
             })
