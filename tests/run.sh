@@ -8,6 +8,8 @@ cd "$root"
 tools="$(bash tests/setup.sh)"
 export TARMAC_TEST_TOOLS="$tools"
 export CHECKPOINT_DISABLE=1
+# A one-off build (CI) gains nothing from incremental caches, which take gigabytes of disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
 # The local AWS emulator, on a free loopback port, stopped whatever happens.
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
