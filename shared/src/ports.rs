@@ -537,18 +537,23 @@ pub trait Outbox: Send + Sync {
 
 /// Engine state kept off the worker's disk (AWS mode: an S3 prefix per stack). The worker
 /// restores a stack's state into its state directory before the engine runs and saves it
-/// after; one run per stack at a time means nobody else writes it meanwhile.
+/// after. One run per stack at a time means nobody else writes it meanwhile; should a second
+/// run ever overlap (a lease lost while its engine still ran), saves are conditional, so the
+/// later save fails instead of silently overwriting the other run's state.
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// Replaces `dir` with the stack's saved state, and describes what it wrote.
     async fn restore(&self, stack: &StackRef, dir: &std::path::Path) -> Result<StateManifest>;
-    /// Uploads what changed in `dir` since `restored`, and removes what is gone. Returns how
-    /// many files were written and removed.
+    /// Makes the stored state `dir`'s: uploads the files that differ from `saved` and removes
+    /// those gone from `dir`. Each write applies only if the stored file is still the one
+    /// `saved` describes (absent, for a new file); otherwise `Error::Conflict`, and no file
+    /// another run wrote is overwritten. `saved` is updated as each write lands, so a retry
+    /// after a partial save resumes where it stopped. Returns the files written and removed.
     async fn save(
         &self,
         stack: &StackRef,
         dir: &std::path::Path,
-        restored: &StateManifest,
+        saved: &mut StateManifest,
     ) -> Result<(usize, usize)>;
     /// Removes the stack's state (its history stays, as the store keeps it).
     async fn delete(&self, stack: &StackRef) -> Result<()>;
@@ -556,5 +561,13 @@ pub trait StateStore: Send + Sync {
     fn location(&self, stack: &StackRef) -> String;
 }
 
-/// The files a restore wrote: relative path to SHA-256 (hex) of the contents.
-pub type StateManifest = std::collections::BTreeMap<String, String>;
+/// The stored state files a run started from: relative path to what was stored.
+pub type StateManifest = std::collections::BTreeMap<String, StateFile>;
+
+/// One stored state file: its contents' SHA-256 (hex), to skip unchanged files, and the
+/// store's version tag (S3's ETag), to make the next write conditional on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateFile {
+    pub sha256: String,
+    pub etag: String,
+}

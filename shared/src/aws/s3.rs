@@ -3,19 +3,21 @@
 //! environment, and a stack's next run may land on any environment.
 //!
 //! The bucket is versioned (infra/template.yaml), so every save keeps the previous state as a
-//! noncurrent version: the undo history of a stack's state.
+//! noncurrent version: the undo history of a stack's state. Saves are conditional writes
+//! (`If-Match` on the ETag restored, `If-None-Match: *` for a new file), so a run that overlaps
+//! another on the same stack cannot silently overwrite the state the other one saved.
 
 use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::crypto::sha256_hex;
 use crate::domain::StackRef;
 use crate::error::{Error, Result};
-use crate::ports::{StateManifest, StateStore};
+use crate::ports::{StateFile, StateManifest, StateStore};
 
 pub struct S3StateStore {
     client: Client,
@@ -62,6 +64,20 @@ pub fn s3_err<E: std::error::Error + 'static>(
     e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> Error {
     Error::internal(format!("S3 {op}: {}", DisplayErrorContext(e)))
+}
+
+/// Whether a conditional write was refused on its condition: the stored file is no longer the
+/// one the run restored (412), another conditional write to it is in flight (409), or it is
+/// gone (404 `NoSuchKey`; a missing bucket is a plain failure).
+fn lost_condition<E: ProvideErrorMetadata>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    e.as_service_error().is_some_and(|e| {
+        matches!(
+            e.code(),
+            Some("PreconditionFailed" | "ConditionalRequestConflict" | "NoSuchKey")
+        )
+    })
 }
 
 /// The S3 client for `sdk`: path-style addressing when an endpoint is set (an emulator serves
@@ -135,14 +151,19 @@ impl StateStore for S3StateStore {
                 tracing::warn!(key, "skipping a state object whose key is not a plain path");
                 continue;
             };
-            let body = self
+            let out = self
                 .client
                 .get_object()
                 .bucket(&self.bucket)
                 .key(&key)
                 .send()
                 .await
-                .map_err(|e| s3_err("GetObject", e))?
+                .map_err(|e| s3_err("GetObject", e))?;
+            let etag = out
+                .e_tag()
+                .ok_or_else(|| Error::internal(format!("S3 GetObject {key}: no ETag")))?
+                .to_string();
+            let body = out
                 .body
                 .collect()
                 .await
@@ -153,7 +174,13 @@ impl StateStore for S3StateStore {
                 tokio::fs::create_dir_all(parent).await?;
             }
             crate::crypto::write_private(&path, &body)?;
-            manifest.insert(rel.to_string_lossy().into_owned(), sha256_hex(&body));
+            manifest.insert(
+                rel.to_string_lossy().into_owned(),
+                StateFile {
+                    sha256: sha256_hex(&body),
+                    etag,
+                },
+            );
         }
         Ok(manifest)
     }
@@ -162,9 +189,15 @@ impl StateStore for S3StateStore {
         &self,
         stack: &StackRef,
         dir: &Path,
-        restored: &StateManifest,
+        saved: &mut StateManifest,
     ) -> Result<(usize, usize)> {
         let prefix = Self::prefix(stack);
+        let conflict = |rel: &str| {
+            Error::Conflict(format!(
+                "{}{rel} was changed by another run after this run restored it",
+                self.location(stack)
+            ))
+        };
         let local = {
             let dir = dir.to_path_buf();
             tokio::task::spawn_blocking(move || files(&dir))
@@ -174,28 +207,59 @@ impl StateStore for S3StateStore {
         let mut written = 0;
         for rel in &local {
             let body = tokio::fs::read(dir.join(rel)).await?;
-            if restored.get(rel).is_some_and(|h| *h == sha256_hex(&body)) {
-                continue;
-            }
-            self.client
+            let sha256 = sha256_hex(&body);
+            let put = self
+                .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(format!("{prefix}{rel}"))
-                .body(ByteStream::from(body))
-                .send()
-                .await
-                .map_err(|e| s3_err("PutObject", e))?;
+                .body(ByteStream::from(body));
+            let put = match saved.get(rel) {
+                Some(stored) if stored.sha256 == sha256 => continue,
+                Some(stored) => put.if_match(&stored.etag),
+                None => put.if_none_match("*"),
+            };
+            let out = put.send().await.map_err(|e| {
+                if lost_condition(&e) {
+                    conflict(rel)
+                } else {
+                    s3_err("PutObject", e)
+                }
+            })?;
+            let etag = out
+                .e_tag()
+                .ok_or_else(|| Error::internal(format!("S3 PutObject {rel}: no ETag")))?;
+            saved.insert(
+                rel.clone(),
+                StateFile {
+                    sha256,
+                    etag: etag.to_string(),
+                },
+            );
             written += 1;
         }
         let mut removed = 0;
-        for rel in restored.keys().filter(|r| !local.contains(r)) {
+        let gone: Vec<(String, String)> = saved
+            .iter()
+            .filter(|(rel, _)| !local.contains(rel))
+            .map(|(rel, stored)| (rel.clone(), stored.etag.clone()))
+            .collect();
+        for (rel, etag) in gone {
             self.client
                 .delete_object()
                 .bucket(&self.bucket)
                 .key(format!("{prefix}{rel}"))
+                .if_match(etag)
                 .send()
                 .await
-                .map_err(|e| s3_err("DeleteObject", e))?;
+                .map_err(|e| {
+                    if lost_condition(&e) {
+                        conflict(&rel)
+                    } else {
+                        s3_err("DeleteObject", e)
+                    }
+                })?;
+            saved.remove(&rel);
             removed += 1;
         }
         Ok((written, removed))

@@ -808,25 +808,31 @@ impl Runner {
         let stack = &run.d.stack;
         let dir = self.state_dir(run.d);
         let location = store.location(stack);
-        let restored = store.restore(stack, &dir).await.map_err(|e| {
+        let mut saved = store.restore(stack, &dir).await.map_err(|e| {
             tracing::error!(error = %e.chain(), "could not restore the stack's state");
             Failure::Failed(format!("cannot restore the stack's state from {location}"))
         })?;
         run.log
             .line(
                 idx,
-                &format!("Restored {} state file(s) from {location}", restored.len()),
+                &format!("Restored {} state file(s) from {location}", saved.len()),
             )
             .await;
         let result = self.engine_operation(run, idx, engine, program_dir).await;
-        let mut saved = store.save(stack, &dir, &restored).await;
+        // A retry resumes where the failed attempt stopped (`saved` follows each write); a
+        // conflict is final: another run's state is not to be overwritten.
+        let mut outcome = store.save(stack, &dir, &mut saved).await;
         for wait in [1, 4] {
-            let Err(e) = &saved else { break };
-            tracing::warn!(error = %e.chain(), "could not save the stack's state; retrying");
-            tokio::time::sleep(Duration::from_secs(wait)).await;
-            saved = store.save(stack, &dir, &restored).await;
+            match &outcome {
+                Err(e) if !matches!(e, Error::Conflict(_)) => {
+                    tracing::warn!(error = %e.chain(), "could not save the stack's state; retrying");
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                    outcome = store.save(stack, &dir, &mut saved).await;
+                }
+                _ => break,
+            }
         }
-        match saved {
+        match outcome {
             Ok((0, 0)) => run.log.line(idx, "The stack's state is unchanged").await,
             Ok((written, removed)) => {
                 run.log
@@ -840,11 +846,16 @@ impl Runner {
             }
             Err(e) => {
                 tracing::error!(error = %e.chain(), "could not save the stack's state");
-                // The next run would start from the older state and could make resources
-                // twice: nothing runs on this stack until someone has looked.
+                // The next run would start from a state that does not record what this run
+                // did, and could make resources twice: nothing runs on this stack until
+                // someone has looked.
                 let paused = self.deps.stacks.set_stack_paused(stack, true).await.is_ok();
+                let why = match &e {
+                    Error::Conflict(m) => format!("{m}, so this run's state was not saved over it"),
+                    _ => format!("cannot save the stack's state to {location}"),
+                };
                 let message = format!(
-                    "cannot save the stack's state to {location}: the state this run wrote exists only on this worker. {}",
+                    "{why}: the state this run wrote exists only on this worker. {}",
                     if paused {
                         "The stack is paused so that no deployment runs against the older state; resume it once the state is checked."
                     } else {
