@@ -294,6 +294,53 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     );
     assert!(logs.contains("No changes."), "{logs}");
 
+    // OIDC, all deployed: the worker invokes the oidc function, which signs with the stack's
+    // KMS key (registering it on its first cold start) and exchanges the token at STS; the run
+    // gets those credentials, and the token verifies against the JWKS that the api serves for
+    // the issuer the stack reports.
+    let kept = tempfile::tempdir().unwrap();
+    let token_copy = kept.path().join("token");
+    let oidc_stack = "acme/site/oidc";
+    let (status, v) = api
+        .call(
+            "POST",
+            &format!("/api/stacks/{oidc_stack}/deployments/settings"),
+            Some(json!({
+                "sourceContext": {"git": {
+                    "repoUrl": remote.url, "branch": "main",
+                    "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
+                }},
+                "operationContext": {
+                    "oidc": {"aws": {"roleArn": "arn:aws:iam::123456789012:role/deployer", "sessionName": "tarmac-run"}},
+                    // (The functions run as the emulator's host processes, so the test can
+                    // read what a run copies out.)
+                    "preRunCommands": [format!(
+                        "test -n \"$AWS_SESSION_TOKEN\" && cp \"$PULUMI_OIDC_TOKEN_FILE\" {}",
+                        token_copy.display()
+                    )]
+                }
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let run = api.deploy(oidc_stack).await;
+    let logs = api.logs(oidc_stack, run["id"].as_str().unwrap()).await;
+    assert!(logs.contains("assumed-role/deployer/tarmac-run"), "{logs}");
+    let token = std::fs::read_to_string(&token_copy).unwrap();
+    assert!(!logs.contains(token.trim()), "the token is masked: {logs}");
+    let (status, jwks) = api.call("GET", "/oidc/.well-known/jwks.json", None).await;
+    assert_eq!(status, 200, "{jwks}");
+    let issuer = outputs["OidcIssuer"].as_str().unwrap();
+    let claims = crate::signing::verify(token.trim(), &jwks, issuer, "acme").unwrap();
+    assert_eq!(
+        claims["sub"],
+        "pulumi:deploy:org:acme:project:site:stack:oidc:operation:update:scope:write"
+    );
+    let (_, discovery) = api
+        .call("GET", "/oidc/.well-known/openid-configuration", None)
+        .await;
+    assert_eq!(discovery["issuer"], issuer, "{discovery}");
+
     // The EventBridge rule's tick fires a one-time schedule.
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -361,7 +408,7 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("engine state of 1 stack(s) (acme/site/prod)"),
+        stderr.contains("engine state of 2 stack(s) (acme/site/oidc, acme/site/prod)"),
         "{stderr}"
     );
     // The API still works: the refusals changed nothing.

@@ -936,9 +936,10 @@ async fn the_oidc_function_signs_with_kms_exchanges_at_sts_and_answers_only_the_
     ));
 }
 
-/// The worker's side of the exchange, over a real Lambda Invoke on the emulator. The function
-/// behind it is a stand-in (a mock, in Python) for the `oidc` function, whose own behaviour the
-/// test above covers: a debug build of the real one is 400 MB, too big to upload per test run.
+/// The worker's side of the exchange, over a real Lambda Invoke on the emulator, for the answers
+/// a real run cannot provoke: the function behind it is a stand-in (a mock, in Python) that
+/// refuses as the `oidc` function does (the test above covers the real one's refusals, and
+/// `infra.rs` the real worker invoking the real, deployed function).
 #[tokio::test]
 async fn the_workers_broker_invokes_the_oidc_function_and_reads_its_refusals() {
     use tarmac::oidc::{CredentialBroker, ExchangeRequest};
