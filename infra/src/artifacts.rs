@@ -239,20 +239,9 @@ pub async fn empty_bucket(s3: &Client, bucket: &str, account: &str) -> Result<us
     }
 }
 
-/// The current (not deleted) objects in `bucket`, up to the first page.
+/// The current (not deleted) objects in `bucket`.
 pub async fn current_objects(s3: &Client, bucket: &str, account: &str) -> Result<Vec<String>> {
-    let page = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .expected_bucket_owner(account)
-        .send()
-        .await
-        .map_err(|e| s3_err("ListObjectsV2", e))?;
-    Ok(page
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(String::from))
-        .collect())
+    tarmac::aws::s3::list_keys(s3, bucket, "", Some(account)).await
 }
 
 /// Empties and deletes the bucket; nothing if it does not exist.

@@ -381,6 +381,17 @@ impl Env {
         failures
     }
 
+    /// The deployment's log lines, read through the `api` handler, as one text.
+    async fn log_text(&self, deployment: &str) -> String {
+        let (_, logs) = self.api("apigw-v2-get-logs.json", deployment).await;
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["line"].as_str())
+            .collect()
+    }
+
     fn engine_runs(&self) -> usize {
         std::fs::read_to_string(self.trace())
             .map(|t| t.lines().count())
@@ -416,13 +427,7 @@ async fn a_deployment_goes_api_to_sqs_to_worker_and_back_exactly_once() {
     assert!(failures.is_empty(), "{failures:?}");
     let (_, d) = env.api("apigw-v2-get-deployment.json", &id).await;
     assert_eq!(d["status"], "succeeded", "{d}");
-    let (_, logs) = env.api("apigw-v2-get-logs.json", &id).await;
-    let text: String = logs["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l["line"].as_str())
-        .collect();
+    let text = env.log_text(&id).await;
     assert!(
         text.contains("Apply complete! Resources: 1 added"),
         "{text}"
@@ -588,13 +593,7 @@ async fn the_worker_leaves_messages_when_time_is_short_and_stops_runs_that_would
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     let (_, d) = env.api("apigw-v2-get-deployment.json", &slow_id).await;
     assert_eq!(d["status"], "failed", "{d}");
-    let (_, logs) = env.api("apigw-v2-get-logs.json", &slow_id).await;
-    let text: String = logs["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l["line"].as_str())
-        .collect();
+    let text = env.log_text(&slow_id).await;
     assert!(
         text.contains("Lambda invocation was about to end"),
         "{text}"

@@ -5,13 +5,19 @@ use tarmac::domain::StackRef;
 use tarmac::error::Error;
 use tarmac::ports::StateStore;
 
-#[tokio::test]
-async fn state_round_trips_through_s3_writing_only_what_changed() {
+/// An S3 client, a new bucket in the emulator, and a state store on it.
+async fn fresh_store() -> (aws_sdk_s3::Client, String, S3StateStore) {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let s3 = tarmac::aws::s3::client(&sdk);
     let bucket = format!("tarmac-state-{}", uuid::Uuid::new_v4().simple());
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let store = S3StateStore::new(s3.clone(), &bucket);
+    (s3, bucket, store)
+}
+
+#[tokio::test]
+async fn state_round_trips_through_s3_writing_only_what_changed() {
+    let (s3, bucket, store) = fresh_store().await;
     let stack = StackRef::new("acme", "site", "prod").unwrap();
     let other = StackRef::new("acme", "site", "dev").unwrap();
     assert_eq!(
@@ -103,11 +109,7 @@ async fn state_round_trips_through_s3_writing_only_what_changed() {
 /// first run's state stands.
 #[tokio::test]
 async fn a_save_never_overwrites_state_another_run_saved() {
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let s3 = tarmac::aws::s3::client(&sdk);
-    let bucket = format!("tarmac-state-{}", uuid::Uuid::new_v4().simple());
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let store = S3StateStore::new(s3.clone(), &bucket);
+    let (s3, bucket, store) = fresh_store().await;
     let stack = StackRef::new("acme", "site", "prod").unwrap();
     let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (first.path(), second.path());
@@ -216,13 +218,7 @@ async fn a_run_whose_state_cannot_be_saved_fails_and_pauses_its_stack() {
 
         let (_, d) = env.api("apigw-v2-get-deployment.json", &id).await;
         assert_eq!(d["status"], "failed", "{d}");
-        let (_, logs) = env.api("apigw-v2-get-logs.json", &id).await;
-        let text: String = logs["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l["line"].as_str())
-            .collect();
+        let text = env.log_text(&id).await;
         assert!(
             text.contains("Apply complete! Resources: 1 added"),
             "{text}"

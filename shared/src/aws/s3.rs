@@ -38,24 +38,35 @@ impl S3StateStore {
 
     /// Every key under the stack's prefix.
     async fn keys(&self, stack: &StackRef) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(Self::prefix(stack))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| s3_err("ListObjectsV2", e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(String::from)),
-            );
-        }
-        Ok(keys)
+        list_keys(&self.client, &self.bucket, &Self::prefix(stack), None).await
     }
+}
+
+/// Every current key in `bucket` under `prefix`, all pages; `owner` makes S3 refuse a bucket
+/// another account owns.
+pub async fn list_keys(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+    owner: Option<&str>,
+) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .set_expected_bucket_owner(owner.map(String::from))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| s3_err("ListObjectsV2", e))?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(String::from)),
+        );
+    }
+    Ok(keys)
 }
 
 /// An S3 error as ours, with the SDK's whole context.
