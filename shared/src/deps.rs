@@ -58,10 +58,7 @@ impl Deps {
             tracing::error!(error = %e.chain(), %stack, "could not remove a deleted stack's saved state");
         }
         if let Some(root) = &self.state_dir {
-            let dir = root
-                .join(&stack.org)
-                .join(&stack.project)
-                .join(&stack.stack);
+            let dir = stack.dir_under(root);
             if let Err(e) = tokio::fs::remove_dir_all(&dir).await
                 && e.kind() != std::io::ErrorKind::NotFound
             {

@@ -41,6 +41,13 @@ impl StackRef {
         Self::new(next(), next(), next())
     }
 
+    /// The stack's own directory under `root` (`root/org/project/stack`): where its engine
+    /// state lives on disk. `new` refuses names with `/` or made only of dots, so it stays
+    /// under `root`.
+    pub fn dir_under(&self, root: &std::path::Path) -> std::path::PathBuf {
+        root.join(&self.org).join(&self.project).join(&self.stack)
+    }
+
     pub fn new(org: &str, project: &str, stack: &str) -> Result<Self> {
         validate_name("organization", org)?;
         validate_name("project", project)?;

@@ -738,11 +738,7 @@ impl Runner {
     }
 
     fn state_dir(&self, d: &Deployment) -> PathBuf {
-        self.cfg
-            .state_dir
-            .join(&d.stack.org)
-            .join(&d.stack.project)
-            .join(&d.stack.stack)
+        d.stack.dir_under(&self.cfg.state_dir)
     }
 
     /// Engine variables: where state lives, and Pulumi's per-stack passphrase.
