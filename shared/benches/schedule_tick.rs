@@ -15,11 +15,13 @@ use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use tarmac::crypto::Cipher;
+use tarmac::app::{App, Config, EmbeddedConfig};
 use tarmac::deps::Deps;
+use tarmac::domain::schedule::{Cron, Purpose, Schedule, When};
 use tarmac::domain::{PageRequest, StackRef};
-use tarmac::ports::*;
-use tarmac::schedule::{Cron, Purpose, Schedule, When};
+
+#[path = "../../tests/support/emulator.rs"]
+mod emulator;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -28,42 +30,6 @@ fn arg(name: &str, default: usize) -> usize {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn deps_over<S>(store: Arc<S>) -> Arc<Deps>
-where
-    S: StackStore
-        + OrgStore
-        + TokenStore
-        + DeploymentStore
-        + RunStore
-        + LogStore
-        + ScheduleStore
-        + DriftStore
-        + 'static,
-{
-    Arc::new(Deps {
-        stacks: store.clone(),
-        orgs: store.clone(),
-        tokens: store.clone(),
-        deployments: store.clone(),
-        logs: store.clone(),
-        runs: store.clone(),
-        schedules: store.clone(),
-        drift: store,
-        queue: None,
-        cipher: Cipher::from_key(&[3; 32]),
-        public_url: String::new(),
-        allow_local_repos: false,
-        state_dir: None,
-        state_store: None,
-        bootstrap_sha256: None,
-        concurrency: 1,
-        issuer: None,
-        credentials: None,
-        hooks: None,
-        outbox: None,
-    })
 }
 
 fn stack() -> StackRef {
@@ -138,10 +104,12 @@ fn seed_sqlite(path: &std::path::Path, stored: usize, due: usize, now: OffsetDat
 
 async fn sqlite_run(stored: usize, due: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.db");
-    let store = Arc::new(tarmac::sqlite::SqliteStore::open(&path).unwrap());
-    let deps = deps_over(store);
+    let app = App::build(Config::Embedded(EmbeddedConfig::new(dir.path())))
+        .await
+        .unwrap();
+    let deps = app.deps;
     settings(&deps).await;
+    let path = dir.path().join(tarmac::app::DB_FILE);
     let now = OffsetDateTime::now_utc();
     let t = Instant::now();
     seed_sqlite(&path, stored, due, now);
@@ -177,14 +145,12 @@ async fn sqlite_run(stored: usize, due: usize) -> f64 {
 }
 
 async fn dynamo_run(stored: usize, due: usize) -> f64 {
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let client = aws_sdk_dynamodb::Client::new(&sdk);
-    let table = format!("tarmac-bench-{}", Uuid::new_v4().simple());
-    tarmac::aws::dynamo::create_table(&client, &table)
+    let res = emulator::resources("60").await;
+    let cfg = res.config(&[]);
+    let deps = App::build(Config::Aws(Box::new((cfg, res.sdk))))
         .await
-        .unwrap();
-    let store = Arc::new(tarmac::aws::DynamoStore::new(client, table));
-    let deps = deps_over(store);
+        .unwrap()
+        .deps;
     settings(&deps).await;
     let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
     let t = Instant::now();

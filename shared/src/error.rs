@@ -9,6 +9,9 @@ use axum::response::{IntoResponse, Response};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A failure's cause, kept for the logs.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
@@ -23,12 +26,21 @@ pub enum Error {
     Forbidden(String),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
-    #[error("database error")]
-    Sqlite(#[from] rusqlite::Error),
+    /// A system we depend on failed: the database, an AWS service. Its cause is kept for the
+    /// logs; `retryable` says whether trying again later may succeed (a timeout, throttling, a
+    /// busy database) or not (a missing table, a refused permission).
+    #[error("{context}")]
+    Backend {
+        context: String,
+        #[source]
+        source: BoxError,
+        retryable: bool,
+    },
     #[error("I/O error")]
     Io(#[from] std::io::Error),
     #[error("JSON error")]
     Json(#[from] serde_json::Error),
+    /// A broken invariant of ours.
     #[error("{0}")]
     Internal(String),
     /// A provider we called (AWS STS, say) refused; the message is the provider's, for the user.
@@ -49,6 +61,28 @@ impl Error {
     pub fn internal(what: impl Into<String>) -> Self {
         Self::Internal(what.into())
     }
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl Into<BoxError>,
+        retryable: bool,
+    ) -> Self {
+        Self::Backend {
+            context: context.into(),
+            source: source.into(),
+            retryable,
+        }
+    }
+
+    /// Whether the same request may succeed later, untouched: a backend's passing fault, or an
+    /// I/O error. A caller that can (a queue consumer, a tick) hands such work back; anything
+    /// else would fail the same way again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Backend { retryable, .. } => *retryable,
+            Self::Io(_) => true,
+            _ => false,
+        }
+    }
 
     pub fn status(&self) -> StatusCode {
         match self {
@@ -59,7 +93,10 @@ impl Error {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::Sqlite(_) | Self::Io(_) | Self::Json(_) | Self::Internal(_) => {
+            Self::Backend {
+                retryable: true, ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Backend { .. } | Self::Io(_) | Self::Json(_) | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         }

@@ -6,6 +6,7 @@
 //! deployments; `serve` and `deps` wire it together.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod aws;
 pub mod crypto;
 pub mod deps;
@@ -13,10 +14,11 @@ pub mod domain;
 pub mod error;
 pub mod github;
 pub mod http;
+pub mod json;
+pub mod lambda;
 pub mod oidc;
 pub mod ports;
 pub mod runner;
-pub mod schedule;
 pub mod scheduler;
 pub mod serve;
 pub mod service;
@@ -26,9 +28,6 @@ pub mod store_codec;
 pub mod telemetry;
 pub mod webhooks;
 pub mod worker;
-
-#[cfg(test)]
-mod contract_tests;
 
 pub use error::{Error, Result};
 

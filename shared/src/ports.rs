@@ -1,7 +1,8 @@
 //! The ports: what the API and the workers need from storage, as narrow object-safe traits.
 //!
-//! Each has an embedded adapter (SQLite, `crate::sqlite`) and an AWS one (DynamoDB and SQS,
-//! `crate::aws`); one contract suite runs against both. No storage type crosses a port.
+//! Each has an embedded adapter (SQLite) and an AWS one (DynamoDB, SQS, S3, KMS, STS); one
+//! contract suite runs against both. No SDK or storage type crosses a port: every one is in
+//! the domain's terms.
 //! Contracts on absent items and lost races are written on each method.
 
 use async_trait::async_trait;
@@ -9,6 +10,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::hooks::{Hook, HookScope};
+use crate::domain::keys::SigningKey;
+use crate::domain::schedule::Schedule;
 use crate::domain::*;
 use crate::error::Result;
 
@@ -329,17 +333,13 @@ pub const SKIPPED_NOTE: &str =
 #[async_trait]
 pub trait ScheduleStore: Send + Sync {
     /// `Error::NotFound` if the stack does not exist.
-    async fn create_schedule(&self, schedule: &crate::schedule::Schedule) -> Result<()>;
+    async fn create_schedule(&self, schedule: &Schedule) -> Result<()>;
 
     /// `None` if the stack has no schedule with this id.
-    async fn get_schedule(
-        &self,
-        stack: &StackRef,
-        id: Uuid,
-    ) -> Result<Option<crate::schedule::Schedule>>;
+    async fn get_schedule(&self, stack: &StackRef, id: Uuid) -> Result<Option<Schedule>>;
 
     /// A stack's schedules, oldest first.
-    async fn list_schedules(&self, stack: &StackRef) -> Result<Vec<crate::schedule::Schedule>>;
+    async fn list_schedules(&self, stack: &StackRef) -> Result<Vec<Schedule>>;
 
     /// Replaces when it fires, what it fires, its next slot and its pause flag, only if its
     /// next slot is still `expected_next` (as the caller read it): a tick that fired the
@@ -347,7 +347,7 @@ pub trait ScheduleStore: Send + Sync {
     /// if absent.
     async fn update_schedule(
         &self,
-        schedule: &crate::schedule::Schedule,
+        schedule: &Schedule,
         expected_next: Option<OffsetDateTime>,
     ) -> Result<()>;
 
@@ -356,11 +356,7 @@ pub trait ScheduleStore: Send + Sync {
 
     /// Unpaused schedules whose next slot is at or before `now`, earliest first, at most
     /// `limit`. The cost is in proportion to what is due, not to what is stored.
-    async fn due_schedules(
-        &self,
-        now: OffsetDateTime,
-        limit: usize,
-    ) -> Result<Vec<crate::schedule::Schedule>>;
+    async fn due_schedules(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<Schedule>>;
 
     /// Moves a schedule's next slot from `expected` to `next` and records `fired` as its last
     /// execution, only if its next slot is still `expected` and it is not paused. Returns
@@ -428,44 +424,26 @@ pub trait DriftStore: Send + Sync {
 /// Rotation is rare, so the whole keyring is rewritten each time.
 #[async_trait]
 pub trait SigningKeyStore: Send + Sync {
-    async fn keyring(&self) -> Result<(Vec<crate::oidc::SigningKey>, i64)>;
+    async fn keyring(&self) -> Result<(Vec<SigningKey>, i64)>;
 
     /// Replaces the keyring if its counter is still `expected`, returning the new counter;
     /// `Error::Conflict` if another writer got in between.
-    async fn put_keyring(&self, keys: &[crate::oidc::SigningKey], expected: i64) -> Result<i64>;
+    async fn put_keyring(&self, keys: &[SigningKey], expected: i64) -> Result<i64>;
 }
 
 /// Outbound webhooks, at org or stack scope. Names are unique within a scope.
 #[async_trait]
 pub trait HookStore: Send + Sync {
     /// `Error::Conflict` if the scope has a hook of that name.
-    async fn create_hook(
-        &self,
-        scope: &crate::webhooks::HookScope,
-        hook: &crate::webhooks::Hook,
-    ) -> Result<()>;
-    async fn list_hooks(
-        &self,
-        scope: &crate::webhooks::HookScope,
-    ) -> Result<Vec<crate::webhooks::Hook>>;
-    async fn get_hook(
-        &self,
-        scope: &crate::webhooks::HookScope,
-        name: &str,
-    ) -> Result<Option<crate::webhooks::Hook>>;
+    async fn create_hook(&self, scope: &HookScope, hook: &Hook) -> Result<()>;
+    async fn list_hooks(&self, scope: &HookScope) -> Result<Vec<Hook>>;
+    async fn get_hook(&self, scope: &HookScope, name: &str) -> Result<Option<Hook>>;
     /// `Error::NotFound` if absent.
-    async fn update_hook(
-        &self,
-        scope: &crate::webhooks::HookScope,
-        hook: &crate::webhooks::Hook,
-    ) -> Result<()>;
+    async fn update_hook(&self, scope: &HookScope, hook: &Hook) -> Result<()>;
     /// `Error::NotFound` if absent.
-    async fn delete_hook(&self, scope: &crate::webhooks::HookScope, name: &str) -> Result<()>;
+    async fn delete_hook(&self, scope: &HookScope, name: &str) -> Result<()>;
     /// The hooks that hear about `stack`: its own and its org's.
-    async fn hooks_for_stack(
-        &self,
-        stack: &StackRef,
-    ) -> Result<Vec<(crate::webhooks::HookScope, crate::webhooks::Hook)>>;
+    async fn hooks_for_stack(&self, stack: &StackRef) -> Result<Vec<(HookScope, Hook)>>;
 }
 
 /// A notification waiting to be sent (or sent): to a hook (`hook:<scope>/<name>`) or GitHub.
@@ -570,4 +548,58 @@ pub type StateManifest = std::collections::BTreeMap<String, StateFile>;
 pub struct StateFile {
     pub sha256: String,
     pub etag: String,
+}
+
+/// Signs the OIDC issuer's tokens with a key of its keyring: a generated key sealed under the
+/// server's cipher (embedded mode), or a KMS key (AWS mode, where only the `oidc` function may
+/// sign). A process that only serves the JWKS holds a signer that refuses.
+#[async_trait]
+pub trait Signer: Send + Sync {
+    /// RS256 (RSASSA-PKCS1-v1_5 over SHA-256) of `message` with `key`'s private half.
+    /// `Error::Internal` if this signer cannot use that key (a KMS key given to the local
+    /// signer, or a sealed key it cannot open).
+    async fn sign(&self, key: &SigningKey, message: &[u8]) -> Result<Vec<u8>>;
+}
+
+/// An `AssumeRoleWithWebIdentity` request: a deployment's OIDC token for a role's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRoleRequest {
+    pub role_arn: String,
+    pub session_name: String,
+    pub duration: Option<std::time::Duration>,
+    pub policy_arns: Vec<String>,
+    pub web_identity_token: String,
+}
+
+/// Temporary AWS credentials, for a run's environment.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the role gave: credentials, the assumed role's ARN and when they expire (for logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumedRole {
+    pub credentials: AwsCredentials,
+    pub arn: String,
+    pub expiration: String,
+}
+
+/// Exchanges a deployment's OIDC token for cloud credentials. Only AWS needs a call (STS);
+/// Azure and GCP sign in with the token itself, inside the run.
+#[async_trait]
+pub trait CloudExchange: Send + Sync {
+    /// `Error::Upstream`, with the provider's own message, when the provider refuses.
+    async fn assume_role(&self, request: &AssumeRoleRequest) -> Result<AssumedRole>;
 }

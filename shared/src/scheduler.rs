@@ -12,11 +12,12 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::deps::Deps;
+use crate::domain::hooks::Event;
+use crate::domain::schedule::firing;
 use crate::domain::{JobStatus, StackRef};
 use crate::error::Result;
 use crate::ports::{FireResult, PlannedFiring};
-use crate::schedule::firing;
-use crate::service::{enqueue, prepare_deployment};
+use crate::service::{CreateRequest, prepare, queued};
 
 /// Queued this long, a deployment's message may have been lost; the reconciler sends it again
 /// (a duplicate is harmless: the claim is conditional).
@@ -59,7 +60,7 @@ pub async fn tick(
             // Their workers are gone: announce the failures they could not.
             for r in ended.iter().filter(|r| r.status == JobStatus::Failed) {
                 if let Ok(Some(d)) = deps.deployments.get_deployment(&r.stack, r.id).await {
-                    crate::webhooks::events::deployment(deps, &d, "deployment_failed").await;
+                    crate::webhooks::events::deployment(deps, &d, Event::DeploymentFailed).await;
                 }
             }
             ended.len()
@@ -73,9 +74,7 @@ pub async fn tick(
         keep(e, "reconciling");
         0
     });
-    if let Some(outbox) = &deps.outbox
-        && let Err(e) = outbox.prune_done(now - DELIVERY_LOG_RETENTION).await
-    {
+    if let Err(e) = deps.outbox.prune_done(now - DELIVERY_LOG_RETENTION).await {
         keep(e, "pruning the delivery log");
     }
     if fired + skipped + reaped + resent > 0 {
@@ -147,16 +146,10 @@ pub async fn fire_due(deps: &Arc<Deps>, now: OffsetDateTime) -> Result<(usize, u
             }
             let f = firing(&s.when, expected, now)?;
             let body = s.definition.get("request").cloned().unwrap_or_default();
-            let deployment = prepare_deployment(
-                deps,
-                &s.stack,
-                &body,
-                settings[&s.stack].as_ref(),
-                "schedule",
-                "scheduler",
-            )
-            // A refused request (settings gone, say) uses up its slot, and the history says why.
-            .map_err(|e| e.to_string());
+            let request = CreateRequest::new(&s.stack, &body, "schedule", "scheduler");
+            let deployment = prepare(deps, &request, settings[&s.stack].as_ref())
+                // A refused request (settings gone, say) uses up its slot, and the history says why.
+                .map_err(|e| e.to_string());
             skipped += f.skipped.len();
             planned.push(PlannedFiring {
                 stack: s.stack,
@@ -188,7 +181,12 @@ pub async fn fire_due(deps: &Arc<Deps>, now: OffsetDateTime) -> Result<(usize, u
                         FireResult::Fired(created) => {
                             fired += 1;
                             if let Some((id, _)) = created {
-                                enqueue(&deps, stack, *id).await;
+                                // Stored with the firing; sent and announced as every
+                                // created deployment is.
+                                match deps.deployments.get_deployment(stack, *id).await? {
+                                    Some(d) => queued(&deps, &d).await,
+                                    None => tracing::warn!(deployment_id = %id, "a fired deployment is gone already"),
+                                }
                             }
                         }
                     }

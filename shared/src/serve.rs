@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::app::{App, Config, EmbeddedConfig, RunSettings, make_data_dir, open_data_dir};
 use crate::crypto::{new_token, token_hash};
-use crate::deps::Embedded;
 use crate::domain::{Role, validate_name};
 use crate::error::{Error, Result};
+use crate::ports::TokenStore;
 use crate::runner::StopSignal;
-use crate::runner::{Runner, RunnerConfig};
 use crate::worker::{Pool, spawn_ticker};
 
 /// Everything `tarmac serve` is configured with.
@@ -47,7 +47,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             "the lease must last at least three heartbeats",
         ));
     }
-    let embedded = Embedded::open(&cfg.data_dir)?;
+    // The data dir is created and locked before anything else touches it.
+    make_data_dir(&cfg.data_dir)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     // Runs of an earlier process are over (its leases expire and the reaper fails them). If it
     // crashed, its engines may still be running: stop them before the stacks' next runs can
@@ -65,11 +66,29 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     {
         tracing::warn!(error = %e, "could not clear old working directories");
     }
-    let bootstrap_token = if embedded_token_count(&embedded).await? == 0 {
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let base_url = format!("http://{addr}");
+    let public_url = cfg.public_url.clone().unwrap_or_else(|| base_url.clone());
+    let app = App::build(Config::Embedded(EmbeddedConfig {
+        data_dir: cfg.data_dir.clone(),
+        public_url,
+        oidc_issuer: cfg.oidc_issuer.clone(),
+        allow_local_repos: cfg.allow_local_repos,
+        workers: cfg.workers,
+        run: RunSettings {
+            child_path: cfg.child_path.clone(),
+            deployment_timeout: cfg.deployment_timeout,
+            stop_grace: cfg.stop_grace,
+            heartbeat_every: cfg.heartbeat_every,
+        },
+    }))
+    .await?;
+    let deps = Arc::clone(&app.deps);
+    let bootstrap_token = if deps.tokens.token_count().await? == 0 {
         let token = new_token();
-        use crate::ports::TokenStore;
-        embedded
-            .store
+        deps.tokens
             .create_token(
                 &token_hash(&token),
                 &cfg.bootstrap_org,
@@ -82,48 +101,19 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         None
     };
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-    let addr = listener.local_addr()?;
-    let base_url = format!("http://{addr}");
-    let public_url = cfg.public_url.clone().unwrap_or_else(|| base_url.clone());
-    let state_dir = cfg.data_dir.join("state");
-    let deps = Arc::new(embedded.deps(
-        public_url,
-        cfg.oidc_issuer.clone(),
-        cfg.allow_local_repos,
-        state_dir.clone(),
-        cfg.workers,
-    ));
-    if let Some(issuer) = &deps.issuer {
-        issuer.ensure_local_key().await?;
-    }
-
-    let runner = Arc::new(Runner::new(
-        Arc::clone(&deps),
-        RunnerConfig {
-            work_dir,
-            state_dir,
-            path_env: cfg.child_path.clone(),
-            lang: "C.UTF-8".into(),
-            default_timeout: cfg.deployment_timeout,
-            stop_grace: cfg.stop_grace,
-            heartbeat_every: cfg.heartbeat_every,
-            allow_local_repos: cfg.allow_local_repos,
-        },
-    ));
     let stop_claiming = CancellationToken::new();
     let abort_runs =
         StopSignal::new("Tarmac shut down before the deployment finished; it was stopped.");
     let pool = Pool {
         store: Arc::clone(&deps.runs),
-        runner,
-        signal: Arc::clone(&embedded.work_signal),
+        runner: Arc::clone(&app.runner),
+        signal: Arc::clone(&app.work_signal),
         lease_ttl: cfg.lease_ttl,
     };
     let mut workers = pool.spawn(cfg.workers, stop_claiming.clone(), abort_runs.clone());
     let dispatcher = crate::webhooks::dispatch::spawn(
         Arc::clone(&deps),
-        embedded.store.outbox_signal(),
+        Arc::clone(&app.outbox_signal),
         crate::webhooks::dispatch::RETRY_BASE,
         stop_claiming.clone(),
     );
@@ -198,11 +188,6 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fil
     })
 }
 
-async fn embedded_token_count(e: &Embedded) -> Result<u64> {
-    use crate::ports::TokenStore;
-    e.store.token_count().await
-}
-
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
@@ -218,27 +203,11 @@ pub async fn create_token(
     role: Role,
     name: &str,
 ) -> Result<String> {
-    use crate::ports::TokenStore;
     validate_name("organization", org)?;
-    let embedded = Embedded::open(data_dir)?;
+    let (store, _) = open_data_dir(data_dir)?;
     let token = new_token();
-    embedded
-        .store
+    store
         .create_token(&token_hash(&token), org, role, name)
         .await?;
     Ok(token)
-}
-
-/// `tarmac oidc rotate-key`: a new signing key for the issuer of a data dir; the old one stays
-/// in the JWKS until every token it signed has expired. Safe while `tarmac serve` runs: the
-/// server reads the keyring from the store each time it signs or serves the JWKS.
-pub async fn rotate_signing_key(data_dir: &std::path::Path) -> Result<String> {
-    let embedded = Embedded::open(data_dir)?;
-    let issuer = crate::oidc::Issuer::new(
-        "",
-        Arc::new(embedded.store.clone()),
-        Some(embedded.cipher.clone()),
-        None,
-    );
-    issuer.rotate_local().await
 }

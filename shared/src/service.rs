@@ -1,15 +1,52 @@
-//! Operations that more than one entry point performs: the API, the scheduler's tick and the
-//! runner (drift remediation) all create deployments the same way.
+//! Creating deployments, the one way every trigger does it: the API, schedules, GitHub, drift
+//! remediation. A request is validated and merged over the stack's settings (`prepare`), stored
+//! (`create`), then sent to the workers and announced (`queued`).
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::deps::Deps;
+use crate::domain::hooks::Event;
+use crate::domain::spec::{DeploymentConfig, GitHubTrigger, SourcePolicy};
 use crate::domain::{Deployment, NewDeployment, Operation, StackRef};
 use crate::error::{Error, Result};
 use crate::ports::QueueMessage;
-use crate::runner::git::validate_repo_url;
-use crate::settings::{self, Nulls, RunSpec};
+use crate::settings::{self, Nulls};
+
+/// A create-deployment request (reference §5.2), and who makes it.
+#[derive(Debug, Clone)]
+pub struct CreateRequest<'a> {
+    pub stack: &'a StackRef,
+    /// `{operation, inheritSettings, ...settings}`.
+    pub body: &'a Value,
+    /// What started it: `api`, `schedule`, `github`, `drift-remediation`, or a client's own
+    /// `X-Pulumi-Deployment-Initiator`.
+    pub initiator: &'a str,
+    /// The token (or component) it acts for.
+    pub requested_by: &'a str,
+    /// A fixed id, so that a retried create is a conflict that changes nothing (a GitHub
+    /// delivery, say); a new one otherwise.
+    pub id: Option<Uuid>,
+    pub trigger: Option<GitHubTrigger>,
+}
+
+impl<'a> CreateRequest<'a> {
+    pub fn new(
+        stack: &'a StackRef,
+        body: &'a Value,
+        initiator: &'a str,
+        requested_by: &'a str,
+    ) -> Self {
+        Self {
+            stack,
+            body,
+            initiator,
+            requested_by,
+            id: None,
+            trigger: None,
+        }
+    }
+}
 
 /// A create-deployment request in the form a schedule stores: checked (operation, settings'
 /// shape), canonical, nulls dropped, and every secret sealed, so nothing is kept or shown in
@@ -31,70 +68,68 @@ fn required_operation(op: Option<String>) -> Result<Operation> {
     .parse()
 }
 
-/// Builds the deployment a create-deployment request asks for (reference §5.2), without
-/// storing it: the request's settings are merged over `stored` (the stack's settings) unless
-/// `inheritSettings` is false, and the result must name a source this server may clone.
-pub fn prepare_deployment(
+/// Builds the deployment a request asks for, without storing it: the request's settings are
+/// merged over `stored` (the stack's settings) unless `inheritSettings` is false, and the
+/// result must be a run this server can carry out (a source it may clone, valid options).
+pub fn prepare(
     deps: &Deps,
-    stack: &StackRef,
-    body: &Value,
+    req: &CreateRequest<'_>,
     stored: Option<&Value>,
-    initiator: &str,
-    requested_by: &str,
 ) -> Result<NewDeployment> {
-    let (operation, inherit, rest) = settings::split_create_request(body)?;
+    let (operation, inherit, rest) = settings::split_create_request(req.body)?;
     let operation = required_operation(operation)?;
-    let request = settings::canonicalize(&rest, &deps.cipher.for_org(&stack.org))?;
-    let config = if inherit {
+    let request = settings::canonicalize(&rest, &deps.cipher.for_org(&req.stack.org))?;
+    let merged = if inherit {
         settings::merge(stored.unwrap_or(&json!({})), &request, Nulls::Ignore)
     } else {
         settings::strip_nulls(&request)
     };
-    settings::check_stored(&config)?;
-    let spec = RunSpec::from_config(&config)?;
-    validate_repo_url(&spec.repo_url, deps.allow_local_repos)?;
+    settings::check_size(&merged)?;
+    let mut config = DeploymentConfig::parse(
+        merged,
+        SourcePolicy::Server {
+            allow_local_repos: deps.allow_local_repos,
+        },
+    )?;
+    if let Some(trigger) = &req.trigger {
+        config = config.with_trigger(trigger.clone())?;
+    }
     Ok(NewDeployment {
-        id: Uuid::new_v4(),
-        stack: stack.clone(),
+        id: req.id.unwrap_or_else(Uuid::new_v4),
+        stack: req.stack.clone(),
         operation,
         config,
-        initiator: initiator.to_string(),
-        requested_by: requested_by.to_string(),
-        skip_intermediate: spec.skip_intermediate,
+        initiator: req.initiator.to_string(),
+        requested_by: req.requested_by.to_string(),
     })
 }
 
-/// Sends a stored deployment to the queue, where the queue is separate from the store.
-pub async fn enqueue(deps: &Deps, stack: &StackRef, id: Uuid) {
+/// Creates a deployment: prepared against the stack's settings, stored as `not-started` (the
+/// stack is created if needed), sent to the workers and announced. Nothing is written if the
+/// request is refused. `Error::Conflict` if a deployment with the request's fixed id exists.
+#[tracing::instrument(skip_all, fields(org = %req.stack.org, project = %req.stack.project, stack = %req.stack.stack))]
+pub async fn create(deps: &Deps, req: &CreateRequest<'_>) -> Result<Deployment> {
+    let stored = deps
+        .stacks
+        .get_settings(req.stack)
+        .await?
+        .map(|s| s.settings);
+    let new = prepare(deps, req, stored.as_ref())?;
+    let d = deps.deployments.create_deployment(new).await?;
+    queued(deps, &d).await;
+    Ok(d)
+}
+
+/// What follows a deployment's creation, wherever it was stored (`create`, or a schedule's
+/// firing, whose store write also advances the schedule): it goes to the queue, where the
+/// queue is separate from the store, and `deployment_queued` is announced.
+pub async fn queued(deps: &Deps, d: &Deployment) {
+    tracing::info!(deployment_id = %d.id, version = d.version, operation = %d.operation, initiator = %d.initiator, "deployment queued");
     if let Some(queue) = &deps.queue
-        && let Err(e) = queue.send(&QueueMessage::new(stack, id), 0).await
+        && let Err(e) = queue.send(&QueueMessage::new(&d.stack, d.id), 0).await
     {
         // The deployment is stored; the scheduler's reconciler sends it again.
-        tracing::warn!(deployment_id = %id, error = %e.chain(), "could not send to the queue; the reconciler will");
+        tracing::warn!(deployment_id = %d.id, error = %e.chain(), "could not send to the queue; the reconciler will");
     }
-}
-
-/// Queues a deployment from a create-deployment request (see `prepare_deployment`). Nothing
-/// is written if the request is refused.
-pub async fn create_deployment(
-    deps: &Deps,
-    stack: &StackRef,
-    body: &Value,
-    initiator: &str,
-    requested_by: &str,
-) -> Result<Deployment> {
-    let stored = deps.stacks.get_settings(stack).await?.map(|s| s.settings);
-    let new = prepare_deployment(deps, stack, body, stored.as_ref(), initiator, requested_by)?;
-    store_deployment(deps, new).await
-}
-
-/// Stores a prepared deployment, sends it to the queue and announces it (`deployment_queued`).
-pub async fn store_deployment(deps: &Deps, new: NewDeployment) -> Result<Deployment> {
-    let (operation, stack) = (new.operation, new.stack.clone());
-    let initiator = new.initiator.clone();
-    let d = deps.deployments.create_deployment(new).await?;
-    tracing::info!(deployment_id = %d.id, version = d.version, %operation, %initiator, "deployment queued");
-    enqueue(deps, &stack, d.id).await;
-    crate::webhooks::events::deployment(deps, &d, "deployment_queued").await;
-    Ok(d)
+    crate::webhooks::events::deployment(deps, d, Event::DeploymentQueued).await;
 }

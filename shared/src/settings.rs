@@ -6,11 +6,11 @@
 //! are checked, and every secret is sealed. Everything after that works on canonical JSON.
 //! Stored settings hold secrets only as `{"secret": <sealed>}`.
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::crypto::OrgCipher;
 use crate::error::{Error, Result};
+use crate::json::member;
 
 /// The type of a value in the settings schema.
 #[derive(Debug)]
@@ -277,15 +277,6 @@ fn validate_env_name(name: &str) -> Result<()> {
     }
 }
 
-/// A JSON object's member by case-insensitive name (clients disagree on spelling), `null`
-/// counting as absent. `None` if `body` is not an object.
-pub fn member<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
-    body.as_object()?
-        .iter()
-        .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_null())
-        .map(|(_, v)| v)
-}
-
 /// Turns any `SecretValue` form into `{"secret": <sealed>}`.
 fn seal_secret(value: &Value, path: &str, cipher: &OrgCipher) -> Result<Value> {
     let sealed = match value {
@@ -429,54 +420,14 @@ pub fn split_create_request(body: &Value) -> Result<(Option<String>, bool, Value
     Ok((operation, inherit, Value::Object(rest)))
 }
 
-/// An environment variable's value as stored.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
-pub enum EnvValue {
-    Plain(String),
-    Secret { secret: String },
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GitAuth {
-    pub access_token: Option<SealedValue>,
-    pub ssh_auth: Option<SshAuth>,
-    pub basic_auth: Option<BasicAuth>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SshAuth {
-    pub ssh_private_key: Option<SealedValue>,
-    pub password: Option<SealedValue>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BasicAuth {
-    pub user_name: Option<SealedValue>,
-    pub password: Option<SealedValue>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SealedValue {
-    pub secret: String,
-}
-
-/// The longest a run may be given: a week.
-pub const MAX_TIMEOUT_SECS: i64 = 7 * 86_400;
-
 /// Stored settings (and a deployment's effective settings) stay well inside every backend's
 /// limits (DynamoDB items are at most 400 KB).
 pub const MAX_SETTINGS_BYTES: usize = 256 * 1024;
 
-/// Refuses settings that cannot be stored: too large, or with OIDC options no run could use.
+/// Refuses settings that cannot be stored: too large, or with options no run could use.
 pub fn check_stored(settings: &Value) -> Result<()> {
     check_size(settings)?;
-    crate::oidc::OidcSpec::from_config(settings)?;
-    crate::github::triggers::check_globs(settings)?;
-    Ok(())
+    crate::domain::spec::check_settings(settings)
 }
 
 /// Refuses settings too large to store.
@@ -488,139 +439,6 @@ pub fn check_size(settings: &Value) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// What a run needs from the effective settings, typed and validated.
-#[derive(Debug, Clone, Default)]
-pub struct RunSpec {
-    pub repo_url: String,
-    pub branch: Option<String>,
-    pub commit: Option<String>,
-    pub tag: Option<String>,
-    pub repo_dir: Option<String>,
-    pub git_auth: Option<GitAuth>,
-    pub pre_run_commands: Vec<String>,
-    pub env: Vec<(String, EnvValue)>,
-    pub shell: Option<String>,
-    pub skip_intermediate: bool,
-    pub timeout_secs: Option<u64>,
-    pub engine: Option<String>,
-    /// `operationContext.oidc`: when set, the run gets a token and cloud credentials.
-    pub oidc: Option<crate::oidc::OidcSpec>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct RawSettings {
-    source_context: RawSource,
-    git_hub: RawGitHub,
-    operation_context: RawOperation,
-}
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawSource {
-    git: RawGit,
-}
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct RawGit {
-    repo_url: Option<String>,
-    branch: Option<String>,
-    repo_dir: Option<String>,
-    commit: Option<String>,
-    tag: Option<String>,
-    git_auth: Option<GitAuth>,
-}
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawGitHub {
-    repository: Option<String>,
-}
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct RawOperation {
-    pre_run_commands: Vec<String>,
-    environment_variables: std::collections::BTreeMap<String, EnvValue>,
-    options: RawOptions,
-}
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct RawOptions {
-    skip_intermediate_deployments: bool,
-    shell: Option<String>,
-    timeout: Option<i64>,
-    engine: Option<String>,
-}
-
-fn non_empty(s: Option<String>) -> Option<String> {
-    s.filter(|s| !s.trim().is_empty())
-}
-
-impl RunSpec {
-    /// Reads canonical effective settings. Refuses settings a run could not start from.
-    pub fn from_config(config: &Value) -> Result<Self> {
-        let raw: RawSettings = serde_json::from_value(config.clone())
-            .map_err(|e| Error::invalid(format!("invalid settings: {e}")))?;
-        let git = raw.source_context.git;
-        // As the deploy-demos client expects, a GitHub repository stands in for a clone URL.
-        let repo_url = match (non_empty(git.repo_url), non_empty(raw.git_hub.repository)) {
-            (Some(url), _) => url,
-            (None, Some(repo)) => format!("https://github.com/{repo}.git"),
-            (None, None) => {
-                return Err(Error::invalid(
-                    "no source to deploy: set sourceContext.git.repoUrl (or gitHub.repository) in the request or the stack's settings",
-                ));
-            }
-        };
-        let repo_dir = non_empty(git.repo_dir);
-        if let Some(dir) = &repo_dir {
-            let p = std::path::Path::new(dir);
-            if p.is_absolute()
-                || p.components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return Err(Error::invalid(format!(
-                    "sourceContext.git.repoDir '{dir}' must be a relative path inside the repository"
-                )));
-            }
-        }
-        let timeout_secs = match raw.operation_context.options.timeout {
-            None => None,
-            Some(t) if t > 0 && t <= MAX_TIMEOUT_SECS => Some(t as u64),
-            Some(t) => {
-                return Err(Error::invalid(format!(
-                    "operationContext.options.timeout must be between 1 and {MAX_TIMEOUT_SECS} seconds, not {t}"
-                )));
-            }
-        };
-        let engine = non_empty(raw.operation_context.options.engine);
-        if let Some(e) = &engine
-            && !matches!(e.as_str(), "pulumi" | "terraform" | "tofu")
-        {
-            return Err(Error::invalid(format!(
-                "operationContext.options.engine '{e}' is not one of pulumi, terraform, tofu"
-            )));
-        }
-        Ok(Self {
-            repo_url,
-            branch: non_empty(git.branch),
-            commit: non_empty(git.commit),
-            tag: non_empty(git.tag),
-            repo_dir,
-            git_auth: git.git_auth,
-            pre_run_commands: raw.operation_context.pre_run_commands,
-            env: raw
-                .operation_context
-                .environment_variables
-                .into_iter()
-                .collect(),
-            shell: non_empty(raw.operation_context.options.shell),
-            skip_intermediate: raw.operation_context.options.skip_intermediate_deployments,
-            timeout_secs,
-            engine,
-            oidc: crate::oidc::OidcSpec::from_config(config)?,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -761,18 +579,5 @@ mod tests {
         assert_eq!(s["secret"], s["ciphertext"]);
         assert_eq!(out["operationContext"]["environmentVariables"]["P"], "x");
         assert!(!out.to_string().contains("\"pw\""));
-    }
-
-    #[test]
-    fn run_spec_needs_a_source_and_a_safe_repo_dir() {
-        let err = RunSpec::from_config(&json!({})).unwrap_err().to_string();
-        assert!(err.contains("no source to deploy"));
-        let spec = RunSpec::from_config(&json!({"gitHub": {"repository": "o/r"}})).unwrap();
-        assert_eq!(spec.repo_url, "https://github.com/o/r.git");
-        let err = RunSpec::from_config(
-            &json!({"sourceContext":{"git":{"repoUrl":"u","repoDir":"../x"}}}),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("relative path"));
     }
 }

@@ -78,6 +78,7 @@ async fn settings_merge_replace_delete_and_encrypt() {
 
 #[tokio::test]
 async fn stacks_are_created_explicitly_or_implicitly() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let (status, v) = app
         .post("/api/stacks/default/proj", json!({"stackName": "explicit"}))
@@ -122,6 +123,7 @@ async fn stacks_are_created_explicitly_or_implicitly() {
 
 #[tokio::test]
 async fn lists_page_newest_first_and_read_by_version() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let (a, b) = (stack("list-a"), stack("list-b"));

@@ -7,6 +7,7 @@ use crate::support::{TestApp, TestRepo, stack};
 
 #[tokio::test]
 async fn tokens_are_checked_scoped_to_their_org_and_limited_by_role() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("auth");

@@ -33,6 +33,7 @@ fn assert_error(status: reqwest::StatusCode, body: &Value, want: u16, contains: 
 
 #[tokio::test]
 async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("bad");
@@ -115,6 +116,7 @@ fn uuid_like() -> &'static str {
 
 #[tokio::test]
 async fn a_deleted_stack_is_gone_with_its_deployments_and_state() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("gone");
@@ -170,6 +172,7 @@ async fn a_deleted_stack_is_gone_with_its_deployments_and_state() {
 
 #[tokio::test]
 async fn a_stack_with_a_deployment_in_progress_cannot_be_deleted() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("busy");
@@ -194,6 +197,7 @@ async fn a_stack_with_a_deployment_in_progress_cannot_be_deleted() {
 
 #[tokio::test]
 async fn local_repositories_need_the_operator_s_permission() {
+    require!(Tools);
     let app = TestApp::spawn_strict(&[]).await;
     let repo = TestRepo::new();
     let s = stack("local");

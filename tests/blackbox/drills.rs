@@ -109,6 +109,7 @@ async fn status_of(app: &TestApp, stack: &str, id: &str) -> String {
 /// R1: SIGKILL the server at random moments while deployments run; restart it each time.
 #[tokio::test]
 async fn r1_kills_lose_nothing_and_never_overlap_a_stack() {
+    require!(Tools);
     let (kills, stacks, per_stack) = if full() { (200, 20, 20) } else { (4, 4, 2) };
     let lease = 2.0;
     let repo = TestRepo::new();
@@ -195,6 +196,7 @@ async fn r1_kills_lose_nothing_and_never_overlap_a_stack() {
 /// R3: bursts of deployments over many stacks: all end, each stack in creation order, no 5xx.
 #[tokio::test]
 async fn r3_bursts_end_in_order_with_no_server_errors() {
+    require!(Tools);
     let (total, stacks) = if full() {
         (10_000, 1_000)
     } else {

@@ -11,6 +11,7 @@ fn settings(url: &str, auth: Value) -> Value {
 
 #[tokio::test]
 async fn private_repositories_clone_with_an_access_token_or_basic_auth() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
 

@@ -90,6 +90,7 @@ async fn deployment_count(app: &TestApp, name: &str) -> i64 {
 
 #[tokio::test]
 async fn pushes_and_tags_deploy_the_pushed_commit_once_and_report_status_to_github() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let github = FakeServer::github().await;
     connect(&app, &github).await;
@@ -235,6 +236,7 @@ async fn pushes_and_tags_deploy_the_pushed_commit_once_and_report_status_to_gith
 
 #[tokio::test]
 async fn pull_requests_get_a_preview_and_one_comment_updated_in_place() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let github = FakeServer::github().await;
     connect(&app, &github).await;
@@ -343,6 +345,7 @@ async fn pull_requests_get_a_preview_and_one_comment_updated_in_place() {
 
 #[tokio::test]
 async fn unsigned_foreign_and_uninteresting_events_change_nothing() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let github = FakeServer::github().await;
     let repo = TestRepo::new();
@@ -456,6 +459,7 @@ fn app_key() -> (String, Vec<u8>) {
 
 #[tokio::test]
 async fn a_github_app_authenticates_with_a_signed_jwt_and_uses_its_installation_token() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let github = FakeServer::github().await;
     let (pem, public) = app_key();

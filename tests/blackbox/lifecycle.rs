@@ -24,6 +24,7 @@ fn read_state(app: &TestApp, name: &str) -> Value {
 
 #[tokio::test]
 async fn every_operation_runs_terraform_against_persistent_state() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("life");
@@ -152,6 +153,7 @@ async fn every_operation_runs_terraform_against_persistent_state() {
 
 #[tokio::test]
 async fn secrets_are_masked_and_the_child_gets_a_clean_environment() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("secrets");
@@ -199,6 +201,7 @@ async fn secrets_are_masked_and_the_child_gets_a_clean_environment() {
 
 #[tokio::test]
 async fn source_is_checked_out_at_a_commit_tag_or_branch() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let first = repo.git(&["rev-parse", "HEAD"]);
@@ -260,6 +263,7 @@ async fn source_is_checked_out_at_a_commit_tag_or_branch() {
 
 #[tokio::test]
 async fn a_failing_pre_run_command_fails_the_deployment_and_stops_there() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("prerun");

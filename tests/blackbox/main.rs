@@ -3,6 +3,9 @@
 //!
 //! Run through `tests/run.sh`, which installs the engine and sets `TARMAC_TEST_TOOLS`.
 
+#[macro_use]
+#[path = "../support/require.rs"]
+mod require;
 #[path = "../support/signing.rs"]
 mod signing;
 mod support;

@@ -30,6 +30,7 @@ async fn anonymous_get(url: &str) -> Value {
 #[tokio::test]
 async fn a_deployment_gets_a_verifiable_token_and_assumed_role_credentials_and_nothing_of_the_platform()
  {
+    require!(Tools, Emulator);
     let app = TestApp::spawn().await;
     // The issuer's documents need no token.
     let discovery = anonymous_get(&format!(
@@ -143,6 +144,7 @@ async fn a_deployment_gets_a_verifiable_token_and_assumed_role_credentials_and_n
 
 #[tokio::test]
 async fn a_refused_exchange_fails_the_deployment_with_the_providers_message() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("oidc-refused");
@@ -172,6 +174,7 @@ async fn a_refused_exchange_fails_the_deployment_with_the_providers_message() {
 
 #[tokio::test]
 async fn bad_oidc_settings_are_refused_and_nothing_is_written() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("oidc-bad");
@@ -235,6 +238,7 @@ async fn token_of_a_deployment(
 #[tokio::test]
 async fn rotating_the_key_while_serving_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_kid()
 {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let out = tempfile::tempdir().unwrap();

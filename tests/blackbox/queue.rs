@@ -38,6 +38,7 @@ fn intervals(trace: &std::path::Path) -> std::collections::HashMap<(String, i64)
 
 #[tokio::test]
 async fn stacks_run_in_parallel_while_one_stack_runs_in_order() {
+    require!(Tools);
     let app = TestApp::spawn_with(&["--workers", "4"]).await;
     let repo = TestRepo::new();
     let trace = app.data().join("trace");
@@ -70,6 +71,7 @@ async fn stacks_run_in_parallel_while_one_stack_runs_in_order() {
 
 #[tokio::test]
 async fn cancel_skips_a_queued_deployment_and_stops_a_running_one() {
+    require!(Tools);
     let app = TestApp::spawn_with(&["--stop-grace", "2"]).await;
     let repo = TestRepo::new();
     let s = stack("cancel");
@@ -131,6 +133,7 @@ async fn cancel_skips_a_queued_deployment_and_stops_a_running_one() {
 
 #[tokio::test]
 async fn paused_stacks_and_orgs_hold_their_queue_until_resumed() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("paused");
@@ -185,6 +188,7 @@ async fn paused_stacks_and_orgs_hold_their_queue_until_resumed() {
 
 #[tokio::test]
 async fn skip_intermediate_runs_only_the_latest_queued_deployment_of_each_operation() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("skip");
@@ -214,6 +218,7 @@ async fn skip_intermediate_runs_only_the_latest_queued_deployment_of_each_operat
 
 #[tokio::test]
 async fn a_run_past_its_timeout_is_stopped_and_failed() {
+    require!(Tools);
     let app = TestApp::spawn_with(&["--stop-grace", "1"]).await;
     let repo = TestRepo::new();
     let s = stack("timeout");
@@ -231,6 +236,7 @@ async fn a_run_past_its_timeout_is_stopped_and_failed() {
 
 #[tokio::test]
 async fn a_crashed_server_s_runs_fail_when_their_lease_expires_and_the_stack_moves_on() {
+    require!(Tools);
     let mut app = TestApp::spawn_with(&["--lease-secs", "2"]).await;
     let repo = TestRepo::new();
     let s = stack("crash");
@@ -267,6 +273,7 @@ async fn a_crashed_server_s_runs_fail_when_their_lease_expires_and_the_stack_mov
 
 #[tokio::test]
 async fn sigterm_lets_runs_finish_within_the_grace_then_fails_the_rest() {
+    require!(Tools);
     let mut app = TestApp::spawn_with(&["--shutdown-grace", "1", "--stop-grace", "1"]).await;
     let repo = TestRepo::new();
     let s = stack("shutdown");

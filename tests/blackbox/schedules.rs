@@ -28,6 +28,7 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
 
 #[tokio::test]
 async fn drift_is_detected_recorded_remediated_and_gone() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("drifty");
@@ -122,6 +123,7 @@ async fn drift_is_detected_recorded_remediated_and_gone() {
 
 #[tokio::test]
 async fn a_ttl_schedule_destroys_and_deletes_the_stack_or_keeps_it_when_the_destroy_fails() {
+    require!(Tools);
     // A 3 s lease makes the ticker run every second.
     let app = TestApp::spawn_with(&["--lease-secs", "3"]).await;
     let repo = TestRepo::new();

@@ -33,6 +33,7 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
 
 #[tokio::test]
 async fn a_restart_kills_what_a_crashed_server_left_running() {
+    require!(Tools);
     use crate::support::{TestRepo, stack};
     let mut app = TestApp::spawn().await;
     let repo = TestRepo::new();

@@ -43,6 +43,7 @@ async fn deploy_and_wait(app: &TestApp, s: &str) -> String {
 
 #[tokio::test]
 async fn a_failing_receiver_gets_retries_with_the_same_id_then_the_log_and_redelivery_show_them() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("hooked");
@@ -194,6 +195,7 @@ async fn a_failing_receiver_gets_retries_with_the_same_id_then_the_log_and_redel
 
 #[tokio::test]
 async fn org_hooks_hear_every_stack_in_order_in_their_format_and_a_stuck_receiver_delays_nothing() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("org-hooked");
@@ -287,6 +289,7 @@ async fn org_hooks_hear_every_stack_in_order_in_their_format_and_a_stuck_receive
 
 #[tokio::test]
 async fn bad_hook_requests_are_refused_and_write_nothing() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("hook-input");
@@ -393,6 +396,7 @@ async fn bad_hook_requests_are_refused_and_write_nothing() {
 
 #[tokio::test]
 async fn drift_runs_are_announced_to_hooks_that_ask_for_them() {
+    require!(Tools);
     let app = TestApp::spawn().await;
     let repo = TestRepo::new();
     let s = stack("drift-hooked");
@@ -442,6 +446,7 @@ async fn drift_runs_are_announced_to_hooks_that_ask_for_them() {
 
 #[tokio::test]
 async fn a_run_whose_server_died_is_announced_as_failed_after_the_restart() {
+    require!(Tools);
     let mut app = TestApp::spawn_with(&["--lease-secs", "2"]).await;
     let repo = TestRepo::new();
     let s = stack("died-hooked");

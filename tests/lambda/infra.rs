@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::git;
+use crate::env::git;
 use crate::git_server::GitServer;
 
 fn root() -> &'static Path {
@@ -173,6 +173,7 @@ impl Api {
 
 #[tokio::test]
 async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
+    require!(Emulator, Tools);
     let endpoint = std::env::var("AWS_ENDPOINT_URL")
         .expect("AWS_ENDPOINT_URL is not set: run the tests with tests/run.sh");
     let name = format!("tt{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);

@@ -17,6 +17,7 @@ async fn fresh_store() -> (aws_sdk_s3::Client, String, S3StateStore) {
 
 #[tokio::test]
 async fn state_round_trips_through_s3_writing_only_what_changed() {
+    require!(Emulator, Tools);
     let (s3, bucket, store) = fresh_store().await;
     let stack = StackRef::new("acme", "site", "prod").unwrap();
     let other = StackRef::new("acme", "site", "dev").unwrap();
@@ -109,6 +110,7 @@ async fn state_round_trips_through_s3_writing_only_what_changed() {
 /// first run's state stands.
 #[tokio::test]
 async fn a_save_never_overwrites_state_another_run_saved() {
+    require!(Emulator, Tools);
     let (s3, bucket, store) = fresh_store().await;
     let stack = StackRef::new("acme", "site", "prod").unwrap();
     let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -179,6 +181,7 @@ async fn a_save_never_overwrites_state_another_run_saved() {
 /// runs on the older state, and nothing another run stored is overwritten.
 #[tokio::test]
 async fn a_run_whose_state_cannot_be_saved_fails_and_pauses_its_stack() {
+    require!(Emulator, Tools);
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let s3 = tarmac::aws::s3::client(&sdk);
@@ -204,7 +207,7 @@ async fn a_run_whose_state_cannot_be_saved_fails_and_pauses_its_stack() {
             ),
         )
         .unwrap();
-        super::git(
+        crate::env::git(
             env.repo.path(),
             &["commit", "-qam", "disturb the state bucket"],
         );

@@ -1,7 +1,8 @@
 //! The `api` Lambda: Tarmac's one HTTP router behind API Gateway (HTTP API v2 or REST API v1).
 #![forbid(unsafe_code)]
 
-use tarmac::aws::{AwsApp, AwsConfig};
+use tarmac::aws::AwsConfig;
+use tarmac::lambda::AwsApp;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -9,5 +10,5 @@ async fn main() -> Result<(), lambda_http::Error> {
     let cfg = AwsConfig::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let app = AwsApp::build(cfg, &sdk).await?;
-    lambda_http::run(tarmac::aws::lambda::api_service(app.deps)).await
+    lambda_http::run(tarmac::lambda::api_service(app.deps)).await
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use lambda_runtime::{LambdaEvent, service_fn};
-use tarmac::aws::oidc::OidcFunction;
+use tarmac::lambda::OidcFunction;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {

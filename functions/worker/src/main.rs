@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use lambda_runtime::service_fn;
-use tarmac::aws::{AwsApp, AwsConfig};
+use tarmac::aws::AwsConfig;
+use tarmac::lambda::AwsApp;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -15,7 +16,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let app = Arc::new(AwsApp::build(cfg, &sdk).await?);
     lambda_runtime::run(service_fn(move |event| {
         let app = Arc::clone(&app);
-        async move { tarmac::aws::lambda::worker(&app, event).await }
+        async move { tarmac::lambda::worker(&app, event).await }
     }))
     .await
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, Delete, Put, ReturnValue, Select, TransactWriteItem, Update,
@@ -45,12 +45,17 @@ pub struct DynamoStore {
     locations: Mutex<HashMap<Uuid, (String, i64)>>,
 }
 
-pub(super) fn aws_err<E: std::error::Error + 'static>(op: &str, e: SdkError<E>) -> Error {
-    Error::internal(format!("DynamoDB {op}: {}", DisplayErrorContext(e)))
+pub(super) fn aws_err<E>(op: &str, e: SdkError<E>) -> Error
+where
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync + 'static,
+{
+    super::sdk_error(format!("DynamoDB {op}"), e)
 }
 
 /// Operation errors that can report a failed write condition.
-pub(super) trait ConditionalError: std::error::Error + Send + Sync + 'static {
+pub(super) trait ConditionalError:
+    std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync + 'static
+{
     fn condition_failed(&self) -> bool;
 }
 
@@ -1141,7 +1146,7 @@ impl DeploymentStore for DynamoStore {
                 ("config", s(serde_json::to_string(&new.config)?)),
                 ("initiator", s(&new.initiator)),
                 ("requested_by", s(&new.requested_by)),
-                ("skip_intermediate", b(new.skip_intermediate)),
+                ("skip_intermediate", b(new.skip_intermediate())),
                 ("created", n(now)),
                 ("modified", n(now)),
                 ("cancel_requested", b(false)),
@@ -1770,7 +1775,7 @@ const KEYRING_SK: &str = "OIDCKEYS";
 
 #[async_trait]
 impl SigningKeyStore for DynamoStore {
-    async fn keyring(&self) -> Result<(Vec<crate::oidc::SigningKey>, i64)> {
+    async fn keyring(&self) -> Result<(Vec<crate::domain::keys::SigningKey>, i64)> {
         match self.get(key(KEYRING_PK, KEYRING_SK)).await? {
             Some(item) => Ok((
                 serde_json::from_str(&get_s(&item, "keys")?)?,
@@ -1780,7 +1785,11 @@ impl SigningKeyStore for DynamoStore {
         }
     }
 
-    async fn put_keyring(&self, keys: &[crate::oidc::SigningKey], expected: i64) -> Result<i64> {
+    async fn put_keyring(
+        &self,
+        keys: &[crate::domain::keys::SigningKey],
+        expected: i64,
+    ) -> Result<i64> {
         let cond = if expected == 0 {
             "attribute_not_exists(#version)"
         } else {

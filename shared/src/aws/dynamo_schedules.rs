@@ -11,13 +11,13 @@ use uuid::Uuid;
 
 use super::dynamo::{DynamoStore, STACK_SK, aws_err, checked, stack_pk};
 use super::item::*;
+use crate::domain::schedule::{Cron, Purpose, Schedule, When};
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::{Page, PageRequest, StackRef};
 use crate::error::{Error, Result};
 use crate::ports::{
     DriftRun, DriftStore, FireResult, HistoryEvent, PlannedFiring, SKIPPED_NOTE, ScheduleStore,
 };
-use crate::schedule::{Cron, Purpose, Schedule, When};
 use crate::store_codec::stored_id;
 
 const DUE: &str = "DUE";

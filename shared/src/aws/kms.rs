@@ -4,7 +4,6 @@
 
 use aws_sdk_dynamodb::primitives::Blob as DynamoBlob;
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_kms::error::DisplayErrorContext;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 
@@ -29,12 +28,7 @@ pub async fn load_cipher(
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| {
-                Error::internal(format!(
-                    "DynamoDB GetItem: {}",
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e)
-                ))
-            })?
+            .map_err(|e| super::sdk_error("DynamoDB GetItem", e))?
             .item
             .and_then(|i| i.get("wrapped").and_then(|v| v.as_b().ok()).cloned());
         if let Some(wrapped) = stored {
@@ -44,7 +38,7 @@ pub async fn load_cipher(
                 .ciphertext_blob(Blob::new(wrapped.into_inner()))
                 .send()
                 .await
-                .map_err(|e| Error::internal(format!("KMS Decrypt: {}", DisplayErrorContext(e))))?;
+                .map_err(|e| super::sdk_error("KMS Decrypt", e))?;
             let plain = out
                 .plaintext
                 .ok_or_else(|| Error::internal("KMS Decrypt returned no plaintext"))?;
@@ -60,9 +54,7 @@ pub async fn load_cipher(
             .key_spec(DataKeySpec::Aes256)
             .send()
             .await
-            .map_err(|e| {
-                Error::internal(format!("KMS GenerateDataKey: {}", DisplayErrorContext(e)))
-            })?;
+            .map_err(|e| super::sdk_error("KMS GenerateDataKey", e))?;
         let wrapped = generated
             .ciphertext_blob
             .ok_or_else(|| Error::internal("KMS returned no ciphertext"))?;
@@ -81,4 +73,67 @@ pub async fn load_cipher(
             .await;
     }
     Err(Error::internal("could not load or create the data key"))
+}
+
+/// The `Signer` of AWS mode: KMS asymmetric keys (`RSA_2048`, `SIGN_VERIFY`). Only the `oidc`
+/// function's role may call `kms:Sign`.
+#[derive(Debug, Clone)]
+pub struct KmsSigner {
+    client: aws_sdk_kms::Client,
+}
+
+impl KmsSigner {
+    pub fn new(client: aws_sdk_kms::Client) -> Self {
+        Self { client }
+    }
+
+    /// `key_id`'s public half, as a keyring entry that signs through KMS.
+    pub async fn key(&self, key_id: &str) -> Result<crate::domain::keys::SigningKey> {
+        let out = self
+            .client
+            .get_public_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| super::sdk_error("KMS GetPublicKey", e))?;
+        let der = out
+            .public_key
+            .ok_or_else(|| Error::internal("KMS returned no public key"))?;
+        let public = aws_lc_rs::rsa::PublicKey::from_der(der.as_ref())
+            .map_err(|_| Error::invalid(format!("KMS key {key_id} is not an RSA signing key")))?;
+        let public = aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(&public);
+        Ok(crate::domain::keys::SigningKey::new(
+            &public.n,
+            &public.e,
+            crate::domain::keys::KeyMaterial::Kms(key_id.to_string()),
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::ports::Signer for KmsSigner {
+    async fn sign(&self, key: &crate::domain::keys::SigningKey, message: &[u8]) -> Result<Vec<u8>> {
+        use sha2::Digest;
+        let crate::domain::keys::KeyMaterial::Kms(key_id) = &key.material else {
+            return Err(Error::internal(
+                "the OIDC signing key is a generated one; KMS cannot sign with it",
+            ));
+        };
+        let out = self
+            .client
+            .sign()
+            .key_id(key_id)
+            // KMS takes raw messages only up to 4 KB: send the SHA-256 digest.
+            .message(Blob::new(sha2::Sha256::digest(message).to_vec()))
+            .message_type(aws_sdk_kms::types::MessageType::Digest)
+            .signing_algorithm(aws_sdk_kms::types::SigningAlgorithmSpec::RsassaPkcs1V15Sha256)
+            .send()
+            .await
+            .map_err(|e| super::sdk_error("KMS Sign", e))?;
+        Ok(out
+            .signature
+            .ok_or_else(|| Error::internal("KMS returned no signature"))?
+            .into_inner())
+    }
 }

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::crypto::sha256_hex;
@@ -70,11 +70,14 @@ pub async fn list_keys(
 }
 
 /// An S3 error as ours, with the SDK's whole context.
-pub fn s3_err<E: std::error::Error + 'static>(
+pub fn s3_err<E>(
     op: &str,
     e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> Error {
-    Error::internal(format!("S3 {op}: {}", DisplayErrorContext(e)))
+) -> Error
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+{
+    super::sdk_error(format!("S3 {op}"), e)
 }
 
 /// Whether a conditional write was refused on its condition: the stored file is no longer the

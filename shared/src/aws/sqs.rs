@@ -3,9 +3,8 @@
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ports::{Queue, QueueMessage};
 
 pub struct SqsQueue {
@@ -40,12 +39,7 @@ impl SqsQueue {
             .visibility_timeout(secs)
             .send()
             .await
-            .map_err(|e| {
-                Error::internal(format!(
-                    "SQS ChangeMessageVisibility: {}",
-                    DisplayErrorContext(e)
-                ))
-            })?;
+            .map_err(|e| super::sdk_error("SQS ChangeMessageVisibility", e))?;
         Ok(())
     }
 }
@@ -67,7 +61,7 @@ impl Queue for SqsQueue {
             .message_deduplication_id(dedup)
             .send()
             .await
-            .map_err(|e| Error::internal(format!("SQS SendMessage: {}", DisplayErrorContext(e))))?;
+            .map_err(|e| super::sdk_error("SQS SendMessage", e))?;
         Ok(())
     }
 }

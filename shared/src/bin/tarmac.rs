@@ -169,8 +169,13 @@ async fn main() -> ExitCode {
         } => {
             tarmac::telemetry::init(false);
             let rotated = match kms_key_id {
-                Some(key_id) => tarmac::aws::oidc::rotate_kms_key(&key_id).await,
-                None => tarmac::serve::rotate_signing_key(&data_dir).await,
+                Some(key_id) => {
+                    match std::env::var("TARMAC_TABLE").ok().filter(|t| !t.is_empty()) {
+                        Some(table) => tarmac::app::rotate_kms_key(&table, &key_id).await,
+                        None => Err(tarmac::Error::invalid("TARMAC_TABLE must be set")),
+                    }
+                }
+                None => tarmac::app::rotate_local_key(&data_dir).await,
             };
             rotated.map(|kid| println!("new signing key: {kid}"))
         }

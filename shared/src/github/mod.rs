@@ -42,12 +42,12 @@ pub struct App {
 }
 
 fn secret_string(body: &Value, key: &str) -> Result<Option<String>> {
-    match crate::settings::member(body, key) {
+    match crate::json::member(body, key) {
         None => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
         // A `SecretValue` object, as settings take them.
         Some(v @ Value::Object(_)) => {
-            match crate::settings::member(v, "secret").or(crate::settings::member(v, "plaintext")) {
+            match crate::json::member(v, "secret").or(crate::json::member(v, "plaintext")) {
                 Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
                 _ => Err(Error::invalid(format!("{key} must be a non-empty string"))),
             }
@@ -64,7 +64,7 @@ impl Integration {
         }
         let webhook_secret = secret_string(body, "webhookSecret")?
             .ok_or_else(|| Error::invalid("webhookSecret is required"))?;
-        let api_url = match crate::settings::member(body, "apiUrl") {
+        let api_url = match crate::json::member(body, "apiUrl") {
             None => DEFAULT_API_URL.to_string(),
             Some(Value::String(u)) if u.starts_with("https://") || u.starts_with("http://") => {
                 u.trim_end_matches('/').to_string()
@@ -72,10 +72,10 @@ impl Integration {
             Some(_) => return Err(Error::invalid("apiUrl must be an http(s) URL")),
         };
         let token = secret_string(body, "token")?;
-        let app = match crate::settings::member(body, "app") {
+        let app = match crate::json::member(body, "app") {
             None => None,
             Some(app) => {
-                let app_id = match crate::settings::member(app, "appId") {
+                let app_id = match crate::json::member(app, "appId") {
                     Some(Value::String(s)) if !s.is_empty() => s.clone(),
                     Some(Value::Number(n)) => n.to_string(),
                     _ => return Err(Error::invalid("app.appId is required")),
@@ -84,7 +84,7 @@ impl Integration {
                     .ok_or_else(|| Error::invalid("app.privateKey is required"))?;
                 client::app_key(&key)?;
                 let installation_id =
-                    match crate::settings::member(app, "installationId") {
+                    match crate::json::member(app, "installationId") {
                         None => None,
                         Some(v) => Some(v.as_i64().ok_or_else(|| {
                             Error::invalid("app.installationId must be an integer")

@@ -16,7 +16,7 @@ use super::extract::JsonBody;
 use crate::crypto::{new_token, sha256_hex, token_hash};
 use crate::domain::{Role, validate_name};
 use crate::error::{Error, Result};
-use crate::settings::member;
+use crate::json::member;
 
 /// `{"secret", "organization", "tokenName"?}` → 201 `{"token", "organization", "role", "name"}`.
 pub async fn redeem(

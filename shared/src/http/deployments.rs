@@ -14,7 +14,7 @@ use crate::domain::{CancelOutcome, Deployment, PageRequest, StackRef};
 use crate::error::{Error, Result};
 use crate::ports::LogQuery;
 
-/// Queues a deployment (see `service::create_deployment`).
+/// Queues a deployment (see `service::create`).
 #[tracing::instrument(skip_all, fields(org = %ctx.stack.org, project = %ctx.stack.project, stack = %ctx.stack.stack))]
 pub async fn create(
     State(state): State<AppState>,
@@ -27,14 +27,9 @@ pub async fn create(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64)
         .unwrap_or("api");
-    let d = crate::service::create_deployment(
-        &state.deps,
-        &ctx.stack,
-        &body,
-        initiator,
-        &ctx.principal.token_name,
-    )
-    .await?;
+    let request =
+        crate::service::CreateRequest::new(&ctx.stack, &body, initiator, &ctx.principal.token_name);
+    let d = crate::service::create(&state.deps, &request).await?;
     let console = state.deps.console_url(&ctx.stack, d.version);
     Ok((
         StatusCode::ACCEPTED,

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::extract::{JsonBody, OrgCtx, Params};
+use crate::domain::spec::GitHubTrigger;
 use crate::domain::{StackRef, validate_name};
 use crate::error::{Error, Result};
 use crate::github::client::GitHub;
@@ -169,26 +170,27 @@ async fn create(
         .map(|(_, v)| v.clone())
         .unwrap_or(Value::Null);
     let request = t.request(&settings, Some((clone_url, token)));
-    let mut new = crate::service::prepare_deployment(
-        &state.deps,
-        &t.stack,
-        &request,
-        Some(&settings),
-        "github",
-        "github",
-    )?;
-    new.id = deployment_id(body, &t.stack);
-    let id = new.id;
-    new.config["trigger"] = json!({
-        "provider": "github",
-        "event": kind,
-        "delivery": delivery,
-        "repository": event.repository().full_name,
-        "commit": t.commit,
-        "pullRequest": t.pull_request,
-        "installation": event.installation(),
-    });
-    match crate::service::store_deployment(&state.deps, new).await {
+    let id = deployment_id(body, &t.stack);
+    let create = crate::service::CreateRequest {
+        id: Some(id),
+        trigger: Some(GitHubTrigger {
+            provider: "github".into(),
+            event: kind.to_string(),
+            delivery: delivery.to_string(),
+            repository: event.repository().full_name.clone(),
+            commit: t.commit.clone(),
+            pull_request: t.pull_request,
+            installation: event.installation(),
+        }),
+        ..crate::service::CreateRequest::new(&t.stack, &request, "github", "github")
+    };
+    let new = crate::service::prepare(&state.deps, &create, Some(&settings))?;
+    let created = async {
+        let d = state.deps.deployments.create_deployment(new).await?;
+        crate::service::queued(&state.deps, &d).await;
+        Ok::<_, Error>(d)
+    };
+    match created.await {
         Ok(d) => Ok(Some(d)),
         // Made already, by an earlier delivery of this event; any other conflict (a burst
         // of creates on the stack) is passed on, so GitHub's log shows the delivery failed.

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::ports::{HookStore, Outbox, OutboxMessage};
 use crate::webhooks::dispatch::{deliver_now, render_delivery};
 use crate::webhooks::events::hook_target;
-use crate::webhooks::{Hook, HookScope, apply_request};
+use crate::webhooks::{Hook, HookScope, apply_request, render};
 
 /// Deliveries listed per hook.
 const DELIVERIES_SHOWN: usize = 100;
@@ -30,12 +30,7 @@ const DELIVERIES_SHOWN: usize = 100;
 type Stores<'a> = (&'a Arc<dyn HookStore>, &'a Arc<dyn Outbox>);
 
 fn stores(state: &AppState) -> Result<Stores<'_>> {
-    match (&state.deps.hooks, &state.deps.outbox) {
-        (Some(h), Some(o)) => Ok((h, o)),
-        _ => Err(Error::not_found(
-            "webhooks are not available in this deployment of Tarmac",
-        )),
-    }
+    Ok((&state.deps.hooks, &state.deps.outbox))
 }
 
 /// An authorised request on an org's or a stack's hooks, and the hook it names, if any. An
@@ -88,7 +83,7 @@ pub async fn create(
     let (hooks, _) = stores(&state)?;
     let hook = apply_request(&body, &scope, None, &state.deps.cipher.for_org(&scope.org))?;
     hooks.create_hook(&scope, &hook).await?;
-    Ok((StatusCode::CREATED, Json(hook.render(&scope))).into_response())
+    Ok((StatusCode::CREATED, Json(render(&hook, &scope))).into_response())
 }
 
 pub async fn list(
@@ -100,7 +95,7 @@ pub async fn list(
         .list_hooks(&scope)
         .await?
         .iter()
-        .map(|h| h.render(&scope))
+        .map(|h| render(h, &scope))
         .collect();
     Ok(Json(all).into_response())
 }
@@ -109,7 +104,7 @@ pub async fn read(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
 ) -> Result<Response> {
-    Ok(Json(existing(&state, &scope, &name).await?.render(&scope)).into_response())
+    Ok(Json(render(&existing(&state, &scope, &name).await?, &scope)).into_response())
 }
 
 pub async fn update(
@@ -126,7 +121,7 @@ pub async fn update(
         &state.deps.cipher.for_org(&scope.org),
     )?;
     hooks.update_hook(&scope, &hook).await?;
-    Ok(Json(hook.render(&scope)).into_response())
+    Ok(Json(render(&hook, &scope)).into_response())
 }
 
 pub async fn delete(

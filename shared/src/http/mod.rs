@@ -178,27 +178,22 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::app::{App, Config, EmbeddedConfig};
     use crate::crypto::{new_token, token_hash};
-    use crate::deps::Embedded;
     use crate::domain::Role;
-    use crate::ports::TokenStore;
 
     async fn app() -> (Router, String, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let e = Embedded::open(dir.path()).unwrap();
+        let app = App::build(Config::Embedded(EmbeddedConfig::new(dir.path())))
+            .await
+            .unwrap();
         let token = new_token();
-        e.store
+        app.deps
+            .tokens
             .create_token(&token_hash(&token), "acme", Role::Write, "t")
             .await
             .unwrap();
-        let deps = e.deps(
-            "http://tarmac.test".into(),
-            None,
-            false,
-            dir.path().join("state"),
-            1,
-        );
-        (router(Arc::new(deps)), token, dir)
+        (router(app.deps), token, dir)
     }
 
     async fn call(app: &Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {

@@ -10,12 +10,12 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::extract::{JsonBody, Params, Query, StackCtx, param};
+use crate::domain::schedule::{Cron, Purpose, Schedule, When, parse_instant};
 use crate::domain::time_fmt::{pulumi_datetime, rfc3339};
 use crate::domain::{JobStatus, Operation, PageRequest, StackRef};
 use crate::error::{Error, Result};
+use crate::json::member;
 use crate::ports::DriftRun;
-use crate::schedule::{Cron, Purpose, Schedule, When, parse_instant};
-use crate::settings::member;
 
 /// `ScheduledAction`. Every field the SDK requires is present; `lastExecuted` and, once a
 /// one-time schedule has fired, `nextExecution` are `""` (the SDK rejects null and absence).

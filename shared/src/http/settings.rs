@@ -102,9 +102,9 @@ pub async fn encrypt(
 ) -> Result<Json<Value>> {
     let plaintext = match &body {
         Value::String(s) => Some(s.clone()),
-        _ => ["secret", "plaintext"]
-            .iter()
-            .find_map(|k| settings::member(&body, k).and_then(|v| v.as_str().map(str::to_string))),
+        _ => ["secret", "plaintext"].iter().find_map(|k| {
+            crate::json::member(&body, k).and_then(|v| v.as_str().map(str::to_string))
+        }),
     };
     let plaintext = plaintext
         .filter(|p| !p.is_empty())

@@ -33,7 +33,7 @@ pub async fn create_stack(
     authorize(&p, &org, Role::Write, || {
         Error::not_found(format!("organization '{org}' not found"))
     })?;
-    let name = crate::settings::member(&body, "stackName")
+    let name = crate::json::member(&body, "stackName")
         .and_then(|v| v.as_str())
         .ok_or_else(|| Error::invalid("stackName is required"))?;
     let stack = StackRef::new(&org, &project, name)?;

@@ -3,9 +3,9 @@
 
 use serde_json::{Value, json};
 
+use crate::domain::spec::EnvValue;
 use crate::domain::time_fmt::{pulumi_datetime, rfc3339, rfc3339_or_zero};
 use crate::domain::{Deployment, LogEntry};
-use crate::settings::EnvValue;
 
 pub fn user_info(name: &str) -> Value {
     json!({ "name": name, "githubLogin": name, "avatarUrl": "" })
@@ -35,38 +35,27 @@ pub fn job(d: &Deployment) -> Value {
 /// `configuration`: environment variables as a list (secret values left out) and the source,
 /// with `repoURL` spelled as `DeploymentSourceGit` requires.
 fn configuration(d: &Deployment) -> Value {
-    let env_vars: Vec<Value> = d.config["operationContext"]["environmentVariables"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(
-                    |(name, v)| match serde_json::from_value::<EnvValue>(v.clone()) {
-                        Ok(EnvValue::Plain(value)) => {
-                            json!({ "name": name, "value": value, "secret": false })
-                        }
-                        _ => json!({ "name": name, "secret": true }),
-                    },
-                )
-                .collect()
+    let spec = d.config.spec();
+    let env_vars: Vec<Value> = spec
+        .env
+        .iter()
+        .map(|(name, v)| match v {
+            EnvValue::Plain(value) => json!({ "name": name, "value": value, "secret": false }),
+            EnvValue::Secret { .. } => json!({ "name": name, "secret": true }),
         })
-        .unwrap_or_default();
-    let git = &d.config["sourceContext"]["git"];
-    let repo = git["repoUrl"].as_str().map(str::to_string).or_else(|| {
-        d.config["gitHub"]["repository"]
-            .as_str()
-            .map(|r| format!("https://github.com/{r}.git"))
-    });
-    let mut out = json!({ "environmentVariables": env_vars });
-    if let Some(repo) = repo {
-        let mut src = json!({ "repoURL": repo });
-        for key in ["branch", "repoDir", "commit"] {
-            if let Some(v) = git[key].as_str() {
-                src[key] = json!(v);
-            }
+        .collect();
+    let source = &spec.source;
+    let mut git = json!({ "repoURL": source.repo_url });
+    for (key, value) in [
+        ("branch", &source.branch),
+        ("repoDir", &source.repo_dir),
+        ("commit", &source.commit),
+    ] {
+        if let Some(v) = value {
+            git[key] = json!(v);
         }
-        out["source"] = json!({ "git": src });
     }
-    out
+    json!({ "environmentVariables": env_vars, "source": { "git": git } })
 }
 
 /// `GetDeploymentResponse`.

@@ -13,14 +13,13 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
-use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::Issuer;
-use super::token::{AwsOidc, AzureOidc, GcpOidc, OidcSpec};
+use crate::domain::spec::oidc::{AwsOidc, AzureOidc, GcpOidc, OidcSpec};
 use crate::domain::{Deployment, StackRef};
 use crate::error::{Error, Result};
-use crate::ports::RunStore;
+use crate::ports::{AssumeRoleRequest, AwsCredentials, CloudExchange, RunStore};
 
 /// What a worker sends to get its deployment's credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,14 +56,6 @@ impl std::fmt::Debug for RunCredentials {
             .field("gcp", &self.gcp.is_some())
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AwsCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: String,
 }
 
 impl RunCredentials {
@@ -161,7 +152,7 @@ pub trait CredentialBroker: Send + Sync {
 pub struct Exchanger {
     runs: Arc<dyn RunStore>,
     issuer: Arc<Issuer>,
-    sts: OnceCell<aws_sdk_sts::Client>,
+    cloud: Arc<dyn CloudExchange>,
 }
 
 impl std::fmt::Debug for Exchanger {
@@ -173,33 +164,16 @@ impl std::fmt::Debug for Exchanger {
 }
 
 impl Exchanger {
-    /// `sts` is built on first use when not given: `AssumeRoleWithWebIdentity` is an unsigned
-    /// call, so the server needs no AWS credentials of its own (only a region and, for an
-    /// emulator, `AWS_ENDPOINT_URL`).
     pub fn new(
         runs: Arc<dyn RunStore>,
         issuer: Arc<Issuer>,
-        sts: Option<aws_sdk_sts::Client>,
+        cloud: Arc<dyn CloudExchange>,
     ) -> Self {
         Self {
             runs,
             issuer,
-            sts: OnceCell::new_with(sts),
+            cloud,
         }
-    }
-
-    async fn sts(&self) -> &aws_sdk_sts::Client {
-        self.sts
-            .get_or_init(|| async {
-                let region = aws_config::meta::region::RegionProviderChain::default_provider()
-                    .or_else("us-east-1");
-                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(region)
-                    .load()
-                    .await;
-                aws_sdk_sts::Client::new(&sdk)
-            })
-            .await
     }
 
     async fn assume_role(
@@ -210,53 +184,21 @@ impl Exchanger {
         token: &str,
     ) -> Result<(AwsCredentials, String)> {
         let session = spec.session_name(aws, d);
-        let mut call = self
-            .sts()
-            .await
-            .assume_role_with_web_identity()
-            .role_arn(&aws.role_arn)
-            .role_session_name(&session)
-            .web_identity_token(token);
-        if let Some(duration) = aws.duration {
-            call = call.duration_seconds(duration.as_secs() as i32);
-        }
-        for arn in &aws.policy_arns {
-            call = call.policy_arns(
-                aws_sdk_sts::types::PolicyDescriptorType::builder()
-                    .arn(arn)
-                    .build(),
-            );
-        }
-        let out = call.send().await.map_err(|e| {
-            let detail = match e.as_service_error() {
-                Some(se) => format!(
-                    "{}: {}",
-                    aws_sdk_sts::error::ProvideErrorMetadata::code(se).unwrap_or("error"),
-                    aws_sdk_sts::error::ProvideErrorMetadata::message(se).unwrap_or("no message")
-                ),
-                None => aws_sdk_sts::error::DisplayErrorContext(&e).to_string(),
-            };
-            Error::Upstream(format!(
-                "AWS STS refused AssumeRoleWithWebIdentity for {}: {detail}",
-                aws.role_arn
-            ))
-        })?;
-        let c = out
-            .credentials
-            .ok_or_else(|| Error::Upstream("AWS STS returned no credentials".into()))?;
-        let arn = out
-            .assumed_role_user
-            .map(|u| u.arn)
-            .unwrap_or_else(|| aws.role_arn.clone());
-        let note = format!("Assumed {arn} (session {session}) until {}", c.expiration);
-        Ok((
-            AwsCredentials {
-                access_key_id: c.access_key_id,
-                secret_access_key: c.secret_access_key,
-                session_token: c.session_token,
-            },
-            note,
-        ))
+        let assumed = self
+            .cloud
+            .assume_role(&AssumeRoleRequest {
+                role_arn: aws.role_arn.clone(),
+                session_name: session.clone(),
+                duration: aws.duration,
+                policy_arns: aws.policy_arns.clone(),
+                web_identity_token: token.to_string(),
+            })
+            .await?;
+        let note = format!(
+            "Assumed {} (session {session}) until {}",
+            assumed.arn, assumed.expiration
+        );
+        Ok((assumed.credentials, note))
     }
 }
 
@@ -276,7 +218,7 @@ impl CredentialBroker for Exchanger {
             .held_deployment(&stack, request.deployment_id, &request.lease)
             .await?
             .ok_or_else(refused)?;
-        let spec = OidcSpec::from_config(&d.config)?.ok_or_else(|| {
+        let spec = d.config.spec().oidc.clone().ok_or_else(|| {
             Error::invalid("the deployment's settings have no operationContext.oidc")
         })?;
         let claims = spec.claims(

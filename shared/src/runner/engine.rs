@@ -2,33 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use crate::domain::Engine;
 use crate::domain::Operation;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Pulumi,
-    Terraform,
-    Tofu,
-}
-
-impl Engine {
-    pub fn binary(self) -> &'static str {
-        match self {
-            Engine::Pulumi => "pulumi",
-            Engine::Terraform => "terraform",
-            Engine::Tofu => "tofu",
-        }
-    }
-
-    fn named(name: &str) -> Option<Self> {
-        match name {
-            "pulumi" => Some(Engine::Pulumi),
-            "terraform" => Some(Engine::Terraform),
-            "tofu" => Some(Engine::Tofu),
-            _ => None,
-        }
-    }
-}
 
 /// Finds `program` on a `PATH` value, as the child's shell would.
 pub fn which(program: &str, path_env: &str) -> Option<PathBuf> {
@@ -44,9 +19,9 @@ pub fn which(program: &str, path_env: &str) -> Option<PathBuf> {
 
 /// Picks the engine: an explicit override, else `Pulumi.yaml` means pulumi, and `*.tf` means
 /// tofu when it is on the child's `PATH`, else terraform.
-pub fn detect(dir: &Path, explicit: Option<&str>, path_env: &str) -> Result<Engine, String> {
-    if let Some(name) = explicit {
-        return Engine::named(name).ok_or_else(|| format!("unknown engine '{name}'"));
+pub fn detect(dir: &Path, explicit: Option<Engine>, path_env: &str) -> Result<Engine, String> {
+    if let Some(engine) = explicit {
+        return Ok(engine);
     }
     if dir.join("Pulumi.yaml").is_file() || dir.join("Pulumi.yml").is_file() {
         return Ok(Engine::Pulumi);
@@ -282,7 +257,7 @@ mod tests {
         std::fs::write(dir.path().join("Pulumi.yaml"), "name: x\n").unwrap();
         assert_eq!(detect(dir.path(), None, &path), Ok(Engine::Pulumi));
         assert_eq!(
-            detect(dir.path(), Some("terraform"), &path),
+            detect(dir.path(), Some(Engine::Terraform), &path),
             Ok(Engine::Terraform)
         );
     }

@@ -3,39 +3,7 @@
 
 use base64::Engine as _;
 
-use crate::error::{Error, Result};
-use crate::settings::RunSpec;
-
-/// Refuses URLs whose transport could reach outside the intended remote: `ext::` runs commands,
-/// and local paths or `file://` read the server's own disk unless the operator allows it.
-pub fn validate_repo_url(url: &str, allow_local: bool) -> Result<()> {
-    let lower = url.to_ascii_lowercase();
-    let remote = ["https://", "http://", "ssh://", "git://"]
-        .iter()
-        .any(|p| lower.starts_with(p));
-    // scp-like `user@host:path`.
-    let scp = !lower.contains("://")
-        && url
-            .split_once(':')
-            .is_some_and(|(host, _)| host.contains('@') && !host.contains('/'));
-    let local = lower.starts_with("file://") || url.starts_with('/');
-    if url.starts_with('-') {
-        return Err(Error::invalid(format!(
-            "repository URL '{url}' is not valid"
-        )));
-    }
-    if remote || scp || (local && allow_local) {
-        return Ok(());
-    }
-    if local {
-        return Err(Error::invalid(format!(
-            "repository URL '{url}' is on the server's own disk; the server must be started with --allow-local-repos to clone it"
-        )));
-    }
-    Err(Error::invalid(format!(
-        "repository URL '{url}' has an unsupported scheme: use https://, ssh:// or git@host:path"
-    )))
-}
+use crate::domain::spec::source::GitSource;
 
 /// Credentials written into a URL (`https://user:token@host/...`): the password, and the whole
 /// `user:password`, so logs can mask them.
@@ -69,7 +37,7 @@ fn short_ref<'a>(r: &'a str, prefix: &str) -> &'a str {
 }
 
 /// The git invocations that put the source into `dest`, in order.
-pub fn clone_commands(spec: &RunSpec, dest: &str) -> Vec<Vec<String>> {
+pub fn clone_commands(spec: &GitSource, dest: &str) -> Vec<Vec<String>> {
     let url = spec.repo_url.clone();
     let args = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
     if let Some(commit) = &spec.commit {
@@ -138,32 +106,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_checked_against_the_local_policy() {
-        for ok in [
-            "https://github.com/o/r.git",
-            "ssh://git@h/r",
-            "git@github.com:o/r.git",
-        ] {
-            assert!(validate_repo_url(ok, false).is_ok(), "{ok}");
-        }
-        assert!(
-            validate_repo_url("file:///srv/r", false)
-                .unwrap_err()
-                .to_string()
-                .contains("--allow-local-repos")
-        );
-        assert!(validate_repo_url("file:///srv/r", true).is_ok());
-        for bad in [
-            "ext::sh -c touch% /tmp/x",
-            "-uhttps://x",
-            "ftp://x/y",
-            "relative/path",
-        ] {
-            assert!(validate_repo_url(bad, true).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn credentials_in_urls_are_found_for_masking() {
         assert_eq!(
             url_credentials("https://bot:ghp_abc@github.com/o/r.git"),
@@ -179,7 +121,7 @@ mod tests {
 
     #[test]
     fn clone_follows_commit_then_tag_then_branch() {
-        let mut spec = RunSpec {
+        let mut spec = GitSource {
             repo_url: "https://h/r.git".into(),
             branch: Some("refs/heads/main".into()),
             ..Default::default()

@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::deps::Deps;
+use crate::domain::hooks::Event;
+use crate::domain::spec::{EnvValue, RunSpec};
 use crate::domain::{Deployment, JobStatus, Lease, Operation, StepStatus};
 use crate::error::Error;
 use crate::oidc::ExchangeRequest;
 use crate::ports::{Claimed, DriftRun};
-use crate::settings::{EnvValue, RunSpec};
 use engine::Engine;
 use exec::{CommandSpec, Exit, Stdout};
 use logs::{Masker, RunLog};
@@ -47,8 +48,6 @@ impl StopSignal {
 pub struct RunnerConfig {
     /// Fresh per-deployment working directories go under here, removed after each run.
     pub work_dir: PathBuf,
-    /// Per-stack engine state, when the program does not configure its own backend.
-    pub state_dir: PathBuf,
     /// `PATH` for child processes (where git and the engines are found).
     pub path_env: String,
     pub lang: String,
@@ -57,7 +56,6 @@ pub struct RunnerConfig {
     pub stop_grace: Duration,
     /// How often the lease is renewed and cancellation checked.
     pub heartbeat_every: Duration,
-    pub allow_local_repos: bool,
 }
 
 pub struct Runner {
@@ -79,13 +77,6 @@ struct Outcome {
     summary: String,
     /// For detect-drift: whether drift was found.
     drift: Option<bool>,
-}
-
-/// A boolean under `operationContext.options` of the deployment's effective settings.
-fn option(d: &Deployment, name: &str) -> bool {
-    d.config["operationContext"]["options"][name]
-        .as_bool()
-        .unwrap_or(false)
 }
 
 /// One of the run's own environment variables, decrypted.
@@ -153,14 +144,14 @@ impl Runner {
             return JobStatus::Failed;
         }
         tracing::info!("deployment started");
-        crate::webhooks::events::deployment(&self.deps, &d, "deployment_started").await;
+        crate::webhooks::events::deployment(&self.deps, &d, Event::DeploymentStarted).await;
         let prepared = self.prepare(&d);
         // Everything secret the run knows is masked: its secret variables and git credentials.
         let secrets: Vec<String> = match &prepared {
             Ok((spec, env)) => {
                 let vars = env.iter().filter(|e| e.secret).map(|e| e.value.clone());
                 vars.chain(self.git_secrets(spec, &d.stack.org))
-                    .chain(git::url_credentials(&spec.repo_url))
+                    .chain(git::url_credentials(&spec.source.repo_url))
                     .collect()
             }
             Err(_) => vec![],
@@ -238,7 +229,8 @@ impl Runner {
             (Err(Failure::Failed(msg)), _) => (JobStatus::Failed, msg),
         };
         log.line(last_step, &message).await;
-        let delete_after = d.operation == Operation::Destroy && option(&d, "deleteAfterDestroy");
+        let delete_after =
+            d.operation == Operation::Destroy && d.config.spec().delete_after_destroy;
         if delete_after && status != JobStatus::Succeeded {
             log.line(last_step, "The destroy did not succeed, so deleteAfterDestroy left the stack, its settings and its schedules in place.")
                 .await;
@@ -249,19 +241,15 @@ impl Runner {
             return JobStatus::Failed;
         }
         tracing::info!(status = %status, "deployment finished");
-        let event = if status == JobStatus::Succeeded {
-            "deployment_succeeded"
+        let succeeded = status == JobStatus::Succeeded;
+        let event = if succeeded {
+            Event::DeploymentSucceeded
         } else {
-            "deployment_failed"
+            Event::DeploymentFailed
         };
         crate::webhooks::events::deployment(&self.deps, &d, event).await;
         if d.operation == Operation::RemediateDrift {
-            let event = if status == JobStatus::Succeeded {
-                "drift_remediation_succeeded"
-            } else {
-                "drift_remediation_failed"
-            };
-            crate::webhooks::events::drift_remediation(&self.deps, &d, event).await;
+            crate::webhooks::events::drift_remediation(&self.deps, &d, succeeded).await;
         }
         self.after(&d, status, drift, delete_after).await;
         status
@@ -300,19 +288,17 @@ impl Runner {
             .await;
             if status == JobStatus::Succeeded
                 && drift == Some(true)
-                && option(d, "remediateIfDriftDetected")
+                && d.config.spec().remediate_if_drift_detected
             {
                 let body =
                     serde_json::json!({"operation": "remediate-drift", "inheritSettings": true});
-                match crate::service::create_deployment(
-                    &self.deps,
+                let request = crate::service::CreateRequest::new(
                     &d.stack,
                     &body,
                     "drift-remediation",
                     &d.requested_by,
-                )
-                .await
-                {
+                );
+                match crate::service::create(&self.deps, &request).await {
                     Ok(r) => {
                         if let Err(e) = self
                             .deps
@@ -334,8 +320,6 @@ impl Runner {
                 Ok(()) => {
                     tracing::info!("deleteAfterDestroy: the stack was deleted");
                     self.deps.forget_state(&d.stack).await;
-                    // This worker's copy (in embedded mode, the same directory).
-                    let _ = tokio::fs::remove_dir_all(self.state_dir(d)).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e.chain(), "deleteAfterDestroy: could not delete the stack")
@@ -345,10 +329,8 @@ impl Runner {
     }
 
     /// The run spec and the run's environment variables, decrypted.
-    fn prepare(&self, d: &Deployment) -> Result<(RunSpec, Vec<EnvVar>), String> {
-        let spec = RunSpec::from_config(&d.config).map_err(|e| e.to_string())?;
-        git::validate_repo_url(&spec.repo_url, self.cfg.allow_local_repos)
-            .map_err(|e| e.to_string())?;
+    fn prepare<'d>(&self, d: &'d Deployment) -> Result<(&'d RunSpec, Vec<EnvVar>), String> {
+        let spec = d.config.spec();
         let mut env = Vec::with_capacity(spec.env.len());
         for (name, value) in &spec.env {
             match value {
@@ -373,28 +355,12 @@ impl Runner {
     }
 
     fn git_secrets(&self, spec: &RunSpec, org: &str) -> Vec<String> {
-        let Some(auth) = &spec.git_auth else {
-            return vec![];
-        };
-        let sealed = [
-            auth.access_token.as_ref().map(|s| s.secret.clone()),
-            auth.basic_auth
-                .as_ref()
-                .and_then(|b| b.password.clone())
-                .map(|s| s.secret),
-            auth.ssh_auth
-                .as_ref()
-                .and_then(|s| s.ssh_private_key.clone())
-                .map(|s| s.secret),
-            auth.ssh_auth
-                .as_ref()
-                .and_then(|s| s.password.clone())
-                .map(|s| s.secret),
-        ];
-        sealed
-            .into_iter()
-            .flatten()
-            .filter_map(|s| self.deps.cipher.for_org(org).open(&s))
+        let cipher = self.deps.cipher.for_org(org);
+        spec.source
+            .auth
+            .iter()
+            .flat_map(|auth| auth.sealed())
+            .filter_map(|s| cipher.open(s))
             .collect()
     }
 
@@ -576,7 +542,7 @@ impl Runner {
             self.end(run, idx, result).await?;
         }
 
-        let engine = engine::detect(&program_dir, spec.engine.as_deref(), &self.cfg.path_env)
+        let engine = engine::detect(&program_dir, spec.engine, &self.cfg.path_env)
             .map_err(Failure::Failed)?;
         let op = run.d.operation;
         let idx = self
@@ -607,11 +573,12 @@ impl Runner {
             ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
             (
                 "GIT_ALLOW_PROTOCOL".to_string(),
-                git::allowed_protocols(self.cfg.allow_local_repos).to_string(),
+                git::allowed_protocols(self.deps.allow_local_repos).to_string(),
             ),
         ];
-        if let Some(auth) = &spec.git_auth {
-            let open = |s: &Option<crate::settings::SealedValue>| {
+        let source = &spec.source;
+        if let Some(auth) = &source.auth {
+            let open = |s: &Option<crate::domain::spec::source::SealedValue>| {
                 s.as_ref()
                     .and_then(|v| self.deps.cipher.for_org(&run.d.stack.org).open(&v.secret))
             };
@@ -642,17 +609,11 @@ impl Runner {
                 env.extend(git::http_auth_env(&user, &password));
             }
         }
-        let what = spec
-            .commit
-            .as_ref()
-            .map(|c| format!("commit {c}"))
-            .or(spec.tag.as_ref().map(|t| format!("tag {t}")))
-            .or(spec.branch.as_ref().map(|b| format!("branch {b}")))
-            .unwrap_or_else(|| "the default branch".into());
+        let what = source.describe_ref();
         run.log
-            .line(idx, &format!("Cloning {} at {what}", spec.repo_url))
+            .line(idx, &format!("Cloning {} at {what}", source.repo_url))
             .await;
-        for args in git::clone_commands(spec, "src") {
+        for args in git::clone_commands(source, "src") {
             let cmd = CommandSpec {
                 program: "git".into(),
                 args,
@@ -675,14 +636,14 @@ impl Runner {
                 &format!("Checked out {}", String::from_utf8_lossy(&sha).trim()),
             )
             .await;
-        let program_dir = match &spec.repo_dir {
+        let program_dir = match &source.repo_dir {
             Some(dir) => src.join(dir),
             None => src,
         };
         if !program_dir.is_dir() {
             return Err(Failure::Failed(format!(
                 "repoDir '{}' does not exist in the repository",
-                spec.repo_dir.as_deref().unwrap_or_default()
+                source.repo_dir.as_deref().unwrap_or_default()
             )));
         }
         Ok(program_dir)
@@ -691,9 +652,7 @@ impl Runner {
     /// Trades the run's lease for its OIDC token and cloud credentials, which join the
     /// environment of every later step and are masked in the log from now on.
     async fn fetch_credentials(&self, run: &Run<'_>, idx: usize) -> StepResult<()> {
-        let broker = self.deps.credentials.as_ref().ok_or_else(|| {
-            Failure::Failed("this server is not configured to issue OIDC credentials".into())
-        })?;
+        let broker = &self.deps.credentials;
         let request = ExchangeRequest {
             org: run.d.stack.org.clone(),
             project: run.d.stack.project.clone(),
@@ -738,7 +697,7 @@ impl Runner {
     }
 
     fn state_dir(&self, d: &Deployment) -> PathBuf {
-        d.stack.dir_under(&self.cfg.state_dir)
+        d.stack.dir_under(&self.deps.state_dir)
     }
 
     /// Engine variables: where state lives, and Pulumi's per-stack passphrase.

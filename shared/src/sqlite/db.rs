@@ -15,6 +15,17 @@ use crate::error::{Error, Result};
 
 const READERS: usize = 4;
 
+/// SQLite's errors, as the core sees them: a busy or locked database may succeed later.
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        let retryable = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        Error::backend("SQLite", e, retryable)
+    }
+}
+
 pub struct Db {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,

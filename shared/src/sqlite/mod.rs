@@ -696,7 +696,7 @@ pub(crate) fn insert_deployment(tx: &Transaction, new: &NewDeployment) -> Result
         serde_json::to_string(&new.config)?,
         new.initiator,
         new.requested_by,
-        new.skip_intermediate,
+        new.skip_intermediate(),
         now_us()
     ])?;
     Ok(version)
@@ -1131,7 +1131,7 @@ impl LogStore for SqliteStore {
 
 #[async_trait]
 impl SigningKeyStore for SqliteStore {
-    async fn keyring(&self) -> Result<(Vec<crate::oidc::SigningKey>, i64)> {
+    async fn keyring(&self) -> Result<(Vec<crate::domain::keys::SigningKey>, i64)> {
         self.db
             .read(|c| {
                 let row: Option<(String, i64)> = c
@@ -1146,7 +1146,11 @@ impl SigningKeyStore for SqliteStore {
             .await
     }
 
-    async fn put_keyring(&self, keys: &[crate::oidc::SigningKey], expected: i64) -> Result<i64> {
+    async fn put_keyring(
+        &self,
+        keys: &[crate::domain::keys::SigningKey],
+        expected: i64,
+    ) -> Result<i64> {
         let body = serde_json::to_string(keys)?;
         self.db
             .write(move |c| {

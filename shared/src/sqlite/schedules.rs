@@ -6,13 +6,13 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{SqliteStore, insert_deployment, stack_id};
+use crate::domain::schedule::{Cron, Purpose, Schedule, When};
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::{Page, PageRequest, StackRef};
 use crate::error::{Error, Result};
 use crate::ports::{
     DriftRun, DriftStore, FireResult, HistoryEvent, PlannedFiring, SKIPPED_NOTE, ScheduleStore,
 };
-use crate::schedule::{Cron, Purpose, Schedule, When};
 use crate::store_codec::stored_id;
 
 const COLUMNS: &str = "s.id, st.org, st.project, st.name, s.purpose, s.cron, s.once, s.definition, \

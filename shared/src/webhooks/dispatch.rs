@@ -126,10 +126,7 @@ pub async fn send(deps: &Deps, m: &OutboxMessage) -> Result<Option<Attempt>> {
     }
     let (scope, name) = parse_hook_target(&m.target)
         .ok_or_else(|| Error::internal(format!("bad outbox target {}", m.target)))?;
-    let Some(hooks) = &deps.hooks else {
-        return Ok(None);
-    };
-    let Some(hook) = hooks.get_hook(&scope, &name).await? else {
+    let Some(hook) = deps.hooks.get_hook(&scope, &name).await? else {
         return Ok(None);
     };
     if !hook.active && m.kind != "ping" {
@@ -288,7 +285,7 @@ fn delivered(a: &Attempt) -> bool {
 
 /// Sends one claimed message and records the attempt, scheduling the next if it failed.
 pub async fn deliver(deps: &Deps, m: &OutboxMessage, attempts_before: u32, base: Duration) {
-    let Some(outbox) = &deps.outbox else { return };
+    let outbox = &deps.outbox;
     let attempt = match send(deps, m).await {
         Ok(Some(a)) => a,
         // Nowhere to go: done, without an attempt.
@@ -319,10 +316,7 @@ pub async fn deliver(deps: &Deps, m: &OutboxMessage, attempts_before: u32, base:
 /// Sends a message now, outside the schedule (a ping, a redelivery), records the attempt and
 /// returns it. A failed send is retried on the usual schedule.
 pub async fn deliver_now(deps: &Deps, m: &OutboxMessage, attempts_before: u32) -> Result<Attempt> {
-    let outbox = deps
-        .outbox
-        .as_ref()
-        .ok_or_else(|| Error::not_found("webhooks are not available here"))?;
+    let outbox = &deps.outbox;
     let attempt = send(deps, m)
         .await?
         .ok_or_else(|| Error::not_found("the webhook no longer exists"))?;
@@ -339,9 +333,7 @@ pub async fn deliver_now(deps: &Deps, m: &OutboxMessage, attempts_before: u32) -
 /// (the worker after its runs, the scheduler on every tick), since nothing runs between
 /// invocations. Returns how many messages were claimed.
 pub async fn drain(deps: &Arc<Deps>, budget: Duration) -> usize {
-    let Some(outbox) = deps.outbox.clone() else {
-        return 0;
-    };
+    let outbox = &deps.outbox;
     let started = Instant::now();
     let mut claimed_total = 0;
     // Less than one send's time left: leave the messages to the next invocation.
@@ -378,9 +370,7 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(outbox) = deps.outbox.clone() else {
-            return;
-        };
+        let outbox = Arc::clone(&deps.outbox);
         let mut running = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
             while running.try_join_next().is_some() {}
@@ -438,6 +428,7 @@ pub fn render_delivery(m: &OutboxMessage, a: &Attempt, n: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::hooks::Event;
 
     #[test]
     fn retries_back_off_exponentially_and_stop() {
@@ -454,14 +445,14 @@ mod tests {
     fn sequences_follow_versions_then_each_runs_lifecycle() {
         use super::super::events::sequence;
         let order = [
-            sequence(1, "deployment_queued"),
-            sequence(1, "deployment_started"),
-            sequence(1, "deployment_failed"),
-            sequence(2, "deployment_queued"),
-            sequence(2, "deployment_started"),
-            sequence(2, "drift_detected"),
-            sequence(2, "drift_detection_succeeded"),
-            sequence(3, "deployment_queued"),
+            sequence(1, Event::DeploymentQueued),
+            sequence(1, Event::DeploymentStarted),
+            sequence(1, Event::DeploymentFailed),
+            sequence(2, Event::DeploymentQueued),
+            sequence(2, Event::DeploymentStarted),
+            sequence(2, Event::DriftDetected),
+            sequence(2, Event::DriftDetectionSucceeded),
+            sequence(3, Event::DeploymentQueued),
         ];
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     }

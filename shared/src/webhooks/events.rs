@@ -7,30 +7,17 @@
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::{EMITTED, Format, Hook, HookScope};
+use super::{Event, Format, Hook, HookScope};
 use crate::deps::Deps;
 use crate::domain::{Deployment, JobStatus, Operation, StackRef};
 use crate::ports::{LogQuery, OutboxMessage};
-
-/// The GitHub event a deployment came from, kept in its configuration under `trigger`.
-pub fn github_trigger(d: &Deployment) -> Option<&Value> {
-    let t = &d.config["trigger"];
-    (t["provider"] == "github").then_some(t)
-}
-
-fn kind_of(event: &str) -> &'static str {
-    EMITTED
-        .iter()
-        .find(|(e, _, _)| *e == event)
-        .map_or("deployment", |(_, k, _)| *k)
-}
 
 /// Pulumi's raw payload for a deployment event, plus `sequence`, `deploymentId` and `event`.
 fn deployment_payload(
     deps: &Deps,
     d: &Deployment,
     status: JobStatus,
-    event: &str,
+    event: Event,
     seq: i64,
 ) -> Value {
     let org = json!({"name": d.stack.org, "githubLogin": d.stack.org, "avatarUrl": ""});
@@ -50,7 +37,7 @@ fn deployment_payload(
 }
 
 /// A one-line summary for chat formats.
-fn summary(payload: &Value, event: &str) -> String {
+fn summary(payload: &Value, event: Event) -> String {
     let stack = format!(
         "{}/{}/{}",
         payload["organization"]["name"].as_str().unwrap_or_default(),
@@ -61,25 +48,25 @@ fn summary(payload: &Value, event: &str) -> String {
         .as_str()
         .or(payload["referenceUrl"].as_str())
         .unwrap_or_default();
-    let what = match event {
-        e if e.starts_with("deployment_") => format!(
-            "deployment #{} ({}) {}",
+    let name = event.as_str();
+    let what = match name.strip_prefix("deployment_") {
+        Some(outcome) => format!(
+            "deployment #{} ({}) {outcome}",
             payload["version"],
             payload["operation"].as_str().unwrap_or_default(),
-            &e["deployment_".len()..]
         ),
-        e => e.replace('_', " "),
+        None => name.replace('_', " "),
     };
     format!("{stack}: {what} <{url}>")
 }
 
 /// The body a hook of `format` receives.
-pub fn format_body(format: Format, payload: &Value, event: &str) -> Value {
+pub fn format_body(format: Format, payload: &Value, event: Event) -> Value {
     match format {
         Format::Raw => payload.clone(),
         Format::Slack => json!({ "text": summary(payload, event) }),
         Format::MsTeams => {
-            let color = if event.ends_with("failed") {
+            let color = if event.as_str().ends_with("failed") {
                 "d73a49"
             } else {
                 "2ea44f"
@@ -89,7 +76,7 @@ pub fn format_body(format: Format, payload: &Value, event: &str) -> Value {
                 "@context": "https://schema.org/extensions",
                 "summary": summary(payload, event),
                 "themeColor": color,
-                "title": event.replace('_', " "),
+                "title": event.as_str().replace('_', " "),
                 "text": summary(payload, event),
             })
         }
@@ -99,14 +86,14 @@ pub fn format_body(format: Format, payload: &Value, event: &str) -> Value {
 /// A stack's events in order: by deployment version (assigned in creation order), then by
 /// lifecycle step. Derived from the event itself, so it holds however emissions interleave
 /// (a run's `started` can be emitted before the request that queued it has emitted `queued`).
-pub fn sequence(version: i64, event: &str) -> i64 {
+pub fn sequence(version: i64, event: Event) -> i64 {
     let step = match event {
-        "deployment_queued" => 1,
-        "deployment_started" => 2,
-        "deployment_succeeded" | "deployment_failed" => 3,
-        "drift_detected" => 4,
-        "drift_detection_succeeded" | "drift_detection_failed" => 5,
-        _ => 6,
+        Event::DeploymentQueued => 1,
+        Event::DeploymentStarted => 2,
+        Event::DeploymentSucceeded | Event::DeploymentFailed => 3,
+        Event::DriftDetected => 4,
+        Event::DriftDetectionSucceeded | Event::DriftDetectionFailed => 5,
+        Event::DriftRemediationSucceeded | Event::DriftRemediationFailed => 6,
     };
     version * 8 + step
 }
@@ -117,13 +104,11 @@ async fn hook_messages(
     deps: &Deps,
     stack: &StackRef,
     version: i64,
-    event: &str,
+    event: Event,
     payload: impl FnOnce(i64) -> Value,
 ) -> crate::error::Result<Vec<OutboxMessage>> {
-    let Some(hooks) = &deps.hooks else {
-        return Ok(vec![]);
-    };
-    let wanting: Vec<(HookScope, Hook)> = hooks
+    let wanting: Vec<(HookScope, Hook)> = deps
+        .hooks
         .hooks_for_stack(stack)
         .await?
         .into_iter()
@@ -140,8 +125,8 @@ async fn hook_messages(
             id: uuid::Uuid::new_v4().to_string(),
             org: stack.org.clone(),
             target: hook_target(scope, &hook.name),
-            kind: kind_of(event).to_string(),
-            event: event.to_string(),
+            kind: event.kind().to_string(),
+            event: event.as_str().to_string(),
             body: format_body(hook.format, &payload, event).to_string(),
             created: now,
         })
@@ -154,11 +139,11 @@ pub fn hook_target(scope: &HookScope, name: &str) -> String {
 }
 
 /// The deployment status a deployment event reports.
-fn event_status(event: &str) -> JobStatus {
+fn event_status(event: Event) -> JobStatus {
     match event {
-        "deployment_queued" => JobStatus::NotStarted,
-        "deployment_started" => JobStatus::Running,
-        "deployment_succeeded" => JobStatus::Succeeded,
+        Event::DeploymentQueued => JobStatus::NotStarted,
+        Event::DeploymentStarted => JobStatus::Running,
+        Event::DeploymentSucceeded => JobStatus::Succeeded,
         _ => JobStatus::Failed,
     }
 }
@@ -168,7 +153,7 @@ fn event_status(event: &str) -> JobStatus {
 async fn emit(
     deps: &Deps,
     d: &Deployment,
-    event: &str,
+    event: Event,
     payload: impl FnOnce(i64) -> Value,
     github: bool,
 ) {
@@ -177,20 +162,18 @@ async fn emit(
         if github {
             messages.extend(github_messages(deps, d, event).await);
         }
-        if !messages.is_empty()
-            && let Some(outbox) = &deps.outbox
-        {
-            outbox.enqueue(&messages, true).await?;
+        if !messages.is_empty() {
+            deps.outbox.enqueue(&messages, true).await?;
         }
         Ok::<_, crate::error::Error>(())
     };
     if let Err(e) = result.await {
-        tracing::error!(deployment_id = %d.id, event, error = %e.chain(), "could not queue notifications");
+        tracing::error!(deployment_id = %d.id, %event, error = %e.chain(), "could not queue notifications");
     }
 }
 
 /// Emits a deployment event (`deployment_queued`, `_started`, `_succeeded`, `_failed`).
-pub async fn deployment(deps: &Deps, d: &Deployment, event: &str) {
+pub async fn deployment(deps: &Deps, d: &Deployment, event: Event) {
     let status = event_status(event);
     let payload = |seq| deployment_payload(deps, d, status, event, seq);
     emit(deps, d, event, payload, true).await;
@@ -200,7 +183,7 @@ pub async fn deployment(deps: &Deps, d: &Deployment, event: &str) {
 fn drift_payload(
     deps: &Deps,
     d: &Deployment,
-    event: &str,
+    event: Event,
     ok: bool,
     detection: Option<(uuid::Uuid, bool)>,
     seq: i64,
@@ -223,8 +206,12 @@ fn drift_payload(
 }
 
 /// Emits `drift_remediation_succeeded` or `_failed` for a finished `remediate-drift`.
-pub async fn drift_remediation(deps: &Deps, d: &Deployment, event: &str) {
-    let ok = event.ends_with("succeeded");
+pub async fn drift_remediation(deps: &Deps, d: &Deployment, ok: bool) {
+    let event = if ok {
+        Event::DriftRemediationSucceeded
+    } else {
+        Event::DriftRemediationFailed
+    };
     let payload = |seq| drift_payload(deps, d, event, ok, None, seq);
     emit(deps, d, event, payload, false).await;
 }
@@ -239,12 +226,12 @@ pub async fn drift_detection(
     ok: bool,
 ) {
     let finished = if ok {
-        "drift_detection_succeeded"
+        Event::DriftDetectionSucceeded
     } else {
-        "drift_detection_failed"
+        Event::DriftDetectionFailed
     };
     let events = if drift {
-        vec!["drift_detected", finished]
+        vec![Event::DriftDetected, finished]
     } else {
         vec![finished]
     };
@@ -267,14 +254,11 @@ pub fn github_state(status: JobStatus, op: Operation) -> (&'static str, String) 
 
 /// The GitHub messages for a deployment GitHub triggered: its commit status at every event,
 /// and for a finished preview of a pull request, the comment with the change summary.
-async fn github_messages(deps: &Deps, d: &Deployment, event: &str) -> Vec<OutboxMessage> {
-    let Some(t) = github_trigger(d) else {
+async fn github_messages(deps: &Deps, d: &Deployment, event: Event) -> Vec<OutboxMessage> {
+    let Some(t) = &d.config.spec().trigger else {
         return vec![];
     };
-    let (repo, commit) = (t["repository"].as_str(), t["commit"].as_str());
-    let (Some(repo), Some(commit)) = (repo, commit) else {
-        return vec![];
-    };
+    let (repo, commit) = (t.repository.as_str(), t.commit.as_str());
     let (state, description) = github_state(event_status(event), d.operation);
     let url = deps.console_url(&d.stack, d.version);
     let now = OffsetDateTime::now_utc();
@@ -283,11 +267,11 @@ async fn github_messages(deps: &Deps, d: &Deployment, event: &str) -> Vec<Outbox
         org: d.stack.org.clone(),
         target: "github".into(),
         kind: kind.into(),
-        event: event.into(),
+        event: event.as_str().into(),
         body: body.to_string(),
         created: now,
     };
-    let installation = t["installation"].clone();
+    let installation = t.installation;
     let mut out = vec![message(
         "github_status",
         json!({
@@ -306,12 +290,12 @@ async fn github_messages(deps: &Deps, d: &Deployment, event: &str) -> Vec<Outbox
             },
         }),
     )];
-    let finished = matches!(event, "deployment_succeeded" | "deployment_failed");
+    let finished = matches!(event, Event::DeploymentSucceeded | Event::DeploymentFailed);
     if finished
         && d.operation == Operation::Preview
-        && let Some(pr) = t["pullRequest"].as_i64()
+        && let Some(pr) = t.pull_request
     {
-        let outcome = if event == "deployment_succeeded" {
+        let outcome = if event == Event::DeploymentSucceeded {
             "succeeded"
         } else {
             "failed"

@@ -12,166 +12,37 @@
 pub mod dispatch;
 pub mod events;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::crypto::OrgCipher;
-use crate::domain::StackRef;
 use crate::error::{Error, Result};
 
-/// Where a hook hangs: an org, or one of its stacks.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HookScope {
-    pub org: String,
-    pub stack: Option<StackRef>,
-}
+pub use crate::domain::hooks::{Event, Format, Hook, HookScope};
+use crate::domain::hooks::{GROUPS, known_filters};
 
-impl HookScope {
-    pub fn for_stack(stack: &StackRef) -> Self {
-        Self {
-            org: stack.org.clone(),
-            stack: Some(stack.clone()),
-        }
+/// The Pulumi `WebhookResponse`.
+pub fn render(hook: &Hook, scope: &HookScope) -> Value {
+    let mut v = json!({
+        "organizationName": scope.org,
+        "name": hook.name,
+        "displayName": hook.display_name,
+        "payloadUrl": hook.payload_url,
+        "active": hook.active,
+        "format": hook.format.as_str(),
+        "filters": hook.filters,
+        "groups": hook.groups,
+        "hasSecret": hook.secret.is_some(),
+        "secretCiphertext": hook.secret.clone().unwrap_or_default(),
+    });
+    if let Some(s) = &scope.stack {
+        v["projectName"] = json!(s.project);
+        v["stackName"] = json!(s.stack);
     }
-
-    /// The scope `key` names.
-    pub fn from_key(key: &str) -> Option<Self> {
-        if let Some(org) = key.strip_prefix("org/") {
-            return Some(Self {
-                org: org.to_string(),
-                stack: None,
-            });
-        }
-        StackRef::parse(key.strip_prefix("stack/")?)
-            .ok()
-            .map(|s| Self::for_stack(&s))
-    }
-
-    /// A stable key, for storage and outbox targets.
-    pub fn key(&self) -> String {
-        match &self.stack {
-            None => format!("org/{}", self.org),
-            Some(s) => format!("stack/{s}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    Raw,
-    Slack,
-    MsTeams,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::Slack => "slack",
-            Format::MsTeams => "ms_teams",
-        }
-    }
-}
-
-/// A webhook as stored; `secret` is sealed for the org.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Hook {
-    pub name: String,
-    pub display_name: String,
-    pub payload_url: String,
-    pub secret: Option<String>,
-    pub active: bool,
-    pub format: Format,
-    pub filters: Vec<String>,
-    pub groups: Vec<String>,
-}
-
-/// The events Tarmac emits, with their Pulumi kind and group.
-pub const EMITTED: &[(&str, &str, &str)] = &[
-    ("deployment_queued", "deployment", "deployments"),
-    ("deployment_started", "deployment", "deployments"),
-    ("deployment_succeeded", "deployment", "deployments"),
-    ("deployment_failed", "deployment", "deployments"),
-    ("drift_detected", "drift_detection", "deployments"),
-    (
-        "drift_detection_succeeded",
-        "drift_detection",
-        "deployments",
-    ),
-    ("drift_detection_failed", "drift_detection", "deployments"),
-    (
-        "drift_remediation_succeeded",
-        "drift_remediation",
-        "deployments",
-    ),
-    (
-        "drift_remediation_failed",
-        "drift_remediation",
-        "deployments",
-    ),
-];
-
-/// Pulumi's other filter names: accepted, so Pulumi clients can store them, never emitted.
-const ACCEPTED: &[&str] = &[
-    "stack_created",
-    "stack_deleted",
-    "preview_succeeded",
-    "preview_failed",
-    "update_succeeded",
-    "update_failed",
-    "destroy_succeeded",
-    "destroy_failed",
-    "refresh_succeeded",
-    "refresh_failed",
-    "policy_violation_mandatory",
-    "policy_violation_advisory",
-];
-
-const GROUPS: &[&str] = &["stacks", "deployments", "policies"];
-
-impl Hook {
-    /// Whether this hook wants `event`: no filters and no groups means every event.
-    pub fn wants(&self, event: &str) -> bool {
-        if !self.active {
-            return false;
-        }
-        if self.filters.is_empty() && self.groups.is_empty() {
-            return true;
-        }
-        let group = EMITTED
-            .iter()
-            .find(|(e, _, _)| *e == event)
-            .map(|(_, _, g)| *g);
-        self.filters.iter().any(|f| f == event)
-            || group.is_some_and(|g| self.groups.iter().any(|x| x == g))
-    }
-
-    /// The Pulumi `WebhookResponse`.
-    pub fn render(&self, scope: &HookScope) -> Value {
-        let mut v = json!({
-            "organizationName": scope.org,
-            "name": self.name,
-            "displayName": self.display_name,
-            "payloadUrl": self.payload_url,
-            "active": self.active,
-            "format": self.format.as_str(),
-            "filters": self.filters,
-            "groups": self.groups,
-            "hasSecret": self.secret.is_some(),
-            "secretCiphertext": self.secret.clone().unwrap_or_default(),
-        });
-        if let Some(s) = &scope.stack {
-            v["projectName"] = json!(s.project);
-            v["stackName"] = json!(s.stack);
-        }
-        v
-    }
+    v
 }
 
 fn string_list(body: &Value, key: &str, allowed: &[&str]) -> Result<Option<Vec<String>>> {
-    match crate::settings::member(body, key) {
+    match crate::json::member(body, key) {
         None => Ok(None),
         Some(Value::Array(items)) => items
             .iter()
@@ -189,7 +60,7 @@ fn string_list(body: &Value, key: &str, allowed: &[&str]) -> Result<Option<Vec<S
 }
 
 fn string(body: &Value, key: &str) -> Result<Option<String>> {
-    match crate::settings::member(body, key) {
+    match crate::json::member(body, key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(Error::invalid(format!("{key} must be a string"))),
@@ -233,11 +104,7 @@ pub fn apply_request(
             )));
         }
     }
-    let filters_allowed: Vec<&str> = EMITTED
-        .iter()
-        .map(|(e, _, _)| *e)
-        .chain(ACCEPTED.iter().copied())
-        .collect();
+    let filters_allowed = known_filters();
     let display_name = string(body, "displayName")?
         .or(current.map(|c| c.display_name.clone()))
         .filter(|d| !d.trim().is_empty())
@@ -252,21 +119,14 @@ pub fn apply_request(
     }
     let format = match string(body, "format")?.as_deref() {
         None | Some("") => current.map_or(Format::Raw, |c| c.format),
-        Some("raw") => Format::Raw,
-        Some("slack") => Format::Slack,
-        Some("ms_teams") => Format::MsTeams,
         Some("pulumi_deployments") => {
             return Err(Error::invalid(
                 "format pulumi_deployments is not supported; use raw, slack or ms_teams",
             ));
         }
-        Some(other) => {
-            return Err(Error::invalid(format!(
-                "format '{other}' is not one of raw, slack, ms_teams"
-            )));
-        }
+        Some(other) => other.parse()?,
     };
-    let active = match crate::settings::member(body, "active") {
+    let active = match crate::json::member(body, "active") {
         None => current.is_none_or(|c| c.active),
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(Error::invalid("active must be true or false")),
@@ -306,10 +166,7 @@ mod tests {
     use super::*;
 
     fn scope() -> HookScope {
-        HookScope {
-            org: "acme".into(),
-            stack: None,
-        }
+        HookScope::for_org("acme")
     }
 
     #[test]
@@ -326,8 +183,8 @@ mod tests {
         assert_eq!(h.name.len(), 8);
         assert!(h.active && h.format == Format::Raw);
         assert_eq!(c.open(h.secret.as_ref().unwrap()).unwrap(), "s");
-        assert!(h.wants("deployment_failed") && !h.wants("deployment_started"));
-        let shown = h.render(&scope()).to_string();
+        assert!(h.wants(Event::DeploymentFailed) && !h.wants(Event::DeploymentStarted));
+        let shown = render(&h, &scope()).to_string();
         assert!(!shown.contains("\"s\"") && shown.contains("\"hasSecret\":true"));
 
         let u = apply_request(
@@ -341,7 +198,7 @@ mod tests {
             (u.name.as_str(), u.secret.clone()),
             (h.name.as_str(), h.secret.clone())
         );
-        assert!(!u.active && !u.wants("deployment_failed"));
+        assert!(!u.active && !u.wants(Event::DeploymentFailed));
         let cleared = apply_request(
             &json!({"secret": "__remove-secret"}),
             &scope(),
@@ -387,6 +244,6 @@ mod tests {
             &c,
         )
         .unwrap();
-        assert!(g.wants("drift_detected") && g.wants("deployment_queued"));
+        assert!(g.wants(Event::DriftDetected) && g.wants(Event::DeploymentQueued));
     }
 }

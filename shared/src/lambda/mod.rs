@@ -1,5 +1,5 @@
-//! The Lambda handlers behind the thin binaries in `functions/`: the SQS worker and the
-//! EventBridge scheduler. (The API function serves `http::router` through `lambda_http`.)
+//! The Lambda handlers behind the thin binaries in `functions/`: the API (`http::router`
+//! through `lambda_http`), the SQS worker, the EventBridge scheduler and the `oidc` function.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -9,11 +9,42 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
 use time::OffsetDateTime;
 
-use super::AwsApp;
+use serde_json::Value;
+
+use crate::app::{App, Config};
+use crate::aws::oidc::Reply;
+use crate::aws::{AwsConfig, SqsQueue};
+use crate::deps::Deps;
 use crate::domain::Lease;
+use crate::error::{Error, Result};
+use crate::oidc::{CredentialBroker, ExchangeRequest, Exchanger};
 use crate::ports::{ClaimOutcome, QueueMessage};
+use crate::runner::Runner;
 use crate::runner::StopSignal;
 use crate::scheduler::{TickReport, tick};
+
+/// Everything the api, worker and scheduler functions share, built once per cold start.
+pub struct AwsApp {
+    pub cfg: AwsConfig,
+    pub deps: std::sync::Arc<Deps>,
+    pub runner: std::sync::Arc<Runner>,
+    pub queue: std::sync::Arc<SqsQueue>,
+}
+
+impl AwsApp {
+    pub async fn build(cfg: AwsConfig, sdk: &aws_config::SdkConfig) -> Result<Self> {
+        let app = App::build(Config::Aws(Box::new((cfg.clone(), sdk.clone())))).await?;
+        let queue = app
+            .sqs
+            .ok_or_else(|| Error::internal("an AWS app has a queue"))?;
+        Ok(Self {
+            cfg,
+            deps: app.deps,
+            runner: app.runner,
+            queue,
+        })
+    }
+}
 
 /// The `api` function's service: the router, behind a layer that removes API Gateway's stage
 /// from the path (`/prod/api/...` becomes `/api/...`), so REST API (v1) stages and HTTP API
@@ -221,4 +252,58 @@ pub async fn scheduler(
     let report = tick(&app.deps, now, app.cfg.queue_max_age).await?;
     crate::webhooks::dispatch::drain(&app.deps, NOTIFY_BUDGET * 2).await;
     Ok(report)
+}
+
+/// The `oidc` function's state, built once per cold start.
+pub struct OidcFunction {
+    exchanger: Exchanger,
+}
+
+impl OidcFunction {
+    pub async fn build(
+        get: impl Fn(&str) -> Option<String>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self> {
+        let table = get("TARMAC_TABLE")
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::invalid("TARMAC_TABLE must be set"))?;
+        let key_id = get("TARMAC_OIDC_KMS_KEY_ID").filter(|k| !k.is_empty());
+        let exchanger = crate::app::aws_oidc_exchanger(
+            &table,
+            &crate::aws::oidc::issuer_url(&get)?,
+            key_id.as_deref(),
+            sdk,
+        )
+        .await?;
+        Ok(Self { exchanger })
+    }
+
+    /// One invocation: an `ExchangeRequest` in, a `Reply` out. Refusals are replies, not
+    /// function errors, so the worker can tell them apart from a broken function.
+    pub async fn handle(&self, event: Value) -> Value {
+        let reply = match serde_json::from_value::<ExchangeRequest>(event) {
+            Err(e) => Reply::Error {
+                code: 400,
+                message: format!("not an exchange request: {e}"),
+            },
+            Ok(request) => match self.exchanger.exchange(&request).await {
+                Ok(creds) => Reply::Credentials(Box::new(creds)),
+                Err(e) => {
+                    let status = e.status();
+                    let message = if e.is_internal() {
+                        tracing::error!(error = %e.chain(), "credential exchange failed");
+                        "internal error".to_string()
+                    } else {
+                        tracing::warn!(deployment_id = %request.deployment_id, status = status.as_u16(), error = %e, "credential exchange refused");
+                        e.to_string()
+                    };
+                    Reply::Error {
+                        code: status.as_u16(),
+                        message,
+                    }
+                }
+            },
+        };
+        serde_json::to_value(reply).unwrap_or(Value::Null)
+    }
 }

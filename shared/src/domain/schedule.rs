@@ -8,7 +8,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::StackRef;
+use super::StackRef;
 use crate::error::{Error, Result};
 
 /// The parser for standard cron: minute to day of week, no seconds or years.

@@ -101,6 +101,11 @@ macro_rules! wire_enum {
     };
 }
 
+pub mod hooks;
+pub mod keys;
+pub mod schedule;
+pub mod spec;
+
 wire_enum!(
     /// Pulumi's `PulumiOperation`.
     Operation {
@@ -112,6 +117,22 @@ wire_enum!(
         RemediateDrift = "remediate-drift",
     }
 );
+
+wire_enum!(
+    /// The IaC engines a deployment can run.
+    Engine {
+        Pulumi = "pulumi",
+        Terraform = "terraform",
+        Tofu = "tofu",
+    }
+);
+
+impl Engine {
+    /// The command that runs it.
+    pub fn binary(self) -> &'static str {
+        self.as_str()
+    }
+}
 
 wire_enum!(
     /// Pulumi's `JobStatus`, used for deployments and jobs. Never add values: clients reject them.
@@ -191,7 +212,8 @@ pub struct Step {
 }
 
 /// A deployment as stored. `config` is the effective settings (the request merged over the
-/// stack's settings at creation time), with secrets still encrypted.
+/// stack's settings at creation time), with secrets still sealed, and the run spec read from
+/// them.
 #[derive(Debug, Clone)]
 pub struct Deployment {
     pub id: Uuid,
@@ -201,7 +223,7 @@ pub struct Deployment {
     pub latest_version: i64,
     pub operation: Operation,
     pub status: JobStatus,
-    pub config: serde_json::Value,
+    pub config: spec::DeploymentConfig,
     pub initiator: String,
     pub requested_by: String,
     pub created: OffsetDateTime,
@@ -217,10 +239,16 @@ pub struct NewDeployment {
     pub id: Uuid,
     pub stack: StackRef,
     pub operation: Operation,
-    pub config: serde_json::Value,
+    pub config: spec::DeploymentConfig,
     pub initiator: String,
     pub requested_by: String,
-    pub skip_intermediate: bool,
+}
+
+impl NewDeployment {
+    /// Whether a newer queued deployment of the same operation makes this one redundant.
+    pub fn skip_intermediate(&self) -> bool {
+        self.config.spec().skip_intermediate
+    }
 }
 
 /// A worker's hold on a deployment. Every run-side write is conditional on it.

@@ -1,0 +1,320 @@
+//! The composition root: the one place where adapters are chosen and wired into `Deps` and a
+//! `Runner`. `tarmac serve`, the Lambda functions, the CLI's admin commands, the tests and the
+//! benchmarks all build their application here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::aws::{AwsConfig, DynamoStore, KmsSigner, S3StateStore, SqsQueue, StsExchange};
+use crate::crypto::Cipher;
+use crate::deps::Deps;
+use crate::error::{Error, Result};
+use crate::oidc::{
+    CredentialBroker, ExchangeRequest, Exchanger, ISSUER_PATH, Issuer, LocalSigner, NoSigner,
+    RunCredentials,
+};
+use crate::ports::Queue;
+use crate::runner::{Runner, RunnerConfig};
+use crate::sqlite::SqliteStore;
+
+/// How runs are carried out, whatever the backend.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// `PATH` for deployments' child processes.
+    pub child_path: String,
+    pub deployment_timeout: Duration,
+    pub stop_grace: Duration,
+    pub heartbeat_every: Duration,
+}
+
+/// `tarmac serve`'s backend: every port on one SQLite file in a data dir.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    pub data_dir: PathBuf,
+    pub public_url: String,
+    /// The OIDC issuer URL (`iss`); defaults to the public URL plus `/oidc`.
+    pub oidc_issuer: Option<String>,
+    pub allow_local_repos: bool,
+    /// Deployments that may run at once.
+    pub workers: usize,
+    pub run: RunSettings,
+}
+
+impl EmbeddedConfig {
+    /// A data dir with the defaults of `tarmac serve`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            public_url: "http://127.0.0.1:8080".into(),
+            oidc_issuer: None,
+            allow_local_repos: false,
+            workers: 1,
+            run: RunSettings {
+                child_path: std::env::var("PATH")
+                    .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+                deployment_timeout: Duration::from_secs(3600),
+                stop_grace: Duration::from_secs(10),
+                heartbeat_every: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+/// Which backend to build.
+pub enum Config {
+    Embedded(EmbeddedConfig),
+    /// The Lambda functions: DynamoDB, SQS, S3 and KMS through the SDK configuration given.
+    Aws(Box<(AwsConfig, aws_config::SdkConfig)>),
+}
+
+/// An application: its ports, the runner over them, and what its entry points need beside.
+pub struct App {
+    pub deps: Arc<Deps>,
+    pub runner: Arc<Runner>,
+    /// Embedded: notified when a deployment is queued or a stack freed (the workers wait on
+    /// it); AWS: never (SQS delivers work).
+    pub work_signal: Arc<Notify>,
+    /// Embedded: notified when notifications are due (the dispatcher waits on it).
+    pub outbox_signal: Arc<Notify>,
+    /// AWS: the queue, whose messages the worker keeps invisible while it runs them.
+    pub sqs: Option<Arc<SqsQueue>>,
+}
+
+/// The files of a data dir.
+pub const DB_FILE: &str = "tarmac.db";
+pub const KEY_FILE: &str = "secret.key";
+
+/// Creates a data dir (0700) if it does not exist.
+pub fn make_data_dir(data_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    Ok(())
+}
+
+/// A data dir's store and cipher, created on first use. For `tarmac serve` and the admin
+/// commands that work on a data dir directly.
+pub fn open_data_dir(data_dir: &Path) -> Result<(SqliteStore, Cipher)> {
+    make_data_dir(data_dir)?;
+    let store = SqliteStore::open(&data_dir.join(DB_FILE))?;
+    let cipher = Cipher::load_or_create(&data_dir.join(KEY_FILE))?;
+    Ok((store, cipher))
+}
+
+/// The issuer URL: given, or the public URL plus `/oidc`.
+fn issuer_url(given: Option<&str>, public_url: &str) -> String {
+    given
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("{}{ISSUER_PATH}", public_url.trim_end_matches('/')))
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self> {
+        match config {
+            Config::Embedded(cfg) => Self::embedded(cfg).await,
+            Config::Aws(aws) => Self::aws(&aws.0, &aws.1).await,
+        }
+    }
+
+    async fn embedded(cfg: EmbeddedConfig) -> Result<Self> {
+        let (store, cipher) = open_data_dir(&cfg.data_dir)?;
+        let (work_signal, outbox_signal) = (store.work_signal(), store.outbox_signal());
+        let s = Arc::new(store);
+        let signer = LocalSigner::new(cipher.clone());
+        let issuer = Arc::new(Issuer::new(
+            &issuer_url(cfg.oidc_issuer.as_deref(), &cfg.public_url),
+            s.clone(),
+            Arc::new(signer.clone()),
+        ));
+        issuer.ensure_key(async || signer.generate().await).await?;
+        let credentials = Arc::new(Exchanger::new(
+            s.clone(),
+            Arc::clone(&issuer),
+            Arc::new(StsExchange::new(None)),
+        ));
+        let state_dir = cfg.data_dir.join("state");
+        let deps = Arc::new(Deps {
+            stacks: s.clone(),
+            orgs: s.clone(),
+            tokens: s.clone(),
+            deployments: s.clone(),
+            logs: s.clone(),
+            runs: s.clone(),
+            schedules: s.clone(),
+            drift: s.clone(),
+            keys: s.clone(),
+            hooks: s.clone(),
+            outbox: s,
+            queue: None,
+            cipher,
+            public_url: cfg.public_url,
+            allow_local_repos: cfg.allow_local_repos,
+            state_dir,
+            state_store: None,
+            bootstrap_sha256: None,
+            concurrency: cfg.workers,
+            issuer: Some(issuer),
+            credentials,
+        });
+        let runner = Arc::new(Runner::new(
+            Arc::clone(&deps),
+            RunnerConfig {
+                work_dir: cfg.data_dir.join("work"),
+                path_env: cfg.run.child_path,
+                lang: "C.UTF-8".into(),
+                default_timeout: cfg.run.deployment_timeout,
+                stop_grace: cfg.run.stop_grace,
+                heartbeat_every: cfg.run.heartbeat_every,
+            },
+        ));
+        Ok(Self {
+            deps,
+            runner,
+            work_signal,
+            outbox_signal,
+            sqs: None,
+        })
+    }
+
+    /// Reads (or creates) the secrets data key through KMS.
+    async fn aws(cfg: &AwsConfig, sdk: &aws_config::SdkConfig) -> Result<Self> {
+        let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+        let cipher = crate::aws::kms::load_cipher(
+            &aws_sdk_kms::Client::new(sdk),
+            &cfg.kms_key_id,
+            &dynamo,
+            &cfg.table,
+        )
+        .await?;
+        let mut store = DynamoStore::new(dynamo, &cfg.table);
+        if let Some(tokens) = &cfg.token_table {
+            store = store.with_token_table(tokens);
+        }
+        let store = Arc::new(store);
+        let state_store = cfg.state_bucket.as_deref().map(|bucket| {
+            Arc::new(S3StateStore::new(crate::aws::s3::client(sdk), bucket))
+                as Arc<dyn crate::ports::StateStore>
+        });
+        // The API serves the issuer's documents from the keyring; only the `oidc` function signs.
+        let issuer = cfg
+            .oidc_issuer
+            .as_deref()
+            .map(|url| Arc::new(Issuer::new(url, store.clone(), Arc::new(NoSigner))));
+        let credentials: Arc<dyn CredentialBroker> = match cfg.oidc_function.as_deref() {
+            Some(f) => Arc::new(crate::aws::oidc::LambdaBroker::new(
+                aws_sdk_lambda::Client::new(sdk),
+                f,
+            )),
+            None => Arc::new(NoCredentials),
+        };
+        let sqs = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &cfg.queue_url));
+        let deps = Arc::new(Deps {
+            stacks: store.clone(),
+            orgs: store.clone(),
+            tokens: store.clone(),
+            deployments: store.clone(),
+            logs: store.clone(),
+            runs: store.clone(),
+            schedules: store.clone(),
+            drift: store.clone(),
+            keys: store.clone(),
+            hooks: store.clone(),
+            outbox: store,
+            queue: Some(sqs.clone() as Arc<dyn Queue>),
+            cipher,
+            public_url: cfg.public_url.clone(),
+            allow_local_repos: cfg.allow_local_repos,
+            state_dir: cfg.state_dir.clone(),
+            state_store,
+            bootstrap_sha256: cfg.bootstrap_sha256.clone(),
+            // Lambda concurrency, not Tarmac, bounds parallel runs in AWS mode.
+            concurrency: 0,
+            issuer,
+            credentials,
+        });
+        let runner = Arc::new(Runner::new(
+            Arc::clone(&deps),
+            RunnerConfig {
+                work_dir: cfg.work_dir.clone(),
+                path_env: cfg.child_path.clone(),
+                lang: "C.UTF-8".into(),
+                default_timeout: cfg.deployment_timeout,
+                stop_grace: cfg.stop_grace,
+                heartbeat_every: (cfg.lease_ttl / 6).min(Duration::from_secs(10)),
+            },
+        ));
+        Ok(Self {
+            deps,
+            runner,
+            work_signal: Arc::new(Notify::new()),
+            outbox_signal: Arc::new(Notify::new()),
+            sqs: Some(sqs),
+        })
+    }
+}
+
+/// The `oidc` function's exchanger: the keyring and leases in DynamoDB, KMS to sign (registering
+/// `kms_key_id` on a cold start that finds the keyring empty), STS to exchange. It loads no
+/// secrets data key: its role may not decrypt one.
+pub async fn aws_oidc_exchanger(
+    table: &str,
+    issuer_url: &str,
+    kms_key_id: Option<&str>,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Exchanger> {
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table));
+    let signer = KmsSigner::new(aws_sdk_kms::Client::new(sdk));
+    let issuer = Arc::new(Issuer::new(
+        issuer_url,
+        store.clone(),
+        Arc::new(signer.clone()),
+    ));
+    if let Some(key_id) = kms_key_id {
+        issuer.ensure_key(async || signer.key(key_id).await).await?;
+    }
+    Ok(Exchanger::new(
+        store,
+        issuer,
+        Arc::new(StsExchange::new(Some(aws_sdk_sts::Client::new(sdk)))),
+    ))
+}
+
+/// `tarmac oidc rotate-key --kms-key-id`: makes a KMS key the signing key of the AWS
+/// deployment whose table is `table`.
+pub async fn rotate_kms_key(table: &str, key_id: &str) -> Result<String> {
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
+    let signer = KmsSigner::new(aws_sdk_kms::Client::new(&sdk));
+    let key = signer.key(key_id).await?;
+    Issuer::new("", store, Arc::new(signer)).rotate(key).await
+}
+
+/// `tarmac oidc rotate-key`: a new generated signing key for a data dir's issuer. Safe while
+/// `tarmac serve` runs: the server reads the keyring each time it signs or serves the JWKS.
+pub async fn rotate_local_key(data_dir: &Path) -> Result<String> {
+    let (store, cipher) = open_data_dir(data_dir)?;
+    let signer = LocalSigner::new(cipher);
+    let key = signer.generate().await?;
+    Issuer::new("", Arc::new(store), Arc::new(signer))
+        .rotate(key)
+        .await
+}
+
+/// The broker of a server that was not given a way to issue credentials.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCredentials;
+
+#[async_trait]
+impl CredentialBroker for NoCredentials {
+    async fn exchange(&self, _request: &ExchangeRequest) -> Result<RunCredentials> {
+        Err(Error::invalid(
+            "this server is not configured to issue OIDC credentials",
+        ))
+    }
+}

@@ -1,0 +1,137 @@
+//! Where a deployment's program comes from: the git source, its credentials, and which
+//! repository URLs a server may clone.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// `sourceContext.git.gitAuth`, every secret sealed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GitAuth {
+    pub access_token: Option<SealedValue>,
+    pub ssh_auth: Option<SshAuth>,
+    pub basic_auth: Option<BasicAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SshAuth {
+    pub ssh_private_key: Option<SealedValue>,
+    pub password: Option<SealedValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    pub user_name: Option<SealedValue>,
+    pub password: Option<SealedValue>,
+}
+
+/// A secret as stored: sealed for its org.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SealedValue {
+    pub secret: String,
+}
+
+impl GitAuth {
+    /// Every sealed value it holds.
+    pub fn sealed(&self) -> impl Iterator<Item = &str> {
+        let ssh = self.ssh_auth.as_ref();
+        let basic = self.basic_auth.as_ref();
+        [
+            self.access_token.as_ref(),
+            ssh.and_then(|s| s.ssh_private_key.as_ref()),
+            ssh.and_then(|s| s.password.as_ref()),
+            basic.and_then(|b| b.password.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| s.secret.as_str())
+    }
+}
+
+/// The git source of a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GitSource {
+    pub repo_url: String,
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    pub tag: Option<String>,
+    pub repo_dir: Option<String>,
+    pub auth: Option<GitAuth>,
+}
+
+impl GitSource {
+    /// What is checked out, for logs.
+    pub fn describe_ref(&self) -> String {
+        self.commit
+            .as_ref()
+            .map(|c| format!("commit {c}"))
+            .or(self.tag.as_ref().map(|t| format!("tag {t}")))
+            .or(self.branch.as_ref().map(|b| format!("branch {b}")))
+            .unwrap_or_else(|| "the default branch".into())
+    }
+}
+
+/// Refuses URLs whose transport could reach outside the intended remote: `ext::` runs commands,
+/// and local paths or `file://` read the server's own disk unless the operator allows it.
+pub fn validate_repo_url(url: &str, allow_local: bool) -> Result<()> {
+    let lower = url.to_ascii_lowercase();
+    let remote = ["https://", "http://", "ssh://", "git://"]
+        .iter()
+        .any(|p| lower.starts_with(p));
+    // scp-like `user@host:path`.
+    let scp = !lower.contains("://")
+        && url
+            .split_once(':')
+            .is_some_and(|(host, _)| host.contains('@') && !host.contains('/'));
+    let local = lower.starts_with("file://") || url.starts_with('/');
+    if url.starts_with('-') {
+        return Err(Error::invalid(format!(
+            "repository URL '{url}' is not valid"
+        )));
+    }
+    if remote || scp || (local && allow_local) {
+        return Ok(());
+    }
+    if local {
+        return Err(Error::invalid(format!(
+            "repository URL '{url}' is on the server's own disk; the server must be started with --allow-local-repos to clone it"
+        )));
+    }
+    Err(Error::invalid(format!(
+        "repository URL '{url}' has an unsupported scheme: use https://, ssh:// or git@host:path"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_against_the_local_policy() {
+        for ok in [
+            "https://github.com/o/r.git",
+            "ssh://git@h/r",
+            "git@github.com:o/r.git",
+        ] {
+            assert!(validate_repo_url(ok, false).is_ok(), "{ok}");
+        }
+        assert!(
+            validate_repo_url("file:///srv/r", false)
+                .unwrap_err()
+                .to_string()
+                .contains("--allow-local-repos")
+        );
+        assert!(validate_repo_url("file:///srv/r", true).is_ok());
+        for bad in [
+            "ext::sh -c touch% /tmp/x",
+            "-uhttps://x",
+            "ftp://x/y",
+            "relative/path",
+        ] {
+            assert!(validate_repo_url(bad, true).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! What a test needs from outside the repository, and what happens when it is missing. On a
+//! plain `cargo test` the test is skipped, with a one-line reason on stderr; under
+//! `tests/run.sh`, which sets `TARMAC_REQUIRE_ALL_TESTS=1`, it fails, so CI never passes by
+//! skipping.
+
+use std::io::Write;
+use std::sync::Once;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// What `tests/setup.sh` installs (`TARMAC_TEST_TOOLS`): the Terraform engine behind its
+    /// shim, the test venvs.
+    Tools,
+    /// The local AWS emulator that `tests/run.sh` starts (`AWS_ENDPOINT_URL`).
+    Emulator,
+}
+
+impl Need {
+    fn missing(self) -> Option<&'static str> {
+        match self {
+            Need::Tools => std::env::var_os("TARMAC_TEST_TOOLS").is_none().then_some(
+                "TARMAC_TEST_TOOLS is not set (the Terraform engine and test tools); run tests/run.sh",
+            ),
+            Need::Emulator => std::env::var_os("AWS_ENDPOINT_URL").is_none().then_some(
+                "AWS_ENDPOINT_URL is not set (the AWS emulator); run tests/run.sh",
+            ),
+        }
+    }
+}
+
+static SAID: Once = Once::new();
+
+/// Why the test cannot run here, if it cannot. Panics instead when every test must run.
+pub fn missing(needs: &[Need]) -> Option<&'static str> {
+    let why = needs.iter().find_map(|n| n.missing())?;
+    if std::env::var_os("TARMAC_REQUIRE_ALL_TESTS").is_some() {
+        panic!("TARMAC_REQUIRE_ALL_TESTS is set, but {why}");
+    }
+    // Straight to stderr, past the test harness's capture, once per test binary.
+    SAID.call_once(|| {
+        let _ = writeln!(std::io::stderr(), "skipping tests: {why}");
+    });
+    Some(why)
+}
+
+/// Returns from the test (skipping it) unless what it needs is here.
+macro_rules! require {
+    ($($need:ident),+) => {
+        if crate::require::missing(&[$(crate::require::Need::$need),+]).is_some() {
+            return;
+        }
+    };
+}
