@@ -4,8 +4,6 @@
 
 pub mod config;
 pub mod dynamo;
-mod dynamo_notifications;
-mod dynamo_schedules;
 pub mod item;
 pub mod kms;
 pub mod oidc;

@@ -5,7 +5,8 @@ use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{SqliteStore, insert_deployment, stack_id};
+use super::deployments::insert_deployment;
+use super::{SqliteStore, stack_id};
 use crate::domain::schedule::{Cron, Purpose, Schedule, When};
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::{Page, PageRequest, StackRef};

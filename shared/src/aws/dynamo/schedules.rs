@@ -9,8 +9,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::dynamo::{DynamoStore, STACK_SK, aws_err, checked, stack_pk};
-use super::item::*;
+use super::{DynamoStore, STACK_SK, aws_err, checked, stack_pk};
+use crate::aws::item::*;
 use crate::domain::schedule::{Cron, Purpose, Schedule, When};
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::{Page, PageRequest, StackRef};

@@ -10,13 +10,13 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use time::OffsetDateTime;
 
-use super::dynamo::{DynamoStore, aws_err, checked, stack_pk};
-use super::item::*;
+use super::{DynamoStore, aws_err, checked, stack_pk};
+use crate::aws::item::*;
 use crate::domain::StackRef;
+use crate::domain::hooks::{Hook, HookScope};
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::error::{Error, Result};
 use crate::ports::{Attempt, HookStore, Outbox, OutboxMessage};
-use crate::webhooks::{Hook, HookScope};
 
 const OUTBOX: &str = "OUTBOX";
 
@@ -82,7 +82,7 @@ impl HookStore for DynamoStore {
     async fn create_hook(&self, scope: &HookScope, hook: &Hook) -> Result<()> {
         let mut item = key(scope_pk(scope), hook_sk(&hook.name));
         item.insert("body".into(), s(serde_json::to_string(hook)?));
-        item.insert("created".into(), n(super::dynamo::now_us()));
+        item.insert("created".into(), n(super::now_us()));
         let r = self
             .client
             .put_item()

@@ -1,0 +1,355 @@
+//! The `StackStore` and `OrgStore` ports.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::ReturnValue;
+use serde_json::Value;
+
+use super::*;
+use crate::aws::item::*;
+use crate::domain::*;
+use crate::error::{Error, Result};
+use crate::ports::*;
+use crate::store_codec::stored_id;
+
+impl DynamoStore {
+    pub(super) async fn stack_item(&self, stack: &StackRef) -> Result<Option<Item>> {
+        self.get(key(stack_pk(stack), STACK_SK)).await
+    }
+
+    /// Every stack item of an org (the `gsi2` partition `ORG#{org}#STACKS`).
+    pub(super) async fn org_stack_items(&self, org: &str) -> Result<Vec<Item>> {
+        self.query(
+            Some("gsi2"),
+            "gsi2pk = :pk",
+            vec![(":pk", s(org_stacks(org)))],
+            true,
+            None,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl StackStore for DynamoStore {
+    async fn create_stack(&self, stack: &StackRef) -> Result<()> {
+        let item = new_stack_item(stack);
+        let r = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match checked("PutItem", r)? {
+            Some(_) => Ok(()),
+            None => Err(Error::conflict(format!("stack '{stack}' already exists"))),
+        }
+    }
+
+    async fn stack_exists(&self, stack: &StackRef) -> Result<bool> {
+        Ok(self.stack_item(stack).await?.is_some())
+    }
+
+    async fn delete_stack(&self, stack: &StackRef) -> Result<()> {
+        let spk = stack_pk(stack);
+        for _ in 0..RETRIES {
+            let st = self
+                .stack_item(stack)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("stack '{stack}' not found")))?;
+            if opt_s(&st, "active").is_some() {
+                return Err(Error::conflict(format!(
+                    "stack '{stack}' has a deployment in progress; cancel it or wait for it to finish"
+                )));
+            }
+            let last = get_n(&st, "last_version")?;
+            // Children first; the stack item last, on condition nothing was added meanwhile.
+            let deps = self
+                .query(
+                    None,
+                    "pk = :pk AND begins_with(sk, :dep)",
+                    vec![(":pk", s(&spk)), (":dep", s("DEP#"))],
+                    true,
+                    None,
+                )
+                .await?;
+            for d in &deps {
+                let id = stored_id(&get_s(d, "id")?)?;
+                let chunks = self
+                    .query(None, "pk = :pk", vec![(":pk", s(log_pk(id)))], true, None)
+                    .await?;
+                for c in chunks {
+                    let k = key(get_s(&c, "pk")?, get_s(&c, "sk")?);
+                    self.client
+                        .delete_item()
+                        .table_name(&self.table)
+                        .set_key(Some(k))
+                        .send()
+                        .await
+                        .map_err(|e| aws_err("DeleteItem", e))?;
+                }
+                let mut tx = self.tx();
+                tx.delete(key(&spk, get_s(d, "sk")?), None);
+                tx.delete(ptr_key(id), None);
+                if self.commit(tx).await?.is_err() {
+                    return Err(Error::conflict("the stack is changing; retry"));
+                }
+                self.locations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            }
+            self.delete_schedules_and_drift(&spk).await?;
+            let r = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(&spk, STACK_SK)))
+                .condition_expression("#last_version = :last AND attribute_not_exists(#active)")
+                .set_expression_attribute_names(names(&["#last_version #active"]))
+                .expression_attribute_values(":last", n(last))
+                .send()
+                .await;
+            match checked("DeleteItem", r)? {
+                Some(_) => return Ok(()),
+                None => {
+                    continue;
+                }
+            }
+        }
+        Err(Error::conflict("the stack is changing; retry"))
+    }
+
+    async fn get_settings(&self, stack: &StackRef) -> Result<Option<VersionedSettings>> {
+        let Some(st) = self.stack_item(stack).await? else {
+            return Ok(None);
+        };
+        match opt_s(&st, "settings") {
+            Some(raw) => Ok(Some(VersionedSettings {
+                settings: serde_json::from_str(&raw)?,
+                version: get_n(&st, "settings_version")?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_settings(&self, stack: &StackRef, settings: &Value, expected: i64) -> Result<i64> {
+        let cond = if expected == 0 {
+            "attribute_not_exists(#settings)"
+        } else {
+            "attribute_exists(#settings) AND #settings_version = :expected"
+        };
+        let set = "SET #settings = :settings, #settings_version = if_not_exists(#settings_version, :zero) + :one, \
+                   #org = :org, #project = :project, #stack = :stack, #created = if_not_exists(#created, :now), \
+                   #last_version = if_not_exists(#last_version, :zero), #paused = if_not_exists(#paused, :false), \
+                   #gsi2pk = :gsi2pk, #gsi2sk = :gsi2sk";
+        let mut vals = vec![
+            (":settings", s(serde_json::to_string(settings)?)),
+            (":zero", n(0)),
+            (":one", n(1)),
+            (":org", s(&stack.org)),
+            (":project", s(&stack.project)),
+            (":stack", s(&stack.stack)),
+            (":now", n(now_us())),
+            (":false", b(false)),
+            (":gsi2pk", s(org_stacks(&stack.org))),
+            (":gsi2sk", s(format!("{}/{}", stack.project, stack.stack))),
+        ];
+        if expected != 0 {
+            vals.push((":expected", n(expected)));
+        }
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(stack_pk(stack), STACK_SK)))
+            .update_expression(set)
+            .condition_expression(cond)
+            .set_expression_attribute_names(names(&[set, cond]))
+            .set_expression_attribute_values(values(vals))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match checked("UpdateItem", r)? {
+            Some(out) => get_n(&out.attributes.unwrap_or_default(), "settings_version"),
+            None => Err(Error::conflict("settings changed concurrently; retry")),
+        }
+    }
+
+    async fn delete_settings(&self, stack: &StackRef) -> Result<bool> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(stack_pk(stack), STACK_SK)))
+            .update_expression("REMOVE #settings")
+            .condition_expression("attribute_exists(pk)")
+            .set_expression_attribute_names(names(&["#settings"]))
+            .return_values(ReturnValue::UpdatedOld)
+            .send()
+            .await;
+        match checked("UpdateItem", r)? {
+            Some(out) => Ok(out.attributes.is_some_and(|a| a.contains_key("settings"))),
+            None => Err(Error::not_found(format!("stack '{stack}' not found"))),
+        }
+    }
+
+    async fn set_stack_paused(&self, stack: &StackRef, paused: bool) -> Result<()> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(stack_pk(stack), STACK_SK)))
+            .update_expression("SET #paused = :p")
+            .condition_expression("attribute_exists(pk)")
+            .set_expression_attribute_names(names(&["#paused"]))
+            .expression_attribute_values(":p", b(paused))
+            .send()
+            .await;
+        match checked("UpdateItem", r)? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found("stack not found")),
+        }
+    }
+
+    async fn stack_paused(&self, stack: &StackRef) -> Result<Option<bool>> {
+        Ok(self.stack_item(stack).await?.map(|st| get_b(&st, "paused")))
+    }
+
+    async fn get_outputs(&self, stack: &StackRef) -> Result<Option<Value>> {
+        let Some(st) = self.stack_item(stack).await? else {
+            return Ok(None);
+        };
+        match opt_s(&st, "outputs") {
+            Some(raw) => Ok(Some(serde_json::from_str(&raw)?)),
+            None => Ok(Some(Value::Object(Default::default()))),
+        }
+    }
+
+    async fn list_stack_settings(&self, org: &str) -> Result<Vec<(StackRef, Value)>> {
+        let mut out = Vec::new();
+        for st in self.org_stack_items(org).await? {
+            if let Some(raw) = opt_s(&st, "settings") {
+                out.push((stack_of(&st)?, serde_json::from_str(&raw)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The stack a deployment item belongs to.
+pub(super) fn stack_of(d: &Item) -> Result<StackRef> {
+    Ok(StackRef {
+        org: get_s(d, "org")?,
+        project: get_s(d, "project")?,
+        stack: get_s(d, "stack")?,
+    })
+}
+
+pub(super) fn new_stack_item(stack: &StackRef) -> Item {
+    let mut item = key(stack_pk(stack), STACK_SK);
+    item.insert("org".into(), s(&stack.org));
+    item.insert("project".into(), s(&stack.project));
+    item.insert("stack".into(), s(&stack.stack));
+    item.insert("created".into(), n(now_us()));
+    item.insert("paused".into(), b(false));
+    item.insert("settings_version".into(), n(0));
+    item.insert("last_version".into(), n(0));
+    item.insert("gsi2pk".into(), s(org_stacks(&stack.org)));
+    item.insert(
+        "gsi2sk".into(),
+        s(format!("{}/{}", stack.project, stack.stack)),
+    );
+    item
+}
+
+#[async_trait]
+impl OrgStore for DynamoStore {
+    async fn set_org_paused(&self, org: &str, paused: bool) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(org_key(org)))
+            .update_expression("SET #paused = :p")
+            .set_expression_attribute_names(names(&["#paused"]))
+            .expression_attribute_values(":p", b(paused))
+            .send()
+            .await
+            .map_err(|e| aws_err("UpdateItem", e))?;
+        Ok(())
+    }
+
+    async fn org_paused(&self, org: &str) -> Result<bool> {
+        Ok(self
+            .get(org_key(org))
+            .await?
+            .is_some_and(|o| get_b(&o, "paused")))
+    }
+
+    async fn get_integration(&self, org: &str, kind: &str) -> Result<Option<Value>> {
+        let item = self
+            .get(key(format!("ORG#{org}"), format!("INTEGRATION#{kind}")))
+            .await?;
+        item.map(|i| Ok(serde_json::from_str(&get_s(&i, "config")?)?))
+            .transpose()
+    }
+
+    async fn put_integration(&self, org: &str, kind: &str, config: Option<&Value>) -> Result<()> {
+        let item_key = key(format!("ORG#{org}"), format!("INTEGRATION#{kind}"));
+        match config {
+            Some(cfg) => {
+                let mut item = item_key;
+                item.insert("config".into(), s(serde_json::to_string(cfg)?));
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .send()
+                    .await
+                    .map_err(|e| aws_err("PutItem", e))?;
+            }
+            None => {
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(item_key))
+                    .send()
+                    .await
+                    .map_err(|e| aws_err("DeleteItem", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn org_state(&self, org: &str) -> Result<OrgState> {
+        let paused = self
+            .get(org_key(org))
+            .await?
+            .is_some_and(|o| get_b(&o, "paused"));
+        let stacks = self.org_stack_items(org).await?;
+        let paused_stacks = stacks
+            .iter()
+            .filter(|st| get_b(st, "paused"))
+            .filter_map(|st| opt_s(st, "gsi2sk"))
+            .collect();
+        let deps = self
+            .query(
+                Some("gsi2"),
+                "gsi2pk = :pk",
+                vec![(":pk", s(org_deps(org)))],
+                true,
+                None,
+            )
+            .await?;
+        let mut counts = StatusCounts::default();
+        for d in deps {
+            *counts.0.entry(get_s(&d, "status")?.parse()?).or_insert(0) += 1;
+        }
+        Ok(OrgState {
+            paused,
+            paused_stacks,
+            counts,
+        })
+    }
+}

@@ -1,0 +1,160 @@
+//! The `DeploymentStore` port, and the insert that is also the embedded queue's enqueue.
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use uuid::Uuid;
+
+use crate::domain::*;
+use crate::error::{Error, Result};
+use crate::ports::*;
+
+use super::*;
+
+#[async_trait]
+impl DeploymentStore for SqliteStore {
+    async fn create_deployment(&self, new: NewDeployment) -> Result<Deployment> {
+        let created = self
+            .db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let exists: Option<i64> = tx
+                    .query_row(
+                        "SELECT 1 FROM deployments WHERE id = ?1",
+                        [new.id.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if exists.is_some() {
+                    return Err(Error::conflict(format!(
+                        "deployment {} already exists",
+                        new.id
+                    )));
+                }
+                insert_deployment(&tx, &new)?;
+                let d = query_deployment(&tx, "d.id = ?1", [new.id.to_string()])?
+                    .ok_or_else(|| Error::internal("inserted deployment vanished"))?;
+                tx.commit()?;
+                Ok(d)
+            })
+            .await?;
+        self.wake_workers();
+        Ok(created)
+    }
+
+    async fn get_deployment(&self, stack: &StackRef, id: Uuid) -> Result<Option<Deployment>> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| {
+                query_deployment(
+                    c,
+                    "d.id = ?1 AND s.org = ?2 AND s.project = ?3 AND s.name = ?4",
+                    params![id.to_string(), stack.org, stack.project, stack.stack],
+                )
+            })
+            .await
+    }
+
+    async fn get_deployment_by_version(
+        &self,
+        stack: &StackRef,
+        version: i64,
+    ) -> Result<Option<Deployment>> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| {
+                query_deployment(
+                    c,
+                    "d.version = ?1 AND s.org = ?2 AND s.project = ?3 AND s.name = ?4",
+                    params![version, stack.org, stack.project, stack.stack],
+                )
+            })
+            .await
+    }
+
+    async fn list_stack_deployments(
+        &self,
+        stack: &StackRef,
+        page: PageRequest,
+    ) -> Result<Page<Deployment>> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| {
+                let Some(sid) = stack_id(c, &stack)? else {
+                    return Ok(Page {
+                        items: vec![],
+                        total: 0,
+                    });
+                };
+                page_deployments(c, "d.stack_id = ?1", &sid, page)
+            })
+            .await
+    }
+
+    async fn list_org_deployments(&self, org: &str, page: PageRequest) -> Result<Page<Deployment>> {
+        let org = org.to_string();
+        self.db
+            .read(move |c| page_deployments(c, "d.org = ?1", &org, page))
+            .await
+    }
+
+    async fn cancel_deployment(&self, stack: &StackRef, id: Uuid) -> Result<CancelOutcome> {
+        let stack = stack.clone();
+        let outcome = self
+            .db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let (dseq, status): (i64, String) = tx
+                    .query_row(
+                        "SELECT d.seq, d.status FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                         WHERE d.id = ?1 AND s.org = ?2 AND s.project = ?3 AND s.name = ?4",
+                        params![id.to_string(), stack.org, stack.project, stack.stack],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?
+                    .ok_or_else(|| Error::not_found(format!("deployment '{id}' not found")))?;
+                let outcome = match status.parse::<JobStatus>()? {
+                    JobStatus::NotStarted => {
+                        insert_log(&tx, dseq, 0, None, Some("Cancelled before it started.\n"), now_us())?;
+                        terminate(&tx, dseq, JobStatus::Skipped, StepStatus::Failed)?;
+                        CancelOutcome::Dequeued
+                    }
+                    JobStatus::Accepted | JobStatus::Running => {
+                        tx.execute("UPDATE deployments SET cancel_requested = 1 WHERE seq = ?1", [dseq])?;
+                        CancelOutcome::Requested
+                    }
+                    _ => CancelOutcome::AlreadyFinished,
+                };
+                tx.commit()?;
+                Ok(outcome)
+            })
+            .await?;
+        Ok(outcome)
+    }
+}
+
+/// Stores a new deployment (creating its stack if needed) and returns its version, which is
+/// the stack's next one.
+pub(super) fn insert_deployment(tx: &Transaction, new: &NewDeployment) -> Result<i64> {
+    let sid = ensure_stack(tx, &new.stack)?;
+    let version: i64 = tx
+        .prepare_cached("UPDATE stacks SET last_version = last_version + 1 WHERE id = ?1 RETURNING last_version")?
+        .query_row([sid], |r| r.get(0))?;
+    tx.prepare_cached(
+        "INSERT INTO deployments (id, stack_id, org, version, operation, status, config, initiator, \
+         requested_by, skip_intermediate, created, modified) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'not-started', ?6, ?7, ?8, ?9, ?10, ?10)",
+    )?
+    .execute(params![
+        new.id.to_string(),
+        sid,
+        new.stack.org,
+        version,
+        new.operation.as_str(),
+        serde_json::to_string(&new.config)?,
+        new.initiator,
+        new.requested_by,
+        new.skip_intermediate(),
+        now_us()
+    ])?;
+    Ok(version)
+}

@@ -1,0 +1,419 @@
+//! The `RunStore` port: the embedded queue's claims, leases, steps, logs and terminal states.
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::time_fmt::to_micros;
+use crate::domain::*;
+use crate::error::{Error, Result};
+use crate::ports::*;
+use crate::store_codec::{StoredStep, closing_step_status, stored_id};
+
+use super::*;
+
+/// One pass of the embedded queue inside a write transaction.
+pub(super) fn claim_in(tx: &Transaction, lease: &Lease) -> Result<Option<Uuid>> {
+    loop {
+        let candidate: Option<(i64, String, i64, bool, String)> = tx
+            .prepare_cached(
+                "SELECT d.seq, d.id, d.stack_id, d.skip_intermediate, d.operation \
+                 FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                 WHERE d.status = 'not-started' AND s.active IS NULL AND s.paused = 0 \
+                   AND NOT EXISTS (SELECT 1 FROM orgs o WHERE o.name = s.org AND o.paused = 1) \
+                   AND d.seq = (SELECT MIN(q.seq) FROM deployments q WHERE q.stack_id = d.stack_id AND q.status = 'not-started') \
+                 ORDER BY d.seq LIMIT 1",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .optional()?;
+        let Some((dseq, id, sid, skip_intermediate, operation)) = candidate else {
+            return Ok(None);
+        };
+        if skip_intermediate && skip_if_superseded(tx, dseq, sid, &operation)? {
+            continue;
+        }
+        let id = stored_id(&id)?;
+        take_slot(tx, dseq, sid, id, lease)?;
+        return Ok(Some(id));
+    }
+}
+
+/// Claims `id` if it may start now (see `RunStore::claim`).
+pub(super) fn claim_one(tx: &Transaction, id: Uuid, lease: &Lease) -> Result<ClaimOutcome> {
+    type Row = (i64, i64, String, bool, String, bool, bool, Option<String>);
+    let row: Option<Row> = tx
+        .query_row(
+            "SELECT d.seq, d.stack_id, d.status, d.skip_intermediate, d.operation, s.paused, \
+             EXISTS (SELECT 1 FROM orgs o WHERE o.name = s.org AND o.paused = 1), s.active \
+             FROM deployments d JOIN stacks s ON s.id = d.stack_id WHERE d.id = ?1",
+            [id.to_string()],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((dseq, sid, status, skip_intermediate, operation, stack_paused, org_paused, active)) =
+        row
+    else {
+        return Ok(ClaimOutcome::Gone);
+    };
+    if status != JobStatus::NotStarted.as_str() {
+        return Ok(ClaimOutcome::Gone);
+    }
+    if stack_paused || org_paused {
+        return Ok(ClaimOutcome::Paused);
+    }
+    let first: i64 = tx.query_row(
+        "SELECT MIN(seq) FROM deployments WHERE stack_id = ?1 AND status = 'not-started'",
+        [sid],
+        |r| r.get(0),
+    )?;
+    if active.is_some() || first != dseq {
+        return Ok(ClaimOutcome::Busy);
+    }
+    if skip_intermediate && skip_if_superseded(tx, dseq, sid, &operation)? {
+        return Ok(ClaimOutcome::Skipped);
+    }
+    take_slot(tx, dseq, sid, id, lease)?;
+    let deployment = query_deployment(tx, "d.id = ?1", [id.to_string()])?
+        .ok_or_else(|| Error::internal("claimed deployment vanished"))?;
+    Ok(ClaimOutcome::Claimed(Box::new(Claimed { deployment })))
+}
+
+/// Marks a queued deployment `skipped` if a newer one of the same operation is queued behind it.
+pub(super) fn skip_if_superseded(
+    tx: &Transaction,
+    dseq: i64,
+    sid: i64,
+    operation: &str,
+) -> Result<bool> {
+    let newer: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM deployments WHERE stack_id = ?1 AND status = 'not-started' \
+             AND operation = ?2 AND seq > ?3)",
+        )?
+        .query_row(params![sid, operation, dseq], |r| r.get(0))?;
+    if newer {
+        let msg = format!(
+            "Skipped: a newer {operation} deployment is queued (skipIntermediateDeployments).\n"
+        );
+        insert_log(tx, dseq, 0, None, Some(&msg), now_us())?;
+        terminate(tx, dseq, JobStatus::Skipped, StepStatus::Failed)?;
+    }
+    Ok(newer)
+}
+
+/// `not-started` → `accepted` under `lease`, taking the stack's run slot.
+pub(super) fn take_slot(
+    tx: &Transaction,
+    dseq: i64,
+    sid: i64,
+    id: Uuid,
+    lease: &Lease,
+) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE deployments SET status = 'accepted', lease_owner = ?2, lease_expires = ?3, modified = ?4 WHERE seq = ?1",
+    )?
+    .execute(params![dseq, lease.owner, lease_expiry(lease), now_us()])?;
+    tx.prepare_cached("UPDATE stacks SET active = ?2 WHERE id = ?1")?
+        .execute(params![sid, id.to_string()])?;
+    Ok(())
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn claim(&self, _stack: &StackRef, id: Uuid, lease: &Lease) -> Result<ClaimOutcome> {
+        let lease = lease.clone();
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let outcome = claim_one(&tx, id, &lease)?;
+                tx.commit()?;
+                Ok(outcome)
+            })
+            .await
+    }
+
+    async fn claim_next(&self, lease: &Lease) -> Result<Option<Claimed>> {
+        let lease = lease.clone();
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let Some(id) = claim_in(&tx, &lease)? else {
+                    tx.commit()?; // keeps any skips made on the way
+                    return Ok(None);
+                };
+                let deployment = query_deployment(&tx, "d.id = ?1", [id.to_string()])?
+                    .ok_or_else(|| Error::internal("claimed deployment vanished"))?;
+                tx.commit()?;
+                Ok(Some(Claimed { deployment }))
+            })
+            .await
+    }
+
+    async fn mark_running(&self, id: Uuid, lease: &Lease) -> Result<()> {
+        let lease = lease.clone();
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let dseq = held(&tx, id, &lease, "'accepted'")?;
+                let now = now_us();
+                tx.execute(
+                    "UPDATE deployments SET status = 'running', started = ?2, modified = ?2, lease_expires = ?3 WHERE seq = ?1",
+                    params![dseq, now, lease_expiry(&lease)],
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn held_deployment(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+        owner: &str,
+    ) -> Result<Option<Deployment>> {
+        let (stack, owner) = (stack.clone(), owner.to_string());
+        self.db
+            .read(move |c| {
+                query_deployment(
+                    c,
+                    "d.id = ?1 AND s.org = ?2 AND s.project = ?3 AND s.name = ?4 \
+                     AND d.status = 'running' AND d.lease_owner = ?5 AND d.lease_expires > ?6",
+                    params![
+                        id.to_string(),
+                        stack.org,
+                        stack.project,
+                        stack.stack,
+                        owner,
+                        now_us()
+                    ],
+                )
+            })
+            .await
+    }
+
+    async fn heartbeat(&self, id: Uuid, lease: &Lease) -> Result<Heartbeat> {
+        let lease = lease.clone();
+        self.db
+            .write(move |c| {
+                let cancel: Option<bool> = c
+                    .prepare_cached(
+                        "UPDATE deployments SET lease_expires = ?3 WHERE id = ?1 AND lease_owner = ?2 \
+                         AND status IN ('accepted', 'running') RETURNING cancel_requested",
+                    )?
+                    .query_row(params![id.to_string(), lease.owner, lease_expiry(&lease)], |r| r.get(0))
+                    .optional()?;
+                let cancel_requested = cancel
+                    .ok_or_else(|| Error::conflict(format!("deployment {id} is no longer held by this worker")))?;
+                Ok(Heartbeat { cancel_requested })
+            })
+            .await
+    }
+
+    async fn start_step(&self, id: Uuid, lease: &Lease, name: &str) -> Result<usize> {
+        let (lease, name) = (lease.clone(), name.to_string());
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let dseq = held(&tx, id, &lease, "'running'")?;
+                let now = now_us();
+                let idx = update_steps(&tx, dseq, |steps| {
+                    steps.push(StoredStep::running(&name, now));
+                    Ok(steps.len() - 1)
+                })?;
+                insert_log(&tx, dseq, idx, Some(&name), None, now)?;
+                tx.commit()?;
+                Ok(idx)
+            })
+            .await
+    }
+
+    async fn finish_step(
+        &self,
+        id: Uuid,
+        lease: &Lease,
+        step: usize,
+        status: StepStatus,
+    ) -> Result<()> {
+        let lease = lease.clone();
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let dseq = held(&tx, id, &lease, "'running'")?;
+                update_steps(&tx, dseq, |steps| {
+                    let s = steps
+                        .get_mut(step)
+                        .ok_or_else(|| Error::internal(format!("no step {step}")))?;
+                    s.status = status.as_str().into();
+                    s.updated = Some(now_us());
+                    Ok(step)
+                })?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn append_logs(&self, id: Uuid, lease: &Lease, lines: &[LogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let (lease, lines) = (lease.clone(), lines.to_vec());
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let dseq = held(&tx, id, &lease, "'accepted', 'running'")?;
+                for l in &lines {
+                    insert_log(
+                        &tx,
+                        dseq,
+                        l.step,
+                        None,
+                        Some(&l.line),
+                        to_micros(l.timestamp),
+                    )?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn record_outputs(&self, id: Uuid, lease: &Lease, outputs: &Value) -> Result<()> {
+        let lease = lease.clone();
+        let raw = if outputs.is_null() {
+            None
+        } else {
+            Some(serde_json::to_string(outputs)?)
+        };
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let dseq = held(&tx, id, &lease, "'running'")?;
+                tx.execute(
+                    "UPDATE stacks SET outputs = ?2 WHERE id = (SELECT stack_id FROM deployments WHERE seq = ?1)",
+                    params![dseq, raw],
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn finish(&self, id: Uuid, lease: &Lease, status: JobStatus) -> Result<()> {
+        let lease = lease.clone();
+        let step_status = closing_step_status(status);
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let dseq = held(&tx, id, &lease, "'accepted', 'running'")?;
+                terminate(&tx, dseq, status, step_status)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        self.wake_workers();
+        Ok(())
+    }
+
+    async fn queued_before(&self, cutoff: OffsetDateTime) -> Result<Vec<QueueMessage>> {
+        let cutoff = to_micros(cutoff);
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT d.id, s.org, s.project, s.name FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                     WHERE d.status = 'not-started' AND d.created < ?1 ORDER BY d.seq",
+                )?;
+                let rows = stmt.query_map([cutoff], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                })?;
+                rows.map(|row| {
+                    let (id, org, project, stack) = row?;
+                    let deployment_id = stored_id(&id)?;
+                    Ok(QueueMessage { deployment_id, org, project, stack })
+                })
+                .collect()
+            })
+            .await
+    }
+
+    async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Reaped>> {
+        let (now, expiry) = (to_micros(now), to_micros(queue_expiry));
+        let changed = self
+            .db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let row = |r: &Row<'_>| -> rusqlite::Result<(i64, String, StackRef)> {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        StackRef {
+                            org: r.get(2)?,
+                            project: r.get(3)?,
+                            stack: r.get(4)?,
+                        },
+                    ))
+                };
+                let expired: Vec<(i64, String, StackRef)> = tx
+                    .prepare_cached(
+                        "SELECT d.seq, d.id, s.org, s.project, s.name FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                         WHERE d.status IN ('accepted', 'running') AND d.lease_expires < ?1",
+                    )?
+                    .query_map([now], row)?
+                    .collect::<rusqlite::Result<_>>()?;
+                let stale: Vec<(i64, String, StackRef)> = tx
+                    .prepare_cached(
+                        "SELECT d.seq, d.id, s.org, s.project, s.name FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                         WHERE d.status = 'not-started' AND d.created < ?1",
+                    )?
+                    .query_map([expiry], row)?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (dseq, _, _) in &expired {
+                    insert_log(
+                        &tx,
+                        *dseq,
+                        0,
+                        None,
+                        Some("The worker running this deployment stopped renewing its lease (it crashed or was killed); marked failed.\n"),
+                        now,
+                    )?;
+                    terminate(&tx, *dseq, JobStatus::Failed, StepStatus::Failed)?;
+                }
+                for (dseq, _, _) in &stale {
+                    insert_log(&tx, *dseq, 0, None, Some("Skipped: queued for longer than the queue allows.\n"), now)?;
+                    terminate(&tx, *dseq, JobStatus::Skipped, StepStatus::Failed)?;
+                }
+                tx.commit()?;
+                let failed = expired.into_iter().map(|e| (e, JobStatus::Failed));
+                let skipped = stale.into_iter().map(|e| (e, JobStatus::Skipped));
+                failed
+                    .chain(skipped)
+                    .map(|((_, id, stack), status)| {
+                        Ok(Reaped {
+                            stack,
+                            id: stored_id(&id)?,
+                            status,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        if !changed.is_empty() {
+            self.wake_workers();
+        }
+        Ok(changed)
+    }
+}

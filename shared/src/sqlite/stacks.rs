@@ -1,0 +1,251 @@
+//! The `StackStore` and `OrgStore` ports.
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+
+use crate::domain::*;
+use crate::error::{Error, Result};
+use crate::ports::*;
+
+use super::*;
+
+#[async_trait]
+impl StackStore for SqliteStore {
+    async fn create_stack(&self, stack: &StackRef) -> Result<()> {
+        let stack = stack.clone();
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if stack_id(&tx, &stack)?.is_some() {
+                    return Err(Error::conflict(format!("stack '{stack}' already exists")));
+                }
+                ensure_stack(&tx, &stack)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn stack_exists(&self, stack: &StackRef) -> Result<bool> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| Ok(stack_id(c, &stack)?.is_some()))
+            .await
+    }
+
+    async fn delete_stack(&self, stack: &StackRef) -> Result<()> {
+        let stack = stack.clone();
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let (id, active): (i64, Option<String>) = tx
+                    .query_row(
+                        "SELECT id, active FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3",
+                        params![stack.org, stack.project, stack.stack],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?
+                    .ok_or_else(|| Error::not_found(format!("stack '{stack}' not found")))?;
+                if active.is_some() {
+                    return Err(Error::conflict(format!(
+                        "stack '{stack}' has a deployment in progress; cancel it or wait for it to finish"
+                    )));
+                }
+                tx.execute("DELETE FROM stacks WHERE id = ?1", [id])?;
+                tx.execute(
+                    "DELETE FROM hooks WHERE scope = ?1",
+                    [format!("stack/{stack}")],
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_settings(&self, stack: &StackRef) -> Result<Option<VersionedSettings>> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| {
+                let row: Option<(Option<String>, i64)> = c
+                    .prepare_cached(
+                        "SELECT settings, settings_version FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3",
+                    )?
+                    .query_row(params![stack.org, stack.project, stack.stack], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                match row {
+                    Some((Some(raw), version)) => {
+                        Ok(Some(VersionedSettings { settings: serde_json::from_str(&raw)?, version }))
+                    }
+                    _ => Ok(None),
+                }
+            })
+            .await
+    }
+
+    async fn put_settings(&self, stack: &StackRef, settings: &Value, expected: i64) -> Result<i64> {
+        let stack = stack.clone();
+        let raw = serde_json::to_string(settings)?;
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let id = ensure_stack(&tx, &stack)?;
+                // The counter only grows, so a delete and re-create cannot recycle a version.
+                let (current, has): (i64, bool) = tx.query_row(
+                    "SELECT settings_version, settings IS NOT NULL FROM stacks WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                let current_visible = if has { current } else { 0 };
+                if current_visible != expected {
+                    return Err(Error::conflict("settings changed concurrently; retry"));
+                }
+                let version = current + 1;
+                tx.execute(
+                    "UPDATE stacks SET settings = ?2, settings_version = ?3 WHERE id = ?1",
+                    params![id, raw, version],
+                )?;
+                tx.commit()?;
+                Ok(version)
+            })
+            .await
+    }
+
+    async fn delete_settings(&self, stack: &StackRef) -> Result<bool> {
+        let stack = stack.clone();
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let had: bool = tx
+                    .query_row(
+                        "SELECT settings IS NOT NULL FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3",
+                        params![stack.org, stack.project, stack.stack],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .ok_or_else(|| Error::not_found(format!("stack '{stack}' not found")))?;
+                tx.execute(
+                    "UPDATE stacks SET settings = NULL WHERE org = ?1 AND project = ?2 AND name = ?3",
+                    params![stack.org, stack.project, stack.stack],
+                )?;
+                tx.commit()?;
+                Ok(had)
+            })
+            .await
+    }
+
+    async fn set_stack_paused(&self, stack: &StackRef, paused: bool) -> Result<()> {
+        let stack = stack.clone();
+        let n = self
+            .db
+            .write(move |c| {
+                Ok(c.execute(
+                    "UPDATE stacks SET paused = ?4 WHERE org = ?1 AND project = ?2 AND name = ?3",
+                    params![stack.org, stack.project, stack.stack, paused],
+                )?)
+            })
+            .await?;
+        if n == 0 {
+            return Err(Error::not_found("stack not found"));
+        }
+        self.wake_workers();
+        Ok(())
+    }
+
+    async fn stack_paused(&self, stack: &StackRef) -> Result<Option<bool>> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT paused FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3",
+                )?
+                .query_row(params![stack.org, stack.project, stack.stack], |r| r.get(0))
+                .optional()?)
+            })
+            .await
+    }
+
+    async fn list_stack_settings(&self, org: &str) -> Result<Vec<(StackRef, Value)>> {
+        self.stack_settings_of(org).await
+    }
+
+    async fn get_outputs(&self, stack: &StackRef) -> Result<Option<Value>> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| {
+                let row: Option<Option<String>> = c
+                    .prepare_cached(
+                        "SELECT outputs FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3",
+                    )?
+                    .query_row(params![stack.org, stack.project, stack.stack], |r| r.get(0))
+                    .optional()?;
+                match row {
+                    None => Ok(None),
+                    Some(None) => Ok(Some(Value::Object(Default::default()))),
+                    Some(Some(raw)) => Ok(Some(serde_json::from_str(&raw)?)),
+                }
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl OrgStore for SqliteStore {
+    async fn set_org_paused(&self, org: &str, paused: bool) -> Result<()> {
+        let org = org.to_string();
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO orgs (name, paused) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET paused = ?2",
+                    params![org, paused],
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.wake_workers();
+        Ok(())
+    }
+
+    async fn org_paused(&self, org: &str) -> Result<bool> {
+        let org = org.to_string();
+        self.db
+            .read(move |c| {
+                Ok(c.prepare_cached("SELECT paused FROM orgs WHERE name = ?1")?
+                    .query_row([&org], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(false))
+            })
+            .await
+    }
+
+    async fn get_integration(&self, org: &str, kind: &str) -> Result<Option<Value>> {
+        self.integration(org, kind).await
+    }
+
+    async fn put_integration(&self, org: &str, kind: &str, config: Option<&Value>) -> Result<()> {
+        self.set_integration(org, kind, config).await
+    }
+
+    async fn org_state(&self, org: &str) -> Result<OrgState> {
+        let org = org.to_string();
+        self.db
+            .read(move |c| {
+                let paused: bool = c
+                    .query_row("SELECT paused FROM orgs WHERE name = ?1", [&org], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(false);
+                let mut stmt = c.prepare_cached(
+                    "SELECT project || '/' || name FROM stacks WHERE org = ?1 AND paused = 1 ORDER BY project, name",
+                )?;
+                let paused_stacks = stmt.query_map([&org], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+                let mut counts = StatusCounts::default();
+                let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM deployments WHERE org = ?1 GROUP BY status")?;
+                for row in stmt.query_map([&org], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
+                    let (status, n) = row?;
+                    counts.0.insert(status.parse()?, n);
+                }
+                Ok(OrgState { paused, paused_stacks, counts })
+            })
+            .await
+    }
+}
