@@ -116,6 +116,7 @@ contract!(
     schedules::paused_schedules_do_not_fire_and_resume_at_their_next_future_slot,
     schedules::one_time_and_ttl_schedules_fire_once,
     schedules::schedule_requests_are_validated,
+    schedules::a_fired_schedules_deployment_is_announced_as_queued,
     runs::only_the_lease_holder_of_a_running_deployment_is_recognised,
     oidc::the_signing_keyring_is_written_optimistically,
     oidc::tokens_verify_against_the_jwks_across_a_rotation,

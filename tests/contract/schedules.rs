@@ -682,3 +682,59 @@ pub(crate) async fn schedule_requests_are_validated(b: Backend) {
     let (status, _) = call(&b, "GET", &format!("{SCHEDULES}/not-an-id"), None).await;
     assert_eq!(status, 400);
 }
+
+/// A deployment a schedule fires is announced like any other: `deployment_queued` reaches the
+/// stack's hooks (it once went to the queue without the announcement).
+pub(crate) async fn a_fired_schedules_deployment_is_announced_as_queued(b: Backend) {
+    use tarmac::domain::hooks::{Format, Hook, HookScope};
+    with_settings(&b).await;
+    let hook = Hook {
+        name: "queued".into(),
+        display_name: "queued".into(),
+        payload_url: "https://example.com/h".into(),
+        secret: None,
+        active: true,
+        format: Format::Raw,
+        filters: vec!["deployment_queued".into()],
+        groups: vec![],
+    };
+    b.hooks
+        .create_hook(&HookScope::for_stack(&ticks()), &hook)
+        .await
+        .unwrap();
+    let at = (OffsetDateTime::now_utc() + time::Duration::minutes(10))
+        .replace_nanosecond(0)
+        .unwrap();
+    schedule_at(
+        &b,
+        json!({"scheduleOnce": tarmac::domain::time_fmt::rfc3339(at), "request": {"operation": "update"}}),
+    )
+    .await;
+    assert_eq!(tick(&b, at).await.fired, 1);
+    let fired = b
+        .deployments
+        .list_stack_deployments(
+            &ticks(),
+            PageRequest {
+                page: 1,
+                page_size: 10,
+                ascending: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(fired.items.len(), 1);
+    let due = b
+        .outbox
+        .claim_due(at + time::Duration::minutes(1), 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let queued: Vec<serde_json::Value> = due
+        .iter()
+        .filter(|(m, _)| m.event == "deployment_queued")
+        .map(|(m, _)| serde_json::from_str(&m.body).unwrap())
+        .collect();
+    assert_eq!(queued.len(), 1, "{due:?}");
+    assert_eq!(queued[0]["deploymentId"], fired.items[0].id.to_string());
+    assert_eq!(queued[0]["status"], "not-started");
+}

@@ -128,6 +128,96 @@ pub fn plan(engine: Engine, op: Operation, stack: &str) -> Plan {
     }
 }
 
+/// What a run prepares so that `engine` keeps the stack's state in `state_dir`, unless the
+/// program configures its own backend: files to write into the program directory, and
+/// variables for the engine (the run's own variables of the same name win).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSetup {
+    pub files: Vec<(PathBuf, String)>,
+    pub env: Vec<(String, String)>,
+}
+
+/// The state setup for one engine. `passphrase` is the stack's Pulumi secrets passphrase.
+pub fn state_setup(
+    engine: Engine,
+    program_dir: &Path,
+    state_dir: &Path,
+    passphrase: impl FnOnce() -> String,
+) -> StateSetup {
+    match engine {
+        Engine::Terraform | Engine::Tofu if declares_backend(program_dir) => StateSetup {
+            files: vec![],
+            env: vec![],
+        },
+        Engine::Terraform | Engine::Tofu => StateSetup {
+            files: vec![(
+                program_dir.join(BACKEND_OVERRIDE_FILE),
+                terraform_backend_override(&state_dir.join(TERRAFORM_STATE_FILE)),
+            )],
+            env: vec![],
+        },
+        Engine::Pulumi => StateSetup {
+            files: vec![],
+            env: vec![
+                (
+                    "PULUMI_BACKEND_URL".into(),
+                    format!("file://{}", state_dir.display()),
+                ),
+                ("PULUMI_CONFIG_PASSPHRASE".into(), passphrase()),
+            ],
+        },
+    }
+}
+
+/// The state file of Tarmac's Terraform backend, in the stack's state directory.
+pub const TERRAFORM_STATE_FILE: &str = "terraform.tfstate";
+
+/// Where a run reads the stack's outputs after a successful operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputsSource {
+    /// The state file the engine has just written (Terraform with Tarmac's backend): no need to
+    /// start the engine again to print them.
+    StateFile(PathBuf),
+    /// The engine's command, with secrets shown; and for Pulumi again with them masked, which
+    /// tells which outputs are secret.
+    Commands {
+        shown: Vec<String>,
+        masked: Option<Vec<String>>,
+    },
+}
+
+pub fn outputs_source(engine: Engine, program_dir: &Path, state_dir: &Path) -> OutputsSource {
+    match engine {
+        Engine::Terraform | Engine::Tofu if !declares_backend(program_dir) => {
+            OutputsSource::StateFile(state_dir.join(TERRAFORM_STATE_FILE))
+        }
+        Engine::Terraform | Engine::Tofu => OutputsSource::Commands {
+            shown: outputs_command(engine, true),
+            masked: None,
+        },
+        Engine::Pulumi => OutputsSource::Commands {
+            shown: outputs_command(engine, true),
+            masked: Some(outputs_command(engine, false)),
+        },
+    }
+}
+
+/// A stack output: name, value, and whether it is secret.
+pub type Output = (String, serde_json::Value, bool);
+
+/// Reads what `outputs_source` pointed at: the state file's bytes, or the commands' output.
+pub fn parse_outputs(
+    source: &OutputsSource,
+    shown: &[u8],
+    masked: Option<&[u8]>,
+) -> Result<Vec<Output>, String> {
+    match (source, masked) {
+        (OutputsSource::StateFile(_), _) => parse_terraform_state_outputs(shown),
+        (OutputsSource::Commands { .. }, Some(masked)) => parse_pulumi_outputs(shown, masked),
+        (OutputsSource::Commands { .. }, None) => parse_terraform_outputs(shown),
+    }
+}
+
 /// Whether an operation's success changes what the stack's outputs are.
 pub fn records_outputs(op: Operation) -> bool {
     matches!(
@@ -137,7 +227,7 @@ pub fn records_outputs(op: Operation) -> bool {
 }
 
 /// The command that prints the stack's outputs as JSON.
-pub fn outputs_command(engine: Engine, show_secrets: bool) -> Vec<String> {
+fn outputs_command(engine: Engine, show_secrets: bool) -> Vec<String> {
     match engine {
         Engine::Terraform | Engine::Tofu => argv(&["output", "-json", "-no-color"]),
         Engine::Pulumi if show_secrets => argv(&["stack", "output", "--json", "--show-secrets"]),

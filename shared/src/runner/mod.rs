@@ -3,10 +3,16 @@
 //!
 //! The same runner serves every backend; it only talks to the `RunStore` port.
 
+mod credentials;
 pub mod engine;
 pub mod exec;
 pub mod git;
 pub mod logs;
+mod source;
+mod state;
+#[cfg(test)]
+mod tests;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,12 +25,11 @@ use crate::deps::Deps;
 use crate::domain::hooks::Event;
 use crate::domain::spec::{EnvValue, RunSpec};
 use crate::domain::{Deployment, JobStatus, Lease, Operation, StepStatus};
-use crate::error::Error;
-use crate::oidc::ExchangeRequest;
 use crate::ports::{Claimed, DriftRun};
 use engine::Engine;
 use exec::{CommandSpec, Exit, Stdout};
 use logs::{Masker, RunLog};
+use watch::StopReason;
 
 /// Stops runs from outside: server shutdown, or the end of a Lambda invocation. The message
 /// says why, in the stopped deployment's log.
@@ -61,14 +66,6 @@ pub struct RunnerConfig {
 pub struct Runner {
     deps: Arc<Deps>,
     cfg: RunnerConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopReason {
-    Cancelled,
-    TimedOut(Duration),
-    Shutdown,
-    LeaseLost,
 }
 
 /// How a run's steps ended.
@@ -354,48 +351,6 @@ impl Runner {
         Ok((spec, env))
     }
 
-    fn git_secrets(&self, spec: &RunSpec, org: &str) -> Vec<String> {
-        let cipher = self.deps.cipher.for_org(org);
-        spec.source
-            .auth
-            .iter()
-            .flat_map(|auth| auth.sealed())
-            .filter_map(|s| cipher.open(s))
-            .collect()
-    }
-
-    /// Renews the lease, and stops the run on cancel, timeout, shutdown or a lost lease.
-    fn watch(
-        &self,
-        id: Uuid,
-        lease: Lease,
-        timeout: Duration,
-        stop: CancellationToken,
-        reason: Arc<Mutex<Option<StopReason>>>,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let store = Arc::clone(&self.deps.runs);
-        let every = self.cfg.heartbeat_every;
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
-            let why = loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => match store.heartbeat(id, &lease).await {
-                        Ok(hb) if hb.cancel_requested => break StopReason::Cancelled,
-                        Ok(_) => {}
-                        Err(Error::Conflict(_)) => break StopReason::LeaseLost,
-                        // A transient store error: the lease has slack for a few misses.
-                        Err(e) => tracing::warn!(error = %e.chain(), "heartbeat failed"),
-                    },
-                    _ = tokio::time::sleep_until(deadline) => break StopReason::TimedOut(timeout),
-                    _ = shutdown.cancelled() => break StopReason::Shutdown,
-                }
-            };
-            *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-            stop.cancel();
-        })
-    }
-
     /// The child environment: nothing of the server's own but `PATH` and `LANG`.
     fn child_env(
         &self,
@@ -559,148 +514,8 @@ impl Runner {
         Ok(outcome)
     }
 
-    async fn get_source(&self, run: &Run<'_>, idx: usize, spec: &RunSpec) -> StepResult<PathBuf> {
-        let mut env = vec![
-            ("PATH".to_string(), self.cfg.path_env.clone()),
-            (
-                "HOME".to_string(),
-                run.workdir.join("home").display().to_string(),
-            ),
-            ("LANG".to_string(), self.cfg.lang.clone()),
-            ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
-            // Marks the run's processes, so a restarted server can recognise its orphans.
-            ("TARMAC_DEPLOYMENT_ID".to_string(), run.d.id.to_string()),
-            ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
-            (
-                "GIT_ALLOW_PROTOCOL".to_string(),
-                git::allowed_protocols(self.deps.allow_local_repos).to_string(),
-            ),
-        ];
-        let source = &spec.source;
-        if let Some(auth) = &source.auth {
-            let open = |s: &Option<crate::domain::spec::source::SealedValue>| {
-                s.as_ref()
-                    .and_then(|v| self.deps.cipher.for_org(&run.d.stack.org).open(&v.secret))
-            };
-            if let Some(ssh) = &auth.ssh_auth {
-                let key = open(&ssh.ssh_private_key).ok_or(Failure::Failed(
-                    "gitAuth.sshAuth has no usable private key".into(),
-                ))?;
-                let key_path = run.workdir.join("ssh-key");
-                let mut key = key;
-                if !key.ends_with('\n') {
-                    key.push('\n');
-                }
-                crate::crypto::write_private(&key_path, key.as_bytes())
-                    .map_err(|e| Failure::Failed(format!("cannot write the SSH key: {e}")))?;
-                env.push((
-                    "GIT_SSH_COMMAND".into(),
-                    format!(
-                        "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
-                        key_path.display(),
-                        run.workdir.join("known_hosts").display()
-                    ),
-                ));
-            } else if let Some(token) = open(&auth.access_token) {
-                env.extend(git::http_auth_env("x-access-token", &token));
-            } else if let Some(basic) = &auth.basic_auth {
-                let user = open(&basic.user_name).unwrap_or_default();
-                let password = open(&basic.password).unwrap_or_default();
-                env.extend(git::http_auth_env(&user, &password));
-            }
-        }
-        let what = source.describe_ref();
-        run.log
-            .line(idx, &format!("Cloning {} at {what}", source.repo_url))
-            .await;
-        for args in git::clone_commands(source, "src") {
-            let cmd = CommandSpec {
-                program: "git".into(),
-                args,
-                cwd: run.workdir.clone(),
-                env: env.clone(),
-            };
-            self.command(run, idx, &cmd, Stdout::Log, &[]).await?;
-        }
-        let src = run.workdir.join("src");
-        let rev = CommandSpec {
-            program: "git".into(),
-            args: vec!["rev-parse".into(), "HEAD".into()],
-            cwd: src.clone(),
-            env,
-        };
-        let (_, sha) = self.command(run, idx, &rev, Stdout::Capture, &[]).await?;
-        run.log
-            .line(
-                idx,
-                &format!("Checked out {}", String::from_utf8_lossy(&sha).trim()),
-            )
-            .await;
-        let program_dir = match &source.repo_dir {
-            Some(dir) => src.join(dir),
-            None => src,
-        };
-        if !program_dir.is_dir() {
-            return Err(Failure::Failed(format!(
-                "repoDir '{}' does not exist in the repository",
-                source.repo_dir.as_deref().unwrap_or_default()
-            )));
-        }
-        Ok(program_dir)
-    }
-
-    /// Trades the run's lease for its OIDC token and cloud credentials, which join the
-    /// environment of every later step and are masked in the log from now on.
-    async fn fetch_credentials(&self, run: &Run<'_>, idx: usize) -> StepResult<()> {
-        let broker = &self.deps.credentials;
-        let request = ExchangeRequest {
-            org: run.d.stack.org.clone(),
-            project: run.d.stack.project.clone(),
-            stack: run.d.stack.stack.clone(),
-            deployment_id: run.d.id,
-            lease: run.lease.owner.clone(),
-        };
-        let exchanged = tokio::select! {
-            r = broker.exchange(&request) => r,
-            _ = run.stop.cancelled() => return Err(Failure::Stopped),
-        };
-        let creds = exchanged.map_err(|e| {
-            if e.is_internal() {
-                tracing::error!(error = %e.chain(), "OIDC credential exchange failed");
-                Failure::Failed("The OIDC credential exchange failed inside Tarmac; the server's log has the cause.".into())
-            } else {
-                Failure::Failed(format!("The OIDC credential exchange failed: {e}"))
-            }
-        })?;
-        run.log.mask_also(creds.secrets());
-        for note in &creds.notes {
-            run.log.line(idx, note).await;
-        }
-        let dir = run.workdir.join("oidc");
-        let (env, files) = creds.environment(&dir);
-        let written = async {
-            tokio::fs::create_dir_all(&dir).await?;
-            for (path, contents) in files {
-                crate::crypto::write_private(&path, contents.as_bytes())?;
-            }
-            Ok::<_, Error>(())
-        };
-        written
-            .await
-            .map_err(|e| Failure::Failed(format!("cannot write the OIDC credential files: {e}")))?;
-        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
-        run.log
-            .line(idx, &format!("Set {}", names.join(", ")))
-            .await;
-        run.set_env(env);
-        Ok(())
-    }
-
-    fn state_dir(&self, d: &Deployment) -> PathBuf {
-        d.stack.dir_under(&self.deps.state_dir)
-    }
-
-    /// Engine variables: where state lives, and Pulumi's per-stack passphrase.
+    /// The engine's environment: the run's, plus what keeps the stack's state in its state
+    /// directory (the run's own variables of the same name win).
     async fn engine_env(
         &self,
         run: &Run<'_>,
@@ -711,124 +526,24 @@ impl Runner {
         tokio::fs::create_dir_all(&state).await.map_err(|e| {
             Failure::Failed(format!("cannot create the stack's state directory: {e}"))
         })?;
+        let stack = &run.d.stack;
+        let setup = engine::state_setup(engine, program_dir, &state, || {
+            self.deps
+                .cipher
+                .derive(&format!("pulumi-passphrase:{stack}"))
+        });
+        for (path, text) in setup.files {
+            tokio::fs::write(&path, text)
+                .await
+                .map_err(|e| Failure::Failed(format!("cannot write {}: {e}", path.display())))?;
+        }
         let mut env = run.env();
-        match engine {
-            Engine::Terraform | Engine::Tofu => {
-                if !engine::declares_backend(program_dir) {
-                    let text = engine::terraform_backend_override(&state.join("terraform.tfstate"));
-                    tokio::fs::write(program_dir.join(engine::BACKEND_OVERRIDE_FILE), text)
-                        .await
-                        .map_err(|e| {
-                            Failure::Failed(format!("cannot write the backend override: {e}"))
-                        })?;
-                }
-            }
-            Engine::Pulumi => {
-                let set = |env: &mut Vec<(String, String)>, k: &str, v: String| {
-                    if !env.iter().any(|(name, _)| name == k) {
-                        env.push((k.to_string(), v));
-                    }
-                };
-                set(
-                    &mut env,
-                    "PULUMI_BACKEND_URL",
-                    format!("file://{}", state.display()),
-                );
-                let stack = &run.d.stack;
-                set(
-                    &mut env,
-                    "PULUMI_CONFIG_PASSPHRASE",
-                    self.deps
-                        .cipher
-                        .derive(&format!("pulumi-passphrase:{stack}")),
-                );
+        for (k, v) in setup.env {
+            if !env.iter().any(|(name, _)| *name == k) {
+                env.push((k, v));
             }
         }
         Ok(env)
-    }
-
-    /// The engine operation, between restoring the stack's state and saving it when the state
-    /// lives off this machine. State is saved whatever the engine's outcome: a failed or
-    /// stopped apply may still have created resources its state records.
-    async fn engine_with_state(
-        &self,
-        run: &Run<'_>,
-        idx: usize,
-        engine: Engine,
-        program_dir: &Path,
-    ) -> StepResult<Outcome> {
-        let Some(store) = &self.deps.state_store else {
-            return self.engine_operation(run, idx, engine, program_dir).await;
-        };
-        let stack = &run.d.stack;
-        let dir = self.state_dir(run.d);
-        let location = store.location(stack);
-        let mut saved = store.restore(stack, &dir).await.map_err(|e| {
-            tracing::error!(error = %e.chain(), "could not restore the stack's state");
-            Failure::Failed(format!("cannot restore the stack's state from {location}"))
-        })?;
-        run.log
-            .line(
-                idx,
-                &format!("Restored {} state file(s) from {location}", saved.len()),
-            )
-            .await;
-        let result = self.engine_operation(run, idx, engine, program_dir).await;
-        // A retry resumes where the failed attempt stopped (`saved` follows each write); a
-        // conflict is final: another run's state is not to be overwritten.
-        let mut outcome = store.save(stack, &dir, &mut saved).await;
-        for wait in [1, 4] {
-            match &outcome {
-                Err(e) if !matches!(e, Error::Conflict(_)) => {
-                    tracing::warn!(error = %e.chain(), "could not save the stack's state; retrying");
-                    tokio::time::sleep(Duration::from_secs(wait)).await;
-                    outcome = store.save(stack, &dir, &mut saved).await;
-                }
-                _ => break,
-            }
-        }
-        match outcome {
-            Ok((0, 0)) => run.log.line(idx, "The stack's state is unchanged").await,
-            Ok((written, removed)) => {
-                run.log
-                    .line(
-                        idx,
-                        &format!(
-                            "Saved the stack's state to {location} ({written} written, {removed} removed)"
-                        ),
-                    )
-                    .await
-            }
-            Err(e) => {
-                tracing::error!(error = %e.chain(), "could not save the stack's state");
-                // The next run would start from a state that does not record what this run
-                // did, and could make resources twice: nothing runs on this stack until
-                // someone has looked.
-                let paused = self.deps.stacks.set_stack_paused(stack, true).await.is_ok();
-                let why = match &e {
-                    Error::Conflict(m) => format!("{m}, so this run's state was not saved over it"),
-                    _ => format!("cannot save the stack's state to {location}"),
-                };
-                let message = format!(
-                    "{why}: the state this run wrote exists only on this worker. {}",
-                    if paused {
-                        "The stack is paused so that no deployment runs against the older state; resume it once the state is checked."
-                    } else {
-                        "Pause the stack until its state is checked."
-                    }
-                );
-                // The engine's own failure, if any, is the one to report; the lost save is
-                // logged beside it.
-                return match result {
-                    Err(f) => {
-                        run.log.line(idx, &message).await;
-                        Err(f)
-                    }
-                    Ok(_) => Err(Failure::Failed(message)),
-                };
-            }
-        }
-        result
     }
 
     async fn engine_operation(
@@ -875,35 +590,33 @@ impl Runner {
         engine: Engine,
         program_dir: &Path,
     ) -> StepResult<()> {
-        let parsed = match engine {
-            // With the backend Tarmac provides, the outputs are in the state file the engine has
-            // just written: no need to start the engine again to print them.
-            Engine::Terraform | Engine::Tofu if !engine::declares_backend(program_dir) => {
-                let state = tokio::fs::read(self.state_dir(run.d).join("terraform.tfstate"))
-                    .await
-                    .unwrap_or_default();
-                engine::parse_terraform_state_outputs(&state)
+        let source = engine::outputs_source(engine, program_dir, &self.state_dir(run.d));
+        let parsed = match &source {
+            engine::OutputsSource::StateFile(path) => {
+                // No state yet means no outputs.
+                let state = tokio::fs::read(path).await.unwrap_or_default();
+                engine::parse_outputs(&source, &state, None)
             }
-            _ => {
+            engine::OutputsSource::Commands { shown, masked } => {
                 let env = self.engine_env(run, engine, program_dir).await?;
-                let capture = |show: bool| CommandSpec {
+                let capture = |args: &Vec<String>| CommandSpec {
                     program: engine.binary().into(),
-                    args: engine::outputs_command(engine, show),
+                    args: args.clone(),
                     cwd: program_dir.to_path_buf(),
                     env: env.clone(),
                 };
                 let (_, shown) = self
-                    .command(run, idx, &capture(true), Stdout::Capture, &[])
+                    .command(run, idx, &capture(shown), Stdout::Capture, &[])
                     .await?;
-                match engine {
-                    Engine::Pulumi => {
-                        let (_, masked) = self
-                            .command(run, idx, &capture(false), Stdout::Capture, &[])
-                            .await?;
-                        engine::parse_pulumi_outputs(&shown, &masked)
-                    }
-                    _ => engine::parse_terraform_outputs(&shown),
-                }
+                let masked = match masked {
+                    Some(args) => Some(
+                        self.command(run, idx, &capture(args), Stdout::Capture, &[])
+                            .await?
+                            .1,
+                    ),
+                    None => None,
+                };
+                engine::parse_outputs(&source, &shown, masked.as_deref())
             }
         }
         .map_err(Failure::Failed)?;

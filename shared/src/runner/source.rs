@@ -1,0 +1,114 @@
+//! The "Get source" step: the git checkout, with credentials through the environment.
+
+use std::path::PathBuf;
+
+use super::exec::{CommandSpec, Stdout};
+use super::{Failure, Run, Runner, StepResult, git};
+use crate::domain::spec::RunSpec;
+
+impl Runner {
+    pub(super) async fn get_source(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        spec: &RunSpec,
+    ) -> StepResult<PathBuf> {
+        let mut env = vec![
+            ("PATH".to_string(), self.cfg.path_env.clone()),
+            (
+                "HOME".to_string(),
+                run.workdir.join("home").display().to_string(),
+            ),
+            ("LANG".to_string(), self.cfg.lang.clone()),
+            ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+            // Marks the run's processes, so a restarted server can recognise its orphans.
+            ("TARMAC_DEPLOYMENT_ID".to_string(), run.d.id.to_string()),
+            ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
+            (
+                "GIT_ALLOW_PROTOCOL".to_string(),
+                git::allowed_protocols(self.deps.allow_local_repos).to_string(),
+            ),
+        ];
+        let source = &spec.source;
+        if let Some(auth) = &source.auth {
+            let open = |s: &Option<crate::domain::spec::source::SealedValue>| {
+                s.as_ref()
+                    .and_then(|v| self.deps.cipher.for_org(&run.d.stack.org).open(&v.secret))
+            };
+            if let Some(ssh) = &auth.ssh_auth {
+                let key = open(&ssh.ssh_private_key).ok_or(Failure::Failed(
+                    "gitAuth.sshAuth has no usable private key".into(),
+                ))?;
+                let key_path = run.workdir.join("ssh-key");
+                let mut key = key;
+                if !key.ends_with('\n') {
+                    key.push('\n');
+                }
+                crate::crypto::write_private(&key_path, key.as_bytes())
+                    .map_err(|e| Failure::Failed(format!("cannot write the SSH key: {e}")))?;
+                env.push((
+                    "GIT_SSH_COMMAND".into(),
+                    format!(
+                        "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
+                        key_path.display(),
+                        run.workdir.join("known_hosts").display()
+                    ),
+                ));
+            } else if let Some(token) = open(&auth.access_token) {
+                env.extend(git::http_auth_env("x-access-token", &token));
+            } else if let Some(basic) = &auth.basic_auth {
+                let user = open(&basic.user_name).unwrap_or_default();
+                let password = open(&basic.password).unwrap_or_default();
+                env.extend(git::http_auth_env(&user, &password));
+            }
+        }
+        let what = source.describe_ref();
+        run.log
+            .line(idx, &format!("Cloning {} at {what}", source.repo_url))
+            .await;
+        for args in git::clone_commands(source, "src") {
+            let cmd = CommandSpec {
+                program: "git".into(),
+                args,
+                cwd: run.workdir.clone(),
+                env: env.clone(),
+            };
+            self.command(run, idx, &cmd, Stdout::Log, &[]).await?;
+        }
+        let src = run.workdir.join("src");
+        let rev = CommandSpec {
+            program: "git".into(),
+            args: vec!["rev-parse".into(), "HEAD".into()],
+            cwd: src.clone(),
+            env,
+        };
+        let (_, sha) = self.command(run, idx, &rev, Stdout::Capture, &[]).await?;
+        run.log
+            .line(
+                idx,
+                &format!("Checked out {}", String::from_utf8_lossy(&sha).trim()),
+            )
+            .await;
+        let program_dir = match &source.repo_dir {
+            Some(dir) => src.join(dir),
+            None => src,
+        };
+        if !program_dir.is_dir() {
+            return Err(Failure::Failed(format!(
+                "repoDir '{}' does not exist in the repository",
+                source.repo_dir.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok(program_dir)
+    }
+
+    pub(super) fn git_secrets(&self, spec: &RunSpec, org: &str) -> Vec<String> {
+        let cipher = self.deps.cipher.for_org(org);
+        spec.source
+            .auth
+            .iter()
+            .flat_map(|auth| auth.sealed())
+            .filter_map(|s| cipher.open(s))
+            .collect()
+    }
+}
