@@ -10,7 +10,7 @@ use aws_sdk_s3::types::{
     BucketLocationConstraint, CreateBucketConfiguration, PublicAccessBlockConfiguration, Tag,
     Tagging,
 };
-pub use tarmac::aws::s3::client;
+pub(crate) use tarmac::aws::s3::client;
 use tarmac::aws::s3::s3_err;
 use tarmac::crypto::sha256_hex;
 use tarmac::error::{Error, Result};
@@ -18,7 +18,7 @@ use tarmac::error::{Error, Result};
 use crate::Arch;
 
 /// The functions, each a binary of the workspace and a parameter of the template.
-pub const FUNCTIONS: [(&str, &str); 4] = [
+pub(crate) const FUNCTIONS: [(&str, &str); 4] = [
     ("api", "ApiCodeKey"),
     ("worker", "WorkerCodeKey"),
     ("scheduler", "SchedulerCodeKey"),
@@ -26,7 +26,7 @@ pub const FUNCTIONS: [(&str, &str); 4] = [
 ];
 
 /// The workspace root (the directory above this crate's).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("infra/ has a parent")
@@ -42,7 +42,7 @@ fn zip_path(function: &str) -> PathBuf {
 
 /// `cargo lambda build --release --output-format zip` for the four functions. x86_64 on an
 /// x86_64 Linux host builds with plain cargo; anything else cross-compiles with zig.
-pub fn build(arch: Arch) -> Result<()> {
+pub(crate) fn build(arch: Arch) -> Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root()).args([
         "lambda",
@@ -85,7 +85,7 @@ pub fn build(arch: Arch) -> Result<()> {
 }
 
 /// `{stack}-{account}-{region}-artifacts`: at most 62 characters for a 24-character stack name.
-pub fn bucket_name(stack: &str, account: &str, region: &str) -> String {
+pub(crate) fn bucket_name(stack: &str, account: &str, region: &str) -> String {
     format!("{stack}-{account}-{region}-artifacts")
 }
 
@@ -107,7 +107,7 @@ async fn bucket_exists(s3: &Client, bucket: &str, account: &str) -> Result<bool>
 
 /// Creates the artifact bucket if it does not exist. Every later call names the expected
 /// owner.
-pub async fn ensure_bucket(
+pub(crate) async fn ensure_bucket(
     s3: &Client,
     bucket: &str,
     account: &str,
@@ -164,7 +164,11 @@ pub async fn ensure_bucket(
 
 /// Uploads each function's zip as `{function}/{sha256}.zip` (once) and returns the template
 /// parameters naming them.
-pub async fn upload(s3: &Client, bucket: &str, account: &str) -> Result<Vec<(String, String)>> {
+pub(crate) async fn upload(
+    s3: &Client,
+    bucket: &str,
+    account: &str,
+) -> Result<Vec<(String, String)>> {
     let mut params = Vec::new();
     for (function, parameter) in FUNCTIONS {
         let path = zip_path(function);
@@ -200,7 +204,7 @@ pub async fn upload(s3: &Client, bucket: &str, account: &str) -> Result<Vec<(Str
 }
 
 /// Deletes every object version and delete marker in `bucket`; returns how many.
-pub async fn empty_bucket(s3: &Client, bucket: &str, account: &str) -> Result<usize> {
+pub(crate) async fn empty_bucket(s3: &Client, bucket: &str, account: &str) -> Result<usize> {
     let mut removed = 0;
     loop {
         let page = s3
@@ -240,12 +244,16 @@ pub async fn empty_bucket(s3: &Client, bucket: &str, account: &str) -> Result<us
 }
 
 /// The current (not deleted) objects in `bucket`.
-pub async fn current_objects(s3: &Client, bucket: &str, account: &str) -> Result<Vec<String>> {
+pub(crate) async fn current_objects(
+    s3: &Client,
+    bucket: &str,
+    account: &str,
+) -> Result<Vec<String>> {
     tarmac::aws::s3::list_keys(s3, bucket, "", Some(account)).await
 }
 
 /// Empties and deletes the bucket; nothing if it does not exist.
-pub async fn delete_bucket(s3: &Client, bucket: &str, account: &str) -> Result<()> {
+pub(crate) async fn delete_bucket(s3: &Client, bucket: &str, account: &str) -> Result<()> {
     if !bucket_exists(s3, bucket, account).await? {
         return Ok(());
     }

@@ -16,7 +16,7 @@ use crate::artifacts;
 use crate::{Arch, DeployArgs, DestroyArgs};
 
 /// The template, compiled in: what is deployed is what this binary was built with.
-pub const TEMPLATE: &str = include_str!("../template.yaml");
+pub(crate) const TEMPLATE: &str = include_str!("../template.yaml");
 
 fn cfn_err<E: std::error::Error + 'static>(
     op: &str,
@@ -200,7 +200,7 @@ async fn require_complete(cfn: &Client, name: &str, stack: Option<Stack>) -> Res
     }
 }
 
-pub async fn deploy(sdk: &aws_config::SdkConfig, args: &DeployArgs) -> Result<()> {
+pub(crate) async fn deploy(sdk: &aws_config::SdkConfig, args: &DeployArgs) -> Result<()> {
     let name = &args.target.stack_name;
     let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
     let cfn = Client::new(sdk);
@@ -376,7 +376,7 @@ fn report(stack: &Stack, secret: Option<&str>, as_json: bool) {
     }
 }
 
-pub async fn destroy(sdk: &aws_config::SdkConfig, args: &DestroyArgs) -> Result<()> {
+pub(crate) async fn destroy(sdk: &aws_config::SdkConfig, args: &DestroyArgs) -> Result<()> {
     let name = &args.target.stack_name;
     let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
     let account = account_id(sdk).await?;

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 /// A JSON object's member by case-insensitive name, `null` counting as absent. `None` if `body`
 /// is not an object.
-pub fn member<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
+pub(crate) fn member<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
     body.as_object()?
         .iter()
         .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_null())

@@ -14,20 +14,20 @@ pub mod domain;
 pub mod error;
 pub mod github;
 pub mod http;
-pub mod json;
+mod json;
 pub mod lambda;
 pub mod oidc;
 pub mod ports;
-pub mod runner;
+mod runner;
 pub mod scheduler;
 pub mod serve;
-pub mod service;
-pub mod settings;
-pub mod sqlite;
-pub mod store_codec;
+mod service;
+mod settings;
+mod sqlite;
+mod store_codec;
 pub mod telemetry;
 pub mod webhooks;
-pub mod worker;
+mod worker;
 
 pub use error::{Error, Result};
 

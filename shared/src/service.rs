@@ -15,7 +15,7 @@ use crate::settings::{self, Nulls};
 
 /// A create-deployment request (reference §5.2), and who makes it.
 #[derive(Debug, Clone)]
-pub struct CreateRequest<'a> {
+pub(crate) struct CreateRequest<'a> {
     pub stack: &'a StackRef,
     /// `{operation, inheritSettings, ...settings}`.
     pub body: &'a Value,
@@ -31,7 +31,7 @@ pub struct CreateRequest<'a> {
 }
 
 impl<'a> CreateRequest<'a> {
-    pub fn new(
+    pub(crate) fn new(
         stack: &'a StackRef,
         body: &'a Value,
         initiator: &'a str,
@@ -51,7 +51,7 @@ impl<'a> CreateRequest<'a> {
 /// A create-deployment request in the form a schedule stores: checked (operation, settings'
 /// shape), canonical, nulls dropped, and every secret sealed, so nothing is kept or shown in
 /// plaintext. Whether the merged settings can run is checked when the schedule fires.
-pub fn sealed_request(deps: &Deps, org: &str, body: &Value) -> Result<Value> {
+pub(crate) fn sealed_request(deps: &Deps, org: &str, body: &Value) -> Result<Value> {
     let (operation, inherit, rest) = settings::split_create_request(body)?;
     let operation = required_operation(operation)?;
     let mut request =
@@ -71,7 +71,7 @@ fn required_operation(op: Option<String>) -> Result<Operation> {
 /// Builds the deployment a request asks for, without storing it: the request's settings are
 /// merged over `stored` (the stack's settings) unless `inheritSettings` is false, and the
 /// result must be a run this server can carry out (a source it may clone, valid options).
-pub fn prepare(
+pub(crate) fn prepare(
     deps: &Deps,
     req: &CreateRequest<'_>,
     stored: Option<&Value>,
@@ -108,7 +108,7 @@ pub fn prepare(
 /// stack is created if needed), sent to the workers and announced. Nothing is written if the
 /// request is refused. `Error::Conflict` if a deployment with the request's fixed id exists.
 #[tracing::instrument(skip_all, fields(org = %req.stack.org, project = %req.stack.project, stack = %req.stack.stack))]
-pub async fn create(deps: &Deps, req: &CreateRequest<'_>) -> Result<Deployment> {
+pub(crate) async fn create(deps: &Deps, req: &CreateRequest<'_>) -> Result<Deployment> {
     let stored = deps
         .stacks
         .get_settings(req.stack)
@@ -123,7 +123,7 @@ pub async fn create(deps: &Deps, req: &CreateRequest<'_>) -> Result<Deployment> 
 /// What follows a deployment's creation, wherever it was stored (`create`, or a schedule's
 /// firing, whose store write also advances the schedule): it goes to the queue, where the
 /// queue is separate from the store, and `deployment_queued` is announced.
-pub async fn queued(deps: &Deps, d: &Deployment) {
+pub(crate) async fn queued(deps: &Deps, d: &Deployment) {
     tracing::info!(deployment_id = %d.id, version = d.version, operation = %d.operation, initiator = %d.initiator, "deployment queued");
     if let Some(queue) = &deps.queue
         && let Err(e) = queue.send(&QueueMessage::new(&d.stack, d.id), 0).await

@@ -14,7 +14,7 @@ use crate::json::member;
 
 /// The type of a value in the settings schema.
 #[derive(Debug)]
-pub enum Shape {
+pub(crate) enum Shape {
     Str,
     Bool,
     Int,
@@ -62,7 +62,7 @@ const VCS_FIELDS: &[(&str, Shape)] = &[
 
 /// `DeploymentSettingsRequest`, plus Tarmac's extensions under `operationContext.options`
 /// (`timeout` in seconds, `engine`), which Pulumi clients ignore.
-pub const SETTINGS: Shape = Obj(&[
+pub(crate) const SETTINGS: Shape = Obj(&[
     ("tag", Str),
     ("agentPoolID", Str),
     (
@@ -165,7 +165,7 @@ pub const SETTINGS: Shape = Obj(&[
 ]);
 
 /// Canonicalises a settings body. `null` members are kept: the caller decides what they mean.
-pub fn canonicalize(value: &Value, cipher: &OrgCipher) -> Result<Value> {
+pub(crate) fn canonicalize(value: &Value, cipher: &OrgCipher<'_>) -> Result<Value> {
     walk(value, &SETTINGS, "", cipher)
 }
 
@@ -181,7 +181,7 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn walk(value: &Value, shape: &Shape, path: &str, cipher: &OrgCipher) -> Result<Value> {
+fn walk(value: &Value, shape: &Shape, path: &str, cipher: &OrgCipher<'_>) -> Result<Value> {
     if value.is_null() {
         return Ok(Value::Null);
     }
@@ -278,7 +278,7 @@ fn validate_env_name(name: &str) -> Result<()> {
 }
 
 /// Turns any `SecretValue` form into `{"secret": <sealed>}`.
-fn seal_secret(value: &Value, path: &str, cipher: &OrgCipher) -> Result<Value> {
+fn seal_secret(value: &Value, path: &str, cipher: &OrgCipher<'_>) -> Result<Value> {
     let sealed = match value {
         Value::String(s) => seal_unless_sealed(s, cipher, path)?,
         Value::Object(_) => {
@@ -314,7 +314,7 @@ fn seal_secret(value: &Value, path: &str, cipher: &OrgCipher) -> Result<Value> {
     Ok(serde_json::json!({ "secret": sealed }))
 }
 
-fn seal_unless_sealed(s: &str, cipher: &OrgCipher, path: &str) -> Result<String> {
+fn seal_unless_sealed(s: &str, cipher: &OrgCipher<'_>, path: &str) -> Result<String> {
     // Clients send back the `{"secret": <ciphertext>}` they read (reference §3.1).
     if cipher.is_sealed(s) {
         Ok(s.to_string())
@@ -329,7 +329,7 @@ fn seal_unless_sealed(s: &str, cipher: &OrgCipher, path: &str) -> Result<String>
 
 /// How `null` in a patch is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nulls {
+pub(crate) enum Nulls {
     /// `POST settings`: `null` deletes the key.
     Delete,
     /// Create-deployment inheritance: `null` is "unset", as the Python SDK sends every unset
@@ -338,7 +338,7 @@ pub enum Nulls {
 }
 
 /// Pulumi's merge: objects merge key by key, anything else (arrays included) is replaced.
-pub fn merge(current: &Value, patch: &Value, nulls: Nulls) -> Value {
+pub(crate) fn merge(current: &Value, patch: &Value, nulls: Nulls) -> Value {
     match (current, patch) {
         (Value::Object(cur), Value::Object(p)) => {
             let mut out = cur.clone();
@@ -364,7 +364,7 @@ pub fn merge(current: &Value, patch: &Value, nulls: Nulls) -> Value {
 }
 
 /// Removes `null` members at every depth (`PUT` semantics: null means absent).
-pub fn strip_nulls(value: &Value) -> Value {
+pub(crate) fn strip_nulls(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
@@ -378,7 +378,7 @@ pub fn strip_nulls(value: &Value) -> Value {
 
 /// Renders stored settings for a response: each secret as `{"secret", "ciphertext"}` (both the
 /// sealed value, which is base64), never plaintext; plain environment variables as bare strings.
-pub fn render(stored: &Value) -> Value {
+pub(crate) fn render(stored: &Value) -> Value {
     match stored {
         Value::Object(map) => {
             if map.len() == 1
@@ -393,7 +393,7 @@ pub fn render(stored: &Value) -> Value {
 }
 
 /// Splits a create-deployment body into `(operation, inheritSettings, settings part)`.
-pub fn split_create_request(body: &Value) -> Result<(Option<String>, bool, Value)> {
+pub(crate) fn split_create_request(body: &Value) -> Result<(Option<String>, bool, Value)> {
     let Value::Object(map) = body else {
         return Err(Error::invalid("the request body must be a JSON object"));
     };
@@ -422,16 +422,16 @@ pub fn split_create_request(body: &Value) -> Result<(Option<String>, bool, Value
 
 /// Stored settings (and a deployment's effective settings) stay well inside every backend's
 /// limits (DynamoDB items are at most 400 KB).
-pub const MAX_SETTINGS_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_SETTINGS_BYTES: usize = 256 * 1024;
 
 /// Refuses settings that cannot be stored: too large, or with options no run could use.
-pub fn check_stored(settings: &Value) -> Result<()> {
+pub(crate) fn check_stored(settings: &Value) -> Result<()> {
     check_size(settings)?;
     crate::domain::spec::check_settings(settings)
 }
 
 /// Refuses settings too large to store.
-pub fn check_size(settings: &Value) -> Result<()> {
+pub(crate) fn check_size(settings: &Value) -> Result<()> {
     let len = serde_json::to_vec(settings)?.len();
     if len > MAX_SETTINGS_BYTES {
         return Err(Error::invalid(format!(

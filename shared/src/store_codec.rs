@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// One step as stored (times in microseconds since the epoch).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredStep {
+pub(crate) struct StoredStep {
     pub name: String,
     pub status: String,
     pub started: Option<i64>,
@@ -18,7 +18,7 @@ pub struct StoredStep {
 }
 
 impl StoredStep {
-    pub fn running(name: &str, now: i64) -> Self {
+    pub(crate) fn running(name: &str, now: i64) -> Self {
         Self {
             name: name.to_string(),
             status: StepStatus::Running.as_str().into(),
@@ -27,7 +27,7 @@ impl StoredStep {
         }
     }
 
-    pub fn to_domain(&self) -> Result<Step> {
+    pub(crate) fn to_domain(&self) -> Result<Step> {
         Ok(Step {
             name: self.name.clone(),
             status: self.status.parse()?,
@@ -38,12 +38,12 @@ impl StoredStep {
 }
 
 /// An id read back from storage; a malformed one is the store's fault, not the caller's.
-pub fn stored_id(s: &str) -> Result<Uuid> {
+pub(crate) fn stored_id(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|e| Error::internal(format!("bad id in store: {e}")))
 }
 
 /// The status a deployment's still-running steps take when it ends with `status`.
-pub fn closing_step_status(status: JobStatus) -> StepStatus {
+pub(crate) fn closing_step_status(status: JobStatus) -> StepStatus {
     if status == JobStatus::Succeeded {
         StepStatus::Succeeded
     } else {
@@ -52,7 +52,7 @@ pub fn closing_step_status(status: JobStatus) -> StepStatus {
 }
 
 /// Closes every running step with `status`, as a deployment ends.
-pub fn close_running(steps: &mut [StoredStep], status: StepStatus, now: i64) {
+pub(crate) fn close_running(steps: &mut [StoredStep], status: StepStatus, now: i64) {
     for s in steps
         .iter_mut()
         .filter(|s| s.status == StepStatus::Running.as_str())
@@ -62,11 +62,11 @@ pub fn close_running(steps: &mut [StoredStep], status: StepStatus, now: i64) {
     }
 }
 
-pub fn decode_steps(raw: &str) -> Result<Vec<StoredStep>> {
+pub(crate) fn decode_steps(raw: &str) -> Result<Vec<StoredStep>> {
     Ok(serde_json::from_str(raw)?)
 }
 
-pub fn to_domain_steps(raw: &str) -> Result<Vec<Step>> {
+pub(crate) fn to_domain_steps(raw: &str) -> Result<Vec<Step>> {
     decode_steps(raw)?
         .iter()
         .map(StoredStep::to_domain)

@@ -17,7 +17,7 @@ use crate::domain::Lease;
 use crate::ports::RunStore;
 use crate::runner::{Runner, StopSignal};
 
-pub struct Pool {
+pub(crate) struct Pool {
     pub store: Arc<dyn RunStore>,
     pub runner: Arc<Runner>,
     pub signal: Arc<Notify>,
@@ -25,7 +25,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn spawn(
+    pub(crate) fn spawn(
         self,
         workers: usize,
         stop_claiming: CancellationToken,
@@ -61,6 +61,9 @@ impl Pool {
                     continue;
                 }
                 Ok(None) => {}
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e.chain(), "claiming work failed; retrying");
+                }
                 Err(e) => tracing::error!(error = %e.chain(), "claiming work failed"),
             }
             tokio::select! {
@@ -73,7 +76,7 @@ impl Pool {
 }
 
 /// Runs the shared `scheduler::tick` every `every` until `stop`.
-pub fn spawn_ticker(
+pub(crate) fn spawn_ticker(
     deps: Arc<Deps>,
     every: Duration,
     queue_max_age: Duration,

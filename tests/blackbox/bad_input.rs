@@ -67,7 +67,7 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
     let dep = format!("/api/stacks/{s}/deployments");
     // (method, path, body, token other than the admin's, expected status, message fragment)
     type Case<'a> = (Method, String, String, Option<String>, u16, &'a str);
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (Method::POST, dep.clone(), "{\"operation\": \"update\",".into(), None, 400, "malformed JSON"),
         (Method::POST, format!("{dep}/settings"), "{not json}".into(), None, 400, "malformed JSON"),
         (Method::PUT, format!("{dep}/settings"), "[1,2]".into(), None, 400, "must be an object"),

@@ -170,7 +170,7 @@ async fn r1_kills_lose_nothing_and_never_overlap_a_stack() {
                     break;
                 }
                 assert!(
-                    restarted.elapsed().as_secs_f64() < 2.0 * lease + 1.0,
+                    restarted.elapsed().as_secs_f64() < 2.0f64.mul_add(lease, 1.0),
                     "{id} still {st} two leases after the restart"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -23,7 +23,7 @@ fn tools_bin() -> Option<PathBuf> {
 }
 
 /// A running `tarmac serve`, killed when dropped.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub url: String,
     pub token: String,
     pub data_dir: TempDir,
@@ -33,20 +33,20 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    pub async fn spawn() -> Self {
+    pub(crate) async fn spawn() -> Self {
         Self::spawn_with(&[]).await
     }
 
     /// Starts a server on a fresh data dir with extra `serve` flags. Tests clone `file://`
     /// repositories, so local repositories are allowed.
-    pub async fn spawn_with(args: &[&str]) -> Self {
+    pub(crate) async fn spawn_with(args: &[&str]) -> Self {
         let mut all = vec!["--allow-local-repos"];
         all.extend_from_slice(args);
         Self::spawn_strict(&all).await
     }
 
     /// Starts a server with exactly these extra flags (local repositories refused by default).
-    pub async fn spawn_strict(args: &[&str]) -> Self {
+    pub(crate) async fn spawn_strict(args: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let extra_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let (child, url, token) = start(data_dir.path(), &extra_args);
@@ -68,7 +68,7 @@ impl TestApp {
     }
 
     /// SIGKILLs the server, as a crash would.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -76,7 +76,7 @@ impl TestApp {
     }
 
     /// Sends SIGTERM and waits for the process to exit, returning how long that took.
-    pub fn terminate(&mut self) -> Duration {
+    pub(crate) fn terminate(&mut self) -> Duration {
         let mut c = self.child.take().expect("server running");
         let t = Instant::now();
         Command::new("kill")
@@ -90,7 +90,7 @@ impl TestApp {
     }
 
     /// Starts the server again on the same data dir (and a new port), with `args` appended.
-    pub fn restart_with(&mut self, args: &[&str]) {
+    pub(crate) fn restart_with(&mut self, args: &[&str]) {
         self.kill();
         let mut all = self.extra_args.clone();
         all.extend(args.iter().map(|s| s.to_string()));
@@ -103,12 +103,12 @@ impl TestApp {
         self.url = url;
     }
 
-    pub fn data(&self) -> &Path {
+    pub(crate) fn data(&self) -> &Path {
         self.data_dir.path()
     }
 
     /// Mints a token with the real CLI.
-    pub fn create_token(&self, org: &str, role: &str) -> String {
+    pub(crate) fn create_token(&self, org: &str, role: &str) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_tarmac"))
             .args([
                 "token",
@@ -130,7 +130,7 @@ impl TestApp {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -156,12 +156,12 @@ impl TestApp {
         (status, v)
     }
 
-    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.request(reqwest::Method::GET, path, Some(&self.token), None)
             .await
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.request(
             reqwest::Method::POST,
             path,
@@ -171,7 +171,7 @@ impl TestApp {
         .await
     }
 
-    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.request(
             reqwest::Method::PUT,
             path,
@@ -181,13 +181,13 @@ impl TestApp {
         .await
     }
 
-    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+    pub(crate) async fn delete(&self, path: &str) -> (StatusCode, Value) {
         self.request(reqwest::Method::DELETE, path, Some(&self.token), None)
             .await
     }
 
     /// Creates a deployment and returns its id; panics unless the answer is 202.
-    pub async fn deploy(&self, stack: &str, body: Value) -> String {
+    pub(crate) async fn deploy(&self, stack: &str, body: Value) -> String {
         let (status, v) = self
             .post(&format!("/api/stacks/{stack}/deployments"), body)
             .await;
@@ -195,7 +195,7 @@ impl TestApp {
         v["id"].as_str().unwrap().to_string()
     }
 
-    pub async fn deployment(&self, stack: &str, id: &str) -> Value {
+    pub(crate) async fn deployment(&self, stack: &str, id: &str) -> Value {
         let (status, v) = self
             .get(&format!("/api/stacks/{stack}/deployments/{id}"))
             .await;
@@ -204,7 +204,7 @@ impl TestApp {
     }
 
     /// Polls until the deployment's status is `want` (or any terminal one if `want` is None).
-    pub async fn wait_for(&self, stack: &str, id: &str, want: Option<&str>) -> Value {
+    pub(crate) async fn wait_for(&self, stack: &str, id: &str, want: Option<&str>) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let d = self.deployment(stack, id).await;
@@ -228,7 +228,7 @@ impl TestApp {
     }
 
     /// The whole streaming log, as text (headers as `## name`).
-    pub async fn log_text(&self, stack: &str, id: &str) -> String {
+    pub(crate) async fn log_text(&self, stack: &str, id: &str) -> String {
         let mut out = String::new();
         let mut token: Option<String> = None;
         for _ in 0..1000 {
@@ -310,11 +310,11 @@ impl Drop for TestApp {
 }
 
 /// A git repository on disk, with a Terraform program in `infra/`.
-pub struct TestRepo {
+pub(crate) struct TestRepo {
     pub dir: TempDir,
 }
 
-pub const PROGRAM: &str = r#"
+pub(crate) const PROGRAM: &str = r#"
 variable "v" {
   type    = string
   default = "one"
@@ -330,7 +330,7 @@ output "pw" {
 "#;
 
 impl TestRepo {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let repo = Self { dir };
         repo.git(&["init", "-q", "-b", "main"]);
@@ -338,7 +338,7 @@ impl TestRepo {
         repo
     }
 
-    pub fn git(&self, args: &[&str]) -> String {
+    pub(crate) fn git(&self, args: &[&str]) -> String {
         let out = Command::new("git")
             .args([
                 "-c",
@@ -361,7 +361,7 @@ impl TestRepo {
     }
 
     /// Writes files, commits them, and returns the commit's sha.
-    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+    pub(crate) fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
         for (path, text) in files {
             let p = self.dir.path().join(path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -372,17 +372,17 @@ impl TestRepo {
         self.git(&["rev-parse", "HEAD"])
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("file://{}", self.dir.path().display())
     }
 
     /// Settings that deploy `infra/` from this repo's main branch.
-    pub fn settings(&self) -> Value {
+    pub(crate) fn settings(&self) -> Value {
         json!({"sourceContext": {"git": {"repoUrl": self.url(), "branch": "refs/heads/main", "repoDir": "infra"}}})
     }
 }
 
 /// Unique stack paths, so tests sharing nothing never collide.
-pub fn stack(name: &str) -> String {
+pub(crate) fn stack(name: &str) -> String {
     format!("default/proj/{name}")
 }

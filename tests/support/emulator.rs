@@ -5,7 +5,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 
 /// A table and a token table, a FIFO queue with its dead-letter queue, and a KMS key.
 #[allow(dead_code)]
-pub struct Resources {
+pub(crate) struct Resources {
     pub sdk: aws_config::SdkConfig,
     pub table: String,
     pub token_table: String,
@@ -14,12 +14,12 @@ pub struct Resources {
 }
 
 /// The SDK's configuration for the emulator.
-pub async fn sdk() -> aws_config::SdkConfig {
+pub(crate) async fn sdk() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
 /// New resources; the queue's visibility timeout is `queue_visibility` seconds.
-pub async fn resources(queue_visibility: &str) -> Resources {
+pub(crate) async fn resources(queue_visibility: &str) -> Resources {
     let sdk = sdk().await;
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
@@ -83,7 +83,7 @@ pub async fn resources(queue_visibility: &str) -> Resources {
 impl Resources {
     /// The functions' configuration over these resources, as their environment would give it;
     /// `vars` add to or override it.
-    pub fn config(&self, vars: &[(&str, &str)]) -> tarmac::aws::AwsConfig {
+    pub(crate) fn config(&self, vars: &[(&str, &str)]) -> tarmac::aws::AwsConfig {
         let base = [
             ("TARMAC_TABLE", self.table.as_str()),
             ("TARMAC_TOKEN_TABLE", self.token_table.as_str()),

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     pub method: String,
     pub path: String,
     pub headers: HashMap<String, String>,
@@ -20,10 +20,10 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(&name.to_ascii_lowercase())
             .map(String::as_str)
@@ -34,7 +34,7 @@ type Respond = Arc<
     dyn Fn(Recorded, usize) -> Pin<Box<dyn Future<Output = (u16, String)> + Send>> + Send + Sync,
 >;
 
-pub struct FakeServer {
+pub(crate) struct FakeServer {
     pub url: String,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     task: tokio::task::JoinHandle<()>,
@@ -48,7 +48,7 @@ impl Drop for FakeServer {
 
 impl FakeServer {
     /// Answers every request with `respond(request, index)`, index counting from 0.
-    pub async fn start<F, Fut>(respond: F) -> Self
+    pub(crate) async fn start<F, Fut>(respond: F) -> Self
     where
         F: Fn(Recorded, usize) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = (u16, String)> + Send + 'static,
@@ -98,12 +98,12 @@ impl FakeServer {
         }
     }
 
-    pub fn recorded(&self) -> Vec<Recorded> {
+    pub(crate) fn recorded(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
     }
 
     /// Polls until `pred` holds for the recorded requests, for up to 30 s.
-    pub async fn wait_until(
+    pub(crate) async fn wait_until(
         &self,
         what: &str,
         pred: impl Fn(&[Recorded]) -> bool,
@@ -127,7 +127,7 @@ impl FakeServer {
 
     /// A fake GitHub: App installation tokens, commit statuses, and issue comments kept in
     /// memory so that edits in place can be seen.
-    pub async fn github() -> Self {
+    pub(crate) async fn github() -> Self {
         let comments: Arc<Mutex<Vec<Value>>> = Arc::default();
         Self::start(move |r, _| {
             let comments = Arc::clone(&comments);

@@ -5,14 +5,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 /// `tests/tools/git_http_server.py`: real `git http-backend` behind Basic auth. Killed on drop.
-pub struct GitServer {
+pub(crate) struct GitServer {
     child: Child,
     pub url: String,
     _root: tempfile::TempDir,
 }
 
 impl GitServer {
-    pub fn start(repo: &Path, user: &str, password: &str) -> Self {
+    pub(crate) fn start(repo: &Path, user: &str, password: &str) -> Self {
         let root = tempfile::tempdir().unwrap();
         let bare = root.path().join("repo.git");
         let ok = Command::new("git")

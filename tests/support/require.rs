@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Once;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
+pub(crate) enum Need {
     /// What `tests/setup.sh` installs (`TARMAC_TEST_TOOLS`): the Terraform engine behind its
     /// shim, the test venvs.
     Tools,
@@ -31,7 +31,7 @@ impl Need {
 static SAID: Once = Once::new();
 
 /// Why the test cannot run here, if it cannot. Panics instead when every test must run.
-pub fn missing(needs: &[Need]) -> Option<&'static str> {
+pub(crate) fn missing(needs: &[Need]) -> Option<&'static str> {
     let why = needs.iter().find_map(|n| n.missing())?;
     if std::env::var_os("TARMAC_REQUIRE_ALL_TESTS").is_some() {
         panic!("TARMAC_REQUIRE_ALL_TESTS is set, but {why}");

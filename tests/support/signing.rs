@@ -4,13 +4,13 @@
 use serde_json::Value;
 
 /// The `kid` in a token's header.
-pub fn kid(token: &str) -> String {
+pub(crate) fn kid(token: &str) -> String {
     jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
 }
 
 /// Verifies a token as a relying party would: RS256 under the JWKS key its `kid` names, and
 /// `iss`, `aud`, `exp`, `nbf`. Returns the claims.
-pub fn verify(token: &str, jwks: &Value, iss: &str, aud: &str) -> Result<Value, String> {
+pub(crate) fn verify(token: &str, jwks: &Value, iss: &str, aud: &str) -> Result<Value, String> {
     use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
     let set: JwkSet = serde_json::from_value(jwks.clone()).map_err(|e| e.to_string())?;
     let kid = jsonwebtoken::decode_header(token)
@@ -30,7 +30,7 @@ pub fn verify(token: &str, jwks: &Value, iss: &str, aud: &str) -> Result<Value, 
 }
 
 /// Hex HMAC-SHA256 of `message` under `key`, as GitHub and webhook receivers compute it.
-pub fn hmac_hex(key: &str, message: &[u8]) -> String {
+pub(crate) fn hmac_hex(key: &str, message: &[u8]) -> String {
     use aws_lc_rs::hmac;
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes()), message);
     tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()

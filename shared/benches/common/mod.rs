@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
     pub url: String,
     /// The first-start admin token, as `Authorization` wants it.
@@ -17,7 +17,7 @@ pub struct Server {
 impl Server {
     /// Starts `tarmac serve` on a fresh `data_dir` with extra flags and, if given, the `PATH`
     /// its deployments (and it) see.
-    pub fn start(data_dir: &Path, args: &[&str], path: Option<&str>) -> Self {
+    pub(crate) fn start(data_dir: &Path, args: &[&str], path: Option<&str>) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tarmac"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -59,7 +59,7 @@ impl Drop for Server {
 }
 
 /// A git repository in `dir/repo` with `program` committed as `infra/main.tf` on `main`.
-pub fn repo_with(dir: &Path, program: &str) -> std::path::PathBuf {
+pub(crate) fn repo_with(dir: &Path, program: &str) -> std::path::PathBuf {
     let repo = dir.join("repo");
     std::fs::create_dir_all(repo.join("infra")).unwrap();
     std::fs::write(repo.join("infra/main.tf"), program).unwrap();
@@ -82,7 +82,7 @@ pub fn repo_with(dir: &Path, program: &str) -> std::path::PathBuf {
 
 /// Polls a deployment (its URL) every `poll` until it succeeds, and returns it. Panics if it
 /// fails or is skipped: a benchmark of failing runs measures nothing.
-pub async fn wait_succeeded(
+pub(crate) async fn wait_succeeded(
     client: &reqwest::Client,
     url: &str,
     auth: &str,

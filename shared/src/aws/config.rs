@@ -83,8 +83,8 @@ impl AwsConfig {
         };
         let flag = |k: &str| -> Result<bool> {
             match get(k).as_deref() {
-                None | Some("") | Some("false") | Some("0") => Ok(false),
-                Some("true") | Some("1") => Ok(true),
+                None | Some("" | "false" | "0") => Ok(false),
+                Some("true" | "1") => Ok(true),
                 Some(v) => Err(Error::invalid(format!(
                     "{k} must be true or false, not '{v}'"
                 ))),

@@ -58,7 +58,7 @@ fn secret_string(body: &Value, key: &str) -> Result<Option<String>> {
 
 impl Integration {
     /// Reads a `PUT` body, sealing its secrets. Everything is checked before anything is kept.
-    pub fn from_request(body: &Value, cipher: &OrgCipher) -> Result<Self> {
+    pub fn from_request(body: &Value, cipher: &OrgCipher<'_>) -> Result<Self> {
         if !body.is_object() {
             return Err(Error::invalid("the request body must be a JSON object"));
         }

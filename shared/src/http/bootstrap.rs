@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::json::member;
 
 /// `{"secret", "organization", "tokenName"?}` → 201 `{"token", "organization", "role", "name"}`.
-pub async fn redeem(
+pub(super) async fn redeem(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>)> {

@@ -15,8 +15,7 @@ use crate::error::{Error, Result};
 use crate::ports::LogQuery;
 
 /// Queues a deployment (see `service::create`).
-#[tracing::instrument(skip_all, fields(org = %ctx.stack.org, project = %ctx.stack.project, stack = %ctx.stack.stack))]
-pub async fn create(
+pub(super) async fn create(
     State(state): State<AppState>,
     ctx: StackCtx,
     headers: HeaderMap,
@@ -51,7 +50,7 @@ async fn find(state: &AppState, stack: &StackRef, id: Uuid) -> Result<Deployment
         .ok_or_else(|| Error::not_found(format!("deployment '{id}' not found in stack '{stack}'")))
 }
 
-pub async fn get_by_id(
+pub(super) async fn get_by_id(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -60,7 +59,7 @@ pub async fn get_by_id(
     Ok(Json(wire::deployment(&find(&state, &ctx.stack, id).await?)))
 }
 
-pub async fn get_by_version(
+pub(super) async fn get_by_version(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -124,7 +123,7 @@ fn list_body(page: crate::domain::Page<Deployment>, req: PageRequest) -> Json<Va
     Json(json!({ "deployments": items, "itemsPerPage": req.page_size, "total": page.total }))
 }
 
-pub async fn list_stack(
+pub(super) async fn list_stack(
     State(state): State<AppState>,
     ctx: StackCtx,
     Query(q): Query<ListQuery>,
@@ -141,7 +140,7 @@ pub async fn list_stack(
     Ok(list_body(page, req))
 }
 
-pub async fn list_org(
+pub(super) async fn list_org(
     State(state): State<AppState>,
     ctx: OrgCtx,
     Query(q): Query<ListQuery>,
@@ -157,7 +156,7 @@ pub async fn list_org(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LogsQuery {
+pub(super) struct LogsQuery {
     continuation_token: Option<String>,
     count: Option<i64>,
     job: Option<i64>,
@@ -171,7 +170,7 @@ const STREAM_LIMIT: usize = 500;
 /// Logs in streaming mode (`continuationToken`) or step mode (`job`, `step`, `offset`,
 /// `count`). The deployment is read before its logs, so a terminal status seen here means every
 /// line is already stored and an absent `nextToken`/`nextOffset` really is the end.
-pub async fn logs(
+pub(super) async fn logs(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -265,7 +264,7 @@ pub async fn logs(
 }
 
 /// Tarmac records no Pulumi Cloud "updates"; the list is always empty.
-pub async fn updates(
+pub(super) async fn updates(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -276,7 +275,7 @@ pub async fn updates(
 }
 
 /// A queued deployment becomes `skipped`; a running one is stopped and ends `failed`.
-pub async fn cancel(
+pub(super) async fn cancel(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,

@@ -27,14 +27,14 @@ async fn stored(state: &AppState, org: &str) -> Result<Option<Integration>> {
     }
 }
 
-pub async fn get(State(state): State<AppState>, ctx: OrgCtx) -> Result<Json<Value>> {
+pub(super) async fn get(State(state): State<AppState>, ctx: OrgCtx) -> Result<Json<Value>> {
     let i = stored(&state, &ctx.org)
         .await?
         .ok_or_else(|| Error::not_found("this organization has no GitHub integration"))?;
     Ok(Json(i.render()))
 }
 
-pub async fn put(
+pub(super) async fn put(
     State(state): State<AppState>,
     ctx: OrgCtx,
     JsonBody(body): JsonBody,
@@ -49,7 +49,7 @@ pub async fn put(
     Ok(Json(i.render()))
 }
 
-pub async fn delete(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
+pub(super) async fn delete(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
     ctx.require_admin()?;
     state
         .deps
@@ -75,7 +75,7 @@ fn deployment_id(body: &[u8], stack: &StackRef) -> uuid::Uuid {
 }
 
 /// `POST /api/orgs/{org}/integrations/github/webhook`.
-pub async fn webhook(
+pub(super) async fn webhook(
     State(state): State<AppState>,
     Params(params): Params,
     headers: HeaderMap,

@@ -36,7 +36,7 @@ fn stores(state: &AppState) -> Result<Stores<'_>> {
 /// An authorised request on an org's or a stack's hooks, and the hook it names, if any. An
 /// org's hooks change only with an admin token; a stack's with a write token, and the stack
 /// must exist.
-pub struct HookCtx {
+pub(super) struct HookCtx {
     scope: HookScope,
     name: String,
 }
@@ -75,7 +75,7 @@ async fn existing(state: &AppState, scope: &HookScope, name: &str) -> Result<Hoo
         .ok_or_else(|| Error::not_found(format!("webhook '{name}' not found")))
 }
 
-pub async fn create(
+pub(super) async fn create(
     State(state): State<AppState>,
     HookCtx { scope, .. }: HookCtx,
     JsonBody(body): JsonBody,
@@ -86,7 +86,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(render(&hook, &scope))).into_response())
 }
 
-pub async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
     HookCtx { scope, .. }: HookCtx,
 ) -> Result<Response> {
@@ -100,14 +100,14 @@ pub async fn list(
     Ok(Json(all).into_response())
 }
 
-pub async fn read(
+pub(super) async fn read(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
 ) -> Result<Response> {
     Ok(Json(render(&existing(&state, &scope, &name).await?, &scope)).into_response())
 }
 
-pub async fn update(
+pub(super) async fn update(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
     JsonBody(body): JsonBody,
@@ -124,7 +124,7 @@ pub async fn update(
     Ok(Json(render(&hook, &scope)).into_response())
 }
 
-pub async fn delete(
+pub(super) async fn delete(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
 ) -> Result<Response> {
@@ -135,7 +135,7 @@ pub async fn delete(
 
 /// Sends a ping now, past the queue, and answers with the delivery (200 whatever the receiver
 /// answered: its code is in `responseCode`).
-pub async fn ping(
+pub(super) async fn ping(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
 ) -> Result<Response> {
@@ -157,7 +157,7 @@ pub async fn ping(
     Ok(Json(render_delivery(&m, &attempt, 1)).into_response())
 }
 
-pub async fn deliveries(
+pub(super) async fn deliveries(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
 ) -> Result<Response> {
@@ -173,7 +173,7 @@ pub async fn deliveries(
 }
 
 /// Sends a past message again, now, with its original id.
-pub async fn redeliver(
+pub(super) async fn redeliver(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
     Params(p): Params,

@@ -12,6 +12,7 @@ mod oidc;
 mod schedules;
 mod settings;
 mod stacks;
+mod trace;
 pub mod wire;
 
 use std::sync::Arc;
@@ -133,6 +134,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
             // GitHub sends payloads of up to 25 MB (a push of many commits).
             post(github::webhook).layer(DefaultBodyLimit::max(GITHUB_BODY_LIMIT)),
         )
+        .route_layer(axum::middleware::from_fn(trace::trace_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -21,10 +21,10 @@ fn issuer(state: &AppState) -> Result<&Issuer> {
 /// refetch when they meet an unknown `kid`.
 const CACHE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "public, max-age=300");
 
-pub async fn discovery(State(state): State<AppState>) -> Result<Response> {
+pub(super) async fn discovery(State(state): State<AppState>) -> Result<Response> {
     Ok(([CACHE], Json(issuer(&state)?.discovery())).into_response())
 }
 
-pub async fn jwks(State(state): State<AppState>) -> Result<Response> {
+pub(super) async fn jwks(State(state): State<AppState>) -> Result<Response> {
     Ok(([CACHE], Json(issuer(&state)?.jwks().await?)).into_response())
 }

@@ -198,7 +198,7 @@ async fn find(state: &AppState, stack: &StackRef, raw_id: &str) -> Result<Schedu
         .ok_or_else(|| Error::not_found(format!("schedule '{id}' not found")))
 }
 
-pub async fn list(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
+pub(super) async fn list(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
     if !state.deps.stacks.stack_exists(&ctx.stack).await? {
         return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
     }
@@ -208,7 +208,7 @@ pub async fn list(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<V
     ))
 }
 
-pub async fn create_custom(
+pub(super) async fn create_custom(
     State(state): State<AppState>,
     ctx: StackCtx,
     JsonBody(body): JsonBody,
@@ -217,7 +217,7 @@ pub async fn create_custom(
     create(&state, &ctx.stack, Purpose::Custom, when, request).await
 }
 
-pub async fn update_custom(
+pub(super) async fn update_custom(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -227,7 +227,7 @@ pub async fn update_custom(
     update(&state, &ctx.stack, &param(&p, "id"), when, request).await
 }
 
-pub async fn create_drift(
+pub(super) async fn create_drift(
     State(state): State<AppState>,
     ctx: StackCtx,
     JsonBody(body): JsonBody,
@@ -236,7 +236,7 @@ pub async fn create_drift(
     create(&state, &ctx.stack, Purpose::Drift, when, request).await
 }
 
-pub async fn update_drift(
+pub(super) async fn update_drift(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -246,7 +246,7 @@ pub async fn update_drift(
     update(&state, &ctx.stack, &param(&p, "id"), when, request).await
 }
 
-pub async fn create_ttl(
+pub(super) async fn create_ttl(
     State(state): State<AppState>,
     ctx: StackCtx,
     JsonBody(body): JsonBody,
@@ -255,7 +255,7 @@ pub async fn create_ttl(
     create(&state, &ctx.stack, Purpose::Ttl, when, request).await
 }
 
-pub async fn update_ttl(
+pub(super) async fn update_ttl(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -265,7 +265,7 @@ pub async fn update_ttl(
     update(&state, &ctx.stack, &param(&p, "id"), when, request).await
 }
 
-pub async fn read(
+pub(super) async fn read(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -275,7 +275,7 @@ pub async fn read(
     )))
 }
 
-pub async fn delete(
+pub(super) async fn delete(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -289,7 +289,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn pause(
+pub(super) async fn pause(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -297,7 +297,7 @@ pub async fn pause(
     set_paused(&state, &ctx.stack, &param(&p, "id"), true).await
 }
 
-pub async fn resume(
+pub(super) async fn resume(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -324,7 +324,7 @@ async fn set_paused(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn history(
+pub(super) async fn history(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -383,7 +383,7 @@ async fn drift_json(state: &AppState, run: &DriftRun) -> Result<Value> {
     Ok(v)
 }
 
-pub async fn drift_runs(
+pub(super) async fn drift_runs(
     State(state): State<AppState>,
     ctx: StackCtx,
     Query(q): Query<super::deployments::ListQuery>,
@@ -402,7 +402,7 @@ pub async fn drift_runs(
     ))
 }
 
-pub async fn drift_run(
+pub(super) async fn drift_run(
     State(state): State<AppState>,
     ctx: StackCtx,
     Params(p): Params,
@@ -420,7 +420,7 @@ pub async fn drift_run(
 }
 
 /// `StackDriftStatus`, also embedded in the stack's deployment metadata.
-pub async fn drift_status_of(state: &AppState, stack: &StackRef) -> Result<Value> {
+pub(super) async fn drift_status_of(state: &AppState, stack: &StackRef) -> Result<Value> {
     let latest = state
         .deps
         .drift
@@ -459,7 +459,10 @@ pub async fn drift_status_of(state: &AppState, stack: &StackRef) -> Result<Value
     }))
 }
 
-pub async fn drift_status(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
+pub(super) async fn drift_status(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+) -> Result<Json<Value>> {
     if !state.deps.stacks.stack_exists(&ctx.stack).await? {
         return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
     }
@@ -467,6 +470,6 @@ pub async fn drift_status(State(state): State<AppState>, ctx: StackCtx) -> Resul
 }
 
 /// Whether a stack has schedules, for its metadata.
-pub async fn has_schedules(state: &AppState, stack: &StackRef) -> Result<bool> {
+pub(super) async fn has_schedules(state: &AppState, stack: &StackRef) -> Result<bool> {
     Ok(!state.deps.schedules.list_schedules(stack).await?.is_empty())
 }

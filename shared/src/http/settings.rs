@@ -47,7 +47,7 @@ async fn write(
     ))
 }
 
-pub async fn get(State(state): State<AppState>, ctx: StackCtx) -> Result<Response> {
+pub(super) async fn get(State(state): State<AppState>, ctx: StackCtx) -> Result<Response> {
     let s = state
         .deps
         .stacks
@@ -61,7 +61,7 @@ pub async fn get(State(state): State<AppState>, ctx: StackCtx) -> Result<Respons
 
 /// Merges the body into the settings (creating them, and the stack, if needed). `null`
 /// deletes a key; arrays are replaced.
-pub async fn patch(
+pub(super) async fn patch(
     State(state): State<AppState>,
     ctx: StackCtx,
     JsonBody(body): JsonBody,
@@ -76,7 +76,7 @@ pub async fn patch(
 }
 
 /// Replaces the settings with the body; anything missing or null is removed.
-pub async fn replace(
+pub(super) async fn replace(
     State(state): State<AppState>,
     ctx: StackCtx,
     JsonBody(body): JsonBody,
@@ -89,13 +89,13 @@ pub async fn replace(
     Ok(respond(&stored, version))
 }
 
-pub async fn delete(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
+pub(super) async fn delete(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
     state.deps.stacks.delete_settings(&ctx.stack).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Encrypts a value for use in settings. Accepts a bare string or any `SecretValue` form.
-pub async fn encrypt(
+pub(super) async fn encrypt(
     State(state): State<AppState>,
     ctx: StackCtx,
     JsonBody(body): JsonBody,

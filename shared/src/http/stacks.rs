@@ -12,7 +12,7 @@ use crate::domain::{JobStatus, Role, StackRef};
 use crate::error::{Error, Result};
 use crate::ports::QueueMessage;
 
-pub async fn current_user(Auth(p): Auth) -> Json<Value> {
+pub(super) async fn current_user(Auth(p): Auth) -> Json<Value> {
     Json(json!({
         "name": p.token_name,
         "githubLogin": p.token_name,
@@ -22,7 +22,7 @@ pub async fn current_user(Auth(p): Auth) -> Json<Value> {
 }
 
 /// `POST /api/stacks/{org}/{project}` with `{"stackName"}`: 200, or 409 if it exists.
-pub async fn create_stack(
+pub(super) async fn create_stack(
     State(state): State<AppState>,
     Auth(p): Auth,
     Params(params): Params,
@@ -44,13 +44,16 @@ pub async fn create_stack(
 }
 
 /// Deletes the stack, its settings, deployments, logs and engine state.
-pub async fn delete_stack(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
+pub(super) async fn delete_stack(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+) -> Result<StatusCode> {
     state.deps.stacks.delete_stack(&ctx.stack).await?;
     state.deps.forget_state(&ctx.stack).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn export(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
+pub(super) async fn export(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
     let outputs = state
         .deps
         .stacks
@@ -60,11 +63,17 @@ pub async fn export(State(state): State<AppState>, ctx: StackCtx) -> Result<Json
     Ok(Json(wire::export(&ctx.stack, &outputs)))
 }
 
-pub async fn pause_stack(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
+pub(super) async fn pause_stack(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+) -> Result<StatusCode> {
     set_stack_paused(&state, &ctx.stack, true).await
 }
 
-pub async fn resume_stack(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
+pub(super) async fn resume_stack(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+) -> Result<StatusCode> {
     set_stack_paused(&state, &ctx.stack, false).await?;
     let stack = ctx.stack.to_string();
     resend_queued(&state, |m| {
@@ -109,7 +118,10 @@ async fn set_stack_paused(state: &AppState, stack: &StackRef, paused: bool) -> R
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn stack_metadata(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
+pub(super) async fn stack_metadata(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+) -> Result<Json<Value>> {
     let stack_paused = state
         .deps
         .stacks
@@ -127,25 +139,28 @@ pub async fn stack_metadata(State(state): State<AppState>, ctx: StackCtx) -> Res
 }
 
 /// There is no dependency cache to clear; accepted for compatibility.
-pub async fn clear_cache(ctx: StackCtx) -> StatusCode {
+pub(super) async fn clear_cache(ctx: StackCtx) -> StatusCode {
     let _ = ctx;
     StatusCode::NO_CONTENT
 }
 
-pub async fn pause_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
+pub(super) async fn pause_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
     ctx.require_admin()?;
     state.deps.orgs.set_org_paused(&ctx.org, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn resume_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
+pub(super) async fn resume_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
     ctx.require_admin()?;
     state.deps.orgs.set_org_paused(&ctx.org, false).await?;
     resend_queued(&state, |m| m.org == ctx.org).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn org_metadata(State(state): State<AppState>, ctx: OrgCtx) -> Result<Json<Value>> {
+pub(super) async fn org_metadata(
+    State(state): State<AppState>,
+    ctx: OrgCtx,
+) -> Result<Json<Value>> {
     let s = state.deps.orgs.org_state(&ctx.org).await?;
     let n = |status: JobStatus| s.counts.0.get(&status).copied().unwrap_or(0);
     let total: u64 = s.counts.0.values().sum();

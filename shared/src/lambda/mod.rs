@@ -129,7 +129,7 @@ pub async fn worker(
         // a failure keeps the queue's visibility timeout, on its way to the dead-letter queue.
         let visible_in = match outcome {
             Outcome::NotNow => Some(0),
-            Outcome::Busy => Some(10),
+            Outcome::Busy | Outcome::Retry => Some(10),
             _ => None,
         };
         if let (Some(secs), Some(receipt)) = (visible_in, record.receipt_handle.as_deref())
@@ -157,7 +157,10 @@ enum Outcome {
     NotNow,
     /// Its stack is busy with another deployment: redeliver soon.
     Busy,
-    /// Unreadable, or the claim failed: redeliver after the visibility timeout.
+    /// The claim met a passing fault (throttling, a timeout): redeliver soon.
+    Retry,
+    /// Unreadable, or the claim failed for good: redeliver after the visibility timeout, on
+    /// its way to the dead-letter queue.
     Failed,
 }
 
@@ -224,6 +227,10 @@ async fn handle(
         }
         Ok(ClaimOutcome::Gone | ClaimOutcome::Skipped | ClaimOutcome::Paused) => Outcome::Done,
         Ok(ClaimOutcome::Busy) => Outcome::Busy,
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(deployment_id = %id, error = %e.chain(), "claim failed; retrying soon");
+            Outcome::Retry
+        }
         Err(e) => {
             tracing::error!(deployment_id = %id, error = %e.chain(), "claim failed");
             Outcome::Failed
@@ -249,7 +256,13 @@ pub async fn scheduler(
         .unwrap_or_else(OffsetDateTime::now_utc)
         // An event delivered late must not reap leases early.
         .min(OffsetDateTime::now_utc());
-    let report = tick(&app.deps, now, app.cfg.queue_max_age).await?;
+    let report = match tick(&app.deps, now, app.cfg.queue_max_age).await {
+        Ok(report) => report,
+        // EventBridge invokes again on an error: worth it only for a passing fault. Anything
+        // else is logged (by the tick) and waits for the next minute's tick.
+        Err(e) if e.is_retryable() => return Err(e.into()),
+        Err(_) => TickReport::default(),
+    };
     crate::webhooks::dispatch::drain(&app.deps, NOTIFY_BUDGET * 2).await;
     Ok(report)
 }

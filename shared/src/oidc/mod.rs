@@ -224,8 +224,3 @@ impl Signer for NoSigner {
         Err(Error::internal("this process does not sign OIDC tokens"))
     }
 }
-
-/// Token checks for tests, with an independent JWT library: the same file the test crates use.
-#[cfg(test)]
-#[path = "../../../tests/support/signing.rs"]
-pub mod testing;

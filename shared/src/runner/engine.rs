@@ -2,11 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-pub use crate::domain::Engine;
+pub(crate) use crate::domain::Engine;
 use crate::domain::Operation;
 
 /// Finds `program` on a `PATH` value, as the child's shell would.
-pub fn which(program: &str, path_env: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str, path_env: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     std::env::split_paths(path_env)
         .map(|dir| dir.join(program))
@@ -19,7 +19,11 @@ pub fn which(program: &str, path_env: &str) -> Option<PathBuf> {
 
 /// Picks the engine: an explicit override, else `Pulumi.yaml` means pulumi, and `*.tf` means
 /// tofu when it is on the child's `PATH`, else terraform.
-pub fn detect(dir: &Path, explicit: Option<Engine>, path_env: &str) -> Result<Engine, String> {
+pub(crate) fn detect(
+    dir: &Path,
+    explicit: Option<Engine>,
+    path_env: &str,
+) -> Result<Engine, String> {
     if let Some(engine) = explicit {
         return Ok(engine);
     }
@@ -45,7 +49,7 @@ pub fn detect(dir: &Path, explicit: Option<Engine>, path_env: &str) -> Result<En
 
 /// The commands of one operation, in order. Each is `argv` without the binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub commands: Vec<Vec<String>>,
     /// An exit code of the last command that means "drift found", not failure.
     pub drift_exit_code: Option<i32>,
@@ -55,7 +59,7 @@ fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
 }
 
-pub fn plan(engine: Engine, op: Operation, stack: &str) -> Plan {
+pub(crate) fn plan(engine: Engine, op: Operation, stack: &str) -> Plan {
     match engine {
         Engine::Terraform | Engine::Tofu => {
             let init = argv(&["init", "-input=false", "-no-color"]);
@@ -132,13 +136,13 @@ pub fn plan(engine: Engine, op: Operation, stack: &str) -> Plan {
 /// program configures its own backend: files to write into the program directory, and
 /// variables for the engine (the run's own variables of the same name win).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateSetup {
+pub(crate) struct StateSetup {
     pub files: Vec<(PathBuf, String)>,
     pub env: Vec<(String, String)>,
 }
 
 /// The state setup for one engine. `passphrase` is the stack's Pulumi secrets passphrase.
-pub fn state_setup(
+pub(crate) fn state_setup(
     engine: Engine,
     program_dir: &Path,
     state_dir: &Path,
@@ -170,11 +174,11 @@ pub fn state_setup(
 }
 
 /// The state file of Tarmac's Terraform backend, in the stack's state directory.
-pub const TERRAFORM_STATE_FILE: &str = "terraform.tfstate";
+pub(crate) const TERRAFORM_STATE_FILE: &str = "terraform.tfstate";
 
 /// Where a run reads the stack's outputs after a successful operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutputsSource {
+pub(crate) enum OutputsSource {
     /// The state file the engine has just written (Terraform with Tarmac's backend): no need to
     /// start the engine again to print them.
     StateFile(PathBuf),
@@ -186,7 +190,11 @@ pub enum OutputsSource {
     },
 }
 
-pub fn outputs_source(engine: Engine, program_dir: &Path, state_dir: &Path) -> OutputsSource {
+pub(crate) fn outputs_source(
+    engine: Engine,
+    program_dir: &Path,
+    state_dir: &Path,
+) -> OutputsSource {
     match engine {
         Engine::Terraform | Engine::Tofu if !declares_backend(program_dir) => {
             OutputsSource::StateFile(state_dir.join(TERRAFORM_STATE_FILE))
@@ -203,10 +211,10 @@ pub fn outputs_source(engine: Engine, program_dir: &Path, state_dir: &Path) -> O
 }
 
 /// A stack output: name, value, and whether it is secret.
-pub type Output = (String, serde_json::Value, bool);
+pub(crate) type Output = (String, serde_json::Value, bool);
 
 /// Reads what `outputs_source` pointed at: the state file's bytes, or the commands' output.
-pub fn parse_outputs(
+pub(crate) fn parse_outputs(
     source: &OutputsSource,
     shown: &[u8],
     masked: Option<&[u8]>,
@@ -219,7 +227,7 @@ pub fn parse_outputs(
 }
 
 /// Whether an operation's success changes what the stack's outputs are.
-pub fn records_outputs(op: Operation) -> bool {
+pub(crate) fn records_outputs(op: Operation) -> bool {
     matches!(
         op,
         Operation::Update | Operation::Refresh | Operation::Destroy | Operation::RemediateDrift
@@ -236,7 +244,7 @@ fn outputs_command(engine: Engine, show_secrets: bool) -> Vec<String> {
 }
 
 /// Terraform's outputs as `name -> value`, with sensitive ones marked for sealing.
-pub fn parse_terraform_outputs(
+pub(crate) fn parse_terraform_outputs(
     raw: &[u8],
 ) -> Result<Vec<(String, serde_json::Value, bool)>, String> {
     let v: serde_json::Value =
@@ -260,7 +268,7 @@ pub fn parse_terraform_outputs(
 
 /// Terraform's outputs from a state file (`outputs` holds the same `{value, type, sensitive}`
 /// objects `terraform output -json` prints). No state yet means no outputs.
-pub fn parse_terraform_state_outputs(
+pub(crate) fn parse_terraform_state_outputs(
     state: &[u8],
 ) -> Result<Vec<(String, serde_json::Value, bool)>, String> {
     if state.is_empty() {
@@ -277,7 +285,7 @@ pub fn parse_terraform_state_outputs(
 
 /// Pulumi's outputs, from the same command with and without `--show-secrets`: a value shown as
 /// `[secret]` only in the second is a secret.
-pub fn parse_pulumi_outputs(
+pub(crate) fn parse_pulumi_outputs(
     shown: &[u8],
     masked: &[u8],
 ) -> Result<Vec<(String, serde_json::Value, bool)>, String> {
@@ -294,7 +302,7 @@ pub fn parse_pulumi_outputs(
 }
 
 /// A backend override that keeps Terraform state in Tarmac's per-stack state directory.
-pub fn terraform_backend_override(state_file: &Path) -> String {
+pub(crate) fn terraform_backend_override(state_file: &Path) -> String {
     format!(
         "# Written by Tarmac: state for this stack lives in its data directory.\nterraform {{\n  backend \"local\" {{\n    path = {}\n  }}\n}}\n",
         serde_json::Value::String(state_file.display().to_string())
@@ -302,11 +310,11 @@ pub fn terraform_backend_override(state_file: &Path) -> String {
 }
 
 /// The file in which Tarmac gives a Terraform program its state backend.
-pub const BACKEND_OVERRIDE_FILE: &str = "tarmac_backend_override.tf";
+pub(crate) const BACKEND_OVERRIDE_FILE: &str = "tarmac_backend_override.tf";
 
 /// Whether a Terraform program configures its own backend (then Tarmac leaves state to it).
 /// Tarmac's own override file does not count.
-pub fn declares_backend(dir: &Path) -> bool {
+pub(crate) fn declares_backend(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -15,7 +15,7 @@ use super::logs::RunLog;
 
 /// A command to run. `env` is the child's whole environment: nothing is inherited.
 #[derive(Debug, Clone)]
-pub struct CommandSpec {
+pub(crate) struct CommandSpec {
     pub program: String,
     pub args: Vec<String>,
     pub cwd: PathBuf,
@@ -24,7 +24,7 @@ pub struct CommandSpec {
 
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     /// It exited with this code (a signal death counts as -1).
     Code(i32),
     /// The stop token fired and the process group was terminated.
@@ -35,20 +35,20 @@ pub enum Exit {
 
 /// What to do with stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stdout {
+pub(crate) enum Stdout {
     Log,
     /// Kept in memory and returned, never logged (e.g. `terraform output -json`).
     Capture,
 }
 
-pub struct Output {
+pub(crate) struct Output {
     pub exit: Exit,
     pub stdout: Vec<u8>,
 }
 
 /// Runs `spec`, logging into `step`. Stops the process group when `stop` fires. The group's
 /// id is appended to `groups_file`, so a restarted server can find what a crashed one left.
-pub async fn run(
+pub(crate) async fn run(
     spec: &CommandSpec,
     log: &RunLog,
     step: usize,
@@ -139,7 +139,7 @@ fn record_group(file: &Path, pgid: Pid) {
 /// Kills what runs of an earlier, crashed process left behind in `work_dir`: every process in a
 /// recorded group whose environment names that run's deployment (so a reused pid is never
 /// touched). Returns how many it killed.
-pub fn kill_orphans(work_dir: &Path) -> usize {
+pub(crate) fn kill_orphans(work_dir: &Path) -> usize {
     let Ok(runs) = std::fs::read_dir(work_dir) else {
         return 0;
     };
@@ -199,7 +199,7 @@ pub fn kill_orphans(work_dir: &Path) -> usize {
 }
 
 /// Where a run's working directory records its process groups.
-pub const GROUPS_FILE: &str = "process-groups";
+pub(crate) const GROUPS_FILE: &str = "process-groups";
 
 /// A longer line is logged in pieces of this size, so no output can grow memory without bound.
 const MAX_LINE: u64 = 64 * 1024;

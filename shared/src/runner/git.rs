@@ -7,7 +7,7 @@ use crate::domain::spec::source::GitSource;
 
 /// Credentials written into a URL (`https://user:token@host/...`): the password, and the whole
 /// `user:password`, so logs can mask them.
-pub fn url_credentials(url: &str) -> Vec<String> {
+pub(crate) fn url_credentials(url: &str) -> Vec<String> {
     let Some((_, rest)) = url.split_once("://") else {
         return vec![];
     };
@@ -24,7 +24,7 @@ pub fn url_credentials(url: &str) -> Vec<String> {
 }
 
 /// Git protocols a clone may use, given the same policy as `validate_repo_url`.
-pub fn allowed_protocols(allow_local: bool) -> &'static str {
+pub(crate) fn allowed_protocols(allow_local: bool) -> &'static str {
     if allow_local {
         "https:http:ssh:git:file"
     } else {
@@ -37,7 +37,7 @@ fn short_ref<'a>(r: &'a str, prefix: &str) -> &'a str {
 }
 
 /// The git invocations that put the source into `dest`, in order.
-pub fn clone_commands(spec: &GitSource, dest: &str) -> Vec<Vec<String>> {
+pub(crate) fn clone_commands(spec: &GitSource, dest: &str) -> Vec<Vec<String>> {
     let url = spec.repo_url.clone();
     let args = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
     if let Some(commit) = &spec.commit {
@@ -89,7 +89,7 @@ pub fn clone_commands(spec: &GitSource, dest: &str) -> Vec<Vec<String>> {
 
 /// Credentials for HTTP remotes, as git config passed through the environment (not the command
 /// line, where other users of the machine could read them).
-pub fn http_auth_env(user: &str, password: &str) -> Vec<(String, String)> {
+pub(crate) fn http_auth_env(user: &str, password: &str) -> Vec<(String, String)> {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     vec![
         ("GIT_CONFIG_COUNT".into(), "1".into()),

@@ -15,23 +15,23 @@ use crate::ports::RunStore;
 
 /// Replaces every secret value with `[secret]`.
 #[derive(Debug, Clone, Default)]
-pub struct Masker {
+pub(crate) struct Masker {
     needles: Vec<String>,
 }
 
-pub const MASK: &str = "[secret]";
+pub(crate) const MASK: &str = "[secret]";
 
 impl Masker {
     /// Secrets of one character are not masked: masking every `1` or `a` would hide the log and
     /// protect nothing.
-    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn new(secrets: impl IntoIterator<Item = String>) -> Self {
         let mut masker = Self::default();
         masker.extend(secrets);
         masker
     }
 
     /// Adds secrets learnt during the run (an OIDC token, say).
-    pub fn extend(&mut self, secrets: impl IntoIterator<Item = String>) {
+    pub(crate) fn extend(&mut self, secrets: impl IntoIterator<Item = String>) {
         let needles = &mut self.needles;
         for s in secrets {
             // A multi-line secret (a private key) is also masked line by line, since output is
@@ -47,7 +47,7 @@ impl Masker {
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
     }
 
-    pub fn mask(&self, line: &str) -> String {
+    pub(crate) fn mask(&self, line: &str) -> String {
         let mut out = line.to_string();
         for n in &self.needles {
             if out.contains(n.as_str()) {
@@ -65,7 +65,7 @@ enum Msg {
 
 /// A run's log writer. Cheap to clone; every clone feeds the same flusher.
 #[derive(Clone)]
-pub struct RunLog {
+pub(crate) struct RunLog {
     tx: mpsc::Sender<Msg>,
     masker: Arc<RwLock<Masker>>,
 }
@@ -75,7 +75,7 @@ const LINGER: Duration = Duration::from_millis(100);
 
 impl RunLog {
     /// Starts the flusher. It ends when every clone of the returned `RunLog` is dropped.
-    pub fn start(store: Arc<dyn RunStore>, id: Uuid, lease: Lease, masker: Masker) -> Self {
+    pub(crate) fn start(store: Arc<dyn RunStore>, id: Uuid, lease: Lease, masker: Masker) -> Self {
         let (tx, mut rx) = mpsc::channel::<Msg>(4096);
         tokio::spawn(async move {
             let mut buf: Vec<LogLine> = Vec::new();
@@ -116,7 +116,7 @@ impl RunLog {
     }
 
     /// Masks these too, from the next line on.
-    pub fn mask_also(&self, secrets: impl IntoIterator<Item = String>) {
+    pub(crate) fn mask_also(&self, secrets: impl IntoIterator<Item = String>) {
         self.masker
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -124,7 +124,7 @@ impl RunLog {
     }
 
     /// Logs one line of a step, masked. A trailing newline is added if missing.
-    pub async fn line(&self, step: usize, text: &str) {
+    pub(crate) async fn line(&self, step: usize, text: &str) {
         let mut line = self
             .masker
             .read()
@@ -142,7 +142,7 @@ impl RunLog {
     }
 
     /// Waits until everything logged so far is stored.
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Flush(done)).await.is_ok() {
             let _ = wait.await;

@@ -4,10 +4,10 @@
 //! The same runner serves every backend; it only talks to the `RunStore` port.
 
 mod credentials;
-pub mod engine;
-pub mod exec;
-pub mod git;
-pub mod logs;
+pub(crate) mod engine;
+pub(crate) mod exec;
+pub(crate) mod git;
+pub(crate) mod logs;
 mod source;
 mod state;
 #[cfg(test)]

@@ -26,7 +26,7 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
-pub struct Db {
+pub(crate) struct Db {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
@@ -48,7 +48,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
 
 impl Db {
     /// Opens (creating if needed) the database and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Arc<Self>> {
+    pub(crate) fn open(path: &Path) -> Result<Arc<Self>> {
         let mut writer = open_connection(path)?;
         super::schema::migrate(&mut writer)?;
         let readers = (0..READERS)
@@ -62,7 +62,7 @@ impl Db {
     }
 
     /// Runs `f` on the writer connection.
-    pub async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    pub(crate) async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
@@ -79,7 +79,7 @@ impl Db {
     }
 
     /// Runs `f` on one of the reader connections.
-    pub async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,

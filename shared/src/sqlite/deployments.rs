@@ -41,6 +41,7 @@ impl DeploymentStore for SqliteStore {
         Ok(created)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn get_deployment(&self, stack: &StackRef, id: Uuid) -> Result<Option<Deployment>> {
         let stack = stack.clone();
         self.db
@@ -97,6 +98,7 @@ impl DeploymentStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn cancel_deployment(&self, stack: &StackRef, id: Uuid) -> Result<CancelOutcome> {
         let stack = stack.clone();
         let outcome = self
@@ -134,7 +136,7 @@ impl DeploymentStore for SqliteStore {
 
 /// Stores a new deployment (creating its stack if needed) and returns its version, which is
 /// the stack's next one.
-pub(super) fn insert_deployment(tx: &Transaction, new: &NewDeployment) -> Result<i64> {
+pub(super) fn insert_deployment(tx: &Transaction<'_>, new: &NewDeployment) -> Result<i64> {
     let sid = ensure_stack(tx, &new.stack)?;
     let version: i64 = tx
         .prepare_cached("UPDATE stacks SET last_version = last_version + 1 WHERE id = ?1 RETURNING last_version")?

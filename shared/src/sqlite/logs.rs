@@ -13,10 +13,11 @@ use super::*;
 
 #[async_trait]
 impl LogStore for SqliteStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn read_logs(&self, id: Uuid, query: LogQuery) -> Result<Vec<LogEntry>> {
         self.db
             .read(move |c| {
-                let map = |r: &Row| -> rusqlite::Result<LogEntry> {
+                let map = |r: &Row<'_>| -> rusqlite::Result<LogEntry> {
                     Ok(LogEntry {
                         seq: r.get(0)?,
                         step: r.get::<_, i64>(1)? as usize,

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-pub use db::Db;
+pub(crate) use db::Db;
 
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::*;
@@ -73,7 +73,7 @@ pub(super) fn stack_id(conn: &Connection, stack: &StackRef) -> Result<Option<i64
         .optional()?)
 }
 
-pub(super) fn ensure_stack(tx: &Transaction, stack: &StackRef) -> Result<i64> {
+pub(super) fn ensure_stack(tx: &Transaction<'_>, stack: &StackRef) -> Result<i64> {
     if let Some(id) = stack_id(tx, stack)? {
         return Ok(id);
     }
@@ -86,7 +86,7 @@ pub(super) const DEPLOYMENT_COLUMNS: &str = "d.id, s.org, s.project, s.name, d.v
     d.operation, d.status, d.config, d.initiator, d.requested_by, d.created, d.modified, \
     d.started, d.steps, s.paused";
 
-pub(super) fn deployment_from_row(r: &Row) -> rusqlite::Result<Result<Deployment>> {
+pub(super) fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Deployment>> {
     let id: String = r.get(0)?;
     let operation: String = r.get(6)?;
     let status: String = r.get(7)?;
@@ -162,7 +162,7 @@ pub(super) fn page_deployments(
 
 /// Appends one log entry inside a transaction, bumping the deployment's log counter.
 pub(super) fn insert_log(
-    tx: &Transaction,
+    tx: &Transaction<'_>,
     dseq: i64,
     step: usize,
     header: Option<&str>,
@@ -203,7 +203,7 @@ pub(super) fn held(tx: &Connection, id: Uuid, lease: &Lease, statuses: &str) -> 
 }
 
 pub(super) fn update_steps(
-    tx: &Transaction,
+    tx: &Transaction<'_>,
     dseq: i64,
     f: impl FnOnce(&mut Vec<StoredStep>) -> Result<usize>,
 ) -> Result<usize> {
@@ -219,7 +219,7 @@ pub(super) fn update_steps(
 
 /// Ends a deployment: terminal status, running steps closed, lease and stack slot released.
 pub(super) fn terminate(
-    tx: &Transaction,
+    tx: &Transaction<'_>,
     dseq: i64,
     status: JobStatus,
     step_status: StepStatus,

@@ -7,10 +7,10 @@ use time::OffsetDateTime;
 
 use super::{SqliteStore, now_us};
 use crate::domain::StackRef;
+use crate::domain::hooks::{Hook, HookScope};
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::error::{Error, Result};
 use crate::ports::{Attempt, HookStore, Outbox, OutboxMessage};
-use crate::webhooks::{Hook, HookScope};
 
 #[async_trait]
 impl HookStore for SqliteStore {
@@ -90,6 +90,7 @@ impl HookStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn hooks_for_stack(&self, stack: &StackRef) -> Result<Vec<(HookScope, Hook)>> {
         let keys = (
             HookScope {

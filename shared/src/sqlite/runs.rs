@@ -15,7 +15,7 @@ use crate::store_codec::{StoredStep, closing_step_status, stored_id};
 use super::*;
 
 /// One pass of the embedded queue inside a write transaction.
-pub(super) fn claim_in(tx: &Transaction, lease: &Lease) -> Result<Option<Uuid>> {
+pub(super) fn claim_in(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Uuid>> {
     loop {
         let candidate: Option<(i64, String, i64, bool, String)> = tx
             .prepare_cached(
@@ -41,7 +41,7 @@ pub(super) fn claim_in(tx: &Transaction, lease: &Lease) -> Result<Option<Uuid>> 
 }
 
 /// Claims `id` if it may start now (see `RunStore::claim`).
-pub(super) fn claim_one(tx: &Transaction, id: Uuid, lease: &Lease) -> Result<ClaimOutcome> {
+pub(super) fn claim_one(tx: &Transaction<'_>, id: Uuid, lease: &Lease) -> Result<ClaimOutcome> {
     type Row = (i64, i64, String, bool, String, bool, bool, Option<String>);
     let row: Option<Row> = tx
         .query_row(
@@ -93,7 +93,7 @@ pub(super) fn claim_one(tx: &Transaction, id: Uuid, lease: &Lease) -> Result<Cla
 
 /// Marks a queued deployment `skipped` if a newer one of the same operation is queued behind it.
 pub(super) fn skip_if_superseded(
-    tx: &Transaction,
+    tx: &Transaction<'_>,
     dseq: i64,
     sid: i64,
     operation: &str,
@@ -116,7 +116,7 @@ pub(super) fn skip_if_superseded(
 
 /// `not-started` → `accepted` under `lease`, taking the stack's run slot.
 pub(super) fn take_slot(
-    tx: &Transaction,
+    tx: &Transaction<'_>,
     dseq: i64,
     sid: i64,
     id: Uuid,
@@ -133,6 +133,7 @@ pub(super) fn take_slot(
 
 #[async_trait]
 impl RunStore for SqliteStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn claim(&self, _stack: &StackRef, id: Uuid, lease: &Lease) -> Result<ClaimOutcome> {
         let lease = lease.clone();
         self.db
@@ -162,6 +163,7 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn mark_running(&self, id: Uuid, lease: &Lease) -> Result<()> {
         let lease = lease.clone();
         self.db
@@ -205,6 +207,7 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn heartbeat(&self, id: Uuid, lease: &Lease) -> Result<Heartbeat> {
         let lease = lease.clone();
         self.db
@@ -223,6 +226,7 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn start_step(&self, id: Uuid, lease: &Lease, name: &str) -> Result<usize> {
         let (lease, name) = (lease.clone(), name.to_string());
         self.db
@@ -267,6 +271,7 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn append_logs(&self, id: Uuid, lease: &Lease, lines: &[LogLine]) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
@@ -292,6 +297,7 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn record_outputs(&self, id: Uuid, lease: &Lease, outputs: &Value) -> Result<()> {
         let lease = lease.clone();
         let raw = if outputs.is_null() {
@@ -313,6 +319,7 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn finish(&self, id: Uuid, lease: &Lease, status: JobStatus) -> Result<()> {
         let lease = lease.clone();
         let step_status = closing_step_status(status);

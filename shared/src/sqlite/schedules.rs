@@ -19,7 +19,7 @@ use crate::store_codec::stored_id;
 const COLUMNS: &str = "s.id, st.org, st.project, st.name, s.purpose, s.cron, s.once, s.definition, \
     s.next_execution, s.paused, s.created, s.modified, s.last_executed";
 
-fn schedule_from_row(r: &Row) -> rusqlite::Result<Result<Schedule>> {
+fn schedule_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Schedule>> {
     let (id, org, project, stack, purpose): (String, String, String, String, String) =
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
     let (cron, once, definition): (Option<String>, Option<i64>, String) =
@@ -88,6 +88,7 @@ impl ScheduleStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn get_schedule(&self, stack: &StackRef, id: Uuid) -> Result<Option<Schedule>> {
         let stack = stack.clone();
         self.db
@@ -106,6 +107,7 @@ impl ScheduleStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn list_schedules(&self, stack: &StackRef) -> Result<Vec<Schedule>> {
         let stack = stack.clone();
         self.db
@@ -164,6 +166,7 @@ impl ScheduleStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn delete_schedule(&self, stack: &StackRef, id: Uuid) -> Result<()> {
         let stack = stack.clone();
         let n = self
@@ -340,7 +343,7 @@ impl ScheduleStore for SqliteStore {
     }
 }
 
-fn drift_from_row(stack: &StackRef, r: &Row) -> rusqlite::Result<Result<DriftRun>> {
+fn drift_from_row(stack: &StackRef, r: &Row<'_>) -> rusqlite::Result<Result<DriftRun>> {
     let (id, created, detect_id, detect_version, detected, rem_id, rem_version): (
         String,
         i64,
@@ -425,6 +428,7 @@ impl DriftStore for SqliteStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn drift_runs(&self, stack: &StackRef, page: PageRequest) -> Result<Page<DriftRun>> {
         let stack = stack.clone();
         self.db
@@ -445,6 +449,7 @@ impl DriftStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn drift_run(&self, stack: &StackRef, id: Uuid) -> Result<Option<DriftRun>> {
         let stack = stack.clone();
         self.db

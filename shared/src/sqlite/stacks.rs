@@ -12,6 +12,7 @@ use super::*;
 
 #[async_trait]
 impl StackStore for SqliteStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn create_stack(&self, stack: &StackRef) -> Result<()> {
         let stack = stack.clone();
         self.db
@@ -27,6 +28,7 @@ impl StackStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn stack_exists(&self, stack: &StackRef) -> Result<bool> {
         let stack = stack.clone();
         self.db
@@ -34,6 +36,7 @@ impl StackStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn delete_stack(&self, stack: &StackRef) -> Result<()> {
         let stack = stack.clone();
         self.db
@@ -63,6 +66,7 @@ impl StackStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn get_settings(&self, stack: &StackRef) -> Result<Option<VersionedSettings>> {
         let stack = stack.clone();
         self.db
@@ -83,6 +87,7 @@ impl StackStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn put_settings(&self, stack: &StackRef, settings: &Value, expected: i64) -> Result<i64> {
         let stack = stack.clone();
         let raw = serde_json::to_string(settings)?;
@@ -111,6 +116,7 @@ impl StackStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn delete_settings(&self, stack: &StackRef) -> Result<bool> {
         let stack = stack.clone();
         self.db
@@ -134,6 +140,7 @@ impl StackStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn set_stack_paused(&self, stack: &StackRef, paused: bool) -> Result<()> {
         let stack = stack.clone();
         let n = self
@@ -152,6 +159,7 @@ impl StackStore for SqliteStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn stack_paused(&self, stack: &StackRef) -> Result<Option<bool>> {
         let stack = stack.clone();
         self.db
@@ -169,6 +177,7 @@ impl StackStore for SqliteStore {
         self.stack_settings_of(org).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn get_outputs(&self, stack: &StackRef) -> Result<Option<Value>> {
         let stack = stack.clone();
         self.db

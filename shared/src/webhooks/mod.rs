@@ -76,7 +76,7 @@ pub fn apply_request(
     body: &Value,
     scope: &HookScope,
     current: Option<&Hook>,
-    cipher: &OrgCipher,
+    cipher: &OrgCipher<'_>,
 ) -> Result<Hook> {
     if !body.is_object() {
         return Err(Error::invalid("the request body must be a JSON object"));

@@ -45,7 +45,7 @@ impl DynamoStore {
             .ok_or_else(|| Error::conflict(format!("deployment {id} does not exist")))
     }
 
-    pub(super) fn to_deployment(&self, d: &Item, stack: &Item) -> Result<Deployment> {
+    pub(super) fn to_deployment(d: &Item, stack: &Item) -> Result<Deployment> {
         Ok(Deployment {
             id: stored_id(&get_s(d, "id")?)?,
             stack: StackRef {
@@ -80,7 +80,7 @@ impl DynamoStore {
         let Some(stack) = self.get(key(spk, STACK_SK)).await? else {
             return Ok(None);
         };
-        self.to_deployment(&d, &stack).map(Some)
+        Self::to_deployment(&d, &stack).map(Some)
     }
 
     /// A stack's queued deployments, oldest first. Claims always take a stack's oldest queued
@@ -165,7 +165,7 @@ impl DynamoStore {
                 };
                 stacks.insert(spk.clone(), st);
             }
-            out.push(self.to_deployment(&d, &stacks[&spk])?);
+            out.push(Self::to_deployment(&d, &stacks[&spk])?);
         }
         Ok(out)
     }
@@ -258,6 +258,7 @@ impl DeploymentStore for DynamoStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn get_deployment(&self, stack: &StackRef, id: Uuid) -> Result<Option<Deployment>> {
         match self.locate(id).await? {
             Some((spk, version)) if spk == stack_pk(stack) => {
@@ -309,6 +310,7 @@ impl DeploymentStore for DynamoStore {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn cancel_deployment(&self, stack: &StackRef, id: Uuid) -> Result<CancelOutcome> {
         let d = self
             .get_deployment(stack, id)

@@ -13,6 +13,7 @@ use crate::ports::*;
 
 #[async_trait]
 impl LogStore for DynamoStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn read_logs(&self, id: Uuid, query: LogQuery) -> Result<Vec<LogEntry>> {
         let after = match query {
             LogQuery::Stream { after, .. } => after,

@@ -21,7 +21,7 @@ use crate::ports::{Attempt, HookStore, Outbox, OutboxMessage};
 const OUTBOX: &str = "OUTBOX";
 
 /// How long messages and their attempts are kept: DynamoDB's TTL removes them after.
-pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+pub(super) const RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 fn expires(from: OffsetDateTime) -> AttributeValue {
     n((from + RETENTION).unix_timestamp())
@@ -147,6 +147,7 @@ impl HookStore for DynamoStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn hooks_for_stack(&self, stack: &StackRef) -> Result<Vec<(HookScope, Hook)>> {
         let org = HookScope {
             org: stack.org.clone(),

@@ -140,7 +140,7 @@ impl DynamoStore {
             };
             tx.update(dkey.clone(), &set, Some(cond), vals);
             also(&mut tx, &item);
-            self.put_log_chunks(&mut tx, id, &st.lines)?;
+            Self::put_log_chunks(&mut tx, id, &st.lines)?;
             match self.commit(tx).await? {
                 Ok(()) => return Ok(out),
                 Err(_) => {
@@ -154,7 +154,7 @@ impl DynamoStore {
         )))
     }
 
-    pub(super) fn put_log_chunks(&self, tx: &mut Tx, id: Uuid, lines: &[Value]) -> Result<()> {
+    pub(super) fn put_log_chunks(tx: &mut Tx, id: Uuid, lines: &[Value]) -> Result<()> {
         let expires = OffsetDateTime::now_utc().unix_timestamp() + LOG_TTL.as_secs() as i64;
         let mut chunk: Vec<&Value> = Vec::new();
         let mut size = 0;
@@ -252,9 +252,10 @@ impl RunStore for DynamoStore {
         let Some(stack_item) = self.get(key(&spk.0, STACK_SK)).await? else {
             return Ok(None);
         };
-        self.to_deployment(&d, &stack_item).map(Some)
+        Self::to_deployment(&d, &stack_item).map(Some)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn claim(&self, stack: &StackRef, id: Uuid, lease: &Lease) -> Result<ClaimOutcome> {
         let spk = stack_pk(stack);
         let Some(d) = self.get_deployment(stack, id).await? else {
@@ -354,6 +355,7 @@ impl RunStore for DynamoStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn mark_running(&self, id: Uuid, lease: &Lease) -> Result<()> {
         let expires = now_us() + lease.ttl.as_micros() as i64;
         self.write_run(
@@ -374,6 +376,7 @@ impl RunStore for DynamoStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn heartbeat(&self, id: Uuid, lease: &Lease) -> Result<Heartbeat> {
         let (spk, version) = self.locate_or_conflict(id).await?;
         let expires = now_us() + lease.ttl.as_micros() as i64;
@@ -403,6 +406,7 @@ impl RunStore for DynamoStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn start_step(&self, id: Uuid, lease: &Lease, name: &str) -> Result<usize> {
         self.write_run(
             id,
@@ -445,6 +449,7 @@ impl RunStore for DynamoStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn append_logs(&self, id: Uuid, lease: &Lease, lines: &[LogLine]) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
@@ -464,6 +469,7 @@ impl RunStore for DynamoStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn record_outputs(&self, id: Uuid, lease: &Lease, outputs: &Value) -> Result<()> {
         let raw = serde_json::to_string(outputs)?;
         let clear = outputs.is_null();
@@ -494,6 +500,7 @@ impl RunStore for DynamoStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn finish(&self, id: Uuid, lease: &Lease, status: JobStatus) -> Result<()> {
         self.end(
             id,

@@ -157,6 +157,7 @@ impl DynamoStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn drift_item(&self, stack: &StackRef, id: Uuid) -> Result<Option<Item>> {
         let items = self
             .query(
@@ -196,6 +197,7 @@ impl ScheduleStore for DynamoStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn get_schedule(&self, stack: &StackRef, id: Uuid) -> Result<Option<Schedule>> {
         self.get(key(stack_pk(stack), sched_sk(id)))
             .await?
@@ -203,6 +205,7 @@ impl ScheduleStore for DynamoStore {
             .transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn list_schedules(&self, stack: &StackRef) -> Result<Vec<Schedule>> {
         let items = self
             .query(
@@ -256,6 +259,7 @@ impl ScheduleStore for DynamoStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn delete_schedule(&self, stack: &StackRef, id: Uuid) -> Result<()> {
         let r = self
             .client
@@ -490,6 +494,7 @@ impl DriftStore for DynamoStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn drift_runs(&self, stack: &StackRef, page: PageRequest) -> Result<Page<DriftRun>> {
         let cond = "pk = :pk AND begins_with(sk, :p)";
         let vals = || vec![(":pk", s(stack_pk(stack))), (":p", s("DRIFT#"))];
@@ -513,6 +518,7 @@ impl DriftStore for DynamoStore {
         Ok(Page { items, total })
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn drift_run(&self, stack: &StackRef, id: Uuid) -> Result<Option<DriftRun>> {
         self.drift_item(stack, id)
             .await?

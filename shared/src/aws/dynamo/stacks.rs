@@ -31,6 +31,7 @@ impl DynamoStore {
 
 #[async_trait]
 impl StackStore for DynamoStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn create_stack(&self, stack: &StackRef) -> Result<()> {
         let item = new_stack_item(stack);
         let r = self
@@ -47,10 +48,12 @@ impl StackStore for DynamoStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn stack_exists(&self, stack: &StackRef) -> Result<bool> {
         Ok(self.stack_item(stack).await?.is_some())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn delete_stack(&self, stack: &StackRef) -> Result<()> {
         let spk = stack_pk(stack);
         for _ in 0..RETRIES {
@@ -121,6 +124,7 @@ impl StackStore for DynamoStore {
         Err(Error::conflict("the stack is changing; retry"))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn get_settings(&self, stack: &StackRef) -> Result<Option<VersionedSettings>> {
         let Some(st) = self.stack_item(stack).await? else {
             return Ok(None);
@@ -134,6 +138,7 @@ impl StackStore for DynamoStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn put_settings(&self, stack: &StackRef, settings: &Value, expected: i64) -> Result<i64> {
         let cond = if expected == 0 {
             "attribute_not_exists(#settings)"
@@ -177,6 +182,7 @@ impl StackStore for DynamoStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn delete_settings(&self, stack: &StackRef) -> Result<bool> {
         let r = self
             .client
@@ -195,6 +201,7 @@ impl StackStore for DynamoStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn set_stack_paused(&self, stack: &StackRef, paused: bool) -> Result<()> {
         let r = self
             .client
@@ -213,10 +220,12 @@ impl StackStore for DynamoStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn stack_paused(&self, stack: &StackRef) -> Result<Option<bool>> {
         Ok(self.stack_item(stack).await?.map(|st| get_b(&st, "paused")))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
     async fn get_outputs(&self, stack: &StackRef) -> Result<Option<Value>> {
         let Some(st) = self.stack_item(stack).await? else {
             return Ok(None);
