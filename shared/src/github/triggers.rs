@@ -216,23 +216,6 @@ pub fn paths_match(paths: &[String], changed: &[&str]) -> bool {
     })
 }
 
-/// Refuses `paths` and `tagFilters` globs that do not parse, when settings are written.
-pub fn check_globs(settings: &Value) -> Result<()> {
-    for key in ["paths", "tagFilters"] {
-        for section in ["gitHub", "vcs"] {
-            if let Some(list) = settings[section][key].as_array() {
-                for p in list.iter().filter_map(Value::as_str) {
-                    let pattern = p.strip_prefix('!').unwrap_or(p);
-                    Glob::new(pattern).map_err(|e| {
-                        Error::invalid(format!("{section}.{key}: '{p}' is not a glob: {e}"))
-                    })?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The deployments `event` asks of these stacks (each with its canonical settings).
 pub fn triggers(event: &Event, stacks: &[(StackRef, Value)]) -> Vec<Trigger> {
     let repo = event.repository();
