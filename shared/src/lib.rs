@@ -9,6 +9,7 @@
 pub mod app;
 pub mod aws;
 pub mod crypto;
+mod delivery;
 pub mod deps;
 pub mod domain;
 pub mod error;
@@ -25,6 +26,7 @@ mod service;
 mod settings;
 mod sqlite;
 mod store_codec;
+mod tags;
 pub mod telemetry;
 pub mod webhooks;
 mod worker;

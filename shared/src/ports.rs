@@ -13,6 +13,8 @@ use uuid::Uuid;
 use crate::domain::hooks::{Hook, HookScope};
 use crate::domain::keys::SigningKey;
 use crate::domain::schedule::Schedule;
+use crate::domain::stacks::{StackInfo, Tags};
+use crate::domain::updates::{UpdateKind, UpdateOutcome};
 use crate::domain::*;
 use crate::error::Result;
 
@@ -58,6 +60,17 @@ pub trait StackStore: Send + Sync {
 
     /// Every stack of `org` that has settings, with them.
     async fn list_stack_settings(&self, org: &str) -> Result<Vec<(StackRef, Value)>>;
+
+    /// The stack, its tags and what its updates left. `None` if it does not exist.
+    async fn get_stack(&self, stack: &StackRef) -> Result<Option<StackInfo>>;
+
+    /// Every stack of `org`, ordered by project then name.
+    async fn list_stacks(&self, org: &str) -> Result<Vec<StackInfo>>;
+
+    /// Replaces the stack's tags with `tags` if they are still `expected` (as the caller read
+    /// them): a concurrent change makes this `Error::Conflict`, and the caller re-reads.
+    /// `Error::NotFound` if the stack does not exist.
+    async fn replace_tags(&self, stack: &StackRef, tags: &Tags, expected: &Tags) -> Result<()>;
 }
 
 /// Orgs' pause flags and deployment counts. Orgs exist implicitly, through their tokens.
@@ -129,6 +142,13 @@ pub trait DeploymentStore: Send + Sync {
     /// Cancels a deployment: a queued one becomes `skipped`, a running one is flagged for its
     /// worker. `Error::NotFound` if the stack has no such deployment.
     async fn cancel_deployment(&self, stack: &StackRef, id: Uuid) -> Result<CancelOutcome>;
+
+    /// The stack's deployments that made an update, newest update first. Empty if no stack.
+    async fn list_updates(&self, stack: &StackRef, page: PageRequest) -> Result<Page<Deployment>>;
+
+    /// The deployment whose update has this version; `None` if there is none.
+    async fn update_by_version(&self, stack: &StackRef, version: i64)
+    -> Result<Option<Deployment>>;
 }
 
 /// A deployment a worker holds, with what it needs to run it.
@@ -190,6 +210,15 @@ pub trait RunStore: Send + Sync {
 
     /// Extends the lease by its ttl, and reports whether a cancel was requested.
     async fn heartbeat(&self, id: Uuid, lease: &Lease) -> Result<Heartbeat>;
+
+    /// Starts the deployment's update (its engine operation): takes the stack's next update
+    /// version, records the update as in progress, and returns the version. At most one per
+    /// deployment: a second call is `Error::Conflict`.
+    async fn start_update(&self, id: Uuid, lease: &Lease, kind: UpdateKind) -> Result<i64>;
+
+    /// Ends the deployment's update. A successful one records its resource count as the
+    /// stack's. `Error::NotFound` if the update was never started.
+    async fn finish_update(&self, id: Uuid, lease: &Lease, outcome: &UpdateOutcome) -> Result<()>;
 
     /// Starts a new step (status `running`) and returns its index.
     async fn start_step(&self, id: Uuid, lease: &Lease, name: &str) -> Result<usize>;

@@ -111,10 +111,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         lease_ttl: cfg.lease_ttl,
     };
     let mut workers = pool.spawn(cfg.workers, stop_claiming.clone(), abort_runs.clone());
-    let dispatcher = crate::webhooks::dispatch::spawn(
+    let dispatcher = crate::delivery::spawn(
         Arc::clone(&deps),
         Arc::clone(&app.outbox_signal),
-        crate::webhooks::dispatch::RETRY_BASE,
+        crate::delivery::RETRY_BASE,
         stop_claiming.clone(),
     );
     let ticker = spawn_ticker(

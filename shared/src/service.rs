@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::deps::Deps;
 use crate::domain::hooks::Event;
-use crate::domain::spec::{DeploymentConfig, GitHubTrigger, SourcePolicy};
+use crate::domain::spec::{DeploymentConfig, GitHubTrigger, SourcePolicy, Upstream};
 use crate::domain::{Deployment, NewDeployment, Operation, StackRef};
 use crate::error::{Error, Result};
 use crate::ports::QueueMessage;
@@ -28,6 +28,10 @@ pub(crate) struct CreateRequest<'a> {
     /// delivery, say); a new one otherwise.
     pub id: Option<Uuid>,
     pub trigger: Option<GitHubTrigger>,
+    pub upstream: Option<Upstream>,
+    /// What a body without `inheritSettings` means: true, as Pulumi's current API has it;
+    /// false on the `/api/preview` routes, as its first one had it.
+    pub inherit_by_default: bool,
 }
 
 impl<'a> CreateRequest<'a> {
@@ -44,6 +48,8 @@ impl<'a> CreateRequest<'a> {
             requested_by,
             id: None,
             trigger: None,
+            upstream: None,
+            inherit_by_default: true,
         }
     }
 }
@@ -52,7 +58,7 @@ impl<'a> CreateRequest<'a> {
 /// shape), canonical, nulls dropped, and every secret sealed, so nothing is kept or shown in
 /// plaintext. Whether the merged settings can run is checked when the schedule fires.
 pub(crate) fn sealed_request(deps: &Deps, org: &str, body: &Value) -> Result<Value> {
-    let (operation, inherit, rest) = settings::split_create_request(body)?;
+    let (operation, inherit, rest) = settings::split_create_request(body, true)?;
     let operation = required_operation(operation)?;
     let mut request =
         settings::strip_nulls(&settings::canonicalize(&rest, &deps.cipher.for_org(org))?);
@@ -76,7 +82,8 @@ pub(crate) fn prepare(
     req: &CreateRequest<'_>,
     stored: Option<&Value>,
 ) -> Result<NewDeployment> {
-    let (operation, inherit, rest) = settings::split_create_request(req.body)?;
+    let (operation, inherit, rest) =
+        settings::split_create_request(req.body, req.inherit_by_default)?;
     let operation = required_operation(operation)?;
     let request = settings::canonicalize(&rest, &deps.cipher.for_org(&req.stack.org))?;
     let merged = if inherit {
@@ -93,6 +100,9 @@ pub(crate) fn prepare(
     )?;
     if let Some(trigger) = &req.trigger {
         config = config.with_trigger(trigger.clone())?;
+    }
+    if let Some(upstream) = &req.upstream {
+        config = config.with_upstream(upstream.clone())?;
     }
     Ok(NewDeployment {
         id: req.id.unwrap_or_else(Uuid::new_v4),

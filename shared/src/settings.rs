@@ -333,8 +333,22 @@ pub(crate) enum Nulls {
     /// `POST settings`: `null` deletes the key.
     Delete,
     /// Create-deployment inheritance: `null` is "unset", as the Python SDK sends every unset
-    /// field as `null` and would otherwise wipe the stack's source (reference §5.2).
+    /// field as `null` and would otherwise wipe the stack's source (reference §5.2); and so are
+    /// `""`, `[]` and `{}`, which the Pulumi CLI sends on every run (`operation: ""`,
+    /// `preRunCommands: []`, `environmentVariables: {}`) and which would otherwise wipe the
+    /// stack's pre-run commands and variables.
     Ignore,
+}
+
+/// Whether a patch value says nothing: `null`, `""`, `[]` or `{}`.
+fn says_nothing(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
 }
 
 /// Pulumi's merge: objects merge key by key, anything else (arrays included) is replaced.
@@ -347,6 +361,9 @@ pub(crate) fn merge(current: &Value, patch: &Value, nulls: Nulls) -> Value {
                     if nulls == Nulls::Delete {
                         out.remove(k);
                     }
+                    continue;
+                }
+                if nulls == Nulls::Ignore && says_nothing(v) {
                     continue;
                 }
                 let merged = match out.get(k) {
@@ -392,13 +409,18 @@ pub(crate) fn render(stored: &Value) -> Value {
     }
 }
 
-/// Splits a create-deployment body into `(operation, inheritSettings, settings part)`.
-pub(crate) fn split_create_request(body: &Value) -> Result<(Option<String>, bool, Value)> {
+/// Splits a create-deployment body into `(operation, inheritSettings, settings part)`. The
+/// operation is the top-level one, else `operationContext.operation` (where Pulumi's first API
+/// and the REST drivers in its docs put it); an empty one counts as absent.
+pub(crate) fn split_create_request(
+    body: &Value,
+    inherit_by_default: bool,
+) -> Result<(Option<String>, bool, Value)> {
     let Value::Object(map) = body else {
         return Err(Error::invalid("the request body must be a JSON object"));
     };
     let mut operation = None;
-    let mut inherit = true;
+    let mut inherit = inherit_by_default;
     let mut rest = Map::new();
     for (k, v) in map {
         if k.eq_ignore_ascii_case("operation") {
@@ -417,6 +439,13 @@ pub(crate) fn split_create_request(body: &Value) -> Result<(Option<String>, bool
             rest.insert(k.clone(), v.clone());
         }
     }
+    let operation = operation.filter(|o| !o.is_empty()).or_else(|| {
+        member(&Value::Object(rest.clone()), "operationContext")
+            .and_then(|c| member(c, "operation"))
+            .and_then(Value::as_str)
+            .filter(|o| !o.is_empty())
+            .map(str::to_string)
+    });
     Ok((operation, inherit, Value::Object(rest)))
 }
 

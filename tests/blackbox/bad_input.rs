@@ -129,7 +129,17 @@ async fn a_deleted_stack_is_gone_with_its_deployments_and_state() {
     app.wait_for(&s, &id, Some("succeeded")).await;
     assert!(app.data().join("state/default/proj/gone").exists());
 
-    let (status, _) = app.delete(&format!("/api/stacks/{s}")).await;
+    // Its state holds a resource: deleting it needs `force` (the CLI's) or `forceDestroy` (the
+    // Service provider's), and a refusal removes nothing.
+    for query in ["", "?force=false"] {
+        let (status, v) = app.delete(&format!("/api/stacks/{s}{query}")).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["message"], "Bad Request: Stack still contains resources.");
+    }
+    assert!(app.data().join("state/default/proj/gone").exists());
+    let (status, _) = app.get(&format!("/api/stacks/{s}/deployments/{id}")).await;
+    assert_eq!(status, 200);
+    let (status, _) = app.delete(&format!("/api/stacks/{s}?force=true")).await;
     assert_eq!(status, 204);
     assert!(!app.data().join("state/default/proj/gone").exists());
     for path in [

@@ -49,7 +49,7 @@ async fn every_operation_runs_terraform_against_persistent_state() {
         steps,
         [
             ("Get source", "succeeded"),
-            ("terraform update", "succeeded"),
+            ("pulumi update", "succeeded"),
             ("Record outputs", "succeeded")
         ]
     );

@@ -100,17 +100,90 @@ def api(server):
     return server.api()
 
 
-@pytest.fixture(scope="module")
-def repo():
-    """A git repository with the Terraform program in infra/ on branch main; yields its file:// URL."""
+# Fails at plan time, before any resource is created: the precondition refers to a variable, so
+# Terraform accepts the configuration, then refuses to apply it ("Resource precondition failed").
+FAILING_PROGRAM = """\
+variable "ok" {
+  default = false
+}
+resource "terraform_data" "x" {
+  input = "x"
+  lifecycle {
+    precondition {
+      condition     = var.ok
+      error_message = "deliberate failure for the compat tests"
+    }
+  }
+}
+"""
+
+# Creating the resource takes 45 s (a local-exec provisioner), so a deployment of it is still in
+# its engine step when a test cancels it; if cancel did not stop it, it would end `succeeded`.
+SLOW_PROGRAM = """\
+resource "terraform_data" "slow" {
+  input = "slow"
+  provisioner "local-exec" {
+    command = "sleep 45"
+  }
+}
+output "val" {
+  value = terraform_data.slow.output
+}
+"""
+
+# deploy-demos' static-site program reads its URL from the `websiteUrl` stack output.
+SITE_PROGRAM = """\
+resource "terraform_data" "site" {
+  input = "index.html"
+}
+output "websiteUrl" {
+  value = "http://site.example.test/${terraform_data.site.output}"
+}
+"""
+
+
+def _git_repo(files):
+    """A fresh git repository on branch main holding `files` ({relative path: text}), committed;
+    returns its directory."""
     d = tempfile.mkdtemp(prefix="tarmac-compat-repo-")
+    for rel, text in files.items():
+        path = Path(d) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=Test",
+           "-c", "commit.gpgsign=false"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "init"]):
+        subprocess.run(git + args, cwd=d, check=True, capture_output=True)
+    return d
+
+
+def _repo_fixture(files):
+    d = _git_repo(files)
     try:
-        (Path(d) / "infra").mkdir()
-        (Path(d) / "infra" / "main.tf").write_text(PROGRAM)
-        git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=Test",
-               "-c", "commit.gpgsign=false"]
-        for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "init"]):
-            subprocess.run(git + args, cwd=d, check=True, capture_output=True)
         yield f"file://{d}"
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def repo():
+    """A git repository with the Terraform program in infra/ on branch main; yields its file:// URL."""
+    yield from _repo_fixture({"infra/main.tf": PROGRAM})
+
+
+@pytest.fixture(scope="module")
+def failing_repo():
+    """Like `repo`, but the program in infra/ fails to apply."""
+    yield from _repo_fixture({"infra/main.tf": FAILING_PROGRAM})
+
+
+@pytest.fixture(scope="module")
+def slow_repo():
+    """Like `repo`, but applying the program in infra/ takes 45 s."""
+    yield from _repo_fixture({"infra/main.tf": SLOW_PROGRAM})
+
+
+@pytest.fixture(scope="module")
+def site_repo():
+    """A repository with deploy-demos' static-site stand-in in site/ (output `websiteUrl`)."""
+    yield from _repo_fixture({"site/main.tf": SITE_PROGRAM})

@@ -188,8 +188,8 @@ def test_deployment_succeeds_with_steps(finished, created):
     # Get the source, run the one pre-run command, then Terraform; every step succeeded.
     assert names[0] == "Get source", steps
     assert "Pre-run command 1" in names, steps
-    assert "terraform update" in names, steps
-    assert names.index("Pre-run command 1") < names.index("terraform update"), steps
+    assert "pulumi update" in names, steps
+    assert names.index("Pre-run command 1") < names.index("pulumi update"), steps
     assert all(status == "succeeded" for _, status in steps), steps
 
 
@@ -199,7 +199,7 @@ def test_streaming_logs_mask_secret(api, finished):
         assert type(page) is DeploymentLogs, type(page)
     text = log_text(lines)
     headers = [l.header for l in lines if l.header]
-    assert "terraform update" in headers, headers
+    assert "pulumi update" in headers, headers
     assert "secret is [secret]" in text, text
     assert SECRET not in text
     assert all(SECRET not in (h or "") for h in headers)
@@ -208,12 +208,12 @@ def test_streaming_logs_mask_secret(api, finished):
 
 def test_step_logs(api, finished):
     names = [s.name for s in finished.jobs[0].steps]
-    step = names.index("terraform update")
+    step = names.index("pulumi update")
     logs = api.get_deployment_logs(
         ORG, PROJECT, STACK, finished.id, job=0, step=step, offset=0, count=100
     )
     assert type(logs) is DeploymentLogsStep, type(logs)
-    assert logs.name == "terraform update"
+    assert logs.name == "pulumi update"
     assert logs.lines, "the terraform step has output"
     assert len(logs.lines) <= 100
     text = "".join(l.line for l in logs.lines)
@@ -356,7 +356,8 @@ def test_schedules_drift_and_ttl_through_the_sdk(api, repo):
     ttl = api.create_scheduled_ttl_deployment(
         ORG, PROJECT, stack,
         CreateScheduledTTLDeploymentRequest(timestamp=datetime.datetime(2030, 12, 31, 23, 59), delete_after_destroy=True))
-    assert ttl.schedule_once.startswith("2030-12-31T23:59:00")
+    # Pulumi's service writes schedule times as "YYYY-MM-DD hh:mm:ss.fff" (UTC).
+    assert ttl.schedule_once == "2030-12-31 23:59:00.000"
 
     listed = api.list_scheduled_deployment(ORG, PROJECT, stack)
     assert {s.id for s in listed.schedules} == {cron.id, drift.id, ttl.id}

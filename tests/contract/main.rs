@@ -20,6 +20,7 @@ mod oidc;
 mod runs;
 mod schedules;
 mod stacks;
+mod updates;
 
 use std::time::Duration;
 
@@ -125,6 +126,8 @@ contract!(
     stacks::integrations_and_an_orgs_stack_settings,
     notifications::hooks_are_scoped_named_once_and_go_with_their_stack,
     notifications::the_outbox_hands_each_due_message_to_one_dispatcher_and_logs_attempts,
+    updates::tags_are_replaced_only_as_read_and_go_with_their_stack,
+    updates::updates_are_numbered_per_stack_ended_and_listed_newest_first,
 );
 
 fn stack(name: &str) -> StackRef {

@@ -257,6 +257,7 @@ pub(crate) async fn logs_read_as_a_stream_and_by_step(b: Backend) {
         step,
         timestamp: now,
         line: format!("{text}\n"),
+        event: None,
     };
     let s0 = b.runs.start_step(id, &w, "one").await.unwrap();
     b.runs

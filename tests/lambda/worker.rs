@@ -53,6 +53,52 @@ async fn a_deployment_goes_api_to_sqs_to_worker_and_back_exactly_once() {
     );
     let (_, d) = env.api("apigw-v2-get-deployment.json", &id).await;
     assert_eq!(d["jobs"][0]["steps"].as_array().unwrap().len(), 4);
+
+    // The stack resource, its tags and the update behind the deployment, through the api
+    // function on DynamoDB, as on the embedded server.
+    let s = "/api/stacks/acme/web/dev";
+    let (status, _) = env
+        .call(
+            "POST",
+            &format!("{s}/tags"),
+            Some(r#"{"name":"owner","value":"ops"}"#),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, stack) = env.call("GET", s, None).await;
+    assert_eq!(status, 200, "{stack}");
+    assert_eq!(
+        (stack["version"].as_i64(), stack["resourceCount"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(stack["tags"], serde_json::json!({"owner": "ops"}));
+    let (_, updates) = env
+        .call("GET", &format!("{s}/deployments/{id}/updates"), None)
+        .await;
+    assert_eq!(updates[0]["updateID"], id.as_str(), "{updates}");
+    let (_, events) = env
+        .call("GET", &format!("{s}/update/{id}/events"), None)
+        .await;
+    assert!(events["continuationToken"].is_null(), "{events}");
+    let summaries: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("summaryEvent"))
+        .collect();
+    assert_eq!(summaries.len(), 1, "{events}");
+    assert_eq!(summaries[0]["result"], "succeeded");
+    assert_eq!(summaries[0]["resourceChanges"]["create"], 1);
+    let (_, history) = env.call("GET", &format!("{s}/updates"), None).await;
+    assert_eq!(history["updates"][0]["result"], "succeeded", "{history}");
+    let (status, _) = env
+        .call(
+            "POST",
+            &format!("{s}/tags"),
+            Some(r#"{"name":"ttl","value":"soon"}"#),
+        )
+        .await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

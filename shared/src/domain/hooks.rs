@@ -48,11 +48,13 @@ impl HookScope {
 }
 
 wire_enum!(
-    /// A hook's payload format.
+    /// A hook's payload format. `pulumi_deployments` is not a payload: its hook starts a
+    /// deployment of another stack (`payloadUrl` is `<project>/<stack>` in the hook's org).
     Format {
         Raw = "raw",
         Slack = "slack",
         MsTeams = "ms_teams",
+        PulumiDeployments = "pulumi_deployments",
     }
 );
 
@@ -92,7 +94,8 @@ impl Event {
     }
 }
 
-/// Pulumi's other filter names: accepted, so Pulumi clients can store them, never emitted.
+/// Pulumi's other filter names (the Pulumi Service provider's enum, and policy events):
+/// accepted and stored, so Pulumi clients can manage hooks with them, never emitted.
 pub const ACCEPTED_FILTERS: &[&str] = &[
     "stack_created",
     "stack_deleted",
@@ -104,12 +107,26 @@ pub const ACCEPTED_FILTERS: &[&str] = &[
     "destroy_failed",
     "refresh_succeeded",
     "refresh_failed",
+    "environment_created",
+    "environment_deleted",
+    "environment_revision_created",
+    "environment_revision_retracted",
+    "environment_revision_tag_created",
+    "environment_revision_tag_deleted",
+    "environment_revision_tag_updated",
+    "environment_tag_created",
+    "environment_tag_deleted",
+    "environment_tag_updated",
+    "imported_environment_changed",
+    "environment_rotation_succeeded",
+    "environment_rotation_failed",
     "policy_violation_mandatory",
     "policy_violation_advisory",
 ];
 
-/// Pulumi's filter groups.
-pub const GROUPS: &[&str] = &["stacks", "deployments", "policies"];
+/// Pulumi's filter groups (the Service provider gives org hooks `deployments`,
+/// `environments` and `stacks` by default).
+pub const GROUPS: &[&str] = &["stacks", "deployments", "environments", "policies"];
 
 /// A webhook as stored; `secret` is sealed for the org.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +148,20 @@ impl Hook {
         if !self.active {
             return false;
         }
+        if self.format == Format::PulumiDeployments {
+            // It acts on a stack's successful deployment: unfiltered, or asked for by its
+            // deployment filter, Pulumi's `update_succeeded`, or their groups.
+            return event == Event::DeploymentSucceeded
+                && ((self.filters.is_empty() && self.groups.is_empty())
+                    || self
+                        .filters
+                        .iter()
+                        .any(|f| f == "deployment_succeeded" || f == "update_succeeded")
+                    || self
+                        .groups
+                        .iter()
+                        .any(|g| g == "deployments" || g == "stacks"));
+        }
         if self.filters.is_empty() && self.groups.is_empty() {
             return true;
         }
@@ -146,4 +177,18 @@ pub fn known_filters() -> Vec<&'static str> {
         .map(|e| e.as_str())
         .chain(ACCEPTED_FILTERS.iter().copied())
         .collect()
+}
+
+/// A `pulumi_deployments` hook's target: `<project>/<stack>` of the hook's own org.
+pub fn deployment_target(org: &str, payload_url: &str) -> Result<StackRef> {
+    let refused = || {
+        Error::invalid(format!(
+            "payloadUrl '{payload_url}' must name a stack of this organization as <project>/<stack> for the pulumi_deployments format"
+        ))
+    };
+    let (project, stack) = payload_url.split_once('/').ok_or_else(refused)?;
+    if stack.contains('/') {
+        return Err(refused());
+    }
+    StackRef::new(org, project, stack).map_err(|_| refused())
 }

@@ -105,6 +105,8 @@ pub mod hooks;
 pub mod keys;
 pub mod schedule;
 pub mod spec;
+pub mod stacks;
+pub mod updates;
 
 wire_enum!(
     /// Pulumi's `PulumiOperation`.
@@ -231,6 +233,9 @@ pub struct Deployment {
     pub started: Option<OffsetDateTime>,
     pub steps: Vec<Step>,
     pub stack_paused: bool,
+    /// The update its engine operation made, once that started. Its `updateID` is the
+    /// deployment's own id: a deployment runs at most one engine operation.
+    pub update: Option<updates::UpdateInfo>,
 }
 
 /// What the API hands the store to create a deployment.
@@ -280,6 +285,9 @@ pub struct LogLine {
     pub step: usize,
     pub timestamp: OffsetDateTime,
     pub line: String,
+    /// An engine event of the deployment's update (`line` is then empty): stored in the same
+    /// ordered stream, served apart (`GET S/update/{id}/events`).
+    pub event: Option<serde_json::Value>,
 }
 
 /// A stored log entry. `header` entries mark the start of a step in the streaming view.
@@ -290,6 +298,7 @@ pub struct LogEntry {
     pub timestamp: OffsetDateTime,
     pub header: Option<String>,
     pub line: Option<String>,
+    pub event: Option<serde_json::Value>,
 }
 
 /// Counts of deployments per status.

@@ -206,13 +206,16 @@ pub fn parse_instant(field: &str, s: &str) -> Result<OffsetDateTime> {
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
         return Ok(t.to_offset(time::UtcOffset::UTC));
     }
-    let naive =
-        time::PrimitiveDateTime::parse(s, &time::format_description::well_known::Iso8601::DEFAULT)
-            .map_err(|_| {
-                Error::invalid(format!(
-                    "{field} '{s}' is not an RFC 3339 timestamp (like 2026-12-31T23:59:00Z)"
-                ))
-            })?;
+    // Naive times are UTC, with `T` or, as Pulumi's service writes them, a space.
+    let naive = time::PrimitiveDateTime::parse(
+        &s.replacen(' ', "T", 1),
+        &time::format_description::well_known::Iso8601::DEFAULT,
+    )
+    .map_err(|_| {
+        Error::invalid(format!(
+            "{field} '{s}' is not an RFC 3339 timestamp (like 2026-12-31T23:59:00Z)"
+        ))
+    })?;
     Ok(naive.assume_utc())
 }
 

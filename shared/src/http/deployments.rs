@@ -21,13 +21,27 @@ pub(super) async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>)> {
+    create_with(&state, &ctx, &headers, &body, true).await
+}
+
+/// Creates a deployment; `inherit_by_default` is what a body without `inheritSettings` means
+/// (true on the current route, false on the `/api/preview` one, as Pulumi's v1 had it).
+pub(super) async fn create_with(
+    state: &AppState,
+    ctx: &StackCtx,
+    headers: &HeaderMap,
+    body: &Value,
+    inherit_by_default: bool,
+) -> Result<(StatusCode, Json<Value>)> {
     let initiator = headers
         .get("x-pulumi-deployment-initiator")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64)
         .unwrap_or("api");
-    let request =
-        crate::service::CreateRequest::new(&ctx.stack, &body, initiator, &ctx.principal.token_name);
+    let request = crate::service::CreateRequest {
+        inherit_by_default,
+        ..crate::service::CreateRequest::new(&ctx.stack, body, initiator, &ctx.principal.token_name)
+    };
     let d = crate::service::create(&state.deps, &request).await?;
     let console = state.deps.console_url(&ctx.stack, d.version);
     Ok((
@@ -36,12 +50,12 @@ pub(super) async fn create(
     ))
 }
 
-fn parse_id(raw: &str) -> Result<Uuid> {
+pub(super) fn parse_id(raw: &str) -> Result<Uuid> {
     Uuid::parse_str(raw)
         .map_err(|_| Error::invalid(format!("'{raw}' is not a deployment id (a UUID)")))
 }
 
-async fn find(state: &AppState, stack: &StackRef, id: Uuid) -> Result<Deployment> {
+pub(super) async fn find(state: &AppState, stack: &StackRef, id: Uuid) -> Result<Deployment> {
     state
         .deps
         .deployments
@@ -254,24 +268,18 @@ pub(super) async fn logs(
         .await?;
     let mut body = json!({
         "__type": "DeploymentLogs",
-        "lines": entries.iter().map(wire::stream_line).collect::<Vec<_>>(),
+        "lines": entries
+            .iter()
+            // Engine events share the stream; they are served at `S/update/{id}/events`.
+            .filter(|e| e.event.is_none())
+            .map(wire::stream_line)
+            .collect::<Vec<_>>(),
     });
     let last = entries.last().map_or(after, |e| e.seq);
     if !(d.status.is_terminal() && entries.len() < STREAM_LIMIT) {
         body["nextToken"] = json!(last.to_string());
     }
     Ok(Json(body))
-}
-
-/// Tarmac records no Pulumi Cloud "updates"; the list is always empty.
-pub(super) async fn updates(
-    State(state): State<AppState>,
-    ctx: StackCtx,
-    Params(p): Params,
-) -> Result<Json<Value>> {
-    let id = parse_id(&param(&p, "id"))?;
-    find(&state, &ctx.stack, id).await?;
-    Ok(Json(json!([])))
 }
 
 /// A queued deployment becomes `skipped`; a running one is stopped and ends `failed`.

@@ -18,9 +18,9 @@ use axum::http::request::Parts;
 
 use super::AppState;
 use super::extract::{JsonBody, OrgCtx, Params, StackCtx, param};
+use crate::delivery::{deliver_now, render_delivery};
 use crate::error::{Error, Result};
 use crate::ports::{HookStore, Outbox, OutboxMessage};
-use crate::webhooks::dispatch::{deliver_now, render_delivery};
 use crate::webhooks::events::hook_target;
 use crate::webhooks::{Hook, HookScope, apply_request, render};
 

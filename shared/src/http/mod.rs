@@ -8,11 +8,14 @@ mod deployments;
 pub mod extract;
 mod github;
 mod hooks;
+mod legacy;
 mod oidc;
 mod schedules;
 mod settings;
 mod stacks;
+mod tags;
 mod trace;
+mod updates;
 pub mod wire;
 
 use std::sync::Arc;
@@ -100,9 +103,30 @@ pub fn router(deps: Arc<Deps>) -> Router {
         )
         .route("/deployments/{id}", get(deployments::get_by_id))
         .route("/deployments/{id}/logs", get(deployments::logs))
-        .route("/deployments/{id}/updates", get(deployments::updates))
+        .route("/deployments/{id}/updates", get(updates::of_deployment))
         .route("/deployments/{id}/cancel", post(deployments::cancel))
+        .route("/update/{id}/events", get(updates::events))
+        .route("/update/{id}/cancel", post(updates::cancel))
+        .route("/updates", get(updates::history))
+        .route("/updates/latest", get(updates::latest))
+        .route("/updates/{version}", get(updates::at_version))
+        .route("/tags", post(tags::add).patch(tags::replace))
+        .route(
+            "/tags/{name}",
+            axum::routing::patch(tags::update).delete(tags::delete),
+        )
         .nest("/hooks", hook_routes());
+    // Pulumi's first Deployments API, still called by the REST drivers in its docs.
+    let legacy_routes = Router::new()
+        .route(
+            "/deployment/settings",
+            get(settings::get).post(settings::patch),
+        )
+        .route("/deployments", get(legacy::list).post(legacy::create))
+        .route("/deployments/{id}", get(deployments::get_by_id))
+        .route("/deployments/{id}/logs", get(deployments::logs))
+        .route("/deployments/{id}/updates", get(updates::of_deployment))
+        .route("/deployments/{id}/cancel", post(deployments::cancel));
     Router::new()
         .route(
             "/oidc/.well-known/openid-configuration",
@@ -110,10 +134,17 @@ pub fn router(deps: Arc<Deps>) -> Router {
         )
         .route("/oidc/.well-known/jwks.json", get(oidc::jwks))
         .route("/api/user", get(stacks::current_user))
+        .route("/api/user/organizations/default", get(stacks::default_org))
+        .route("/api/user/stacks", get(stacks::user_stacks))
+        .route("/api/capabilities", get(stacks::capabilities))
         .route("/api/bootstrap", post(bootstrap::redeem))
-        .route("/api/stacks/{org}/{project}", post(stacks::create_stack))
-        .route(S, axum::routing::delete(stacks::delete_stack))
+        .route(
+            "/api/stacks/{org}/{project}",
+            post(stacks::create_stack).head(stacks::head_project),
+        )
+        .route(S, get(stacks::get_stack).delete(stacks::delete_stack))
         .nest(S, stack_routes)
+        .nest("/api/preview/{org}/{project}/{stack}", legacy_routes)
         .route("/api/orgs/{org}/deployments", get(deployments::list_org))
         .route("/api/orgs/{org}/deployments/pause", post(stacks::pause_org))
         .route(

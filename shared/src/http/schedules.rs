@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::extract::{JsonBody, Params, Query, StackCtx, param};
 use crate::domain::schedule::{Cron, Purpose, Schedule, When, parse_instant};
-use crate::domain::time_fmt::{pulumi_datetime, rfc3339};
+use crate::domain::time_fmt::pulumi_datetime;
 use crate::domain::{JobStatus, Operation, PageRequest, StackRef};
 use crate::error::{Error, Result};
 use crate::json::member;
@@ -19,22 +19,24 @@ use crate::ports::DriftRun;
 
 /// `ScheduledAction`. Every field the SDK requires is present; `lastExecuted` and, once a
 /// one-time schedule has fired, `nextExecution` are `""` (the SDK rejects null and absence).
+/// Times are written as Pulumi's service writes them, `YYYY-MM-DD hh:mm:ss.fff` in UTC: the
+/// Pulumi Service provider reads `scheduleOnce` with exactly that layout.
 fn action(s: &Schedule) -> Value {
     let mut v = json!({
         "id": s.id,
         "orgID": s.stack.org,
-        "nextExecution": s.next_execution.map(rfc3339).unwrap_or_default(),
+        "nextExecution": s.next_execution.map(pulumi_datetime).unwrap_or_default(),
         "paused": s.paused,
         "kind": "deployment",
         // Secrets in a stored request are sealed; they show as settings show them.
         "definition": crate::settings::render(&s.definition),
         "created": pulumi_datetime(s.created),
         "modified": pulumi_datetime(s.modified),
-        "lastExecuted": s.last_executed.map(rfc3339).unwrap_or_default(),
+        "lastExecuted": s.last_executed.map(pulumi_datetime).unwrap_or_default(),
     });
     match &s.when {
         When::Cron(c) => v["scheduleCron"] = json!(c.as_str()),
-        When::Once(t) => v["scheduleOnce"] = json!(rfc3339(*t)),
+        When::Once(t) => v["scheduleOnce"] = json!(pulumi_datetime(*t)),
     }
     v
 }

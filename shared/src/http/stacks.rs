@@ -8,17 +8,128 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::extract::{Auth, JsonBody, OrgCtx, Params, StackCtx, authorize, param};
 use super::wire;
+use crate::domain::stacks::{Tags, validate_tags};
 use crate::domain::{JobStatus, Role, StackRef};
 use crate::error::{Error, Result};
 use crate::ports::QueueMessage;
 
+/// The caller: a token stands for a user named after it, in its one org. The Pulumi CLI
+/// needs every `githubLogin` non-empty.
 pub(super) async fn current_user(Auth(p): Auth) -> Json<Value> {
     Json(json!({
+        "id": p.token_name,
         "name": p.token_name,
         "githubLogin": p.token_name,
+        "email": "",
         "avatarUrl": "",
-        "organizations": [{ "githubLogin": p.org, "name": p.org }],
+        "organizations": [{ "githubLogin": p.org, "name": p.org, "avatarUrl": "" }],
+        "identities": [],
+        "tokenInfo": { "name": p.token_name, "organization": p.org },
     }))
+}
+
+/// `GET /api/user/organizations/default`: the token's org, in the (untagged, PascalCase) shape
+/// the Pulumi CLI reads when no default org is configured.
+pub(super) async fn default_org(Auth(p): Auth) -> Json<Value> {
+    Json(json!({ "GitHubLogin": p.org, "Messages": [] }))
+}
+
+/// `GET /api/capabilities`: none of Pulumi Cloud's (delta checkpoints, batch encryption...),
+/// and Tarmac's own under `tarmac`, which Pulumi clients ignore.
+pub(super) async fn capabilities() -> Json<Value> {
+    Json(json!({
+        "capabilities": [],
+        "tarmac": { "version": env!("CARGO_PKG_VERSION") },
+    }))
+}
+
+/// `GET S`: the stack resource, as the Pulumi CLI, Automation API and the Service provider
+/// read it.
+pub(super) async fn get_stack(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
+    let info = state
+        .deps
+        .stacks
+        .get_stack(&ctx.stack)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("stack '{}' not found", ctx.stack)))?;
+    Ok(Json(wire::stack(&info)))
+}
+
+/// `HEAD /api/stacks/{org}/{project}`: whether the project has a stack (200) or not (404).
+pub(super) async fn head_project(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Params(params): Params,
+) -> Result<StatusCode> {
+    let org = param(&params, "org");
+    let project = param(&params, "project");
+    let missing = || Error::not_found(format!("project '{org}/{project}' not found"));
+    authorize(&p, &org, Role::Read, missing)?;
+    let stacks = state.deps.stacks.list_stacks(&org).await?;
+    if stacks.iter().any(|s| s.stack.project == project) {
+        Ok(StatusCode::OK)
+    } else {
+        Err(missing())
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct UserStacksQuery {
+    organization: Option<String>,
+    project: Option<String>,
+    tag_name: Option<String>,
+    tag_value: Option<String>,
+    continuation_token: Option<String>,
+    max_results: Option<usize>,
+}
+
+/// `GET /api/user/stacks`: the caller's org's stacks (`pulumi stack ls`), filtered by
+/// project and tag, paged by an opaque continuation token.
+pub(super) async fn user_stacks(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    super::extract::Query(q): super::extract::Query<UserStacksQuery>,
+) -> Result<Json<Value>> {
+    let org = q.organization.clone().unwrap_or_else(|| p.org.clone());
+    authorize(&p, &org, Role::Read, || {
+        Error::not_found(format!("organization '{org}' not found"))
+    })?;
+    let limit = q.max_results.unwrap_or(500).clamp(1, 2000);
+    let start = match q.continuation_token.as_deref() {
+        None | Some("") => 0,
+        Some(t) => t.parse::<usize>().map_err(|_| {
+            Error::invalid(format!(
+                "'{t}' is not a continuation token from this server"
+            ))
+        })?,
+    };
+    let matching: Vec<_> = state
+        .deps
+        .stacks
+        .list_stacks(&org)
+        .await?
+        .into_iter()
+        .filter(|s| q.project.as_ref().is_none_or(|p| &s.stack.project == p))
+        .filter(|s| match (&q.tag_name, &q.tag_value) {
+            (Some(name), value) => s
+                .tags
+                .get(name)
+                .is_some_and(|v| value.as_ref().is_none_or(|want| v == want)),
+            (None, _) => true,
+        })
+        .collect();
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(wire::stack_summary)
+        .collect();
+    let mut body = json!({ "stacks": page });
+    if start + limit < matching.len() {
+        body["continuationToken"] = json!((start + limit).to_string());
+    }
+    Ok(Json(body))
 }
 
 /// `POST /api/stacks/{org}/{project}` with `{"stackName"}`: 200, or 409 if it exists.
@@ -37,17 +148,47 @@ pub(super) async fn create_stack(
         .and_then(|v| v.as_str())
         .ok_or_else(|| Error::invalid("stackName is required"))?;
     let stack = StackRef::new(&org, &project, name)?;
+    // Checked before anything is written.
+    let tags: Tags = match crate::json::member(&body, "tags") {
+        None => Tags::new(),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|_| Error::invalid("tags must be an object of strings"))?,
+    };
+    validate_tags(&tags)?;
     state.deps.stacks.create_stack(&stack).await?;
+    if !tags.is_empty() {
+        crate::tags::change(&state.deps, &stack, |_| Ok(tags.clone())).await?;
+    }
     Ok(Json(
         json!({ "orgName": stack.org, "projectName": stack.project, "stackName": stack.stack }),
     ))
 }
 
-/// Deletes the stack, its settings, deployments, logs and engine state.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct DeleteQuery {
+    force: Option<bool>,
+    /// The Pulumi Service provider's spelling.
+    force_destroy: Option<bool>,
+}
+
+/// Deletes the stack, its settings, deployments, logs and engine state. Without `force` (the
+/// CLI's) or `forceDestroy` (the Service provider's), a stack whose last update left resources
+/// is kept: deleting its state would orphan them.
 pub(super) async fn delete_stack(
     State(state): State<AppState>,
     ctx: StackCtx,
+    super::extract::Query(q): super::extract::Query<DeleteQuery>,
 ) -> Result<StatusCode> {
+    let force = q.force.unwrap_or(false) || q.force_destroy.unwrap_or(false);
+    if !force {
+        let info = state.deps.stacks.get_stack(&ctx.stack).await?;
+        if info.is_some_and(|i| i.resource_count.is_some_and(|n| n > 0)) {
+            return Err(Error::invalid(
+                "Bad Request: Stack still contains resources.",
+            ));
+        }
+    }
     state.deps.stacks.delete_stack(&ctx.stack).await?;
     state.deps.forget_state(&ctx.stack).await;
     Ok(StatusCode::NO_CONTENT)

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::domain::spec::EnvValue;
+use crate::domain::stacks::StackInfo;
 use crate::domain::time_fmt::{pulumi_datetime, rfc3339, rfc3339_or_zero};
 use crate::domain::{Deployment, LogEntry};
 
@@ -74,7 +75,97 @@ pub fn deployment(d: &Deployment) -> Value {
         "pulumiOperation": d.operation,
         "projectName": d.stack.project,
         "stackName": d.stack.stack,
+        "updates": nested_updates(d),
     })
+}
+
+/// A deployment's update as `DeploymentNestedUpdate`, in a one-element list (or empty).
+fn nested_updates(d: &Deployment) -> Vec<Value> {
+    d.update
+        .iter()
+        .map(|u| {
+            json!({
+                "id": d.id,
+                "updateID": d.id,
+                "version": u.version,
+                "startTime": u.started.unix_timestamp(),
+                "endTime": u.ended.map_or(0, |t| t.unix_timestamp()),
+                "result": u.result,
+                "kind": u.kind,
+                "message": "",
+                "environment": update_environment(d),
+            })
+        })
+        .collect()
+}
+
+fn update_environment(d: &Deployment) -> Value {
+    json!({ "tarmac.deployment.id": d.id.to_string(), "tarmac.deployment.initiator": d.initiator })
+}
+
+/// The update a deployment made, as Pulumi's (legacy, flat) `UpdateInfo`: what `stack history`
+/// reads. `None` before the deployment's engine step started.
+pub(crate) fn update_info(d: &Deployment) -> Option<Value> {
+    let u = d.update.as_ref()?;
+    let mut v = json!({
+        "kind": u.kind,
+        "startTime": u.started.unix_timestamp(),
+        "message": "",
+        "environment": update_environment(d),
+        "config": {},
+        "result": u.result,
+        "endTime": u.ended.map_or(0, |t| t.unix_timestamp()),
+        "version": u.version,
+        "resourceChanges": u.resource_changes,
+    });
+    if let Some(n) = u.resource_count {
+        v["resourceCount"] = json!(n);
+    }
+    Some(v)
+}
+
+/// `UpdateInfo` (the SDK's name): the flat info with its id, versions and requester.
+pub(crate) fn update_record(d: &Deployment, latest_version: i64) -> Option<Value> {
+    let info = update_info(d)?;
+    Some(json!({
+        "info": info,
+        "updateID": d.id,
+        "version": info["version"],
+        "latestVersion": latest_version,
+        "requestedBy": user_info(&d.requested_by),
+    }))
+}
+
+/// `GET S`: Pulumi's `Stack` (`activeUpdate` is the deployment holding the stack's run slot,
+/// whose update id is its own).
+pub(crate) fn stack(info: &StackInfo) -> Value {
+    let mut v = json!({
+        "id": crate::oidc::token::stack_id(&info.stack),
+        "orgName": info.stack.org,
+        "projectName": info.stack.project,
+        "stackName": info.stack.stack,
+        "activeUpdate": info.active.map(|a| a.to_string()).unwrap_or_default(),
+        "tags": info.tags,
+        "version": info.update_version,
+    });
+    if let Some(n) = info.resource_count {
+        v["resourceCount"] = json!(n);
+    }
+    v
+}
+
+/// A stack in `GET /api/user/stacks`.
+pub(crate) fn stack_summary(info: &StackInfo) -> Value {
+    let mut v = json!({
+        "id": crate::oidc::token::stack_id(&info.stack),
+        "orgName": info.stack.org,
+        "projectName": info.stack.project,
+        "stackName": info.stack.stack,
+    });
+    if let Some(n) = info.resource_count {
+        v["resourceCount"] = json!(n);
+    }
+    v
 }
 
 /// `ListDeploymentSnapshot`.
@@ -90,7 +181,7 @@ pub fn snapshot(d: &Deployment) -> Value {
         "stackName": d.stack.stack,
         "paused": d.stack_paused,
         "pulumiOperation": d.operation,
-        "updates": [],
+        "updates": nested_updates(d),
         "jobs": [job(d)],
         "initiator": d.initiator,
     })

@@ -144,7 +144,7 @@ pub async fn worker(
         .duration_since(SystemTime::now())
         .unwrap_or_default()
         .saturating_sub(app.cfg.safety_margin / 2);
-    crate::webhooks::dispatch::drain(&app.deps, left.min(NOTIFY_BUDGET)).await;
+    crate::delivery::drain(&app.deps, left.min(NOTIFY_BUDGET)).await;
     Ok(response)
 }
 
@@ -263,7 +263,7 @@ pub async fn scheduler(
         Err(e) if e.is_retryable() => return Err(e.into()),
         Err(_) => TickReport::default(),
     };
-    crate::webhooks::dispatch::drain(&app.deps, NOTIFY_BUDGET * 2).await;
+    crate::delivery::drain(&app.deps, NOTIFY_BUDGET * 2).await;
     Ok(report)
 }
 

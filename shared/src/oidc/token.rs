@@ -117,6 +117,7 @@ mod tests {
             started: None,
             steps: vec![],
             stack_paused: false,
+            update: None,
         }
     }
 

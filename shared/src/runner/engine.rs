@@ -53,7 +53,21 @@ pub(crate) struct Plan {
     pub commands: Vec<Vec<String>>,
     /// An exit code of the last command that means "drift found", not failure.
     pub drift_exit_code: Option<i32>,
+    /// Where the last command's engine events come from.
+    pub events: EventSource,
 }
+
+/// How an engine reports what its operation does, for the update's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventSource {
+    /// `-json` lines on stdout (Terraform, OpenTofu).
+    JsonStdout,
+    /// An event log file the run names with `--event-log <file>` (Pulumi).
+    EventLog,
+}
+
+/// The flag that asks Pulumi for its event log.
+pub(crate) const EVENT_LOG_FLAG: &str = "--event-log";
 
 fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
@@ -90,9 +104,12 @@ pub(crate) fn plan(engine: Engine, op: Operation, stack: &str) -> Plan {
                     Some(2),
                 ),
             };
+            let mut main = main;
+            main.push("-json".into());
             Plan {
                 commands: vec![init, main],
                 drift_exit_code: drift,
+                events: EventSource::JsonStdout,
             }
         }
         Engine::Pulumi => {
@@ -127,6 +144,7 @@ pub(crate) fn plan(engine: Engine, op: Operation, stack: &str) -> Plan {
             Plan {
                 commands: vec![select, main],
                 drift_exit_code: None,
+                events: EventSource::EventLog,
             }
         }
     }
@@ -223,6 +241,31 @@ pub(crate) fn parse_outputs(
         (OutputsSource::StateFile(_), _) => parse_terraform_state_outputs(shown),
         (OutputsSource::Commands { .. }, Some(masked)) => parse_pulumi_outputs(shown, masked),
         (OutputsSource::Commands { .. }, None) => parse_terraform_outputs(shown),
+    }
+}
+
+/// How many resources the stack's state holds, read from the state Tarmac keeps for it
+/// (`None` when the program keeps its own, or the state cannot be read).
+pub(crate) fn resource_count(engine: Engine, program_dir: &Path, state_dir: &Path) -> Option<i64> {
+    match engine {
+        Engine::Terraform | Engine::Tofu if declares_backend(program_dir) => None,
+        Engine::Terraform | Engine::Tofu => {
+            let state = match std::fs::read(state_dir.join(TERRAFORM_STATE_FILE)) {
+                Ok(bytes) => bytes,
+                // No state file yet: nothing was ever created.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(0),
+                Err(_) => return None,
+            };
+            let v: serde_json::Value = serde_json::from_slice(&state).ok()?;
+            let managed = v["resources"]
+                .as_array()?
+                .iter()
+                .filter(|r| r["mode"] == "managed")
+                .map(|r| r["instances"].as_array().map_or(0, Vec::len) as i64)
+                .sum();
+            Some(managed)
+        }
+        Engine::Pulumi => None,
     }
 }
 

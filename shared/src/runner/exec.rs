@@ -34,11 +34,13 @@ pub(crate) enum Exit {
 }
 
 /// What to do with stdout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Stdout {
     Log,
     /// Kept in memory and returned, never logged (e.g. `terraform output -json`).
     Capture,
+    /// `terraform -json` lines: each logged as its human message, and made engine events.
+    TerraformJson(super::Events),
 }
 
 pub(crate) struct Output {
@@ -85,12 +87,12 @@ pub(crate) async fn run(
     let out_task = {
         let pipe = child.stdout.take().expect("stdout is piped");
         let log = log.clone();
-        tokio::spawn(async move { pump(pipe, log, step, stdout_mode == Stdout::Capture).await })
+        tokio::spawn(async move { pump(pipe, log, step, stdout_mode).await })
     };
     let err_task = {
         let pipe = child.stderr.take().expect("stderr is piped");
         let log = log.clone();
-        tokio::spawn(async move { pump(pipe, log, step, false).await })
+        tokio::spawn(async move { pump(pipe, log, step, Stdout::Log).await })
     };
 
     let signal_group = |sig: Signal| {
@@ -204,7 +206,7 @@ pub(crate) const GROUPS_FILE: &str = "process-groups";
 /// A longer line is logged in pieces of this size, so no output can grow memory without bound.
 const MAX_LINE: u64 = 64 * 1024;
 
-async fn pump(pipe: impl AsyncRead + Unpin, log: RunLog, step: usize, capture: bool) -> Vec<u8> {
+async fn pump(pipe: impl AsyncRead + Unpin, log: RunLog, step: usize, mode: Stdout) -> Vec<u8> {
     let mut reader = BufReader::new(pipe);
     let mut captured = Vec::new();
     let mut buf = Vec::new();
@@ -216,8 +218,23 @@ async fn pump(pipe: impl AsyncRead + Unpin, log: RunLog, step: usize, capture: b
             .await
         {
             Ok(0) | Err(_) => return captured,
-            Ok(_) if capture => captured.extend_from_slice(&buf),
-            Ok(_) => log.line(step, &String::from_utf8_lossy(&buf)).await,
+            Ok(_) => match &mode {
+                Stdout::Capture => captured.extend_from_slice(&buf),
+                Stdout::Log => log.line(step, &String::from_utf8_lossy(&buf)).await,
+                Stdout::TerraformJson(events) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    let (text, made) = events
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .terraform(&line);
+                    if let Some(text) = &text {
+                        log.line(step, text).await;
+                    }
+                    for e in made {
+                        log.event(step, e).await;
+                    }
+                }
+            },
         }
     }
 }

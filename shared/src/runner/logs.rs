@@ -137,6 +137,22 @@ impl RunLog {
             step,
             timestamp: OffsetDateTime::now_utc(),
             line,
+            event: None,
+        };
+        let _ = self.tx.send(Msg::Line(l)).await;
+    }
+
+    /// Records an engine event of the step's update, every string in it masked.
+    pub(crate) async fn event(&self, step: usize, mut event: serde_json::Value) {
+        {
+            let masker = self.masker.read().unwrap_or_else(|p| p.into_inner());
+            super::events::mask_strings(&mut event, &|t: &str| masker.mask(t));
+        }
+        let l = LogLine {
+            step,
+            timestamp: OffsetDateTime::now_utc(),
+            line: String::new(),
+            event: Some(event),
         };
         let _ = self.tx.send(Msg::Line(l)).await;
     }

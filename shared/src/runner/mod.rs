@@ -5,6 +5,7 @@
 
 mod credentials;
 pub(crate) mod engine;
+mod events;
 pub(crate) mod exec;
 pub(crate) mod git;
 pub(crate) mod logs;
@@ -24,9 +25,11 @@ use uuid::Uuid;
 use crate::deps::Deps;
 use crate::domain::hooks::Event;
 use crate::domain::spec::{EnvValue, RunSpec};
+use crate::domain::updates::{UpdateKind, UpdateOutcome, UpdateResult};
 use crate::domain::{Deployment, JobStatus, Lease, Operation, StepStatus};
 use crate::ports::{Claimed, DriftRun};
 use engine::Engine;
+use events::EventStream;
 use exec::{CommandSpec, Exit, Stdout};
 use logs::{Masker, RunLog};
 use watch::StopReason;
@@ -231,6 +234,27 @@ impl Runner {
         if delete_after && status != JobStatus::Succeeded {
             log.line(last_step, "The destroy did not succeed, so deleteAfterDestroy left the stack, its settings and its schedules in place.")
                 .await;
+        }
+        if status == JobStatus::Succeeded && d.operation == Operation::Update {
+            match crate::tags::arm(&self.deps, &d.stack, time::OffsetDateTime::now_utc()).await {
+                Ok(Some(due)) => {
+                    let due = crate::domain::time_fmt::rfc3339(due);
+                    log.line(
+                        last_step,
+                        &format!("The stack's ttl tag schedules its destroy for {due}."),
+                    )
+                    .await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e.chain(), "could not arm the stack's ttl");
+                    log.line(
+                        last_step,
+                        "The stack's ttl tag could not schedule its destroy; see the server's log.",
+                    )
+                    .await;
+                }
+            }
         }
         log.flush().await;
         if let Err(e) = self.deps.runs.finish(d.id, lease, status).await {
@@ -500,10 +524,17 @@ impl Runner {
         let engine = engine::detect(&program_dir, spec.engine, &self.cfg.path_env)
             .map_err(Failure::Failed)?;
         let op = run.d.operation;
-        let idx = self
-            .begin(run, &format!("{} {}", engine.binary(), op))
-            .await?;
-        let result = self.engine_with_state(run, idx, engine, &program_dir).await;
+        // Pulumi clients follow a deployment's engine events from the step whose header is
+        // exactly `pulumi <operation>`, and look for its update as soon as they see it: the
+        // update exists first, and the step has that name whatever the engine (its first line
+        // names the engine's own command).
+        self.deps
+            .runs
+            .start_update(run.d.id, run.lease, UpdateKind::of(op))
+            .await
+            .map_err(|e| Failure::Failed(format!("could not record the update: {e}")))?;
+        let idx = self.begin(run, &engine_step_name(op)).await?;
+        let result = self.engine_step(run, idx, engine, &program_dir).await;
         let outcome = self.end(run, idx, result).await?;
 
         if engine::records_outputs(op) {
@@ -546,18 +577,75 @@ impl Runner {
         Ok(env)
     }
 
-    async fn engine_operation(
+    /// The engine step: the operation between its update's first and last events, then the
+    /// update's end (its result, changes and the resources the state holds).
+    async fn engine_step(
         &self,
         run: &Run<'_>,
         idx: usize,
         engine: Engine,
         program_dir: &Path,
     ) -> StepResult<Outcome> {
+        let stack = &run.d.stack;
+        let kind = UpdateKind::of(run.d.operation);
+        let events: Events = Arc::new(Mutex::new(EventStream::new(
+            &stack.project,
+            &stack.stack,
+            kind == UpdateKind::Preview,
+        )));
+        let prelude = lock(&events).prelude();
+        run.log.event(idx, prelude).await;
+        let result = self
+            .engine_with_state(run, idx, engine, program_dir, &events)
+            .await;
+        let (update_result, summary) = match &result {
+            Ok(_) => (UpdateResult::Succeeded, "succeeded"),
+            Err(Failure::Stopped) => (UpdateResult::Failed, "canceled"),
+            Err(Failure::Failed(_)) => (UpdateResult::Failed, "failed"),
+        };
+        let closing = lock(&events).finish(summary);
+        for e in closing {
+            run.log.event(idx, e).await;
+        }
+        // Every event is stored before the update is seen to end.
+        run.log.flush().await;
+        let outcome = UpdateOutcome {
+            result: update_result,
+            resource_changes: lock(&events).changes().clone(),
+            resource_count: engine::resource_count(engine, program_dir, &self.state_dir(run.d)),
+        };
+        if let Err(e) = self
+            .deps
+            .runs
+            .finish_update(run.d.id, run.lease, &outcome)
+            .await
+        {
+            tracing::warn!(error = %e.chain(), "could not record the update's end");
+        }
+        result
+    }
+
+    async fn engine_operation(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        engine: Engine,
+        program_dir: &Path,
+        events: &Events,
+    ) -> StepResult<Outcome> {
         let env = self.engine_env(run, engine, program_dir).await?;
         let plan = engine::plan(engine, run.d.operation, &run.d.stack.stack);
         let last = plan.commands.len() - 1;
         let mut drift = None;
-        for (i, args) in plan.commands.into_iter().enumerate() {
+        for (i, mut args) in plan.commands.into_iter().enumerate() {
+            let main = i == last;
+            let event_log = run.workdir.join("engine-events.jsonl");
+            if main && plan.events == engine::EventSource::EventLog {
+                args.extend([
+                    engine::EVENT_LOG_FLAG.to_string(),
+                    event_log.display().to_string(),
+                ]);
+            }
             let cmd = CommandSpec {
                 program: engine.binary().into(),
                 args,
@@ -565,13 +653,35 @@ impl Runner {
                 env: env.clone(),
             };
             run.log.line(idx, &format!("$ {}", display_cmd(&cmd))).await;
-            let ok: Vec<i32> = if i == last {
+            let ok: Vec<i32> = if main {
                 plan.drift_exit_code.into_iter().collect()
             } else {
                 vec![]
             };
-            let (code, _) = self.command(run, idx, &cmd, Stdout::Log, &ok).await?;
-            if i == last && plan.drift_exit_code.is_some() {
+            let mode = match plan.events {
+                engine::EventSource::JsonStdout if main => {
+                    Stdout::TerraformJson(Arc::clone(events))
+                }
+                _ => Stdout::Log,
+            };
+            let tail = (main && plan.events == engine::EventSource::EventLog).then(|| {
+                let done = CancellationToken::new();
+                let task = tokio::spawn(events::tail_event_log(
+                    event_log.clone(),
+                    run.log.clone(),
+                    idx,
+                    Arc::clone(events),
+                    done.clone(),
+                ));
+                (done, task)
+            });
+            let result = self.command(run, idx, &cmd, mode, &ok).await;
+            if let Some((done, task)) = tail {
+                done.cancel();
+                let _ = task.await;
+            }
+            let (code, _) = result?;
+            if main && plan.drift_exit_code.is_some() {
                 drift = Some(Some(code) == plan.drift_exit_code);
             }
         }
@@ -647,6 +757,18 @@ impl Runner {
             .await;
         Ok(())
     }
+}
+
+/// The name of a deployment's engine step, which Pulumi clients look for in its log.
+fn engine_step_name(op: Operation) -> String {
+    format!("pulumi {op}")
+}
+
+/// The update's events, shared by the command that makes them and the step that closes them.
+type Events = Arc<Mutex<EventStream>>;
+
+fn lock(events: &Events) -> std::sync::MutexGuard<'_, EventStream> {
+    events.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn step_name(run: &Run<'_>, idx: usize) -> String {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::engine::Engine;
-use super::{Failure, Outcome, Run, Runner, StepResult};
+use super::{Events, Failure, Outcome, Run, Runner, StepResult};
 use crate::domain::Deployment;
 use crate::error::Error;
 
@@ -23,9 +23,12 @@ impl Runner {
         idx: usize,
         engine: Engine,
         program_dir: &Path,
+        events: &Events,
     ) -> StepResult<Outcome> {
         let Some(store) = &self.deps.state_store else {
-            return self.engine_operation(run, idx, engine, program_dir).await;
+            return self
+                .engine_operation(run, idx, engine, program_dir, events)
+                .await;
         };
         let stack = &run.d.stack;
         let dir = self.state_dir(run.d);
@@ -40,7 +43,9 @@ impl Runner {
                 &format!("Restored {} state file(s) from {location}", saved.len()),
             )
             .await;
-        let result = self.engine_operation(run, idx, engine, program_dir).await;
+        let result = self
+            .engine_operation(run, idx, engine, program_dir, events)
+            .await;
         // A retry resumes where the failed attempt stopped (`saved` follows each write); a
         // conflict is final: another run's state is not to be overwritten.
         let mut outcome = store.save(stack, &dir, &mut saved).await;

@@ -170,7 +170,7 @@ async fn a_run_goes_through_its_steps_masks_secrets_and_records_outputs() {
         [
             ("Get source".to_string(), ok),
             ("Pre-run command 1".to_string(), ok),
-            ("terraform update".to_string(), ok),
+            ("pulumi update".to_string(), ok),
             ("Record outputs".to_string(), ok),
         ]
     );
@@ -237,14 +237,19 @@ async fn a_cancel_stops_the_engine_and_fails_the_run() {
     let (stack, id) = (d.stack.clone(), d.id);
     let canceller = tokio::spawn(async move {
         // Once the engine is applying, cancel.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the engine step never started"
+            );
             let d = deps
                 .deployments
                 .get_deployment(&stack, id)
                 .await
                 .unwrap()
                 .unwrap();
-            if d.steps.iter().any(|s| s.name == "terraform update") {
+            if d.steps.iter().any(|s| s.name == "pulumi update") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -91,6 +91,46 @@ impl DeploymentStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn list_updates(&self, stack: &StackRef, page: PageRequest) -> Result<Page<Deployment>> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| {
+                let Some(sid) = stack_id(c, &stack)? else {
+                    return Ok(Page {
+                        items: vec![],
+                        total: 0,
+                    });
+                };
+                // Updates start in deployment order (one run per stack at a time).
+                page_deployments(
+                    c,
+                    "d.stack_id = ?1 AND d.update_version IS NOT NULL",
+                    &sid,
+                    page,
+                )
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn update_by_version(
+        &self,
+        stack: &StackRef,
+        version: i64,
+    ) -> Result<Option<Deployment>> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| {
+                query_deployment(
+                    c,
+                    "d.update_version = ?1 AND s.org = ?2 AND s.project = ?3 AND s.name = ?4",
+                    params![version, stack.org, stack.project, stack.stack],
+                )
+            })
+            .await
+    }
+
     async fn list_org_deployments(&self, org: &str, page: PageRequest) -> Result<Page<Deployment>> {
         let org = org.to_string();
         self.db
@@ -116,7 +156,7 @@ impl DeploymentStore for SqliteStore {
                     .ok_or_else(|| Error::not_found(format!("deployment '{id}' not found")))?;
                 let outcome = match status.parse::<JobStatus>()? {
                     JobStatus::NotStarted => {
-                        insert_log(&tx, dseq, 0, None, Some("Cancelled before it started.\n"), now_us())?;
+                        insert_log(&tx, dseq, 0, Entry::Line("Cancelled before it started.\n"), now_us())?;
                         terminate(&tx, dseq, JobStatus::Skipped, StepStatus::Failed)?;
                         CancelOutcome::Dequeued
                     }

@@ -24,9 +24,12 @@ impl LogStore for SqliteStore {
                         timestamp: from_micros(r.get(2)?),
                         header: r.get(3)?,
                         line: r.get(4)?,
+                        event: r
+                            .get::<_, Option<String>>(5)?
+                            .and_then(|e| serde_json::from_str(&e).ok()),
                     })
                 };
-                let base = "SELECT l.seq, l.step, l.ts, l.header, l.line FROM log_entries l \
+                let base = "SELECT l.seq, l.step, l.ts, l.header, l.line, l.event FROM log_entries l \
                             JOIN deployments d ON d.seq = l.deployment_seq WHERE d.id = ?1";
                 let entries = match query {
                     LogQuery::Stream { after, limit } => c

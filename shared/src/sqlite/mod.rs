@@ -84,7 +84,7 @@ pub(super) fn ensure_stack(tx: &Transaction<'_>, stack: &StackRef) -> Result<i64
 
 pub(super) const DEPLOYMENT_COLUMNS: &str = "d.id, s.org, s.project, s.name, d.version, s.last_version, \
     d.operation, d.status, d.config, d.initiator, d.requested_by, d.created, d.modified, \
-    d.started, d.steps, s.paused";
+    d.started, d.steps, s.paused, d.update_info";
 
 pub(super) fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Deployment>> {
     let id: String = r.get(0)?;
@@ -101,6 +101,7 @@ pub(super) fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Deploy
         (r.get(4)?, r.get(5)?, r.get(9)?, r.get(10)?);
     let (created, modified, started, paused): (i64, i64, Option<i64>, bool) =
         (r.get(11)?, r.get(12)?, r.get(13)?, r.get(15)?);
+    let update: Option<String> = r.get(16)?;
     Ok((|| {
         Ok(Deployment {
             id: stored_id(&id)?,
@@ -117,6 +118,7 @@ pub(super) fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Deploy
             started: started.map(from_micros),
             steps: to_domain_steps(&steps)?,
             stack_paused: paused,
+            update: update.map(|u| serde_json::from_str(&u)).transpose()?,
         })
     })())
 }
@@ -161,20 +163,33 @@ pub(super) fn page_deployments(
 }
 
 /// Appends one log entry inside a transaction, bumping the deployment's log counter.
+/// What a log entry holds: a step's header, a line of output, or an engine event.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Entry<'a> {
+    Header(&'a str),
+    Line(&'a str),
+    Event(&'a str),
+}
+
 pub(super) fn insert_log(
     tx: &Transaction<'_>,
     dseq: i64,
     step: usize,
-    header: Option<&str>,
-    line: Option<&str>,
+    entry: Entry<'_>,
     ts: i64,
 ) -> Result<()> {
+    let (header, line, event) = match entry {
+        Entry::Header(h) => (Some(h), None, None),
+        Entry::Line(l) => (None, Some(l), None),
+        Entry::Event(e) => (None, None, Some(e)),
+    };
     let seq: i64 = tx
         .prepare_cached(
             "UPDATE deployments SET log_seq = log_seq + 1 WHERE seq = ?1 RETURNING log_seq",
         )?
         .query_row([dseq], |r| r.get(0))?;
-    let n: Option<i64> = if header.is_some() {
+    // Lines are numbered within their step (step-mode reads); headers and events are not.
+    let n: Option<i64> = if line.is_none() {
         None
     } else {
         Some(
@@ -185,9 +200,9 @@ pub(super) fn insert_log(
         )
     };
     tx.prepare_cached(
-        "INSERT INTO log_entries (deployment_seq, seq, step, n, ts, header, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO log_entries (deployment_seq, seq, step, n, ts, header, line, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![dseq, seq, step as i64, n, ts, header, line])?;
+    .execute(params![dseq, seq, step as i64, n, ts, header, line, event])?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::time_fmt::to_micros;
+use crate::domain::updates::{UpdateInfo, UpdateKind, UpdateOutcome, UpdateResult};
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
@@ -108,7 +109,7 @@ pub(super) fn skip_if_superseded(
         let msg = format!(
             "Skipped: a newer {operation} deployment is queued (skipIntermediateDeployments).\n"
         );
-        insert_log(tx, dseq, 0, None, Some(&msg), now_us())?;
+        insert_log(tx, dseq, 0, Entry::Line(&msg), now_us())?;
         terminate(tx, dseq, JobStatus::Skipped, StepStatus::Failed)?;
     }
     Ok(newer)
@@ -227,6 +228,85 @@ impl RunStore for SqliteStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
+    async fn start_update(&self, id: Uuid, lease: &Lease, kind: UpdateKind) -> Result<i64> {
+        let lease = lease.clone();
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let dseq = held(&tx, id, &lease, "'running'")?;
+                let (sid, existing): (i64, Option<i64>) = tx.query_row(
+                    "SELECT stack_id, update_version FROM deployments WHERE seq = ?1",
+                    [dseq],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if existing.is_some() {
+                    return Err(Error::conflict(format!(
+                        "deployment {id} has started its update already"
+                    )));
+                }
+                let version: i64 = tx.query_row(
+                    "UPDATE stacks SET update_seq = update_seq + 1 WHERE id = ?1 RETURNING update_seq",
+                    [sid],
+                    |r| r.get(0),
+                )?;
+                let info = UpdateInfo {
+                    version,
+                    kind,
+                    result: UpdateResult::InProgress,
+                    started: OffsetDateTime::now_utc(),
+                    ended: None,
+                    resource_changes: Default::default(),
+                    resource_count: None,
+                };
+                tx.execute(
+                    "UPDATE deployments SET update_version = ?2, update_info = ?3 WHERE seq = ?1",
+                    params![dseq, version, serde_json::to_string(&info)?],
+                )?;
+                tx.commit()?;
+                Ok(version)
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
+    async fn finish_update(&self, id: Uuid, lease: &Lease, outcome: &UpdateOutcome) -> Result<()> {
+        let (lease, outcome) = (lease.clone(), outcome.clone());
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let dseq = held(&tx, id, &lease, "'running'")?;
+                let (sid, info): (i64, Option<String>) = tx.query_row(
+                    "SELECT stack_id, update_info FROM deployments WHERE seq = ?1",
+                    [dseq],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                let mut info: UpdateInfo =
+                    serde_json::from_str(&info.ok_or_else(|| {
+                        Error::not_found(format!("deployment {id} has no update"))
+                    })?)?;
+                info.result = outcome.result;
+                info.ended = Some(OffsetDateTime::now_utc());
+                info.resource_changes = outcome.resource_changes.clone();
+                info.resource_count = outcome.resource_count;
+                tx.execute(
+                    "UPDATE deployments SET update_info = ?2 WHERE seq = ?1",
+                    params![dseq, serde_json::to_string(&info)?],
+                )?;
+                if outcome.result == UpdateResult::Succeeded
+                    && let Some(count) = outcome.resource_count
+                {
+                    tx.execute(
+                        "UPDATE stacks SET resource_count = ?2 WHERE id = ?1",
+                        params![sid, count],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn start_step(&self, id: Uuid, lease: &Lease, name: &str) -> Result<usize> {
         let (lease, name) = (lease.clone(), name.to_string());
         self.db
@@ -238,7 +318,7 @@ impl RunStore for SqliteStore {
                     steps.push(StoredStep::running(&name, now));
                     Ok(steps.len() - 1)
                 })?;
-                insert_log(&tx, dseq, idx, Some(&name), None, now)?;
+                insert_log(&tx, dseq, idx, Entry::Header(&name), now)?;
                 tx.commit()?;
                 Ok(idx)
             })
@@ -282,14 +362,12 @@ impl RunStore for SqliteStore {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let dseq = held(&tx, id, &lease, "'accepted', 'running'")?;
                 for l in &lines {
-                    insert_log(
-                        &tx,
-                        dseq,
-                        l.step,
-                        None,
-                        Some(&l.line),
-                        to_micros(l.timestamp),
-                    )?;
+                    let event = l.event.as_ref().map(Value::to_string);
+                    let entry = match &event {
+                        Some(e) => Entry::Event(e),
+                        None => Entry::Line(&l.line),
+                    };
+                    insert_log(&tx, dseq, l.step, entry, to_micros(l.timestamp))?;
                 }
                 tx.commit()?;
                 Ok(())
@@ -393,14 +471,13 @@ impl RunStore for SqliteStore {
                         &tx,
                         *dseq,
                         0,
-                        None,
-                        Some("The worker running this deployment stopped renewing its lease (it crashed or was killed); marked failed.\n"),
+                        Entry::Line("The worker running this deployment stopped renewing its lease (it crashed or was killed); marked failed.\n"),
                         now,
                     )?;
                     terminate(&tx, *dseq, JobStatus::Failed, StepStatus::Failed)?;
                 }
                 for (dseq, _, _) in &stale {
-                    insert_log(&tx, *dseq, 0, None, Some("Skipped: queued for longer than the queue allows.\n"), now)?;
+                    insert_log(&tx, *dseq, 0, Entry::Line("Skipped: queued for longer than the queue allows.\n"), now)?;
                     terminate(&tx, *dseq, JobStatus::Skipped, StepStatus::Failed)?;
                 }
                 tx.commit()?;

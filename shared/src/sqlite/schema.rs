@@ -179,6 +179,18 @@ CREATE TABLE bootstrap_redeemed (
     redeemed    INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // Tags, updates and engine events (the stack resource and updates behind deployments).
+    r#"
+ALTER TABLE stacks ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE stacks ADD COLUMN update_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stacks ADD COLUMN resource_count INTEGER;
+ALTER TABLE deployments ADD COLUMN update_version INTEGER;
+ALTER TABLE deployments ADD COLUMN update_info TEXT;
+CREATE INDEX deployments_updates ON deployments(stack_id, update_version)
+    WHERE update_version IS NOT NULL;
+-- An engine event of the deployment's update, in the log's order; header and line are NULL.
+ALTER TABLE log_entries ADD COLUMN event TEXT;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
+use crate::domain::stacks::{StackInfo, Tags};
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
@@ -196,6 +197,72 @@ impl StackStore for SqliteStore {
             })
             .await
     }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn get_stack(&self, stack: &StackRef) -> Result<Option<StackInfo>> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| {
+                c.prepare_cached(&format!(
+                    "SELECT {STACK_INFO_COLUMNS} FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3"
+                ))?
+                .query_row(params![stack.org, stack.project, stack.stack], stack_info_from_row)
+                .optional()?
+                .transpose()
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org))]
+    async fn list_stacks(&self, org: &str) -> Result<Vec<StackInfo>> {
+        let org = org.to_string();
+        self.db
+            .read(move |c| {
+                c.prepare_cached(&format!(
+                    "SELECT {STACK_INFO_COLUMNS} FROM stacks WHERE org = ?1 ORDER BY project, name"
+                ))?
+                .query_map([org], stack_info_from_row)?
+                .map(|r| r.map_err(Error::from).and_then(|s| s))
+                .collect()
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn replace_tags(&self, stack: &StackRef, tags: &Tags, expected: &Tags) -> Result<()> {
+        let stack = stack.clone();
+        let (tags, expected) = (
+            serde_json::to_string(tags)?,
+            serde_json::to_string(expected)?,
+        );
+        self.db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let current: String = tx
+                    .query_row(
+                        "SELECT tags FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3",
+                        params![stack.org, stack.project, stack.stack],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .ok_or_else(|| Error::not_found(format!("stack '{stack}' not found")))?;
+                // Compared as maps: the stored text is this code's own serialisation.
+                let same = serde_json::from_str::<Tags>(&current)?
+                    == serde_json::from_str::<Tags>(&expected)?;
+                if !same {
+                    return Err(Error::conflict(format!(
+                        "the tags of stack '{stack}' changed meanwhile"
+                    )));
+                }
+                tx.execute(
+                    "UPDATE stacks SET tags = ?4 WHERE org = ?1 AND project = ?2 AND name = ?3",
+                    params![stack.org, stack.project, stack.stack, tags],
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -257,4 +324,29 @@ impl OrgStore for SqliteStore {
             })
             .await
     }
+}
+
+const STACK_INFO_COLUMNS: &str =
+    "org, project, name, created, tags, update_seq, resource_count, active, paused";
+
+fn stack_info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StackInfo>> {
+    let (org, project, name): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+    let (created, tags, update_version): (i64, String, i64) = (r.get(3)?, r.get(4)?, r.get(5)?);
+    let (resource_count, active, paused): (Option<i64>, Option<String>, bool) =
+        (r.get(6)?, r.get(7)?, r.get(8)?);
+    Ok((|| {
+        Ok(StackInfo {
+            stack: StackRef {
+                org,
+                project,
+                stack: name,
+            },
+            created: from_micros(created),
+            tags: serde_json::from_str(&tags)?,
+            update_version,
+            resource_count,
+            active: active.map(|a| stored_id(&a)).transpose()?,
+            paused,
+        })
+    })())
 }

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::{Event, Format, Hook, HookScope};
 use crate::deps::Deps;
-use crate::domain::{Deployment, JobStatus, Operation, StackRef};
+use crate::domain::{Deployment, JobStatus, Operation};
 use crate::ports::{LogQuery, OutboxMessage};
 
 /// Pulumi's raw payload for a deployment event, plus `sequence`, `deploymentId` and `event`.
@@ -63,7 +63,8 @@ fn summary(payload: &Value, event: Event) -> String {
 /// The body a hook of `format` receives.
 pub fn format_body(format: Format, payload: &Value, event: Event) -> Value {
     match format {
-        Format::Raw => payload.clone(),
+        // A pulumi_deployments hook's message is the event itself, for its sender.
+        Format::Raw | Format::PulumiDeployments => payload.clone(),
         Format::Slack => json!({ "text": summary(payload, event) }),
         Format::MsTeams => {
             let color = if event.as_str().ends_with("failed") {
@@ -102,17 +103,19 @@ pub fn sequence(version: i64, event: Event) -> i64 {
 /// its sequence number. Nothing is built when no hook wants the event.
 async fn hook_messages(
     deps: &Deps,
-    stack: &StackRef,
-    version: i64,
+    d: &Deployment,
     event: Event,
     payload: impl FnOnce(i64) -> Value,
 ) -> crate::error::Result<Vec<OutboxMessage>> {
+    let (stack, version) = (&d.stack, d.version);
     let wanting: Vec<(HookScope, Hook)> = deps
         .hooks
         .hooks_for_stack(stack)
         .await?
         .into_iter()
         .filter(|(_, h)| h.wants(event))
+        // Dependent stacks follow their upstream's updates, not its previews or refreshes.
+        .filter(|(_, h)| h.format != Format::PulumiDeployments || d.operation == Operation::Update)
         .collect();
     if wanting.is_empty() {
         return Ok(vec![]);
@@ -125,7 +128,10 @@ async fn hook_messages(
             id: uuid::Uuid::new_v4().to_string(),
             org: stack.org.clone(),
             target: hook_target(scope, &hook.name),
-            kind: event.kind().to_string(),
+            kind: match hook.format {
+                Format::PulumiDeployments => PULUMI_DEPLOYMENTS_KIND.to_string(),
+                _ => event.kind().to_string(),
+            },
             event: event.as_str().to_string(),
             body: format_body(hook.format, &payload, event).to_string(),
             created: now,
@@ -133,6 +139,9 @@ async fn hook_messages(
         .collect();
     Ok(messages)
 }
+
+/// The outbox kind of a `pulumi_deployments` hook's message: a deployment to start.
+pub const PULUMI_DEPLOYMENTS_KIND: &str = "pulumi_deployments";
 
 pub fn hook_target(scope: &HookScope, name: &str) -> String {
     format!("hook:{}/{name}", scope.key())
@@ -158,7 +167,7 @@ async fn emit(
     github: bool,
 ) {
     let result = async {
-        let mut messages = hook_messages(deps, &d.stack, d.version, event, payload).await?;
+        let mut messages = hook_messages(deps, d, event, payload).await?;
         if github {
             messages.extend(github_messages(deps, d, event).await);
         }

@@ -9,7 +9,6 @@
 //! (`Tarmac-Webhook-Signature: t=<unix>,v1=<hex hmac(t "." body)>`) that lets receivers refuse
 //! replays, automatic retries, a delivery log, and redelivery of any past message.
 
-pub mod dispatch;
 pub mod events;
 
 use serde_json::{Value, json};
@@ -112,20 +111,17 @@ pub fn apply_request(
     let payload_url = string(body, "payloadUrl")?
         .or(current.map(|c| c.payload_url.clone()))
         .ok_or_else(|| Error::invalid("payloadUrl is required"))?;
-    if !(payload_url.starts_with("https://") || payload_url.starts_with("http://")) {
+    let format = match string(body, "format")?.as_deref() {
+        None | Some("") => current.map_or(Format::Raw, |c| c.format),
+        Some(other) => other.parse()?,
+    };
+    if format == Format::PulumiDeployments {
+        crate::domain::hooks::deployment_target(&scope.org, &payload_url)?;
+    } else if !(payload_url.starts_with("https://") || payload_url.starts_with("http://")) {
         return Err(Error::invalid(format!(
             "payloadUrl '{payload_url}' must be an http(s) URL"
         )));
     }
-    let format = match string(body, "format")?.as_deref() {
-        None | Some("") => current.map_or(Format::Raw, |c| c.format),
-        Some("pulumi_deployments") => {
-            return Err(Error::invalid(
-                "format pulumi_deployments is not supported; use raw, slack or ms_teams",
-            ));
-        }
-        Some(other) => other.parse()?,
-    };
     let active = match crate::json::member(body, "active") {
         None => current.is_none_or(|c| c.active),
         Some(Value::Bool(b)) => *b,
@@ -220,7 +216,11 @@ mod tests {
             ),
             (
                 json!({"displayName": "d", "payloadUrl": "https://x", "format": "pulumi_deployments"}),
-                "not supported",
+                "<project>/<stack>",
+            ),
+            (
+                json!({"displayName": "d", "payloadUrl": "other/p/s", "format": "pulumi_deployments"}),
+                "<project>/<stack>",
             ),
             (
                 json!({"displayName": "d", "payloadUrl": "https://x", "filters": ["nope"]}),

@@ -65,6 +65,9 @@ impl DynamoStore {
             started: opt_n(d, "started").map(from_micros),
             steps: to_domain_steps(&get_s(d, "steps")?)?,
             stack_paused: get_b(stack, "paused"),
+            update: opt_s(d, "update_info")
+                .map(|u| serde_json::from_str(&u))
+                .transpose()?,
         })
     }
 
@@ -293,6 +296,39 @@ impl DeploymentStore for DynamoStore {
             items: self.with_stacks(items).await?,
             total,
         })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn list_updates(&self, stack: &StackRef, page: PageRequest) -> Result<Page<Deployment>> {
+        let spk = stack_pk(stack);
+        let (pointers, total) = self
+            .page(
+                None,
+                "pk = :pk AND begins_with(sk, :upd)",
+                vec![(":pk", s(&spk)), (":upd", s(UPDATE_PREFIX))],
+                page,
+            )
+            .await?;
+        let mut items = Vec::with_capacity(pointers.len());
+        for p in &pointers {
+            if let Some(d) = self.deployment_at(&spk, get_n(p, "dep_version")?).await? {
+                items.push(d);
+            }
+        }
+        Ok(Page { items, total })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn update_by_version(
+        &self,
+        stack: &StackRef,
+        version: i64,
+    ) -> Result<Option<Deployment>> {
+        let spk = stack_pk(stack);
+        let Some(p) = self.get(key(&spk, update_sk(version))).await? else {
+            return Ok(None);
+        };
+        self.deployment_at(&spk, get_n(&p, "dep_version")?).await
     }
 
     async fn list_org_deployments(&self, org: &str, page: PageRequest) -> Result<Page<Deployment>> {

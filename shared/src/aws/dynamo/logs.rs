@@ -39,6 +39,7 @@ impl LogStore for DynamoStore {
                     timestamp: from_micros(l["ts"].as_i64().unwrap_or_default()),
                     header: l["header"].as_str().map(str::to_string),
                     line: l["line"].as_str().map(str::to_string),
+                    event: l.get("event").filter(|e| !e.is_null()).cloned(),
                 };
                 let keep = match query {
                     LogQuery::Stream { after, .. } => entry.seq > after,

@@ -122,6 +122,11 @@ pub(super) fn org_deps(org: &str) -> String {
 pub(super) fn org_stacks(org: &str) -> String {
     format!("ORG#{org}#STACKS")
 }
+/// A stack's update pointers: `UPD#<version>` -> the deployment version that made it.
+pub(super) const UPDATE_PREFIX: &str = "UPD#";
+pub(super) fn update_sk(version: i64) -> String {
+    format!("{UPDATE_PREFIX}{}", pad(version))
+}
 pub(super) const QUEUED: &str = "QUEUED";
 pub(super) const LEASED: &str = "LEASED";
 

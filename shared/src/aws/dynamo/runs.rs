@@ -13,6 +13,7 @@ use super::stacks::stack_of;
 use super::*;
 use crate::aws::item::*;
 use crate::domain::time_fmt::to_micros;
+use crate::domain::updates::{UpdateInfo, UpdateKind, UpdateOutcome, UpdateResult};
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
@@ -39,6 +40,12 @@ impl RunState {
             Value::from(*c - 1)
         };
         self.lines.push(serde_json::json!({"seq": self.log_seq, "step": step, "n": n, "ts": ts, "header": header, "line": line}));
+    }
+
+    /// An engine event, in the log's order; not numbered as a line of its step.
+    fn event(&mut self, step: usize, ts: i64, event: &Value) {
+        self.log_seq += 1;
+        self.lines.push(serde_json::json!({"seq": self.log_seq, "step": step, "n": null, "ts": ts, "event": event}));
     }
 }
 
@@ -450,6 +457,123 @@ impl RunStore for DynamoStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
+    async fn start_update(&self, id: Uuid, lease: &Lease, kind: UpdateKind) -> Result<i64> {
+        let (spk, dep_version) = self.locate_or_conflict(id).await?;
+        let item = self
+            .get(key(&spk, dep_sk(dep_version)))
+            .await?
+            .ok_or_else(|| Error::conflict(format!("deployment {id} is gone")))?;
+        let running = get_s(&item, "status")? == JobStatus::Running.as_str()
+            && opt_s(&item, "lease_owner").as_deref() == Some(lease.owner.as_str());
+        if !running {
+            return Err(Error::conflict(format!(
+                "deployment {id} is no longer held by this worker"
+            )));
+        }
+        if item.contains_key("update_info") {
+            return Err(Error::conflict(format!(
+                "deployment {id} has started its update already"
+            )));
+        }
+        // The stack's next update version. Only the run holding the stack's slot gets here, so
+        // versions follow the order updates start; one taken by a run that then loses its lease
+        // is skipped, never reused.
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(&spk, STACK_SK)))
+            .update_expression("ADD #update_seq :one")
+            .condition_expression("attribute_exists(pk)")
+            .set_expression_attribute_names(names(&["#update_seq"]))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| aws_err("UpdateItem", e))?;
+        let version = out
+            .attributes
+            .as_ref()
+            .and_then(|a| opt_n(a, "update_seq"))
+            .ok_or_else(|| Error::internal("UpdateItem returned no update_seq"))?;
+        let info = UpdateInfo {
+            version,
+            kind,
+            result: UpdateResult::InProgress,
+            started: OffsetDateTime::now_utc(),
+            ended: None,
+            resource_changes: Default::default(),
+            resource_count: None,
+        };
+        let mut pointer = key(&spk, update_sk(version));
+        pointer.insert("dep_version".into(), n(dep_version));
+        self.write_run(
+            id,
+            Guard::Lease(lease, &[JobStatus::Running]),
+            Extra {
+                set: "#update_info = :info, #update_version = :uv",
+                remove: "",
+                vals: vec![
+                    (":info", s(serde_json::to_string(&info)?)),
+                    (":uv", n(version)),
+                ],
+            },
+            |tx, _| tx.put(pointer.clone(), None, vec![]),
+            |_, item| {
+                if item.contains_key("update_info") {
+                    return Err(Error::conflict(format!(
+                        "deployment {id} has started its update already"
+                    )));
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(version)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
+    async fn finish_update(&self, id: Uuid, lease: &Lease, outcome: &UpdateOutcome) -> Result<()> {
+        let (spk, dep_version) = self.locate_or_conflict(id).await?;
+        let item = self
+            .get(key(&spk, dep_sk(dep_version)))
+            .await?
+            .ok_or_else(|| Error::conflict(format!("deployment {id} is gone")))?;
+        let mut info: UpdateInfo = serde_json::from_str(
+            &opt_s(&item, "update_info")
+                .ok_or_else(|| Error::not_found(format!("deployment {id} has no update")))?,
+        )?;
+        info.result = outcome.result;
+        info.ended = Some(OffsetDateTime::now_utc());
+        info.resource_changes = outcome.resource_changes.clone();
+        info.resource_count = outcome.resource_count;
+        let count = outcome
+            .resource_count
+            .filter(|_| outcome.result == UpdateResult::Succeeded);
+        self.write_run(
+            id,
+            Guard::Lease(lease, &[JobStatus::Running]),
+            Extra {
+                set: "#update_info = :info",
+                remove: "",
+                vals: vec![(":info", s(serde_json::to_string(&info)?))],
+            },
+            |tx, _| {
+                if let Some(count) = count {
+                    tx.update(
+                        key(&spk, STACK_SK),
+                        "SET #resource_count = :count",
+                        None,
+                        vec![(":count", n(count))],
+                    );
+                }
+            },
+            |_, _| Ok(()),
+        )
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn append_logs(&self, id: Uuid, lease: &Lease, lines: &[LogLine]) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
@@ -461,7 +585,11 @@ impl RunStore for DynamoStore {
             |_, _| {},
             |st, _| {
                 for l in lines {
-                    st.log(l.step, to_micros(l.timestamp), None, Some(&l.line));
+                    let ts = to_micros(l.timestamp);
+                    match &l.event {
+                        Some(e) => st.event(l.step, ts, e),
+                        None => st.log(l.step, ts, None, Some(&l.line)),
+                    }
                 }
                 Ok(())
             },

@@ -136,7 +136,7 @@ impl DynamoStore {
 
     /// Removes a stack's schedules (with their history) and drift runs; part of deleting it.
     pub(super) async fn delete_schedules_and_drift(&self, spk: &str) -> Result<()> {
-        for prefix in ["SCHED#", "DRIFT#", "HOOK#"] {
+        for prefix in ["SCHED#", "DRIFT#", "HOOK#", super::UPDATE_PREFIX] {
             let items = self
                 .query(
                     None,

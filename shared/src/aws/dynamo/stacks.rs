@@ -6,6 +6,8 @@ use serde_json::Value;
 
 use super::*;
 use crate::aws::item::*;
+use crate::domain::stacks::{StackInfo, Tags};
+use crate::domain::time_fmt::from_micros;
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
@@ -14,6 +16,26 @@ use crate::store_codec::stored_id;
 impl DynamoStore {
     pub(super) async fn stack_item(&self, stack: &StackRef) -> Result<Option<Item>> {
         self.get(key(stack_pk(stack), STACK_SK)).await
+    }
+
+    /// A stack item as the stack resource shows it.
+    pub(super) fn stack_info(item: &Item) -> Result<StackInfo> {
+        Ok(StackInfo {
+            stack: StackRef {
+                org: get_s(item, "org")?,
+                project: get_s(item, "project")?,
+                stack: get_s(item, "stack")?,
+            },
+            created: from_micros(get_n(item, "created")?),
+            tags: match opt_s(item, "tags") {
+                Some(t) => serde_json::from_str(&t)?,
+                None => Tags::new(),
+            },
+            update_version: opt_n(item, "update_seq").unwrap_or(0),
+            resource_count: opt_n(item, "resource_count"),
+            active: opt_s(item, "active").map(|a| stored_id(&a)).transpose()?,
+            paused: get_b(item, "paused"),
+        })
     }
 
     /// Every stack item of an org (the `gsi2` partition `ORG#{org}#STACKS`).
@@ -244,6 +266,57 @@ impl StackStore for DynamoStore {
             }
         }
         Ok(out)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn get_stack(&self, stack: &StackRef) -> Result<Option<StackInfo>> {
+        self.stack_item(stack)
+            .await?
+            .map(|item| Self::stack_info(&item))
+            .transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org))]
+    async fn list_stacks(&self, org: &str) -> Result<Vec<StackInfo>> {
+        // The index sorts by `project/stack`.
+        self.org_stack_items(org)
+            .await?
+            .iter()
+            .map(Self::stack_info)
+            .collect()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn replace_tags(&self, stack: &StackRef, tags: &Tags, expected: &Tags) -> Result<()> {
+        // Tags are stored as their JSON, which serialises a map in key order: equal maps have
+        // equal text, so the condition compares the whole map.
+        let old = serde_json::to_string(expected)?;
+        let cond = if expected.is_empty() {
+            "attribute_exists(pk) AND (attribute_not_exists(#tags) OR #tags = :old)"
+        } else {
+            "attribute_exists(pk) AND #tags = :old"
+        };
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(stack_pk(stack), STACK_SK)))
+            .update_expression("SET #tags = :new")
+            .condition_expression(cond)
+            .set_expression_attribute_names(names(&["#tags"]))
+            .expression_attribute_values(":new", s(serde_json::to_string(tags)?))
+            .expression_attribute_values(":old", s(old))
+            .send()
+            .await;
+        match checked("UpdateItem", r)? {
+            Some(_) => Ok(()),
+            None if self.stack_item(stack).await?.is_none() => {
+                Err(Error::not_found(format!("stack '{stack}' not found")))
+            }
+            None => Err(Error::conflict(format!(
+                "the tags of stack '{stack}' changed meanwhile"
+            ))),
+        }
     }
 }
 

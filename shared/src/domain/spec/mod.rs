@@ -43,6 +43,16 @@ pub struct GitHubTrigger {
     pub installation: Option<i64>,
 }
 
+/// How a deployment came from another through `pulumi_deployments` hooks: the deployment
+/// that started it, and the chain of stacks that led here, oldest first (kept so that a chain
+/// never comes back to a stack it passed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Upstream {
+    pub deployment: uuid::Uuid,
+    pub stacks: Vec<String>,
+}
+
 /// The longest a run may be given: a week.
 pub const MAX_TIMEOUT_SECS: i64 = 7 * 86_400;
 
@@ -62,6 +72,8 @@ pub struct RunSpec {
     pub oidc: Option<OidcSpec>,
     /// Set when GitHub triggered the deployment.
     pub trigger: Option<GitHubTrigger>,
+    /// Set when another stack's deployment started it through a hook.
+    pub upstream: Option<Upstream>,
 }
 
 #[derive(Deserialize, Default)]
@@ -71,6 +83,7 @@ struct RawSettings {
     git_hub: RawGitHub,
     operation_context: RawOperation,
     trigger: Option<GitHubTrigger>,
+    upstream: Option<Upstream>,
 }
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -168,6 +181,7 @@ impl RunSpec {
             engine: non_empty(options.engine).map(|e| e.parse()).transpose()?,
             oidc,
             trigger: raw.trigger,
+            upstream: raw.upstream,
         })
     }
 }
@@ -252,6 +266,13 @@ impl DeploymentConfig {
 
     pub fn spec(&self) -> &RunSpec {
         &self.spec
+    }
+
+    /// Records the deployment (and chain) that started this one through a hook.
+    pub fn with_upstream(mut self, upstream: Upstream) -> Result<Self> {
+        self.settings["upstream"] = serde_json::to_value(&upstream)?;
+        self.spec.upstream = Some(upstream);
+        Ok(self)
     }
 
     /// Records the GitHub event that asked for this deployment.

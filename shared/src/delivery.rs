@@ -1,5 +1,7 @@
-//! Sending outbox messages: signed HTTP POSTs to hooks, and GitHub API calls, each attempt
-//! recorded, failures retried with exponential backoff.
+//! Delivering the outbox: signed HTTP POSTs to hooks, GitHub API calls, and the deployments
+//! `pulumi_deployments` hooks start; each attempt recorded, failures retried with exponential
+//! backoff. Above `service` (it starts deployments), which is above `webhooks` (which makes the
+//! messages).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +11,6 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::HookScope;
 use crate::crypto::hmac_sha256_hex;
 use crate::deps::Deps;
 use crate::domain::StackRef;
@@ -17,12 +18,14 @@ use crate::error::{Error, Result};
 use crate::github::Integration;
 use crate::github::client::GitHub;
 use crate::ports::{Attempt, OutboxMessage};
+use crate::webhooks::events::{PULUMI_DEPLOYMENTS_KIND, hook_target};
+use crate::webhooks::{Format, Hook, HookScope};
 
 /// Attempts per message before it is given up (about four minutes of retries at the default
 /// base).
-pub const MAX_ATTEMPTS: u32 = 8;
+pub(crate) const MAX_ATTEMPTS: u32 = 8;
 /// The first retry's delay; each next one doubles, up to `MAX_DELAY`.
-pub const RETRY_BASE: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_BASE: Duration = Duration::from_secs(1);
 const MAX_DELAY: Duration = Duration::from_secs(300);
 /// A receiver gets this long to answer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,7 +36,11 @@ const CLAIM: Duration = Duration::from_secs(120);
 const KEEP_BODY: usize = 4096;
 
 /// When to try again after `attempts` failed attempts; `None` once they are spent.
-pub fn next_attempt(attempts: u32, now: OffsetDateTime, base: Duration) -> Option<OffsetDateTime> {
+pub(crate) fn next_attempt(
+    attempts: u32,
+    now: OffsetDateTime,
+    base: Duration,
+) -> Option<OffsetDateTime> {
     if attempts >= MAX_ATTEMPTS {
         return None;
     }
@@ -44,7 +51,7 @@ pub fn next_attempt(attempts: u32, now: OffsetDateTime, base: Duration) -> Optio
 }
 
 /// `hook:<scope key>/<name>` back into its scope and name.
-pub fn parse_hook_target(target: &str) -> Option<(HookScope, String)> {
+pub(crate) fn parse_hook_target(target: &str) -> Option<(HookScope, String)> {
     let (scope, name) = target.strip_prefix("hook:")?.rsplit_once('/')?;
     Some((HookScope::from_key(scope)?, name.to_string()))
 }
@@ -120,7 +127,7 @@ async fn capped_body(mut resp: reqwest::Response) -> String {
 
 /// Sends one message once and returns the attempt, whatever happened. `Ok(None)` when the
 /// message has nowhere to go any more (its hook was deleted or deactivated).
-pub async fn send(deps: &Deps, m: &OutboxMessage) -> Result<Option<Attempt>> {
+pub(crate) async fn send(deps: &Deps, m: &OutboxMessage) -> Result<Option<Attempt>> {
     if m.target == "github" {
         return Ok(Some(send_github(deps, m).await));
     }
@@ -131,6 +138,9 @@ pub async fn send(deps: &Deps, m: &OutboxMessage) -> Result<Option<Attempt>> {
     };
     if !hook.active && m.kind != "ping" {
         return Ok(None);
+    }
+    if hook.format == Format::PulumiDeployments {
+        return Ok(Some(start_dependent(deps, &scope, &hook, m).await));
     }
     let secret = match &hook.secret {
         Some(s) => Some(deps.cipher.for_org(&scope.org).open(s).ok_or_else(|| {
@@ -208,6 +218,93 @@ pub async fn send(deps: &Deps, m: &OutboxMessage) -> Result<Option<Attempt>> {
     Ok(Some(attempt))
 }
 
+/// The longest chain of stacks `pulumi_deployments` hooks may start one after another.
+pub(crate) const MAX_CHAIN: usize = 10;
+
+/// A `pulumi_deployments` hook's "delivery": an inherited `update` of its target stack, after
+/// its source stack's update succeeded. Refused (409) when the target is already in the chain
+/// that led here, so that A→B→A stops at A's second turn, or when the chain is `MAX_CHAIN` long.
+/// Idempotent: the deployment's id is derived from the source deployment and the hook, so a
+/// redelivery finds it made. The attempt says what happened; no HTTP call is made.
+async fn start_dependent(
+    deps: &Deps,
+    scope: &HookScope,
+    hook: &Hook,
+    m: &OutboxMessage,
+) -> Attempt {
+    let started = Instant::now();
+    let now = OffsetDateTime::now_utc();
+    let result = async {
+        let target = crate::domain::hooks::deployment_target(&scope.org, &hook.payload_url)?;
+        let payload: Value = serde_json::from_str(&m.body)?;
+        let source = StackRef::new(
+            &scope.org,
+            payload["projectName"].as_str().unwrap_or_default(),
+            payload["stackName"].as_str().unwrap_or_default(),
+        )?;
+        let source_id = payload["deploymentId"]
+            .as_str()
+            .and_then(|i| uuid::Uuid::parse_str(i).ok())
+            .ok_or_else(|| Error::invalid("the event names no deployment"))?;
+        let upstream = deps
+            .deployments
+            .get_deployment(&source, source_id)
+            .await?
+            .and_then(|d| d.config.spec().upstream.clone());
+        let mut chain = upstream.map(|u| u.stacks).unwrap_or_default();
+        chain.push(source.to_string());
+        if chain.contains(&target.to_string()) {
+            return Err(Error::conflict(format!(
+                "refused: {target} already ran in this chain ({}); dependent deployments never loop",
+                chain.join(" -> ")
+            )));
+        }
+        if chain.len() >= MAX_CHAIN {
+            return Err(Error::conflict(format!(
+                "refused: the chain {} is {MAX_CHAIN} stacks long already",
+                chain.join(" -> ")
+            )));
+        }
+        let key = format!("{}:{}", source_id, hook_target(scope, &hook.name));
+        let id = crate::crypto::derived_uuid(&[b"tarmac-dependent:", key.as_bytes()]);
+        let body = serde_json::json!({"operation": "update", "inheritSettings": true});
+        let requested_by = format!("webhook:{}", hook.name);
+        let request = crate::service::CreateRequest {
+            id: Some(id),
+            upstream: Some(crate::domain::spec::Upstream {
+                deployment: source_id,
+                stacks: chain,
+            }),
+            ..crate::service::CreateRequest::new(&target, &body, "webhook", &requested_by)
+        };
+        match crate::service::create(deps, &request).await {
+            Ok(d) => Ok((202, serde_json::json!({"id": d.id, "version": d.version, "stack": target.to_string()}))),
+            Err(Error::Conflict(_)) if deps.deployments.get_deployment(&target, id).await?.is_some() => {
+                Ok((200, serde_json::json!({"id": id, "stack": target.to_string(), "note": "started already"})))
+            }
+            Err(e) => Err(e),
+        }
+    }
+    .await;
+    let (code, body) = match result {
+        Ok((code, body)) => (code, body.to_string()),
+        Err(e) if !e.is_internal() => (e.status().as_u16() as i64, e.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e.chain(), "could not start a dependent deployment");
+            (500, "internal error".to_string())
+        }
+    };
+    Attempt {
+        timestamp: now,
+        duration_ms: started.elapsed().as_millis() as i64,
+        request_url: format!("deployments:{}", hook.payload_url),
+        request_headers: String::new(),
+        response_code: code,
+        response_headers: String::new(),
+        response_body: body,
+    }
+}
+
 async fn send_github(deps: &Deps, m: &OutboxMessage) -> Attempt {
     let now = OffsetDateTime::now_utc();
     let started = Instant::now();
@@ -276,7 +373,7 @@ async fn current_state(deps: &Deps, body: &Value) -> Option<(&'static str, Strin
     let stack = StackRef::parse(body["stack"].as_str()?).ok()?;
     let id = body["deploymentId"].as_str()?.parse().ok()?;
     let d = deps.deployments.get_deployment(&stack, id).await.ok()??;
-    Some(super::events::github_state(d.status, d.operation))
+    Some(crate::webhooks::events::github_state(d.status, d.operation))
 }
 
 fn delivered(a: &Attempt) -> bool {
@@ -284,7 +381,7 @@ fn delivered(a: &Attempt) -> bool {
 }
 
 /// Sends one claimed message and records the attempt, scheduling the next if it failed.
-pub async fn deliver(deps: &Deps, m: &OutboxMessage, attempts_before: u32, base: Duration) {
+pub(crate) async fn deliver(deps: &Deps, m: &OutboxMessage, attempts_before: u32, base: Duration) {
     let outbox = &deps.outbox;
     let attempt = match send(deps, m).await {
         Ok(Some(a)) => a,
@@ -300,7 +397,11 @@ pub async fn deliver(deps: &Deps, m: &OutboxMessage, attempts_before: u32, base:
             return;
         }
     };
-    let next = if delivered(&attempt) {
+    // A dependent stack's deployment refused for a reason of its own (a loop, no settings) is
+    // refused again on every retry.
+    let final_refusal =
+        m.kind == PULUMI_DEPLOYMENTS_KIND && (400..500).contains(&attempt.response_code);
+    let next = if delivered(&attempt) || final_refusal {
         None
     } else {
         next_attempt(attempts_before + 1, OffsetDateTime::now_utc(), base)
@@ -315,7 +416,11 @@ pub async fn deliver(deps: &Deps, m: &OutboxMessage, attempts_before: u32, base:
 
 /// Sends a message now, outside the schedule (a ping, a redelivery), records the attempt and
 /// returns it. A failed send is retried on the usual schedule.
-pub async fn deliver_now(deps: &Deps, m: &OutboxMessage, attempts_before: u32) -> Result<Attempt> {
+pub(crate) async fn deliver_now(
+    deps: &Deps,
+    m: &OutboxMessage,
+    attempts_before: u32,
+) -> Result<Attempt> {
     let outbox = &deps.outbox;
     let attempt = send(deps, m)
         .await?
@@ -332,7 +437,7 @@ pub async fn deliver_now(deps: &Deps, m: &OutboxMessage, attempts_before: u32) -
 /// Sends what is due until nothing is or `budget` is spent: how the Lambda functions dispatch
 /// (the worker after its runs, the scheduler on every tick), since nothing runs between
 /// invocations. Returns how many messages were claimed.
-pub async fn drain(deps: &Arc<Deps>, budget: Duration) -> usize {
+pub(crate) async fn drain(deps: &Arc<Deps>, budget: Duration) -> usize {
     let outbox = &deps.outbox;
     let started = Instant::now();
     let mut claimed_total = 0;
@@ -363,7 +468,7 @@ pub async fn drain(deps: &Arc<Deps>, budget: Duration) -> usize {
 }
 
 /// The embedded dispatcher: sends due messages until `stop`, woken early by `wake`.
-pub fn spawn(
+pub(crate) fn spawn(
     deps: Arc<Deps>,
     wake: Arc<Notify>,
     base: Duration,
@@ -408,7 +513,7 @@ pub fn spawn(
 }
 
 /// A delivery as Pulumi shows it, plus Tarmac's `event` and `attempt`.
-pub fn render_delivery(m: &OutboxMessage, a: &Attempt, n: usize) -> Value {
+pub(crate) fn render_delivery(m: &OutboxMessage, a: &Attempt, n: usize) -> Value {
     json!({
         "id": m.id,
         "kind": m.kind,
@@ -443,7 +548,7 @@ mod tests {
 
     #[test]
     fn sequences_follow_versions_then_each_runs_lifecycle() {
-        use super::super::events::sequence;
+        use crate::webhooks::events::sequence;
         let order = [
             sequence(1, Event::DeploymentQueued),
             sequence(1, Event::DeploymentStarted),
@@ -463,14 +568,14 @@ mod tests {
             org: "acme".into(),
             stack: Some(StackRef::new("acme", "web", "dev").unwrap()),
         };
-        let t = super::super::events::hook_target(&s, "ab12cd34");
+        let t = crate::webhooks::events::hook_target(&s, "ab12cd34");
         assert_eq!(parse_hook_target(&t), Some((s, "ab12cd34".into())));
         let o = HookScope {
             org: "acme".into(),
             stack: None,
         };
         assert_eq!(
-            parse_hook_target(&super::super::events::hook_target(&o, "x")),
+            parse_hook_target(&crate::webhooks::events::hook_target(&o, "x")),
             Some((o, "x".into()))
         );
     }
