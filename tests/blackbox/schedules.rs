@@ -221,3 +221,74 @@ async fn a_ttl_schedule_destroys_and_deletes_the_stack_or_keeps_it_when_the_dest
     );
     assert!(!state_file(&app, "ttl-gone").exists());
 }
+
+/// Pulumi's TTL pattern without its webhook processor: a `ttl` tag (minutes) arms a destroy
+/// that long after each successful update, shown as the stack's TTL schedule, moved on by the
+/// next update and removed with the tag.
+#[tokio::test]
+async fn a_ttl_tag_arms_a_destroy_after_each_successful_update() {
+    require!(Tools);
+    let app = TestApp::spawn().await;
+    let repo = TestRepo::new();
+    let s = stack("ttl-tagged");
+    app.post(
+        &format!("/api/stacks/{s}/deployments/settings"),
+        repo.settings(),
+    )
+    .await;
+    let (status, v) = app
+        .post(
+            &format!("/api/stacks/{s}/tags"),
+            json!({"name": "ttl", "value": "90"}),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    let path = format!("/api/stacks/{s}/deployments/schedules");
+    let schedules = async |app: &TestApp| -> Vec<Value> {
+        app.get(&path).await.1["schedules"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    // A tag alone arms nothing: the clock starts at an update.
+    assert!(schedules(&app).await.is_empty());
+    let before = time::OffsetDateTime::now_utc();
+    let id = app.deploy(&s, json!({"operation": "update"})).await;
+    app.wait_for(&s, &id, Some("succeeded")).await;
+    assert!(
+        app.log_text(&s, &id)
+            .await
+            .contains("ttl tag schedules its destroy")
+    );
+    let armed = schedules(&app).await;
+    assert_eq!(armed.len(), 1, "{armed:?}");
+    assert_eq!(armed[0]["definition"]["request"]["operation"], "destroy");
+    let once = armed[0]["scheduleOnce"].as_str().unwrap();
+    let due = time::PrimitiveDateTime::parse(
+        once,
+        &time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]"
+        ),
+    )
+    .unwrap()
+    .assume_utc();
+    let after = time::OffsetDateTime::now_utc();
+    assert!(
+        due >= before + time::Duration::minutes(90) - time::Duration::seconds(1)
+            && due <= after + time::Duration::minutes(90),
+        "due {due}, updated between {before} and {after}"
+    );
+    // A preview does not move it; the next update does; removing the tag disarms it.
+    let id = app.deploy(&s, json!({"operation": "preview"})).await;
+    app.wait_for(&s, &id, Some("succeeded")).await;
+    assert_eq!(schedules(&app).await[0]["scheduleOnce"], once);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let id = app.deploy(&s, json!({"operation": "update"})).await;
+    app.wait_for(&s, &id, Some("succeeded")).await;
+    let moved = schedules(&app).await;
+    assert_eq!(moved.len(), 1);
+    assert!(moved[0]["scheduleOnce"].as_str().unwrap() > once);
+    let (status, _) = app.delete(&format!("/api/stacks/{s}/tags/ttl")).await;
+    assert_eq!(status, 204);
+    assert!(schedules(&app).await.is_empty());
+}
