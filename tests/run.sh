@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then runs the Rust tests (unit, store, black-box
 # against a real `tarmac serve`, the store contract on SQLite and on DynamoDB in a local AWS
-# emulator) and the pulumi-cloud-sdk compatibility tests.
+# emulator), the pulumi-cloud-sdk compatibility tests and the console's browser tests.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -47,3 +47,6 @@ else
 fi
 
 TARMAC_BIN="$root/target/debug/tarmac" "$tools/venv/bin/python" -m pytest -q tests/compat
+
+# The console in Debian's Chromium, through playwright-core, against a real `tarmac serve`.
+TARMAC_BIN="$root/target/debug/tarmac" node tests/console/run.mjs

@@ -4,7 +4,9 @@
 #   bin/terraform   the terraform command tests put on deployments' PATH
 #   emu/            the local AWS emulator (PyPI ministack) in a venv of its own: it pins botocore;
 #                   with aws-sam-translator and pytest for the template's tests
-# Prints the tools directory. Nothing outside the repository is touched.
+# and, for the console's browser tests, npm playwright-core and axe-core (tests/console/
+# node_modules) and Debian's chromium (the one thing installed outside the repository, by apt).
+# Prints the tools directory.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/target/test-tools"
@@ -25,6 +27,15 @@ if [ ! -f "$emu_stamp" ]; then
     'ministack==1.5.33' cryptography 'aws-sam-translator==1.115.0' 'botocore==1.43.106' 'boto3==1.43.106' \
     'pytest==9.2.0' >&2
   touch "$emu_stamp"
+fi
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >&2
+fi
+if [ ! -d "$root/tests/console/node_modules/playwright-core" ]; then
+  (cd "$root/tests/console" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 # The shim runs with a cleaned environment (Tarmac gives deployments no VIRTUAL_ENV), so it
 # names its interpreter by absolute path.

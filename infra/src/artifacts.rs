@@ -40,14 +40,15 @@ fn zip_path(function: &str) -> PathBuf {
         .join("bootstrap.zip")
 }
 
-/// `cargo lambda build --release --output-format zip` for the four functions. x86_64 on an
+/// `cargo lambda build --profile lambda-zip --output-format zip` for the four functions. x86_64 on an
 /// x86_64 Linux host builds with plain cargo; anything else cross-compiles with zig.
 pub(crate) fn build(arch: Arch) -> Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root()).args([
         "lambda",
         "build",
-        "--release",
+        "--profile",
+        "lambda-zip",
         "--output-format",
         "zip",
     ]);

@@ -437,6 +437,7 @@ pub(crate) async fn deliver_now(
 /// Sends what is due until nothing is or `budget` is spent: how the Lambda functions dispatch
 /// (the worker after its runs, the scheduler on every tick), since nothing runs between
 /// invocations. Returns how many messages were claimed.
+#[cfg(feature = "aws")]
 pub(crate) async fn drain(deps: &Arc<Deps>, budget: Duration) -> usize {
     let outbox = &deps.outbox;
     let started = Instant::now();

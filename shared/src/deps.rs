@@ -29,8 +29,8 @@ pub struct Deps {
     pub cipher: Cipher,
     /// Base of `consoleUrl` links.
     pub public_url: String,
-    /// Whether `file://` and local-path repositories may be cloned.
-    pub allow_local_repos: bool,
+    /// Which `file://` and local-path repositories may be cloned.
+    pub local_repos: crate::domain::spec::LocalRepos,
     /// Where per-stack engine state lives on this machine, removed with the stack.
     pub state_dir: PathBuf,
     /// Where engine state is kept between runs when the worker's disk does not last (AWS).
@@ -44,6 +44,13 @@ pub struct Deps {
     pub issuer: Option<Arc<Issuer>>,
     /// Where runs get their OIDC token and cloud credentials.
     pub credentials: Arc<dyn CredentialBroker>,
+    /// Signalled when any deployment's run changes (status, steps, log lines), where this
+    /// process sees every change as it happens (embedded): live streams wait on it. `None`
+    /// where it cannot (AWS, behind API Gateway, which cannot stream anyway).
+    pub run_changes: Option<Arc<tokio::sync::Notify>>,
+    /// The engines and git on the deployments' `PATH`, found at start (embedded); empty where
+    /// the runs happen elsewhere (the API function in AWS mode).
+    pub tools: Vec<crate::domain::Tool>,
 }
 
 impl Deps {

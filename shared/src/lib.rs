@@ -16,6 +16,7 @@ pub mod error;
 pub mod github;
 pub mod http;
 mod json;
+#[cfg(feature = "aws")]
 pub mod lambda;
 pub mod oidc;
 pub mod ports;

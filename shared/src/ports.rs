@@ -106,6 +106,11 @@ pub trait TokenStore: Send + Sync {
     ) -> Result<()>;
     /// `None` if no token has this hash.
     async fn find_token(&self, hash: &str) -> Result<Option<Principal>>;
+    /// The org's tokens, oldest first.
+    async fn list_tokens(&self, org: &str) -> Result<Vec<TokenInfo>>;
+    /// Revokes the org's token with this id (`token_id`); from then on it authenticates
+    /// nothing. `Error::NotFound` if the org has no such token.
+    async fn delete_token(&self, org: &str, id: &str) -> Result<()>;
     async fn token_count(&self) -> Result<u64>;
 }
 

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, Config, EmbeddedConfig, RunSettings, make_data_dir, open_data_dir};
 use crate::crypto::{new_token, token_hash};
+use crate::domain::spec::LocalRepos;
 use crate::domain::{Role, validate_name};
 use crate::error::{Error, Result};
 use crate::ports::TokenStore;
@@ -27,6 +28,9 @@ pub struct ServeConfig {
     /// The OIDC issuer URL (`iss`); defaults to the public URL plus `/oidc`.
     pub oidc_issuer: Option<String>,
     pub allow_local_repos: bool,
+    /// `--demo`: deployments may clone from the data dir's `demo/` directory (and nowhere
+    /// else on disk), where `tarmac quickstart` puts its example repository.
+    pub demo: bool,
     pub deployment_timeout: Duration,
     pub lease_ttl: Duration,
     pub heartbeat_every: Duration,
@@ -36,6 +40,9 @@ pub struct ServeConfig {
     /// `PATH` for deployments' child processes.
     pub child_path: String,
 }
+
+/// The data dir's directory that `--demo` lets deployments clone from.
+pub const DEMO_DIR: &str = "demo";
 
 pub async fn serve(cfg: ServeConfig) -> Result<()> {
     validate_name("organization", &cfg.bootstrap_org)?;
@@ -71,11 +78,20 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let addr = listener.local_addr()?;
     let base_url = format!("http://{addr}");
     let public_url = cfg.public_url.clone().unwrap_or_else(|| base_url.clone());
+    let local_repos = if cfg.allow_local_repos {
+        LocalRepos::Any
+    } else if cfg.demo {
+        let demo = cfg.data_dir.join(DEMO_DIR);
+        make_data_dir(&demo)?;
+        LocalRepos::Under(std::fs::canonicalize(&demo)?)
+    } else {
+        LocalRepos::Denied
+    };
     let app = App::build(Config::Embedded(EmbeddedConfig {
         data_dir: cfg.data_dir.clone(),
         public_url,
         oidc_issuer: cfg.oidc_issuer.clone(),
-        allow_local_repos: cfg.allow_local_repos,
+        local_repos,
         workers: cfg.workers,
         run: RunSettings {
             child_path: cfg.child_path.clone(),
@@ -137,6 +153,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             cfg.bootstrap_org
         );
     }
+    print_tools(&deps.tools, &cfg.child_path);
     println!("Press Ctrl+C to stop.");
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -170,6 +187,36 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Says which engines (and git) deployments will find, and how to fix it when none is there.
+fn print_tools(tools: &[crate::domain::Tool], child_path: &str) {
+    println!("Deployments run with PATH={child_path}");
+    for t in tools {
+        match (&t.path, &t.version) {
+            (Some(path), Some(version)) => {
+                println!("  {:<9} {version} ({})", t.name, path.display())
+            }
+            (Some(path), None) => println!(
+                "  {:<9} found ({}), version unknown",
+                t.name,
+                path.display()
+            ),
+            (None, _) => println!("  {:<9} not found", t.name),
+        }
+    }
+    let engine = tools
+        .iter()
+        .any(|t| t.found() && matches!(t.name.as_str(), "terraform" | "tofu" | "pulumi"));
+    if !engine {
+        println!(
+            "Warning: no IaC engine (terraform, tofu or pulumi) is on the deployments' PATH, so every deployment will fail. Install one, or restart with --child-path (TARMAC_CHILD_PATH) naming the directory that holds it."
+        );
+        tracing::warn!(child_path, "no IaC engine on the deployments' PATH");
+    }
+    if !tools.iter().any(|t| t.found() && t.name == "git") {
+        println!("Warning: git is not on the deployments' PATH: no source can be fetched.");
+    }
 }
 
 /// Holds an exclusive lock on the data dir for the life of the process: two servers on one

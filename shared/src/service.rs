@@ -92,12 +92,7 @@ pub(crate) fn prepare(
         settings::strip_nulls(&request)
     };
     settings::check_size(&merged)?;
-    let mut config = DeploymentConfig::parse(
-        merged,
-        SourcePolicy::Server {
-            allow_local_repos: deps.allow_local_repos,
-        },
-    )?;
+    let mut config = DeploymentConfig::parse(merged, SourcePolicy::Server(&deps.local_repos))?;
     if let Some(trigger) = &req.trigger {
         config = config.with_trigger(trigger.clone())?;
     }

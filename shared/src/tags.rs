@@ -4,11 +4,10 @@
 
 use serde_json::json;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::deps::Deps;
 use crate::domain::schedule::{Purpose, Schedule, When};
-use crate::domain::stacks::{TTL_TAG, Tags, ttl_minutes, validate_tags};
+use crate::domain::stacks::{TTL_TAG, Tags, ttl_minutes, ttl_schedule_id, validate_tags};
 use crate::domain::{Operation, StackRef};
 use crate::error::{Error, Result};
 
@@ -44,11 +43,6 @@ pub(crate) async fn change(
         }
     }
     Err(last.unwrap_or_else(|| Error::conflict("the stack's tags keep changing; retry")))
-}
-
-/// The id of the schedule a stack's `ttl` tag keeps.
-pub(crate) fn ttl_schedule_id(stack: &StackRef) -> Uuid {
-    crate::crypto::derived_uuid(&[b"tarmac-ttl-tag:", stack.to_string().as_bytes()])
 }
 
 /// After a successful update: if the stack has a `ttl` tag, its destroy is due that many

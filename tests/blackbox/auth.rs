@@ -79,7 +79,7 @@ async fn tokens_are_checked_scoped_to_their_org_and_limited_by_role() {
         .await;
     assert_eq!(
         user["organizations"],
-        json!([{"githubLogin": "acme", "name": "acme", "avatarUrl": ""}])
+        json!([{"githubLogin": "acme", "name": "acme", "avatarUrl": "", "role": "admin"}])
     );
 
     // Only hashes are stored.

@@ -13,6 +13,7 @@ mod support;
 mod api;
 mod auth;
 mod bad_input;
+mod console;
 mod drills;
 #[path = "../support/fakes.rs"]
 mod fakes;

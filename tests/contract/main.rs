@@ -52,7 +52,7 @@ async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let config = EmbeddedConfig {
         public_url: "http://tarmac.test".into(),
-        allow_local_repos: true,
+        local_repos: tarmac::domain::spec::LocalRepos::Any,
         ..EmbeddedConfig::new(dir.path())
     };
     Backend {

@@ -136,6 +136,22 @@ impl Engine {
     }
 }
 
+/// A tool deployments use (an engine, git), as found on their `PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tool {
+    pub name: String,
+    /// Where it is, if found.
+    pub path: Option<std::path::PathBuf>,
+    /// The first line of its version output, if it answered.
+    pub version: Option<String>,
+}
+
+impl Tool {
+    pub fn found(&self) -> bool {
+        self.path.is_some()
+    }
+}
+
 wire_enum!(
     /// Pulumi's `JobStatus`, used for deployments and jobs. Never add values: clients reject them.
     JobStatus {
@@ -194,6 +210,21 @@ impl std::str::FromStr for Role {
             ))),
         }
     }
+}
+
+/// An API token as its org's admins see it: never the token, nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// A public handle: the first 24 hex digits of the token's SHA-256.
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created: OffsetDateTime,
+}
+
+/// A token's public id, from its hash.
+pub fn token_id(hash: &str) -> String {
+    hash.chars().take(24).collect()
 }
 
 /// Who a request acts as: the org its token belongs to, and the token's role.

@@ -78,10 +78,12 @@ impl Cron {
         &self.text
     }
 
-    /// The first slot strictly after `t`.
+    /// The first slot strictly after `t`, on a whole second (cron slots have no fraction,
+    /// whatever `t` has).
     pub fn next_after(&self, t: OffsetDateTime) -> Result<OffsetDateTime> {
+        let whole = t.replace_nanosecond(0).unwrap_or(t);
         self.cron
-            .find_next_occurrence(&to_chrono(t), false)
+            .find_next_occurrence(&to_chrono(whole), false)
             .map(from_chrono)
             .map_err(|e| Error::internal(format!("cron '{}' has no next slot: {e}", self.text)))
     }
@@ -253,6 +255,11 @@ mod tests {
         assert_eq!(
             next("0 * * * *", datetime!(2026-01-01 10:00 UTC)),
             datetime!(2026-01-01 11:00 UTC)
+        );
+        // Slots are whole seconds whatever the fraction of `t`.
+        assert_eq!(
+            next("0 3 * * *", datetime!(2026-01-01 10:00:05.249 UTC)),
+            datetime!(2026-01-02 03:00 UTC)
         );
     }
 

@@ -33,7 +33,7 @@ pub const MAX_TAG_VALUE: usize = 256;
 /// The tag whose value, in minutes, arms a destroy that long after each successful update.
 pub const TTL_TAG: &str = "ttl";
 /// The longest TTL a tag may ask for: a year, in minutes.
-pub const MAX_TTL_MINUTES: i64 = 366 * 24 * 60;
+pub const MAX_TTL_MINUTES: i64 = 365 * 24 * 60;
 
 /// Pulumi's rules: names of 1 to 40 of `[A-Za-z0-9-_.:]`, values of at most 256 bytes; and
 /// Tarmac's: `ttl` is a whole number of minutes.
@@ -76,6 +76,12 @@ pub fn ttl_minutes(value: &str) -> Result<i64> {
 
 pub fn validate_tags(tags: &Tags) -> Result<()> {
     tags.iter().try_for_each(|(k, v)| validate_tag(k, v))
+}
+
+/// The id of the schedule a stack's `ttl` tag keeps (the same on every server, so clients can
+/// tell it from the schedules they made).
+pub fn ttl_schedule_id(stack: &super::StackRef) -> uuid::Uuid {
+    crate::crypto::derived_uuid(&[b"tarmac-ttl-tag:", stack.to_string().as_bytes()])
 }
 
 #[cfg(test)]

@@ -112,24 +112,32 @@ impl ListQuery {
     /// The page asked for: `page` from 1, `pageSize` 1 to 100 (default 10), newest first
     /// unless `asc`.
     pub(super) fn page(&self) -> Result<PageRequest> {
-        let page = self.page.unwrap_or(1);
-        if page < 1 {
-            return Err(Error::invalid(format!(
-                "page must be 1 or more, not {page}"
-            )));
-        }
-        let size = self.page_size.unwrap_or(10);
-        if !(1..=100).contains(&size) {
-            return Err(Error::invalid(format!(
-                "pageSize must be between 1 and 100, not {size}"
-            )));
-        }
         Ok(PageRequest {
-            page: page.min(u32::MAX as i64) as u32,
-            page_size: size as u32,
             ascending: self.asc.unwrap_or(false),
+            ..page_request(self.page, self.page_size)?
         })
     }
+}
+
+/// `page` from 1, `pageSize` 1 to 100 (default 10), newest first.
+pub(super) fn page_request(page: Option<i64>, page_size: Option<i64>) -> Result<PageRequest> {
+    let page = page.unwrap_or(1);
+    if page < 1 {
+        return Err(Error::invalid(format!(
+            "page must be 1 or more, not {page}"
+        )));
+    }
+    let size = page_size.unwrap_or(10);
+    if !(1..=100).contains(&size) {
+        return Err(Error::invalid(format!(
+            "pageSize must be between 1 and 100, not {size}"
+        )));
+    }
+    Ok(PageRequest {
+        page: page.min(u32::MAX as i64) as u32,
+        page_size: size as u32,
+        ascending: false,
+    })
 }
 
 fn list_body(page: crate::domain::Page<Deployment>, req: PageRequest) -> Json<Value> {

@@ -4,6 +4,7 @@
 //! `S` below is `/api/stacks/{org}/{project}/{stack}`.
 
 mod bootstrap;
+mod console;
 mod deployments;
 pub mod extract;
 mod github;
@@ -13,7 +14,9 @@ mod oidc;
 mod schedules;
 mod settings;
 mod stacks;
+mod stream;
 mod tags;
+mod tokens;
 mod trace;
 mod updates;
 pub mod wire;
@@ -103,6 +106,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
         )
         .route("/deployments/{id}", get(deployments::get_by_id))
         .route("/deployments/{id}/logs", get(deployments::logs))
+        .route("/deployments/{id}/stream", get(stream::stream))
         .route("/deployments/{id}/updates", get(updates::of_deployment))
         .route("/deployments/{id}/cancel", post(deployments::cancel))
         .route("/update/{id}/events", get(updates::events))
@@ -146,6 +150,15 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .nest(S, stack_routes)
         .nest("/api/preview/{org}/{project}/{stack}", legacy_routes)
         .route("/api/orgs/{org}/deployments", get(deployments::list_org))
+        .route("/api/orgs/{org}/stacks", get(stacks::org_stacks))
+        .route(
+            "/api/orgs/{org}/tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route(
+            "/api/orgs/{org}/tokens/{id}",
+            axum::routing::delete(tokens::revoke),
+        )
         .route("/api/orgs/{org}/deployments/pause", post(stacks::pause_org))
         .route(
             "/api/orgs/{org}/deployments/resume",
@@ -169,6 +182,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(console::security_headers))
         .with_state(AppState { deps })
 }
 
@@ -188,7 +202,18 @@ fn hook_routes() -> Router<AppState> {
         )
 }
 
+/// What no API route matched: the console's files and pages, else a Pulumi-shaped 404.
 async fn not_found(method: Method, uri: Uri) -> Response {
+    let path = uri.path();
+    if let Some(asset) = path.strip_prefix(console::ASSETS)
+        && method == Method::GET
+        && let Some(resp) = console::asset(asset)
+    {
+        return resp;
+    }
+    if console::is_page(&method, path) && !path.starts_with(console::ASSETS) {
+        return console::index();
+    }
     error_body(
         StatusCode::NOT_FOUND,
         &format!("no route for {method} {}", uri.path()),
@@ -259,7 +284,10 @@ mod tests {
                     .unwrap(),
                 401,
             ),
-            (Request::get("/nowhere").body(Body::empty()).unwrap(), 404),
+            (
+                Request::get("/api/nowhere").body(Body::empty()).unwrap(),
+                404,
+            ),
             (
                 Request::delete("/api/orgs/acme/deployments")
                     .header("Authorization", &auth)

@@ -1,4 +1,8 @@
 //! `S/deployments/settings`: read, merge (POST), replace (PUT), delete, and encrypt.
+//!
+//! POST and PUT take `?dryRun=true` (a Tarmac extension): the body is checked and the settings
+//! it would make are answered, but nothing is written and no stack is created. `tarmac apply`
+//! and `tarmac settings edit` validate with it before they change anything.
 
 use axum::Json;
 use axum::extract::State;
@@ -7,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::extract::{JsonBody, StackCtx};
+use super::extract::{JsonBody, Query, StackCtx};
 use crate::domain::StackRef;
 use crate::error::{Error, Result};
 use crate::settings::{self, Nulls};
@@ -21,16 +25,28 @@ fn respond(stored: &Value, version: i64) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-/// Read-modify-write with optimistic concurrency: a concurrent writer makes us re-read.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct WriteQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Read-modify-write with optimistic concurrency: a concurrent writer makes us re-read. A dry
+/// run stops after the check.
 async fn write(
     state: &AppState,
     stack: &StackRef,
+    dry_run: bool,
     next: impl Fn(Option<&Value>) -> Value,
 ) -> Result<(Value, i64)> {
     for _ in 0..8 {
         let current = state.deps.stacks.get_settings(stack).await?;
         let value = next(current.as_ref().map(|c| &c.settings));
         settings::check_stored(&value)?;
+        if dry_run {
+            return Ok((value, current.map_or(0, |c| c.version)));
+        }
         match state
             .deps
             .stacks
@@ -64,10 +80,11 @@ pub(super) async fn get(State(state): State<AppState>, ctx: StackCtx) -> Result<
 pub(super) async fn patch(
     State(state): State<AppState>,
     ctx: StackCtx,
+    Query(q): Query<WriteQuery>,
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
     let patch = settings::canonicalize(&body, &state.deps.cipher.for_org(&ctx.stack.org))?;
-    let (stored, version) = write(&state, &ctx.stack, |current| {
+    let (stored, version) = write(&state, &ctx.stack, q.dry_run, |current| {
         let base = current.cloned().unwrap_or_else(|| json!({}));
         settings::merge(&base, &patch, Nulls::Delete)
     })
@@ -79,13 +96,14 @@ pub(super) async fn patch(
 pub(super) async fn replace(
     State(state): State<AppState>,
     ctx: StackCtx,
+    Query(q): Query<WriteQuery>,
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
     let replacement = settings::strip_nulls(&settings::canonicalize(
         &body,
         &state.deps.cipher.for_org(&ctx.stack.org),
     )?);
-    let (stored, version) = write(&state, &ctx.stack, |_| replacement.clone()).await?;
+    let (stored, version) = write(&state, &ctx.stack, q.dry_run, |_| replacement.clone()).await?;
     Ok(respond(&stored, version))
 }
 

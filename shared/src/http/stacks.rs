@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::extract::{Auth, JsonBody, OrgCtx, Params, StackCtx, authorize, param};
 use super::wire;
-use crate::domain::stacks::{Tags, validate_tags};
+use crate::domain::stacks::{StackInfo, Tags, validate_tags};
 use crate::domain::{JobStatus, Role, StackRef};
 use crate::error::{Error, Result};
 use crate::ports::QueueMessage;
@@ -16,15 +16,24 @@ use crate::ports::QueueMessage;
 /// The caller: a token stands for a user named after it, in its one org. The Pulumi CLI
 /// needs every `githubLogin` non-empty.
 pub(super) async fn current_user(Auth(p): Auth) -> Json<Value> {
+    // Pulumi's org roles: an admin token is an org admin, any other a member.
+    let role = if p.role == Role::Admin {
+        "admin"
+    } else {
+        "member"
+    };
     Json(json!({
         "id": p.token_name,
         "name": p.token_name,
         "githubLogin": p.token_name,
         "email": "",
         "avatarUrl": "",
-        "organizations": [{ "githubLogin": p.org, "name": p.org, "avatarUrl": "" }],
+        "hasMFA": false,
+        "isOrgManaged": false,
+        "isManagedByMultiOrg": false,
+        "organizations": [{ "githubLogin": p.org, "name": p.org, "avatarUrl": "", "role": role }],
         "identities": [],
-        "tokenInfo": { "name": p.token_name, "organization": p.org },
+        "tokenInfo": { "name": p.token_name, "organization": p.org, "team": "", "role": p.role.as_str() },
     }))
 }
 
@@ -35,11 +44,23 @@ pub(super) async fn default_org(Auth(p): Auth) -> Json<Value> {
 }
 
 /// `GET /api/capabilities`: none of Pulumi Cloud's (delta checkpoints, batch encryption...),
-/// and Tarmac's own under `tarmac`, which Pulumi clients ignore.
-pub(super) async fn capabilities() -> Json<Value> {
+/// and Tarmac's own under `tarmac`, which Pulumi clients ignore: its version, and the engines
+/// and git its deployments find (empty where this process does not run them).
+pub(super) async fn capabilities(State(state): State<AppState>) -> Json<Value> {
+    let engines: Vec<Value> = state
+        .deps
+        .tools
+        .iter()
+        .map(|t| json!({"name": t.name, "found": t.found(), "path": t.path, "version": t.version}))
+        .collect();
     Json(json!({
         "capabilities": [],
-        "tarmac": { "version": env!("CARGO_PKG_VERSION") },
+        "tarmac": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "engines": engines,
+            // `tarmac serve --demo`: the quickstart's repository may be cloned.
+            "demo": matches!(state.deps.local_repos, crate::domain::spec::LocalRepos::Under(_)),
+        },
     }))
 }
 
@@ -119,12 +140,22 @@ pub(super) async fn user_stacks(
             (None, _) => true,
         })
         .collect();
-    let page: Vec<Value> = matching
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(wire::stack_summary)
-        .collect();
+    let mut page = Vec::new();
+    for info in matching.iter().skip(start).take(limit) {
+        let mut summary = wire::stack_summary(info);
+        // When its last update ended (unix seconds), as `pulumi stack ls` shows it.
+        let last = state
+            .deps
+            .deployments
+            .update_by_version(&info.stack, info.update_version)
+            .await?
+            .and_then(|d| d.update)
+            .map(|u| u.ended.unwrap_or(u.started).unix_timestamp());
+        if let Some(t) = last {
+            summary["lastUpdate"] = json!(t);
+        }
+        page.push(summary);
+    }
     let mut body = json!({ "stacks": page });
     if start + limit < matching.len() {
         body["continuationToken"] = json!((start + limit).to_string());
@@ -318,5 +349,71 @@ pub(super) async fn org_metadata(
             "skipped": n(JobStatus::Skipped),
             "total": total,
         },
+    })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct OrgStacksQuery {
+    query: Option<String>,
+    page: Option<i64>,
+    page_size: Option<i64>,
+}
+
+/// `GET /api/orgs/{org}/stacks` (Tarmac extension, for the console's overview): the org's
+/// stacks, by project and name, each with its last deployment, drift status, pause flag and
+/// whether it has schedules. `query` keeps stacks whose `project/stack` or a tag value contains
+/// it (case-insensitive).
+pub(super) async fn org_stacks(
+    State(state): State<AppState>,
+    ctx: OrgCtx,
+    super::extract::Query(q): super::extract::Query<OrgStacksQuery>,
+) -> Result<Json<Value>> {
+    let page = super::deployments::page_request(q.page, q.page_size)?;
+    let needle = q.query.unwrap_or_default().to_lowercase();
+    let matching: Vec<StackInfo> = state
+        .deps
+        .stacks
+        .list_stacks(&ctx.org)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            needle.is_empty()
+                || format!("{}/{}", s.stack.project, s.stack.stack)
+                    .to_lowercase()
+                    .contains(&needle)
+                || s.tags.values().any(|v| v.to_lowercase().contains(&needle))
+        })
+        .collect();
+    let start = (page.page as usize - 1) * page.page_size as usize;
+    let mut stacks = Vec::new();
+    for info in matching.iter().skip(start).take(page.page_size as usize) {
+        let last = state
+            .deps
+            .deployments
+            .list_stack_deployments(
+                &info.stack,
+                crate::domain::PageRequest {
+                    page: 1,
+                    page_size: 1,
+                    ascending: false,
+                },
+            )
+            .await?;
+        stacks.push(json!({
+            "orgName": info.stack.org,
+            "projectName": info.stack.project,
+            "stackName": info.stack.stack,
+            "tags": info.tags,
+            "paused": info.paused,
+            "hasSchedules": super::schedules::has_schedules(&state, &info.stack).await?,
+            "drift": super::schedules::drift_status_of(&state, &info.stack).await?,
+            "lastDeployment": last.items.first().map(wire::snapshot),
+        }));
+    }
+    Ok(Json(json!({
+        "stacks": stacks,
+        "total": matching.len(),
+        "itemsPerPage": page.page_size,
     })))
 }

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-pub(crate) use crate::domain::Engine;
 use crate::domain::Operation;
+pub(crate) use crate::domain::{Engine, Tool};
 
 /// Finds `program` on a `PATH` value, as the child's shell would.
 pub(crate) fn which(program: &str, path_env: &str) -> Option<PathBuf> {
@@ -15,6 +15,62 @@ pub(crate) fn which(program: &str, path_env: &str) -> Option<PathBuf> {
                 .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false)
         })
+}
+
+/// The engines (and git) on `path_env`, each with its version. Runs each found binary once
+/// with its version flag, for at most a few seconds.
+pub(crate) async fn discover(path_env: &str) -> Vec<Tool> {
+    let probes: [(&'static str, &[&str]); 4] = [
+        ("terraform", &["version"]),
+        ("tofu", &["version"]),
+        ("pulumi", &["version"]),
+        ("git", &["--version"]),
+    ];
+    let mut out = Vec::with_capacity(probes.len());
+    for (name, args) in probes {
+        let path = which(name, path_env);
+        let version = match &path {
+            Some(p) => version_of(p, args, path_env).await,
+            None => None,
+        };
+        out.push(Tool {
+            name: name.to_string(),
+            path,
+            version,
+        });
+    }
+    out
+}
+
+async fn version_of(binary: &Path, args: &[&str], path_env: &str) -> Option<String> {
+    let run = tokio::process::Command::new(binary)
+        .args(args)
+        .env_clear()
+        .env("PATH", path_env)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("PULUMI_SKIP_UPDATE_CHECK", "true")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+/// Why an engine cannot run: it is not on the deployments' `PATH`.
+pub(crate) fn missing_engine(engine: Engine, path_env: &str) -> Option<String> {
+    which(engine.binary(), path_env).is_none().then(|| {
+        format!(
+            "{} was not found on the deployments' PATH ({path_env}). Install it there, or start the server with --child-path (TARMAC_CHILD_PATH) naming where it is.",
+            engine.binary()
+        )
+    })
 }
 
 /// Picks the engine: an explicit override, else `Pulumi.yaml` means pulumi, and `*.tf` means

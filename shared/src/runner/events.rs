@@ -42,10 +42,11 @@ impl EventStream {
         }
     }
 
-    /// Wraps one payload (`{"<kind>Event": {...}}`) with its sequence number and time.
+    /// Wraps one payload (`{"<kind>Event": {...}}`) with its sequence number, its time and its
+    /// `type` (the payload's key: the SDK's `EngineEvent` requires it; the CLI reads the key).
     fn event(&mut self, kind: &str, payload: Value) -> Value {
         self.seq += 1;
-        let mut e = json!({ "sequence": self.seq, "timestamp": now_secs() });
+        let mut e = json!({ "sequence": self.seq, "timestamp": now_secs(), "type": kind });
         e[kind] = payload;
         e
     }
@@ -94,6 +95,7 @@ impl EventStream {
         let map = event.as_object_mut()?;
         map.remove("sequence");
         map.remove("timestamp");
+        map.remove("type");
         let (kind, payload) = map.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
         if kind == "summaryEvent"
             && let Some(changes) = payload["resourceChanges"].as_object()
@@ -290,11 +292,7 @@ pub(crate) fn mask_strings(v: &mut Value, mask: &dyn Fn(&str) -> String) {
 /// The payload key of an event (`summaryEvent`, ...).
 #[cfg(test)]
 pub(crate) fn kind(event: &Value) -> Option<&str> {
-    event
-        .as_object()?
-        .keys()
-        .map(String::as_str)
-        .find(|k| k.ends_with("Event"))
+    event["type"].as_str()
 }
 
 #[cfg(test)]
@@ -327,9 +325,10 @@ mod tests {
         assert_eq!(kinds.iter().filter(|k| **k == "summaryEvent").count(), 1);
         assert!(kinds.contains(&"resourcePreEvent") && kinds.contains(&"resOutputsEvent"));
         assert_eq!(kinds.last(), Some(&"cancelEvent"));
-        // Every event has exactly one payload, and the sequence increases.
+        // Every event has exactly one payload, named by its type, and the sequence increases.
         for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.as_object().unwrap().len(), 3, "{e}");
+            assert_eq!(e.as_object().unwrap().len(), 4, "{e}");
+            assert!(e.get(e["type"].as_str().unwrap()).is_some(), "{e}");
             assert_eq!(e["sequence"], i as i64 + 1);
         }
         let summary = &events[events.len() - 2]["summaryEvent"];

@@ -24,8 +24,8 @@ pub(crate) fn url_credentials(url: &str) -> Vec<String> {
 }
 
 /// Git protocols a clone may use, given the same policy as `validate_repo_url`.
-pub(crate) fn allowed_protocols(allow_local: bool) -> &'static str {
-    if allow_local {
+pub(crate) fn allowed_protocols(local: &crate::domain::spec::LocalRepos) -> &'static str {
+    if local.any_allowed() {
         "https:http:ssh:git:file"
     } else {
         "https:http:ssh:git"

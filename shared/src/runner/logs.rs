@@ -71,7 +71,9 @@ pub(crate) struct RunLog {
 }
 
 const BATCH: usize = 256;
-const LINGER: Duration = Duration::from_millis(100);
+/// The longest a line waits in the buffer: lines are written at most this long after the first
+/// of a batch arrived, however steadily more keep coming (a live log stays live).
+const LINGER: Duration = Duration::from_millis(50);
 
 impl RunLog {
     /// Starts the flusher. It ends when every clone of the returned `RunLog` is dropped.
@@ -79,11 +81,15 @@ impl RunLog {
         let (tx, mut rx) = mpsc::channel::<Msg>(4096);
         tokio::spawn(async move {
             let mut buf: Vec<LogLine> = Vec::new();
+            // When the buffer's first line must be written by.
+            let mut due = tokio::time::Instant::now();
             loop {
                 let msg = if buf.is_empty() {
-                    rx.recv().await
+                    let m = rx.recv().await;
+                    due = tokio::time::Instant::now() + LINGER;
+                    m
                 } else {
-                    match tokio::time::timeout(LINGER, rx.recv()).await {
+                    match tokio::time::timeout_at(due, rx.recv()).await {
                         Ok(m) => m,
                         Err(_) => {
                             write(&*store, id, &lease, &mut buf).await;

@@ -523,6 +523,9 @@ impl Runner {
 
         let engine = engine::detect(&program_dir, spec.engine, &self.cfg.path_env)
             .map_err(Failure::Failed)?;
+        if let Some(why) = engine::missing_engine(engine, &self.cfg.path_env) {
+            return Err(Failure::Failed(why));
+        }
         let op = run.d.operation;
         // Pulumi clients follow a deployment's engine events from the step whose header is
         // exactly `pulumi <operation>`, and look for its update as soon as they see it: the

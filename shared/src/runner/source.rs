@@ -26,7 +26,7 @@ impl Runner {
             ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
             (
                 "GIT_ALLOW_PROTOCOL".to_string(),
-                git::allowed_protocols(self.deps.allow_local_repos).to_string(),
+                git::allowed_protocols(&self.deps.local_repos).to_string(),
             ),
         ];
         let source = &spec.source;
@@ -61,6 +61,14 @@ impl Runner {
                 let password = open(&basic.password).unwrap_or_default();
                 env.extend(git::http_auth_env(&user, &password));
             }
+        }
+        // Checked again here: the server's policy may have changed since the deployment was made.
+        let url = source.repo_url.to_ascii_lowercase();
+        if url.starts_with("file://") || url.starts_with('/') {
+            self.deps
+                .local_repos
+                .check_path(&source.repo_url)
+                .map_err(|e| Failure::Failed(e.to_string()))?;
         }
         let what = source.describe_ref();
         run.log

@@ -66,7 +66,7 @@ async fn fixture() -> Fixture {
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "init"]);
     let config = EmbeddedConfig {
-        allow_local_repos: true,
+        local_repos: crate::domain::spec::LocalRepos::Any,
         run: RunSettings {
             child_path: format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
             deployment_timeout: Duration::from_secs(60),
@@ -271,4 +271,57 @@ async fn a_cancel_stops_the_engine_and_fails_the_run() {
     let log = f.log(&d).await;
     assert!(log.contains("Deployment cancelled."), "{log}");
     assert!(!log.contains("Recorded"), "{log}");
+}
+
+#[tokio::test]
+async fn lines_of_a_step_that_never_pauses_are_stored_as_it_goes() {
+    let f = fixture().await;
+    // 100 lines, 30 ms apart: never a pause, and fewer than a batch. Were lines held until the
+    // step paused or a batch filled, none would be stored before the step ends (3 s).
+    let d = f
+        .create(
+            json!({"operation": "update", "operationContext": {"preRunCommands": [
+                "i=0; while [ $i -lt 100 ]; do echo tick $i; i=$((i+1)); sleep 0.03; done"
+            ]}}),
+        )
+        .await;
+    let deps = Arc::clone(&f.app.deps);
+    let id = d.id;
+    let watcher = tokio::spawn(async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let entries = deps
+                .logs
+                .read_logs(
+                    id,
+                    LogQuery::Stream {
+                        after: 0,
+                        limit: 10_000,
+                    },
+                )
+                .await
+                .unwrap();
+            let ticks: Vec<String> = entries
+                .iter()
+                .filter_map(|e| e.line.clone())
+                .filter(|l| l.starts_with("tick "))
+                .collect();
+            if !ticks.is_empty() {
+                return ticks;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no tick was ever stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let (_, status) = f.run(&f.app.runner).await;
+    assert_eq!(status, JobStatus::Succeeded);
+    let first_seen = watcher.await.unwrap();
+    assert!(
+        first_seen.len() < 100,
+        "the first ticks were stored only when the step ended: {} at once",
+        first_seen.len()
+    );
 }

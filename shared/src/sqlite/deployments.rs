@@ -170,6 +170,7 @@ impl DeploymentStore for SqliteStore {
                 Ok(outcome)
             })
             .await?;
+        self.run_changed();
         Ok(outcome)
     }
 }

@@ -32,6 +32,7 @@ pub struct SqliteStore {
     db: Arc<Db>,
     work: Arc<Notify>,
     outbox: Arc<Notify>,
+    runs: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -40,6 +41,7 @@ impl SqliteStore {
             db: Db::open(path)?,
             work: Arc::new(Notify::new()),
             outbox: Arc::new(Notify::new()),
+            runs: Arc::new(Notify::new()),
         })
     }
 
@@ -51,6 +53,16 @@ impl SqliteStore {
     /// Signalled whenever notifications were queued.
     pub fn outbox_signal(&self) -> Arc<Notify> {
         Arc::clone(&self.outbox)
+    }
+
+    /// Signalled whenever a deployment's run changed: a status, a step, log lines (what live
+    /// log streams wait on).
+    pub fn run_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.runs)
+    }
+
+    pub(crate) fn run_changed(&self) {
+        self.runs.notify_waiters();
     }
 
     pub(crate) fn wake_workers(&self) {

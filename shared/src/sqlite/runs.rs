@@ -167,7 +167,7 @@ impl RunStore for SqliteStore {
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn mark_running(&self, id: Uuid, lease: &Lease) -> Result<()> {
         let lease = lease.clone();
-        self.db
+        let result = self.db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let dseq = held(&tx, id, &lease, "'accepted'")?;
@@ -179,7 +179,9 @@ impl RunStore for SqliteStore {
                 tx.commit()?;
                 Ok(())
             })
-            .await
+            .await;
+        self.run_changed();
+        result
     }
 
     async fn held_deployment(
@@ -230,7 +232,7 @@ impl RunStore for SqliteStore {
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn start_update(&self, id: Uuid, lease: &Lease, kind: UpdateKind) -> Result<i64> {
         let lease = lease.clone();
-        self.db
+        let result = self.db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let dseq = held(&tx, id, &lease, "'running'")?;
@@ -265,51 +267,56 @@ impl RunStore for SqliteStore {
                 tx.commit()?;
                 Ok(version)
             })
-            .await
+            .await;
+        self.run_changed();
+        result
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn finish_update(&self, id: Uuid, lease: &Lease, outcome: &UpdateOutcome) -> Result<()> {
         let (lease, outcome) = (lease.clone(), outcome.clone());
-        self.db
-            .write(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let dseq = held(&tx, id, &lease, "'running'")?;
-                let (sid, info): (i64, Option<String>) = tx.query_row(
-                    "SELECT stack_id, update_info FROM deployments WHERE seq = ?1",
-                    [dseq],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                let mut info: UpdateInfo =
-                    serde_json::from_str(&info.ok_or_else(|| {
+        let result =
+            self.db
+                .write(move |c| {
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let dseq = held(&tx, id, &lease, "'running'")?;
+                    let (sid, info): (i64, Option<String>) = tx.query_row(
+                        "SELECT stack_id, update_info FROM deployments WHERE seq = ?1",
+                        [dseq],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    let mut info: UpdateInfo = serde_json::from_str(&info.ok_or_else(|| {
                         Error::not_found(format!("deployment {id} has no update"))
                     })?)?;
-                info.result = outcome.result;
-                info.ended = Some(OffsetDateTime::now_utc());
-                info.resource_changes = outcome.resource_changes.clone();
-                info.resource_count = outcome.resource_count;
-                tx.execute(
-                    "UPDATE deployments SET update_info = ?2 WHERE seq = ?1",
-                    params![dseq, serde_json::to_string(&info)?],
-                )?;
-                if outcome.result == UpdateResult::Succeeded
-                    && let Some(count) = outcome.resource_count
-                {
+                    info.result = outcome.result;
+                    info.ended = Some(OffsetDateTime::now_utc());
+                    info.resource_changes = outcome.resource_changes.clone();
+                    info.resource_count = outcome.resource_count;
                     tx.execute(
-                        "UPDATE stacks SET resource_count = ?2 WHERE id = ?1",
-                        params![sid, count],
+                        "UPDATE deployments SET update_info = ?2 WHERE seq = ?1",
+                        params![dseq, serde_json::to_string(&info)?],
                     )?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await
+                    if outcome.result == UpdateResult::Succeeded
+                        && let Some(count) = outcome.resource_count
+                    {
+                        tx.execute(
+                            "UPDATE stacks SET resource_count = ?2 WHERE id = ?1",
+                            params![sid, count],
+                        )?;
+                    }
+                    tx.commit()?;
+                    Ok(())
+                })
+                .await;
+        self.run_changed();
+        result
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     async fn start_step(&self, id: Uuid, lease: &Lease, name: &str) -> Result<usize> {
         let (lease, name) = (lease.clone(), name.to_string());
-        self.db
+        let result = self
+            .db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let dseq = held(&tx, id, &lease, "'running'")?;
@@ -322,7 +329,9 @@ impl RunStore for SqliteStore {
                 tx.commit()?;
                 Ok(idx)
             })
-            .await
+            .await;
+        self.run_changed();
+        result
     }
 
     async fn finish_step(
@@ -333,7 +342,8 @@ impl RunStore for SqliteStore {
         status: StepStatus,
     ) -> Result<()> {
         let lease = lease.clone();
-        self.db
+        let result = self
+            .db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let dseq = held(&tx, id, &lease, "'running'")?;
@@ -348,7 +358,9 @@ impl RunStore for SqliteStore {
                 tx.commit()?;
                 Ok(())
             })
-            .await
+            .await;
+        self.run_changed();
+        result
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
@@ -357,7 +369,8 @@ impl RunStore for SqliteStore {
             return Ok(());
         }
         let (lease, lines) = (lease.clone(), lines.to_vec());
-        self.db
+        let result = self
+            .db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let dseq = held(&tx, id, &lease, "'accepted', 'running'")?;
@@ -372,7 +385,9 @@ impl RunStore for SqliteStore {
                 tx.commit()?;
                 Ok(())
             })
-            .await
+            .await;
+        self.run_changed();
+        result
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
@@ -401,7 +416,8 @@ impl RunStore for SqliteStore {
     async fn finish(&self, id: Uuid, lease: &Lease, status: JobStatus) -> Result<()> {
         let lease = lease.clone();
         let step_status = closing_step_status(status);
-        self.db
+        let result = self
+            .db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let dseq = held(&tx, id, &lease, "'accepted', 'running'")?;
@@ -409,7 +425,9 @@ impl RunStore for SqliteStore {
                 tx.commit()?;
                 Ok(())
             })
-            .await?;
+            .await;
+        self.run_changed();
+        result?;
         self.wake_workers();
         Ok(())
     }
@@ -496,6 +514,7 @@ impl RunStore for SqliteStore {
             })
             .await?;
         if !changed.is_empty() {
+            self.run_changed();
             self.wake_workers();
         }
         Ok(changed)

@@ -82,6 +82,50 @@ impl TokenStore for SqliteStore {
             .await
     }
 
+    async fn list_tokens(&self, org: &str) -> Result<Vec<TokenInfo>> {
+        let org = org.to_string();
+        self.db
+            .read(move |c| {
+                let rows: Vec<(String, String, String, i64)> = c
+                    .prepare_cached(
+                        "SELECT hash, name, role, created FROM tokens WHERE org = ?1 ORDER BY created, hash",
+                    )?
+                    .query_map([org], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                rows.into_iter()
+                    .map(|(hash, name, role, created)| {
+                        Ok(TokenInfo {
+                            id: token_id(&hash),
+                            name,
+                            role: role.parse()?,
+                            created: from_micros(created),
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn delete_token(&self, org: &str, id: &str) -> Result<()> {
+        let (org, id) = (org.to_string(), id.to_string());
+        self.db
+            .write(move |c| {
+                // Ids are hex prefixes of the hash: anything else matches nothing.
+                if id.len() != 24 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Error::not_found(format!("token '{id}' not found")));
+                }
+                let deleted = c.execute(
+                    "DELETE FROM tokens WHERE org = ?1 AND substr(hash, 1, 24) = ?2",
+                    params![org, id],
+                )?;
+                if deleted == 0 {
+                    return Err(Error::not_found(format!("token '{id}' not found")));
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn token_count(&self) -> Result<u64> {
         self.db
             .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0))?))

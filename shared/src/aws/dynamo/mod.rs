@@ -279,6 +279,29 @@ impl DynamoStore {
         forward: bool,
         limit: Option<usize>,
     ) -> Result<Vec<Item>> {
+        self.query_table(&self.table, index, cond, vals, forward, limit)
+            .await
+    }
+
+    /// Every item of another table (the token table) that the key condition selects.
+    pub(super) async fn query_in(
+        &self,
+        table: &str,
+        cond: &str,
+        vals: Vec<(&str, AttributeValue)>,
+    ) -> Result<Vec<Item>> {
+        self.query_table(table, None, cond, vals, true, None).await
+    }
+
+    async fn query_table(
+        &self,
+        table: &str,
+        index: Option<&str>,
+        cond: &str,
+        vals: Vec<(&str, AttributeValue)>,
+        forward: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<Item>> {
         let mut out = Vec::new();
         let mut start = None;
         let vals = values(vals);
@@ -286,7 +309,7 @@ impl DynamoStore {
             let resp = self
                 .client
                 .query()
-                .table_name(&self.table)
+                .table_name(table)
                 .set_index_name(index.map(str::to_string))
                 .key_condition_expression(cond)
                 .set_expression_attribute_names(names(&[cond]))

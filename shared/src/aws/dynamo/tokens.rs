@@ -34,12 +34,13 @@ impl TokenStore for DynamoStore {
             let mut marker = key(format!("BOOTSTRAP#{secret_hash}"), "#BOOTSTRAP");
             marker.insert("org".into(), s(org));
             marker.insert("redeemed".into(), n(now_us()));
+            let marker_at = tx.items.len();
             tx.put(marker, Some("attribute_not_exists(pk)"), vec![]);
             match self.commit(tx).await? {
                 Ok(()) => return Ok(()),
                 Err(reasons)
                     if reasons
-                        .get(2)
+                        .get(marker_at)
                         .is_some_and(|r| r == "ConditionalCheckFailed") =>
                 {
                     return Err(Error::conflict(BOOTSTRAP_USED));
@@ -62,6 +63,64 @@ impl TokenStore for DynamoStore {
             role: get_s(&t, "role")?.parse()?,
             token_name: get_s(&t, "name")?,
         }))
+    }
+
+    async fn list_tokens(&self, org: &str) -> Result<Vec<TokenInfo>> {
+        let items = self
+            .query_in(
+                &self.token_table,
+                "pk = :pk",
+                vec![(":pk", s(org_tokens_pk(org)))],
+            )
+            .await?;
+        let mut tokens = items
+            .iter()
+            .map(|t| {
+                Ok(TokenInfo {
+                    id: token_id(get_s(t, "sk")?.trim_start_matches("TOKEN#")),
+                    name: get_s(t, "name")?,
+                    role: get_s(t, "role")?.parse()?,
+                    created: crate::domain::time_fmt::from_micros(get_n(t, "created")?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tokens.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(tokens)
+    }
+
+    async fn delete_token(&self, org: &str, id: &str) -> Result<()> {
+        let not_found = || Error::not_found(format!("token '{id}' not found"));
+        // The org's index names the token's hash; both items go together.
+        let items = self
+            .query_in(
+                &self.token_table,
+                "pk = :pk AND begins_with(sk, :prefix)",
+                vec![
+                    (":pk", s(org_tokens_pk(org))),
+                    (":prefix", s(format!("TOKEN#{id}"))),
+                ],
+            )
+            .await?;
+        let [entry] = items.as_slice() else {
+            return Err(not_found());
+        };
+        let sk = get_s(entry, "sk")?;
+        let mut tx = Tx {
+            table: self.token_table.clone(),
+            items: vec![],
+        };
+        tx.delete(key(sk.clone(), "#TOKEN"), Some("attribute_exists(pk)"));
+        tx.delete(key(org_tokens_pk(org), sk), None);
+        tx.update(
+            key("META", "TOKENS"),
+            "ADD #count :minus",
+            None,
+            vec![(":minus", n(-1))],
+        );
+        match self.commit(tx).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(not_found()),
+        }
     }
 
     async fn token_count(&self) -> Result<u64> {
@@ -92,6 +151,16 @@ impl DynamoStore {
             None,
             vec![(":one", n(1))],
         );
+        // The org's index of its tokens, so admins can list them with a Query.
+        let mut entry = key(org_tokens_pk(org), format!("TOKEN#{hash}"));
+        entry.insert("name".into(), s(name));
+        entry.insert("role".into(), s(role.as_str()));
+        entry.insert("created".into(), n(now_us()));
+        tx.put(entry, None, vec![]);
         tx
     }
+}
+
+fn org_tokens_pk(org: &str) -> String {
+    format!("ORGTOKENS#{org}")
 }

@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::Engine;
 use crate::error::{Error, Result};
 use oidc::OidcSpec;
+pub use source::LocalRepos;
 use source::{GitAuth, GitSource, validate_repo_url};
 
 /// An environment variable's value as stored.
@@ -129,9 +130,9 @@ fn non_empty(s: Option<String>) -> Option<String> {
 
 /// Which repository URLs a parse accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourcePolicy {
-    /// Remote URLs only, unless the server allows local repositories.
-    Server { allow_local_repos: bool },
+pub enum SourcePolicy<'a> {
+    /// Remote URLs, and the local repositories the server allows.
+    Server(&'a LocalRepos),
     /// Whatever was accepted when the deployment was created (reading it back from storage);
     /// the clone itself is still limited to the server's protocols.
     Stored,
@@ -139,7 +140,7 @@ pub enum SourcePolicy {
 
 impl RunSpec {
     /// Reads canonical effective settings. Refuses settings a run could not start from.
-    pub fn parse(config: &Value, policy: SourcePolicy) -> Result<Self> {
+    pub fn parse(config: &Value, policy: SourcePolicy<'_>) -> Result<Self> {
         let oidc = checked(config)?;
         let raw: RawSettings = serde_json::from_value(config.clone())
             .map_err(|e| Error::invalid(format!("invalid settings: {e}")))?;
@@ -154,8 +155,8 @@ impl RunSpec {
                 ));
             }
         };
-        if let SourcePolicy::Server { allow_local_repos } = policy {
-            validate_repo_url(&repo_url, allow_local_repos)?;
+        if let SourcePolicy::Server(local) = policy {
+            validate_repo_url(&repo_url, local)?;
         }
         let options = raw.operation_context.options;
         Ok(Self {
@@ -254,7 +255,7 @@ pub struct DeploymentConfig {
 
 impl DeploymentConfig {
     /// Validates effective settings under `policy`.
-    pub fn parse(settings: Value, policy: SourcePolicy) -> Result<Self> {
+    pub fn parse(settings: Value, policy: SourcePolicy<'_>) -> Result<Self> {
         let spec = RunSpec::parse(&settings, policy)?;
         Ok(Self { settings, spec })
     }
@@ -301,9 +302,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const SERVER: SourcePolicy = SourcePolicy::Server {
-        allow_local_repos: false,
-    };
+    const SERVER: SourcePolicy<'static> = SourcePolicy::Server(&LocalRepos::Denied);
 
     #[test]
     fn run_spec_needs_a_source_and_a_safe_repo_dir() {
@@ -324,9 +323,7 @@ mod tests {
         let local = json!({"sourceContext":{"git":{"repoUrl":"file:///srv/r"}}});
         let err = RunSpec::parse(&local, SERVER).unwrap_err().to_string();
         assert!(err.contains("--allow-local-repos"), "{err}");
-        let allowed = SourcePolicy::Server {
-            allow_local_repos: true,
-        };
+        let allowed = SourcePolicy::Server(&LocalRepos::Any);
         let config = DeploymentConfig::parse(local.clone(), allowed).unwrap();
         let stored = serde_json::to_string(&config).unwrap();
         let back: DeploymentConfig = serde_json::from_str(&stored).unwrap();

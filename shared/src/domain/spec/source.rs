@@ -74,9 +74,58 @@ impl GitSource {
     }
 }
 
+/// Which repositories on the server's own disk deployments may clone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LocalRepos {
+    /// None: remote URLs only (the default).
+    #[default]
+    Denied,
+    /// Only those inside this directory (`tarmac serve --demo`: the data dir's `demo/`).
+    Under(std::path::PathBuf),
+    /// Any (`--allow-local-repos`).
+    Any,
+}
+
+impl LocalRepos {
+    /// Whether a clone may use git's `file` transport at all.
+    pub fn any_allowed(&self) -> bool {
+        !matches!(self, Self::Denied)
+    }
+
+    /// Checks a local URL (`file://...` or `/path`). Under a directory, the path is resolved
+    /// first (symbolic links, `..`), so nothing outside it passes; a path that does not exist
+    /// does not pass either.
+    pub fn check_path(&self, url: &str) -> Result<()> {
+        match self {
+            Self::Any => Ok(()),
+            Self::Denied => Err(Error::invalid(format!(
+                "repository URL '{url}' is on the server's own disk; the server must be started with --allow-local-repos to clone it"
+            ))),
+            Self::Under(dir) => {
+                let path = url
+                    .strip_prefix("file://")
+                    .or_else(|| url.strip_prefix("FILE://"))
+                    .unwrap_or(url);
+                let inside = match (std::fs::canonicalize(path), std::fs::canonicalize(dir)) {
+                    (Ok(p), Ok(d)) => p.starts_with(&d),
+                    _ => false,
+                };
+                if inside {
+                    Ok(())
+                } else {
+                    Err(Error::invalid(format!(
+                        "repository URL '{url}' is on the server's own disk; this server (--demo) clones from there only inside {}",
+                        dir.display()
+                    )))
+                }
+            }
+        }
+    }
+}
+
 /// Refuses URLs whose transport could reach outside the intended remote: `ext::` runs commands,
 /// and local paths or `file://` read the server's own disk unless the operator allows it.
-pub fn validate_repo_url(url: &str, allow_local: bool) -> Result<()> {
+pub fn validate_repo_url(url: &str, local: &LocalRepos) -> Result<()> {
     let lower = url.to_ascii_lowercase();
     let remote = ["https://", "http://", "ssh://", "git://"]
         .iter()
@@ -86,19 +135,17 @@ pub fn validate_repo_url(url: &str, allow_local: bool) -> Result<()> {
         && url
             .split_once(':')
             .is_some_and(|(host, _)| host.contains('@') && !host.contains('/'));
-    let local = lower.starts_with("file://") || url.starts_with('/');
+    let is_local = lower.starts_with("file://") || url.starts_with('/');
     if url.starts_with('-') {
         return Err(Error::invalid(format!(
             "repository URL '{url}' is not valid"
         )));
     }
-    if remote || scp || (local && allow_local) {
+    if remote || scp {
         return Ok(());
     }
-    if local {
-        return Err(Error::invalid(format!(
-            "repository URL '{url}' is on the server's own disk; the server must be started with --allow-local-repos to clone it"
-        )));
+    if is_local {
+        return local.check_path(url);
     }
     Err(Error::invalid(format!(
         "repository URL '{url}' has an unsupported scheme: use https://, ssh:// or git@host:path"
@@ -116,22 +163,46 @@ mod tests {
             "ssh://git@h/r",
             "git@github.com:o/r.git",
         ] {
-            assert!(validate_repo_url(ok, false).is_ok(), "{ok}");
+            assert!(validate_repo_url(ok, &LocalRepos::Denied).is_ok(), "{ok}");
         }
         assert!(
-            validate_repo_url("file:///srv/r", false)
+            validate_repo_url("file:///srv/r", &LocalRepos::Denied)
                 .unwrap_err()
                 .to_string()
                 .contains("--allow-local-repos")
         );
-        assert!(validate_repo_url("file:///srv/r", true).is_ok());
+        assert!(validate_repo_url("file:///srv/r", &LocalRepos::Any).is_ok());
         for bad in [
             "ext::sh -c touch% /tmp/x",
             "-uhttps://x",
             "ftp://x/y",
             "relative/path",
         ] {
-            assert!(validate_repo_url(bad, true).is_err(), "{bad}");
+            assert!(validate_repo_url(bad, &LocalRepos::Any).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_demo_server_clones_from_its_demo_directory_only() {
+        let root = tempfile::tempdir().unwrap();
+        let demo = root.path().join("demo");
+        std::fs::create_dir_all(demo.join("quickstart")).unwrap();
+        std::fs::create_dir_all(root.path().join("secret")).unwrap();
+        std::os::unix::fs::symlink(root.path().join("secret"), demo.join("link")).unwrap();
+        let policy = LocalRepos::Under(demo.clone());
+        let inside = demo.join("quickstart");
+        assert!(validate_repo_url(&format!("file://{}", inside.display()), &policy).is_ok());
+        assert!(validate_repo_url(&inside.display().to_string(), &policy).is_ok());
+        for outside in [
+            format!("file://{}/../secret", demo.display()),
+            format!("file://{}", demo.join("link").display()),
+            format!("file://{}", root.path().join("secret").display()),
+            format!("file://{}", demo.join("missing").display()),
+        ] {
+            let err = validate_repo_url(&outside, &policy)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("only inside"), "{outside}: {err}");
         }
     }
 }

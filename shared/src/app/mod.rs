@@ -9,17 +9,28 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::aws::{AwsConfig, DynamoStore, KmsSigner, S3StateStore, SqsQueue, StsExchange};
+use crate::aws::StsExchange;
 use crate::crypto::Cipher;
 use crate::deps::Deps;
 use crate::error::{Error, Result};
 use crate::oidc::{
-    CredentialBroker, ExchangeRequest, Exchanger, ISSUER_PATH, Issuer, LocalSigner, NoSigner,
-    RunCredentials,
+    CredentialBroker, ExchangeRequest, Exchanger, ISSUER_PATH, Issuer, LocalSigner, RunCredentials,
 };
-use crate::ports::Queue;
 use crate::runner::{Runner, RunnerConfig};
 use crate::sqlite::SqliteStore;
+
+#[cfg(feature = "aws")]
+mod aws;
+#[cfg(feature = "aws")]
+pub use aws::{aws_oidc_exchanger, rotate_kms_key};
+
+/// `tarmac oidc rotate-key --kms-key-id` in a build without the AWS mode.
+#[cfg(not(feature = "aws"))]
+pub async fn rotate_kms_key(_table: &str, _key_id: &str) -> Result<String> {
+    Err(Error::invalid(
+        "this tarmac was built without AWS support; build it with `--features aws`",
+    ))
+}
 
 /// How runs are carried out, whatever the backend.
 #[derive(Debug, Clone)]
@@ -38,7 +49,8 @@ pub struct EmbeddedConfig {
     pub public_url: String,
     /// The OIDC issuer URL (`iss`); defaults to the public URL plus `/oidc`.
     pub oidc_issuer: Option<String>,
-    pub allow_local_repos: bool,
+    /// Which repositories on this machine deployments may clone.
+    pub local_repos: crate::domain::spec::LocalRepos,
     /// Deployments that may run at once.
     pub workers: usize,
     pub run: RunSettings,
@@ -51,7 +63,7 @@ impl EmbeddedConfig {
             data_dir: data_dir.to_path_buf(),
             public_url: "http://127.0.0.1:8080".into(),
             oidc_issuer: None,
-            allow_local_repos: false,
+            local_repos: crate::domain::spec::LocalRepos::Denied,
             workers: 1,
             run: RunSettings {
                 child_path: std::env::var("PATH")
@@ -68,7 +80,8 @@ impl EmbeddedConfig {
 pub enum Config {
     Embedded(EmbeddedConfig),
     /// The Lambda functions: DynamoDB, SQS, S3 and KMS through the SDK configuration given.
-    Aws(Box<(AwsConfig, aws_config::SdkConfig)>),
+    #[cfg(feature = "aws")]
+    Aws(Box<(crate::aws::AwsConfig, aws_config::SdkConfig)>),
 }
 
 /// An application: its ports, the runner over them, and what its entry points need beside.
@@ -81,7 +94,8 @@ pub struct App {
     /// Embedded: notified when notifications are due (the dispatcher waits on it).
     pub outbox_signal: Arc<Notify>,
     /// AWS: the queue, whose messages the worker keeps invisible while it runs them.
-    pub sqs: Option<Arc<SqsQueue>>,
+    #[cfg(feature = "aws")]
+    pub sqs: Option<Arc<crate::aws::SqsQueue>>,
 }
 
 /// The files of a data dir.
@@ -118,6 +132,7 @@ impl App {
     pub async fn build(config: Config) -> Result<Self> {
         match config {
             Config::Embedded(cfg) => Self::embedded(cfg).await,
+            #[cfg(feature = "aws")]
             Config::Aws(aws) => Self::aws(&aws.0, &aws.1).await,
         }
     }
@@ -125,6 +140,7 @@ impl App {
     async fn embedded(cfg: EmbeddedConfig) -> Result<Self> {
         let (store, cipher) = open_data_dir(&cfg.data_dir)?;
         let (work_signal, outbox_signal) = (store.work_signal(), store.outbox_signal());
+        let run_changes = store.run_signal();
         let s = Arc::new(store);
         let signer = LocalSigner::new(cipher.clone());
         let issuer = Arc::new(Issuer::new(
@@ -139,6 +155,7 @@ impl App {
             Arc::new(StsExchange::new(None)),
         ));
         let state_dir = cfg.data_dir.join("state");
+        let tools = crate::runner::engine::discover(&cfg.run.child_path).await;
         let deps = Arc::new(Deps {
             stacks: s.clone(),
             orgs: s.clone(),
@@ -154,13 +171,15 @@ impl App {
             queue: None,
             cipher,
             public_url: cfg.public_url,
-            allow_local_repos: cfg.allow_local_repos,
+            local_repos: cfg.local_repos,
             state_dir,
             state_store: None,
             bootstrap_sha256: None,
             concurrency: cfg.workers,
             issuer: Some(issuer),
             credentials,
+            run_changes: Some(run_changes),
+            tools,
         });
         let runner = Arc::new(Runner::new(
             Arc::clone(&deps),
@@ -178,121 +197,10 @@ impl App {
             runner,
             work_signal,
             outbox_signal,
+            #[cfg(feature = "aws")]
             sqs: None,
         })
     }
-
-    /// Reads (or creates) the secrets data key through KMS.
-    async fn aws(cfg: &AwsConfig, sdk: &aws_config::SdkConfig) -> Result<Self> {
-        let dynamo = aws_sdk_dynamodb::Client::new(sdk);
-        let cipher = crate::aws::kms::load_cipher(
-            &aws_sdk_kms::Client::new(sdk),
-            &cfg.kms_key_id,
-            &dynamo,
-            &cfg.table,
-        )
-        .await?;
-        let mut store = DynamoStore::new(dynamo, &cfg.table);
-        if let Some(tokens) = &cfg.token_table {
-            store = store.with_token_table(tokens);
-        }
-        let store = Arc::new(store);
-        let state_store = cfg.state_bucket.as_deref().map(|bucket| {
-            Arc::new(S3StateStore::new(crate::aws::s3::client(sdk), bucket))
-                as Arc<dyn crate::ports::StateStore>
-        });
-        // The API serves the issuer's documents from the keyring; only the `oidc` function signs.
-        let issuer = cfg
-            .oidc_issuer
-            .as_deref()
-            .map(|url| Arc::new(Issuer::new(url, store.clone(), Arc::new(NoSigner))));
-        let credentials: Arc<dyn CredentialBroker> = match cfg.oidc_function.as_deref() {
-            Some(f) => Arc::new(crate::aws::oidc::LambdaBroker::new(
-                aws_sdk_lambda::Client::new(sdk),
-                f,
-            )),
-            None => Arc::new(NoCredentials),
-        };
-        let sqs = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &cfg.queue_url));
-        let deps = Arc::new(Deps {
-            stacks: store.clone(),
-            orgs: store.clone(),
-            tokens: store.clone(),
-            deployments: store.clone(),
-            logs: store.clone(),
-            runs: store.clone(),
-            schedules: store.clone(),
-            drift: store.clone(),
-            keys: store.clone(),
-            hooks: store.clone(),
-            outbox: store,
-            queue: Some(sqs.clone() as Arc<dyn Queue>),
-            cipher,
-            public_url: cfg.public_url.clone(),
-            allow_local_repos: cfg.allow_local_repos,
-            state_dir: cfg.state_dir.clone(),
-            state_store,
-            bootstrap_sha256: cfg.bootstrap_sha256.clone(),
-            // Lambda concurrency, not Tarmac, bounds parallel runs in AWS mode.
-            concurrency: 0,
-            issuer,
-            credentials,
-        });
-        let runner = Arc::new(Runner::new(
-            Arc::clone(&deps),
-            RunnerConfig {
-                work_dir: cfg.work_dir.clone(),
-                path_env: cfg.child_path.clone(),
-                lang: "C.UTF-8".into(),
-                default_timeout: cfg.deployment_timeout,
-                stop_grace: cfg.stop_grace,
-                heartbeat_every: (cfg.lease_ttl / 6).min(Duration::from_secs(10)),
-            },
-        ));
-        Ok(Self {
-            deps,
-            runner,
-            work_signal: Arc::new(Notify::new()),
-            outbox_signal: Arc::new(Notify::new()),
-            sqs: Some(sqs),
-        })
-    }
-}
-
-/// The `oidc` function's exchanger: the keyring and leases in DynamoDB, KMS to sign (registering
-/// `kms_key_id` on a cold start that finds the keyring empty), STS to exchange. It loads no
-/// secrets data key: its role may not decrypt one.
-pub async fn aws_oidc_exchanger(
-    table: &str,
-    issuer_url: &str,
-    kms_key_id: Option<&str>,
-    sdk: &aws_config::SdkConfig,
-) -> Result<Exchanger> {
-    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table));
-    let signer = KmsSigner::new(aws_sdk_kms::Client::new(sdk));
-    let issuer = Arc::new(Issuer::new(
-        issuer_url,
-        store.clone(),
-        Arc::new(signer.clone()),
-    ));
-    if let Some(key_id) = kms_key_id {
-        issuer.ensure_key(async || signer.key(key_id).await).await?;
-    }
-    Ok(Exchanger::new(
-        store,
-        issuer,
-        Arc::new(StsExchange::new(Some(aws_sdk_sts::Client::new(sdk)))),
-    ))
-}
-
-/// `tarmac oidc rotate-key --kms-key-id`: makes a KMS key the signing key of the AWS
-/// deployment whose table is `table`.
-pub async fn rotate_kms_key(table: &str, key_id: &str) -> Result<String> {
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table));
-    let signer = KmsSigner::new(aws_sdk_kms::Client::new(&sdk));
-    let key = signer.key(key_id).await?;
-    Issuer::new("", store, Arc::new(signer)).rotate(key).await
 }
 
 /// `tarmac oidc rotate-key`: a new generated signing key for a data dir's issuer. Safe while

@@ -1,44 +1,16 @@
-//! The `tarmac` command: `serve` runs everything on one machine; `token create` mints API tokens.
-#![forbid(unsafe_code)]
+//! The server side of the binary: `serve`, and the admin commands that work on a data dir
+//! (`token create`) or an AWS deployment's keyring (`oidc rotate-key`) directly.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use tarmac::domain::Role;
 use tarmac::serve::ServeConfig;
 
-#[derive(Parser)]
-#[command(
-    name = "tarmac",
-    version,
-    about = "Self-hosted deployments for infrastructure-as-code stacks"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
 #[derive(Subcommand)]
-enum Command {
-    /// Run the API, workers and scheduler in one process on an embedded SQLite store.
-    Serve(ServeArgs),
-    /// Manage API tokens.
-    Token {
-        #[command(subcommand)]
-        command: TokenCommand,
-    },
-    /// Manage the OIDC issuer.
-    Oidc {
-        #[command(subcommand)]
-        command: OidcCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum OidcCommand {
+pub(crate) enum OidcCommand {
     /// Make a new key the signing key. The old key stays in the JWKS until every token it signed
     /// has expired (12 hours and 5 minutes), so running deployments are not disturbed.
     RotateKey {
@@ -53,7 +25,7 @@ enum OidcCommand {
 }
 
 #[derive(clap::Args)]
-struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Where the database, secret key, engine state and working directories live.
     #[arg(long, env = "TARMAC_DATA_DIR", default_value = "./.tarmac")]
     data_dir: PathBuf,
@@ -77,6 +49,10 @@ struct ServeArgs {
     /// repositories on this machine's disk.
     #[arg(long, env = "TARMAC_ALLOW_LOCAL_REPOS")]
     allow_local_repos: bool,
+    /// Let deployments clone from DATA_DIR/demo (and nowhere else on disk), where
+    /// `tarmac quickstart` makes its example repository.
+    #[arg(long, env = "TARMAC_DEMO")]
+    demo: bool,
     /// Default limit on one deployment's run, in seconds (settings may set their own).
     #[arg(long, env = "TARMAC_DEPLOYMENT_TIMEOUT", default_value_t = 3600)]
     deployment_timeout: u64,
@@ -101,7 +77,7 @@ struct ServeArgs {
 }
 
 #[derive(Subcommand)]
-enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Create a token for an org and print it. It is shown only once; only its hash is stored.
     Create {
         #[arg(long)]
@@ -116,75 +92,59 @@ enum TokenCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(a) => {
-            tarmac::telemetry::init(a.log_json);
-            let workers = a
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-            let cfg = ServeConfig {
-                data_dir: a.data_dir,
-                listen: a.listen,
-                workers,
-                bootstrap_org: a.org,
-                public_url: a.public_url.map(|u| u.trim_end_matches('/').to_string()),
-                oidc_issuer: a.oidc_issuer,
-                allow_local_repos: a.allow_local_repos,
-                deployment_timeout: Duration::from_secs(a.deployment_timeout),
-                lease_ttl: Duration::from_secs_f64(a.lease_secs),
-                heartbeat_every: Duration::from_secs_f64((a.lease_secs / 10.0).clamp(0.1, 1.0)),
-                shutdown_grace: Duration::from_secs(a.shutdown_grace),
-                stop_grace: Duration::from_secs(a.stop_grace),
-                queue_max_age: Duration::from_secs(a.queue_max_days * 86_400),
-                child_path: a.child_path.unwrap_or_else(|| {
-                    std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
-                }),
-            };
-            tarmac::serve::serve(cfg).await
-        }
-        Command::Token {
-            command:
-                TokenCommand::Create {
-                    org,
-                    role,
-                    name,
-                    data_dir,
-                },
-        } => {
-            tarmac::telemetry::init(false);
-            let role: Role = role.parse().expect("clap restricts the role");
-            tarmac::serve::create_token(&data_dir, &org, role, &name)
-                .await
-                .map(|token| println!("{token}"))
-        }
-        Command::Oidc {
-            command:
-                OidcCommand::RotateKey {
-                    data_dir,
-                    kms_key_id,
-                },
-        } => {
-            tarmac::telemetry::init(false);
-            let rotated = match kms_key_id {
-                Some(key_id) => {
-                    match std::env::var("TARMAC_TABLE").ok().filter(|t| !t.is_empty()) {
-                        Some(table) => tarmac::app::rotate_kms_key(&table, &key_id).await,
-                        None => Err(tarmac::Error::invalid("TARMAC_TABLE must be set")),
-                    }
-                }
-                None => tarmac::app::rotate_local_key(&data_dir).await,
-            };
-            rotated.map(|kid| println!("new signing key: {kid}"))
-        }
+pub(crate) async fn serve(a: ServeArgs) -> tarmac::Result<()> {
+    tarmac::telemetry::init(a.log_json);
+    let workers = a
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let cfg = ServeConfig {
+        data_dir: a.data_dir,
+        listen: a.listen,
+        workers,
+        bootstrap_org: a.org,
+        public_url: a.public_url.map(|u| u.trim_end_matches('/').to_string()),
+        oidc_issuer: a.oidc_issuer,
+        allow_local_repos: a.allow_local_repos,
+        demo: a.demo,
+        deployment_timeout: Duration::from_secs(a.deployment_timeout),
+        lease_ttl: Duration::from_secs_f64(a.lease_secs),
+        heartbeat_every: Duration::from_secs_f64((a.lease_secs / 10.0).clamp(0.1, 1.0)),
+        shutdown_grace: Duration::from_secs(a.shutdown_grace),
+        stop_grace: Duration::from_secs(a.stop_grace),
+        queue_max_age: Duration::from_secs(a.queue_max_days * 86_400),
+        child_path: a.child_path.unwrap_or_else(|| {
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
+        }),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tarmac: {}", e.chain());
-            ExitCode::FAILURE
-        }
-    }
+    tarmac::serve::serve(cfg).await
+}
+
+pub(crate) async fn token(command: TokenCommand) -> tarmac::Result<()> {
+    let TokenCommand::Create {
+        org,
+        role,
+        name,
+        data_dir,
+    } = command;
+    tarmac::telemetry::init(false);
+    let role: Role = role.parse().expect("clap restricts the role");
+    tarmac::serve::create_token(&data_dir, &org, role, &name)
+        .await
+        .map(|token| println!("{token}"))
+}
+
+pub(crate) async fn oidc(command: OidcCommand) -> tarmac::Result<()> {
+    let OidcCommand::RotateKey {
+        data_dir,
+        kms_key_id,
+    } = command;
+    tarmac::telemetry::init(false);
+    let rotated = match kms_key_id {
+        Some(key_id) => match std::env::var("TARMAC_TABLE").ok().filter(|t| !t.is_empty()) {
+            Some(table) => tarmac::app::rotate_kms_key(&table, &key_id).await,
+            None => Err(tarmac::Error::invalid("TARMAC_TABLE must be set")),
+        },
+        None => tarmac::app::rotate_local_key(&data_dir).await,
+    };
+    rotated.map(|kid| println!("new signing key: {kid}"))
 }
