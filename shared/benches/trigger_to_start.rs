@@ -72,7 +72,10 @@ async fn main() {
     let work = tempfile::tempdir().unwrap();
     let bin = work.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let trace = work.path().join("trace");
+    // Runs are sandboxed: the trace goes to a directory they may write (`--sandbox-rw`).
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let trace = out.join("trace");
     // The trivial engine: records the deployment id and its start time on `init`, prints no
     // outputs, and exits 0.
     let engine = bin.join("terraform");
@@ -91,6 +94,8 @@ async fn main() {
             "--allow-local-repos",
             "--workers",
             &args.workers.to_string(),
+            "--sandbox-rw",
+            &out.display().to_string(),
         ],
         Some(&path),
     );

@@ -3,7 +3,7 @@
 //!
 //! The domain and settings logic sit in the middle; `ports` are what they need from storage;
 //! `sqlite` is the embedded adapter; `http` is the one router; `runner` and `worker` execute
-//! deployments; `serve` and `deps` wire it together.
+//! deployments, each child process confined by `sandbox`; `serve` and `deps` wire it together.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -21,6 +21,7 @@ pub mod lambda;
 pub mod oidc;
 pub mod ports;
 mod runner;
+pub mod sandbox;
 pub mod scheduler;
 pub mod serve;
 mod service;

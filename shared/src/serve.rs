@@ -14,6 +14,7 @@ use crate::domain::{Role, validate_name};
 use crate::error::{Error, Result};
 use crate::ports::TokenStore;
 use crate::runner::StopSignal;
+use crate::sandbox::SandboxConfig;
 use crate::worker::{Pool, spawn_ticker};
 
 /// Everything `tarmac serve` is configured with.
@@ -39,6 +40,8 @@ pub struct ServeConfig {
     pub queue_max_age: Duration,
     /// `PATH` for deployments' child processes.
     pub child_path: String,
+    /// How deployments' processes are confined (`--sandbox`).
+    pub sandbox: SandboxConfig,
 }
 
 /// The data dir's directory that `--demo` lets deployments clone from.
@@ -98,9 +101,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             deployment_timeout: cfg.deployment_timeout,
             stop_grace: cfg.stop_grace,
             heartbeat_every: cfg.heartbeat_every,
+            sandbox: cfg.sandbox.clone(),
         },
     }))
     .await?;
+    // Before any work is taken: `required` on a kernel without Landlock stops here, saying so.
+    app.runner.sandbox().ready().await?;
     let deps = Arc::clone(&app.deps);
     let bootstrap_token = if deps.tokens.token_count().await? == 0 {
         let token = new_token();

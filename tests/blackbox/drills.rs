@@ -17,6 +17,14 @@ fn full() -> bool {
     std::env::var("TARMAC_DRILL_SCALE").as_deref() == Ok("full")
 }
 
+/// The trace file the engine writes, in a directory of its own that the sandbox lets runs write
+/// (`--sandbox-rw`).
+fn trace_in(dir: &Path) -> (PathBuf, String) {
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    (out.join("trace"), out.display().to_string())
+}
+
 /// A bin dir whose `terraform` records its runs in the file named by `TRACE_FILE`.
 fn trivial_engine(dir: &Path, work_ms: u64) -> PathBuf {
     let bin = dir.join("drill-bin");
@@ -117,10 +125,19 @@ async fn r1_kills_lose_nothing_and_never_overlap_a_stack() {
     // Three leases long, so a run cut off by a crash would still be going when its stack's next
     // run starts, unless the restart kills it.
     let bin = trivial_engine(scratch.path(), 6000);
-    let trace = scratch.path().join("trace");
+    let (trace, out) = trace_in(scratch.path());
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let mut app =
-        TestApp::spawn_with(&["--lease-secs", "2", "--workers", "4", "--child-path", &path]).await;
+    let mut app = TestApp::spawn_with(&[
+        "--lease-secs",
+        "2",
+        "--workers",
+        "4",
+        "--child-path",
+        &path,
+        "--sandbox-rw",
+        &out,
+    ])
+    .await;
     let mut ids: Vec<(String, String)> = vec![];
     for s in 0..stacks {
         settings(&app, &repo, &format!("s{s}"), &trace).await;
@@ -205,9 +222,17 @@ async fn r3_bursts_end_in_order_with_no_server_errors() {
     let repo = TestRepo::new();
     let scratch = tempfile::tempdir().unwrap();
     let bin = trivial_engine(scratch.path(), 0);
-    let trace = scratch.path().join("trace");
+    let (trace, out) = trace_in(scratch.path());
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let app = TestApp::spawn_with(&["--workers", "4", "--child-path", &path]).await;
+    let app = TestApp::spawn_with(&[
+        "--workers",
+        "4",
+        "--child-path",
+        &path,
+        "--sandbox-rw",
+        &out,
+    ])
+    .await;
     for s in 0..stacks {
         settings(&app, &repo, &format!("s{s}"), &trace).await;
     }

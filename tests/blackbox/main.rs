@@ -6,6 +6,8 @@
 #[macro_use]
 #[path = "../support/require.rs"]
 mod require;
+#[path = "../support/escapes.rs"]
+mod escapes;
 #[path = "../support/signing.rs"]
 mod signing;
 mod support;
@@ -24,6 +26,7 @@ mod github;
 mod lifecycle;
 mod oidc;
 mod queue;
+mod sandbox;
 mod schedules;
 mod serve;
 mod webhooks;

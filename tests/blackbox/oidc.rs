@@ -31,7 +31,9 @@ async fn anonymous_get(url: &str) -> Value {
 async fn a_deployment_gets_a_verifiable_token_and_assumed_role_credentials_and_nothing_of_the_platform()
  {
     require!(Tools, Emulator);
-    let app = TestApp::spawn().await;
+    // The run copies its token out, to a directory the sandbox lets it write.
+    let out = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_with(&["--sandbox-rw", &out.path().display().to_string()]).await;
     // The issuer's documents need no token.
     let discovery = anonymous_get(&format!(
         "{}/oidc/.well-known/openid-configuration",
@@ -49,7 +51,6 @@ async fn a_deployment_gets_a_verifiable_token_and_assumed_role_credentials_and_n
 
     let repo = TestRepo::new();
     let s = stack("oidc-aws");
-    let out = tempfile::tempdir().unwrap();
     let token_copy = out.path().join("token");
     let mut settings = repo.settings();
     settings["operationContext"] = json!({
@@ -239,9 +240,9 @@ async fn token_of_a_deployment(
 async fn rotating_the_key_while_serving_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_kid()
 {
     require!(Tools);
-    let app = TestApp::spawn().await;
-    let repo = TestRepo::new();
     let out = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_with(&["--sandbox-rw", &out.path().display().to_string()]).await;
+    let repo = TestRepo::new();
     let s = stack("oidc-rotate");
     let issuer = format!("{}/oidc", app.url);
     let jwks_url = format!("{issuer}/.well-known/jwks.json");

@@ -39,9 +39,17 @@ fn intervals(trace: &std::path::Path) -> std::collections::HashMap<(String, i64)
 #[tokio::test]
 async fn stacks_run_in_parallel_while_one_stack_runs_in_order() {
     require!(Tools);
-    let app = TestApp::spawn_with(&["--workers", "4"]).await;
+    // Runs write their trace outside the data dir, where the sandbox lets them.
+    let traces = tempfile::tempdir().unwrap();
+    let trace = traces.path().join("trace");
+    let app = TestApp::spawn_with(&[
+        "--workers",
+        "4",
+        "--sandbox-rw",
+        &traces.path().display().to_string(),
+    ])
+    .await;
     let repo = TestRepo::new();
-    let trace = app.data().join("trace");
     let (a, b) = (stack("par-a"), stack("par-b"));
     for s in [&a, &b] {
         app.post(

@@ -35,10 +35,12 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
 async fn a_restart_kills_what_a_crashed_server_left_running() {
     require!(Tools);
     use crate::support::{TestRepo, stack};
-    let mut app = TestApp::spawn().await;
+    // The run tells its pid through a directory the sandbox lets it write.
+    let out = tempfile::tempdir().unwrap();
+    let mut app = TestApp::spawn_with(&["--sandbox-rw", &out.path().display().to_string()]).await;
     let repo = TestRepo::new();
     let s = stack("orphans");
-    let pid_file = app.data().join("orphan.pid");
+    let pid_file = out.path().join("orphan.pid");
     let mut settings = repo.settings();
     // `exec` keeps the shell's pid for the sleep, so the file names the process to watch.
     settings["operationContext"] = serde_json::json!({"preRunCommands": [format!("echo $$ > {}; exec sleep 300", pid_file.display())]});

@@ -19,6 +19,11 @@ pub(crate) fn tools_bin() -> PathBuf {
     Path::new(&tools).join("bin")
 }
 
+/// A Tarmac executable whose `main` starts the sandbox helper.
+pub(crate) fn sandbox_helper() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tarmac"))
+}
+
 pub(crate) fn git(dir: &Path, args: &[&str]) {
     let ok = std::process::Command::new("git")
         .args(["-c", "user.email=t@example.com", "-c", "user.name=Test"])
@@ -55,6 +60,11 @@ impl Env {
         );
         let work_dir = work.path().join("work").display().to_string();
         let state_dir = work.path().join("state").display().to_string();
+        // Where runs write what tests read (the trace of runs): the one place outside its own
+        // directory a run may write.
+        let out = work.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let out = out.display().to_string();
         let vars = [
             ("TARMAC_PUBLIC_URL", "https://tarmac.example.com"),
             ("TARMAC_ALLOW_LOCAL_REPOS", "true"),
@@ -62,9 +72,13 @@ impl Env {
             ("TARMAC_SAFETY_MARGIN_SECS", "30"),
             ("TARMAC_WORK_DIR", work_dir.as_str()),
             ("TARMAC_STATE_DIR", state_dir.as_str()),
+            ("TARMAC_SANDBOX_RW", out.as_str()),
         ];
         let vars: Vec<(&str, &str)> = extra.iter().copied().chain(vars).collect();
-        let cfg = res.config(&vars);
+        let mut cfg = res.config(&vars);
+        // This test binary's main is libtest's: the tarmac binary starts the runs' processes in
+        // their sandbox, as the worker's own bootstrap does in Lambda.
+        cfg.sandbox.helper = Some(sandbox_helper());
         let app = Arc::new(AwsApp::build(cfg, &res.sdk).await.unwrap());
         let token = new_token();
         app.deps
@@ -94,7 +108,7 @@ impl Env {
     }
 
     pub(crate) fn trace(&self) -> PathBuf {
-        self.work.path().join("trace")
+        self.work.path().join("out/trace")
     }
 
     pub(crate) fn subs(&self, deployment: &str) -> Vec<(&'static str, String)> {

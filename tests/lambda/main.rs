@@ -23,6 +23,8 @@ use tower::ServiceExt;
 mod require;
 #[path = "../support/emulator.rs"]
 mod emulator;
+#[path = "../support/escapes.rs"]
+mod escapes;
 #[path = "../support/signing.rs"]
 mod signing;
 // Shared with the black-box tests; this crate uses part of it.
@@ -36,6 +38,7 @@ mod git_server;
 mod infra;
 mod notifications;
 mod oidc;
+mod sandbox;
 mod scheduler;
 mod state;
 mod worker;

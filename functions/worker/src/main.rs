@@ -8,8 +8,14 @@ use lambda_runtime::service_fn;
 use tarmac::aws::AwsConfig;
 use tarmac::lambda::AwsApp;
 
+fn main() -> Result<(), lambda_runtime::Error> {
+    // First: started as a deployment's sandbox helper, this process becomes that child.
+    tarmac::sandbox::trampoline();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn run() -> Result<(), lambda_runtime::Error> {
     tarmac::telemetry::init(true);
     let cfg = AwsConfig::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::oidc::{CredentialBroker, Exchanger, Issuer, NoSigner};
 use crate::ports::Queue;
 use crate::runner::{Runner, RunnerConfig};
+use crate::sandbox::Sandbox;
 
 impl App {
     /// Reads (or creates) the secrets data key through KMS.
@@ -47,6 +48,18 @@ impl App {
             None => Arc::new(NoCredentials),
         };
         let sqs = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &cfg.queue_url));
+        // No run sees another's directory or another stack's state. Engines are found without
+        // running them: a cold start has no time to spare.
+        let found: Vec<std::path::PathBuf> = ["git", "terraform", "tofu", "pulumi"]
+            .iter()
+            .filter_map(|name| crate::runner::engine::which(name, &cfg.child_path))
+            .collect();
+        let sandbox = Sandbox::new(
+            &cfg.sandbox,
+            &cfg.child_path,
+            &found,
+            &[cfg.work_dir.clone(), cfg.state_dir.clone()],
+        )?;
         let deps = Arc::new(Deps {
             stacks: store.clone(),
             orgs: store.clone(),
@@ -86,6 +99,7 @@ impl App {
                 default_timeout: cfg.deployment_timeout,
                 stop_grace: cfg.stop_grace,
                 heartbeat_every: (cfg.lease_ttl / 6).min(Duration::from_secs(10)),
+                sandbox: Arc::new(sandbox),
             },
         ));
         Ok(Self {

@@ -17,6 +17,7 @@ use crate::oidc::{
     CredentialBroker, ExchangeRequest, Exchanger, ISSUER_PATH, Issuer, LocalSigner, RunCredentials,
 };
 use crate::runner::{Runner, RunnerConfig};
+use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::sqlite::SqliteStore;
 
 #[cfg(feature = "aws")]
@@ -40,6 +41,8 @@ pub struct RunSettings {
     pub deployment_timeout: Duration,
     pub stop_grace: Duration,
     pub heartbeat_every: Duration,
+    /// How deployments' processes are confined.
+    pub sandbox: SandboxConfig,
 }
 
 /// `tarmac serve`'s backend: every port on one SQLite file in a data dir.
@@ -71,12 +74,17 @@ impl EmbeddedConfig {
                 deployment_timeout: Duration::from_secs(3600),
                 stop_grace: Duration::from_secs(10),
                 heartbeat_every: Duration::from_secs(1),
+                sandbox: SandboxConfig::default(),
             },
         }
     }
 }
 
 /// Which backend to build.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per process, then dropped"
+)]
 pub enum Config {
     Embedded(EmbeddedConfig),
     /// The Lambda functions: DynamoDB, SQS, S3 and KMS through the SDK configuration given.
@@ -139,6 +147,10 @@ impl App {
 
     async fn embedded(cfg: EmbeddedConfig) -> Result<Self> {
         let (store, cipher) = open_data_dir(&cfg.data_dir)?;
+        // Absolute from here on: engines run in their own working directories, and a relative
+        // state path (`./.tarmac`, the default) would put a stack's state inside a run's
+        // directory, which is removed when the run ends.
+        let data_dir = std::fs::canonicalize(&cfg.data_dir)?;
         let (work_signal, outbox_signal) = (store.work_signal(), store.outbox_signal());
         let run_changes = store.run_signal();
         let s = Arc::new(store);
@@ -154,8 +166,16 @@ impl App {
             Arc::clone(&issuer),
             Arc::new(StsExchange::new(None)),
         ));
-        let state_dir = cfg.data_dir.join("state");
+        let state_dir = data_dir.join("state");
         let tools = crate::runner::engine::discover(&cfg.run.child_path).await;
+        let found: Vec<PathBuf> = tools.iter().filter_map(|t| t.path.clone()).collect();
+        // Runs see nothing of the data dir but their own directory and their stack's state.
+        let sandbox = Sandbox::new(
+            &cfg.run.sandbox,
+            &cfg.run.child_path,
+            &found,
+            std::slice::from_ref(&data_dir),
+        )?;
         let deps = Arc::new(Deps {
             stacks: s.clone(),
             orgs: s.clone(),
@@ -184,12 +204,13 @@ impl App {
         let runner = Arc::new(Runner::new(
             Arc::clone(&deps),
             RunnerConfig {
-                work_dir: cfg.data_dir.join("work"),
+                work_dir: data_dir.join("work"),
                 path_env: cfg.run.child_path,
                 lang: "C.UTF-8".into(),
                 default_timeout: cfg.run.deployment_timeout,
                 stop_grace: cfg.run.stop_grace,
                 heartbeat_every: cfg.run.heartbeat_every,
+                sandbox: Arc::new(sandbox),
             },
         ));
         Ok(Self {

@@ -21,6 +21,8 @@
 //! | `TARMAC_ALLOW_LOCAL_REPOS` | false | allow `file://` repositories (tests) |
 //! | `TARMAC_OIDC_ISSUER` | `TARMAC_PUBLIC_URL` + `/oidc` | the OIDC issuer whose JWKS the API serves |
 //! | `TARMAC_OIDC_FUNCTION` | none | the `oidc` function the worker invokes for credentials; without it, runs with `operationContext.oidc` fail |
+//! | `TARMAC_SANDBOX` | `best-effort` | how runs are confined: `required`, `best-effort` or `off` (Lambda's kernel has no Landlock; see the README's Security section) |
+//! | `TARMAC_SANDBOX_RO`, `TARMAC_SANDBOX_RW` | none | more directories runs may read, or read and write (`:`-separated) |
 //!
 //! Endpoints (an emulator, say) come from the SDK's own `AWS_ENDPOINT_URL` and
 //! `AWS_ENDPOINT_URL_<SERVICE>`.
@@ -29,6 +31,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::sandbox::{SandboxConfig, SandboxMode};
 
 #[derive(Debug, Clone)]
 pub struct AwsConfig {
@@ -51,6 +54,7 @@ pub struct AwsConfig {
     pub allow_local_repos: bool,
     pub oidc_issuer: Option<String>,
     pub oidc_function: Option<String>,
+    pub sandbox: SandboxConfig,
 }
 
 impl AwsConfig {
@@ -89,6 +93,11 @@ impl AwsConfig {
                     "{k} must be true or false, not '{v}'"
                 ))),
             }
+        };
+        let paths = |k: &str| -> Vec<PathBuf> {
+            optional(k)
+                .map(|v| std::env::split_paths(&v).collect())
+                .unwrap_or_default()
         };
         let cfg = Self {
             table: required("TARMAC_TABLE")?,
@@ -129,6 +138,17 @@ impl AwsConfig {
             allow_local_repos: flag("TARMAC_ALLOW_LOCAL_REPOS")?,
             oidc_issuer: crate::aws::oidc::issuer_url(&get).ok(),
             oidc_function: optional("TARMAC_OIDC_FUNCTION"),
+            sandbox: SandboxConfig {
+                mode: match optional("TARMAC_SANDBOX") {
+                    None => SandboxMode::BestEffort,
+                    Some(m) => m
+                        .parse()
+                        .map_err(|e: String| Error::invalid(format!("TARMAC_SANDBOX: {e}")))?,
+                },
+                read_only: paths("TARMAC_SANDBOX_RO"),
+                read_write: paths("TARMAC_SANDBOX_RW"),
+                helper: None,
+            },
         };
         if cfg.lease_ttl < Duration::from_secs(3) {
             return Err(Error::invalid("TARMAC_LEASE_SECS must be at least 3"));
@@ -165,6 +185,7 @@ mod tests {
         assert_eq!(cfg.queue_max_age, Duration::from_secs(7 * 86_400));
         assert_eq!(cfg.child_path, "/bin");
         assert!(!cfg.allow_local_repos);
+        assert_eq!(cfg.sandbox.mode, SandboxMode::BestEffort);
         let err = AwsConfig::from_lookup(lookup(&[("TARMAC_TABLE", "t")]))
             .unwrap_err()
             .to_string();
@@ -189,6 +210,11 @@ mod tests {
                 "TARMAC_ALLOW_LOCAL_REPOS",
                 "yes",
                 "TARMAC_ALLOW_LOCAL_REPOS must be true or false",
+            ),
+            (
+                "TARMAC_SANDBOX",
+                "maybe",
+                "TARMAC_SANDBOX: the sandbox mode must be required, best-effort or off",
             ),
         ] {
             let mut pairs = BASE.to_vec();

@@ -12,6 +12,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::logs::RunLog;
+use crate::sandbox::Launch;
 
 /// A command to run. `env` is the child's whole environment: nothing is inherited.
 #[derive(Debug, Clone)]
@@ -20,6 +21,26 @@ pub(crate) struct CommandSpec {
     pub args: Vec<String>,
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
+    /// What the command may read beyond what every command of the run may (a local repository
+    /// it clones, say).
+    pub read_only: Vec<PathBuf>,
+}
+
+impl CommandSpec {
+    pub(crate) fn new(
+        program: impl Into<String>,
+        args: Vec<String>,
+        cwd: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Self {
+        Self {
+            program: program.into(),
+            args,
+            cwd,
+            env,
+            read_only: vec![],
+        }
+    }
 }
 
 /// How a command ended.
@@ -48,10 +69,13 @@ pub(crate) struct Output {
     pub stdout: Vec<u8>,
 }
 
-/// Runs `spec`, logging into `step`. Stops the process group when `stop` fires. The group's
-/// id is appended to `groups_file`, so a restarted server can find what a crashed one left.
+/// Runs `spec`, started as `launch` says (in its sandbox), logging into `step`. Stops the
+/// process group when `stop` fires. The group's id is appended to `groups_file`, so a restarted
+/// server can find what a crashed one left.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     spec: &CommandSpec,
+    launch: &Launch,
     log: &RunLog,
     step: usize,
     stdout_mode: Stdout,
@@ -59,11 +83,11 @@ pub(crate) async fn run(
     grace: Duration,
     groups_file: &Path,
 ) -> Output {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
+    let mut cmd = Command::new(&launch.program);
+    cmd.args(&launch.args)
         .current_dir(&spec.cwd)
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -28,6 +28,7 @@ use crate::domain::spec::{EnvValue, RunSpec};
 use crate::domain::updates::{UpdateKind, UpdateOutcome, UpdateResult};
 use crate::domain::{Deployment, JobStatus, Lease, Operation, StepStatus};
 use crate::ports::{Claimed, DriftRun};
+use crate::sandbox::Sandbox;
 use engine::Engine;
 use events::EventStream;
 use exec::{CommandSpec, Exit, Stdout};
@@ -64,6 +65,8 @@ pub struct RunnerConfig {
     pub stop_grace: Duration,
     /// How often the lease is renewed and cancellation checked.
     pub heartbeat_every: Duration,
+    /// Confines every child process.
+    pub sandbox: Arc<Sandbox>,
 }
 
 pub struct Runner {
@@ -125,6 +128,11 @@ impl Run<'_> {
 impl Runner {
     pub fn new(deps: Arc<Deps>, cfg: RunnerConfig) -> Self {
         Self { deps, cfg }
+    }
+
+    /// The sandbox every child of every run is started in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.cfg.sandbox
     }
 
     /// Runs a claimed deployment to a terminal status, which it returns. When `stop` fires the
@@ -460,8 +468,24 @@ impl Runner {
         ok_codes: &[i32],
     ) -> StepResult<(i32, Vec<u8>)> {
         let groups = run.workdir.join(exec::GROUPS_FILE);
+        // Each command may write in the run's directory and its stack's state, nowhere else.
+        let state = self.state_dir(run.d);
+        let read_only: Vec<&Path> = spec.read_only.iter().map(PathBuf::as_path).collect();
+        let launch = self
+            .cfg
+            .sandbox
+            .launch(
+                &spec.program,
+                &spec.args,
+                &spec.env,
+                &[&run.workdir, &state],
+                &read_only,
+            )
+            .await
+            .map_err(Failure::Failed)?;
         let out = exec::run(
             spec,
+            &launch,
             &run.log,
             idx,
             mode,
@@ -508,12 +532,12 @@ impl Runner {
                 .await?;
             let shell = spec.shell.clone().unwrap_or_else(default_shell);
             run.log.line(idx, &format!("$ {command}")).await;
-            let cmd = CommandSpec {
-                program: shell,
-                args: vec!["-c".into(), command.clone()],
-                cwd: program_dir.clone(),
-                env: run.env(),
-            };
+            let cmd = CommandSpec::new(
+                shell,
+                vec!["-c".into(), command.clone()],
+                program_dir.clone(),
+                run.env(),
+            );
             let result = self
                 .command(run, idx, &cmd, Stdout::Log, &[])
                 .await
@@ -649,12 +673,12 @@ impl Runner {
                     event_log.display().to_string(),
                 ]);
             }
-            let cmd = CommandSpec {
-                program: engine.binary().into(),
+            let cmd = CommandSpec::new(
+                engine.binary(),
                 args,
-                cwd: program_dir.to_path_buf(),
-                env: env.clone(),
-            };
+                program_dir.to_path_buf(),
+                env.clone(),
+            );
             run.log.line(idx, &format!("$ {}", display_cmd(&cmd))).await;
             let ok: Vec<i32> = if main {
                 plan.drift_exit_code.into_iter().collect()
@@ -712,11 +736,13 @@ impl Runner {
             }
             engine::OutputsSource::Commands { shown, masked } => {
                 let env = self.engine_env(run, engine, program_dir).await?;
-                let capture = |args: &Vec<String>| CommandSpec {
-                    program: engine.binary().into(),
-                    args: args.clone(),
-                    cwd: program_dir.to_path_buf(),
-                    env: env.clone(),
+                let capture = |args: &Vec<String>| {
+                    CommandSpec::new(
+                        engine.binary(),
+                        args.clone(),
+                        program_dir.to_path_buf(),
+                        env.clone(),
+                    )
                 };
                 let (_, shown) = self
                     .command(run, idx, &capture(shown), Stdout::Capture, &[])

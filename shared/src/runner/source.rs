@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::exec::{CommandSpec, Stdout};
 use super::{Failure, Run, Runner, StepResult, git};
-use crate::domain::spec::RunSpec;
+use crate::domain::spec::{LocalRepos, RunSpec};
 
 impl Runner {
     pub(super) async fn get_source(
@@ -64,32 +64,30 @@ impl Runner {
         }
         // Checked again here: the server's policy may have changed since the deployment was made.
         let url = source.repo_url.to_ascii_lowercase();
+        let mut local = None;
         if url.starts_with("file://") || url.starts_with('/') {
             self.deps
                 .local_repos
                 .check_path(&source.repo_url)
                 .map_err(|e| Failure::Failed(e.to_string()))?;
+            local = Some(self.local_repo_grant(&source.repo_url)?);
         }
         let what = source.describe_ref();
         run.log
             .line(idx, &format!("Cloning {} at {what}", source.repo_url))
             .await;
         for args in git::clone_commands(source, "src") {
-            let cmd = CommandSpec {
-                program: "git".into(),
-                args,
-                cwd: run.workdir.clone(),
-                env: env.clone(),
-            };
+            let mut cmd = CommandSpec::new("git", args, run.workdir.clone(), env.clone());
+            cmd.read_only.extend(local.clone());
             self.command(run, idx, &cmd, Stdout::Log, &[]).await?;
         }
         let src = run.workdir.join("src");
-        let rev = CommandSpec {
-            program: "git".into(),
-            args: vec!["rev-parse".into(), "HEAD".into()],
-            cwd: src.clone(),
+        let rev = CommandSpec::new(
+            "git",
+            vec!["rev-parse".into(), "HEAD".into()],
+            src.clone(),
             env,
-        };
+        );
         let (_, sha) = self.command(run, idx, &rev, Stdout::Capture, &[]).await?;
         run.log
             .line(
@@ -108,6 +106,26 @@ impl Runner {
             )));
         }
         Ok(program_dir)
+    }
+
+    /// A local repository the clone may read, inside the sandbox: one the policy allows, and
+    /// nothing runs may not see (the data dir), unless the policy names that place itself
+    /// (`--demo`'s directory).
+    fn local_repo_grant(&self, url: &str) -> StepResult<PathBuf> {
+        let path = match url.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("file://") => PathBuf::from(&url[7..]),
+            _ => PathBuf::from(url),
+        };
+        // `check_path` has put a `Under` policy's repository inside its directory.
+        let named = matches!(&self.deps.local_repos, LocalRepos::Under(_));
+        if named || self.cfg.sandbox.may_grant(&path) {
+            Ok(path)
+        } else {
+            Err(Failure::Failed(format!(
+                "{} cannot be cloned: deployments may not read the server's data directory",
+                path.display()
+            )))
+        }
     }
 
     pub(super) fn git_secrets(&self, spec: &RunSpec, org: &str) -> Vec<String> {

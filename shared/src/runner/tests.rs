@@ -72,6 +72,12 @@ async fn fixture() -> Fixture {
             deployment_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(2),
             heartbeat_every: Duration::from_millis(100),
+            // A unit test's executable cannot be the sandbox helper; the black-box tests run
+            // every deployment sandboxed.
+            sandbox: crate::sandbox::SandboxConfig {
+                mode: crate::sandbox::SandboxMode::Off,
+                ..Default::default()
+            },
         },
         ..EmbeddedConfig::new(&dir.path().join("data"))
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use tarmac::domain::Role;
+use tarmac::sandbox::SandboxConfig;
 use tarmac::serve::ServeConfig;
 
 #[derive(Subcommand)]
@@ -71,6 +72,20 @@ pub(crate) struct ServeArgs {
     /// PATH for deployments (where git and the engines are). Defaults to this process's PATH.
     #[arg(long, env = "TARMAC_CHILD_PATH")]
     child_path: Option<String>,
+    /// How deployments' processes are confined: `required` (Landlock; the server does not start
+    /// on a kernel without it), `best-effort` (what the kernel supports, the rest logged once)
+    /// or `off`. See the README's Security section.
+    #[arg(long, env = "TARMAC_SANDBOX", default_value = "required",
+          value_parser = ["required", "best-effort", "off"])]
+    sandbox: String,
+    /// A directory deployments may also read and execute from (repeatable; the environment
+    /// variable takes a `:`-separated list). Never the data dir.
+    #[arg(long = "sandbox-ro", env = "TARMAC_SANDBOX_RO", value_delimiter = ':')]
+    sandbox_ro: Vec<PathBuf>,
+    /// A directory deployments may also write, e.g. a shared provider cache (repeatable; the
+    /// environment variable takes a `:`-separated list). Never the data dir.
+    #[arg(long = "sandbox-rw", env = "TARMAC_SANDBOX_RW", value_delimiter = ':')]
+    sandbox_rw: Vec<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "TARMAC_LOG_JSON")]
     log_json: bool,
@@ -115,6 +130,12 @@ pub(crate) async fn serve(a: ServeArgs) -> tarmac::Result<()> {
         child_path: a.child_path.unwrap_or_else(|| {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
         }),
+        sandbox: SandboxConfig {
+            mode: a.sandbox.parse().expect("clap restricts the mode"),
+            read_only: a.sandbox_ro,
+            read_write: a.sandbox_rw,
+            helper: None,
+        },
     };
     tarmac::serve::serve(cfg).await
 }

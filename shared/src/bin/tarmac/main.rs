@@ -117,8 +117,14 @@ enum Command {
     },
 }
 
+fn main() -> ExitCode {
+    // First: started as a deployment's sandbox helper, this process becomes that child.
+    tarmac::sandbox::trampoline();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     let server = match cli.command {
         Command::Serve(a) => Some(admin::serve(a).await),
