@@ -20,7 +20,12 @@ async fn get_raw(app: &TestApp, path: &str) -> reqwest::Response {
 #[tokio::test]
 async fn the_console_is_served_at_the_root_and_deep_links_with_strict_headers() {
     let app = TestApp::spawn().await;
-    for path in ["/", "/default/proj/dev/deployments/3", "/default"] {
+    for (path, root) in [
+        ("/", ""),
+        ("/default/proj/dev/deployments/3", "../../../../"),
+        ("/default", ""),
+        ("/default/", "../"),
+    ] {
         let resp = get_raw(&app, path).await;
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
         let h = resp.headers().clone();
@@ -42,7 +47,16 @@ async fn the_console_is_served_at_the_root_and_deep_links_with_strict_headers() 
         );
         assert_eq!(h["x-content-type-options"], "nosniff");
         let html = resp.text().await.unwrap();
-        assert!(html.contains("/console/js/app.js"), "{html}");
+        // Its files relative to the path, which works under any prefix a gateway or proxy
+        // removed; the path itself for the app to find that prefix.
+        assert!(
+            html.contains(&format!("src=\"{root}console/js/app.js\"")),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!("<meta name=\"tarmac-path\" content=\"{path}\">")),
+            "{html}"
+        );
         // No inline script: the page's only script is the app's file.
         assert!(!html.contains("<script>"), "{html}");
     }

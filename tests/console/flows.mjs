@@ -3,7 +3,9 @@
 
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { assert, eventually, screenshot, axe, guard, createToken, ROOT } from './harness.mjs';
+import {
+  assert, eventually, screenshot, axe, guard, createToken, startPrefixProxy, ROOT,
+} from './harness.mjs';
 
 /** Screenshot and axe for the page as it is now. */
 async function check(ctx, page, name) {
@@ -25,7 +27,7 @@ async function newPage(ctx, label) {
 async function signIn(ctx, page, token) {
   await page.getByLabel('API token').fill(token);
   await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.waitForURL((u) => !u.pathname.startsWith('/-/signin'));
+  await page.waitForURL((u) => !u.pathname.endsWith('/-/signin'));
 }
 
 const h1 = (page) => page.locator('main h1').first();
@@ -543,6 +545,75 @@ export function register(s) {
     await signIn(ctx, page, ctx.token);
   });
 
+  s.test('under a path prefix (a gateway or proxy removes it): pages, links, deep links, sign-in and the API keep it', async (ctx) => {
+    // API Gateway's own URL shape in the AWS emulator, `$` and all.
+    const prefix = '/_aws/execute-api/abc123/$default';
+    const proxy = await startPrefixProxy(ctx.url, prefix);
+    const { page } = await newPage(ctx, 'prefix');
+    const seen = [];
+    page.on('request', (req) => seen.push(req.url()));
+    const under = (u) => new URL(u).pathname.startsWith(`${prefix}/`);
+    // A deep link in a tab with no token: sign in under the prefix, then land on it.
+    await page.goto(`${proxy.url}/default/web/dev/deployments/1`);
+    await page.waitForURL((u) => u.pathname === `${prefix}/-/signin`);
+    await check(ctx, page, 'prefix-signin');
+    await signIn(ctx, page, ctx.token);
+    await page.waitForURL((u) => u.pathname === `${prefix}/default/web/dev/deployments/1`);
+    await h1(page).filter({ hasText: 'Deployment #1' }).waitFor();
+    // The log comes through the proxy (the stream too).
+    await page.locator('.log').getByText('Apply complete').first().waitFor({ timeout: 30_000 });
+    await page.locator('.live-mode').filter({ hasText: 'Finished: succeeded' }).waitFor();
+    // Every link and image carries the prefix, so a new tab or a middle-click works too.
+    // (The stylesheet and the script are relative to where the page was loaded, and loaded
+    // once; the icon, fetched again after a navigation, is pinned.)
+    const refs = () => page.evaluate(() => [...document.querySelectorAll('a[href], img[src], link[rel~="icon"]')]
+      .map((e) => e.getAttribute('href') ?? e.getAttribute('src'))
+      .filter((r) => !r.startsWith('#') && !r.startsWith('blob:')));
+    const badRefs = (list) => list.filter((r) => {
+      const resolved = new URL(r, page.url());
+      return !resolved.pathname.startsWith(`${prefix}/`) || (r.startsWith('/') && !r.startsWith(`${prefix}/`));
+    });
+    let list = await refs();
+    assert(list.length > 5 && !badRefs(list).length, `links outside the prefix: ${badRefs(list).join(', ')} at ${page.url()}`);
+    await check(ctx, page, 'prefix-deployment');
+    // Clicks route in the page, under the prefix; back goes back.
+    await page.locator('.breadcrumbs').getByRole('link', { name: 'dev', exact: true }).click();
+    await page.waitForURL((u) => u.pathname === `${prefix}/default/web/dev`);
+    await settled(page);
+    await page.getByRole('link', { name: 'Settings', exact: true }).click();
+    await page.waitForURL((u) => u.pathname === `${prefix}/default/web/dev/settings`);
+    await settled(page);
+    await page.getByText('refs/heads/main').first().waitFor();
+    list = await refs();
+    assert(!badRefs(list).length, `links outside the prefix: ${badRefs(list).join(', ')}`);
+    await page.goBack();
+    await page.waitForURL((u) => u.pathname === `${prefix}/default/web/dev`);
+    await page.getByRole('link', { name: 'Stacks', exact: true }).click();
+    await page.waitForURL((u) => u.pathname === `${prefix}/default`);
+    await h1(page).filter({ hasText: 'Stacks' }).waitFor();
+    await page.getByRole('link', { name: 'web/dev', exact: true }).waitFor();
+    list = await refs();
+    assert(!badRefs(list).length, `links outside the prefix: ${badRefs(list).join(', ')}`);
+    // A reload of a deep link, and the prefix's root, open the app again.
+    await page.goto(`${proxy.url}/default/web/dev/schedules`);
+    await settled(page);
+    await h1(page).filter({ hasText: 'web/dev' }).waitFor();
+    await page.goto(`${proxy.url}/`);
+    await page.waitForURL((u) => u.pathname === `${prefix}/default`);
+    await h1(page).filter({ hasText: 'Stacks' }).waitFor();
+    // Sign out and in again, under the prefix.
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.waitForURL((u) => u.pathname === `${prefix}/-/signin`);
+    await signIn(ctx, page, ctx.token);
+    await page.waitForURL((u) => u.pathname === `${prefix}/default`);
+    await settled(page);
+    // Nothing the page asked for was outside the prefix; the proxy saw only the prefix.
+    const outside = seen.filter((u) => u.startsWith('http') && !under(u));
+    assert(!outside.length, `requests outside the prefix: ${outside.join(', ')}`);
+    assert(proxy.requests.some((r) => r.includes('/api/stacks/default/web/dev')), 'the API went through the proxy');
+    await page.close();
+  });
+
   s.test('narrow (390x844) and dark mode pages are readable and pass axe', async (ctx) => {
     const { page } = ctx.main;
     const pages = [
@@ -675,7 +746,7 @@ export function register(s) {
     assert(!failures.length, failures.join('\n'));
   });
 
-  s.test('static: the app\'s files have no inline script, handler, style attribute, markup sink or external origin', async () => {
+  s.test('static: the app\'s files have no inline script, handler, style attribute, markup sink or external origin', async (ctx) => {
     const dir = path.join(ROOT, 'shared', 'console');
     const files = (await readdir(dir, { recursive: true })).filter((f) => /\.(html|js|css|svg)$/.test(f));
     const problems = [];
@@ -693,7 +764,14 @@ export function register(s) {
     const html = await readFile(path.join(dir, 'index.html'), 'utf8');
     assert(!/<script(?![^>]*\ssrc=)/.test(html), 'index.html has no inline script');
     const loads = [...html.matchAll(/(?:src|href)="([^"]+)"/g)].map((m) => m[1]).filter((u) => u !== '#main');
-    assert(JSON.stringify(loads) === JSON.stringify(['/console/favicon.svg', '/console/app.css', '/console/js/app.js']), `index.html loads ${loads}`);
+    // A template: the files relative to the path the page is served at (`{{root}}` is the way
+    // up), so that it works under a prefix that a gateway or proxy removes.
+    const files3 = ['console/favicon.svg', 'console/app.css', 'console/js/app.js'];
+    assert(JSON.stringify(loads) === JSON.stringify(files3.map((f) => `{{root}}${f}`)), `index.html loads ${loads}`);
+    const served = await (await fetch(`${ctx.url}/default/web/dev`)).text();
+    const servedLoads = [...served.matchAll(/(?:src|href)="([^"]+)"/g)].map((m) => m[1]).filter((u) => u !== '#main');
+    assert(JSON.stringify(servedLoads) === JSON.stringify(files3.map((f) => `../../${f}`)), `/default/web/dev loads ${servedLoads}`);
+    assert(served.includes('<meta name="tarmac-path" content="/default/web/dev">'), 'the page names the path it was served at');
     assert(!problems.length, problems.join('\n'));
   });
 }

@@ -49,9 +49,10 @@ const TOOLS = process.env.TARMAC_TEST_TOOLS || path.join(ROOT, 'target', 'test-t
 
 /**
  * Starts `tarmac serve` on 127.0.0.1, port 0, with a fresh data dir, and reads its banner.
+ * `childPath` gives deployments their own PATH (`--child-path`); `args` are more flags.
  * Returns { url, token, dataDir, logs() }.
  */
-export async function startServer() {
+export async function startServer({ childPath, args = [] } = {}) {
   const dataDir = await tempDir('data');
   const env = {
     ...process.env,
@@ -62,6 +63,7 @@ export async function startServer() {
   const child = spawn(TARMAC_BIN, [
     'serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--allow-local-repos',
     '--workers', '2', '--stop-grace', '2', '--shutdown-grace', '1',
+    ...(childPath ? ['--child-path', childPath] : []), ...args,
   ], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let stderr = '';
   child.stderr.on('data', (d) => {
@@ -179,6 +181,51 @@ export async function startReceiver() {
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   atExit(() => new Promise((resolve) => server.close(resolve)));
   return { url: `http://127.0.0.1:${server.address().port}/hook`, received };
+}
+
+// ---- A gateway that serves the console under a path prefix ----
+
+/**
+ * An HTTP proxy on 127.0.0.1 that forwards `<prefix>/...` to `target` with the prefix
+ * removed, as API Gateway's stage URLs, a custom domain's base path or a reverse proxy do;
+ * anything outside the prefix is a 404. Responses (event streams too) are piped through.
+ * Returns { url } (the origin with the prefix) and `requests` (every path it was asked for).
+ */
+export async function startPrefixProxy(target, prefix) {
+  const upstream = new URL(target);
+  const requests = [];
+  const server = http.createServer((req, res) => {
+    requests.push(req.url);
+    const { pathname, search } = new URL(req.url, 'http://proxy');
+    if (pathname !== prefix && !pathname.startsWith(`${prefix}/`)) {
+      res.writeHead(404, { 'Content-Type': 'text/plain' });
+      res.end('outside the prefix');
+      return;
+    }
+    const forwarded = (pathname.slice(prefix.length) || '/') + search;
+    const out = http.request({
+      host: upstream.hostname,
+      port: upstream.port,
+      method: req.method,
+      path: forwarded,
+      headers: { ...req.headers, host: upstream.host },
+    }, (up) => {
+      res.writeHead(up.statusCode, up.headers);
+      up.pipe(res);
+    });
+    out.on('error', (e) => {
+      if (!res.headersSent) res.writeHead(502, { 'Content-Type': 'text/plain' });
+      res.end(`proxy: ${e.message}`);
+    });
+    req.pipe(out);
+    res.on('close', () => out.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  atExit(() => new Promise((resolve) => {
+    server.closeAllConnections();
+    server.close(resolve);
+  }));
+  return { url: `http://127.0.0.1:${server.address().port}${prefix}`, requests };
 }
 
 // ---- The browser ----

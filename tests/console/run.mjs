@@ -35,9 +35,7 @@ output "pw" {
 `;
 
 // A program whose apply prints 80 coloured lines over ~10 s, then sleeps 30 s: to watch the
-// log follow (and stop following), ANSI colours rendered live, and to be cancelled. The lines
-// are spaced wider than the runner's 100 ms log linger, which (as of writing) holds back a
-// chattier output until it pauses.
+// log follow (and stop following), ANSI colours rendered live, and to be cancelled.
 const SLOW = `
 resource "terraform_data" "slow" {
   provisioner "local-exec" {

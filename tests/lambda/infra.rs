@@ -1,6 +1,7 @@
 //! The deployed bundle: `infra/deploy` builds the real zips, uploads them and deploys
 //! `infra/template.yaml` to the emulator's CloudFormation, exactly as a user deploys to AWS.
-//! Everything after that goes through the emulated API Gateway URL: nothing runs in process.
+//! Everything after that goes through the emulated API Gateway URL: nothing runs in process,
+//! and the web console is driven there in a real browser (`tests/console/aws.mjs`).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -171,9 +172,84 @@ impl Api {
     }
 }
 
+/// The console served by the `api` function behind the emulated API Gateway, at `api.base`
+/// (`.../_aws/execute-api/{id}/$default`): a deep link answers the page, and in a browser
+/// (`tests/console/aws.mjs`) the console signs in, starts an update of `stack` and follows it
+/// to success. That is the stack's next deployment.
+async fn the_console_works_behind_the_gateway(api: &Api, stack: &str) {
+    let resp = api
+        .http
+        .get(format!("{}/{stack}", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let headers = resp.headers().clone();
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{headers:?}"
+    );
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    let html = resp.text().await.unwrap();
+    // The function got the path without the gateway's prefix, and the page's files are
+    // relative to it, so they load under the prefix.
+    assert!(
+        html.contains(&format!("<meta name=\"tarmac-path\" content=\"/{stack}\">")),
+        "{html}"
+    );
+    assert!(html.contains("src=\"../../console/js/app.js\""), "{html}");
+    let js = api
+        .http
+        .get(format!("{}/console/js/app.js", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+
+    let script = root().join("tests/console/aws.mjs");
+    let args = [
+        api.base.clone(),
+        api.token.clone().expect("signed in"),
+        stack.to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(root())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("tests/console/aws.mjs: {}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "the console behind API Gateway failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
 #[tokio::test]
 async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
-    require!(Emulator, Tools);
+    require!(Emulator, Tools, Browser);
     let endpoint = std::env::var("AWS_ENDPOINT_URL")
         .expect("AWS_ENDPOINT_URL is not set: run the tests with tests/run.sh");
     let name = format!("tt{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
@@ -295,12 +371,15 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     );
     assert!(logs.contains("No changes."), "{logs}");
 
+    // The web console, from the same Lambda under the gateway's path prefix (which the
+    // function never sees): the page and its files load, and a deployment started from it
+    // runs, its log read by polling (no event stream behind API Gateway).
+    the_console_works_behind_the_gateway(&api, stack).await;
+
     // OIDC, all deployed: the worker invokes the oidc function, which signs with the stack's
     // KMS key (registering it on its first cold start) and exchanges the token at STS; the run
     // gets those credentials, and the token verifies against the JWKS that the api serves for
     // the issuer the stack reports.
-    let kept = tempfile::tempdir().unwrap();
-    let token_copy = kept.path().join("token");
     let oidc_stack = "acme/site/oidc";
     let (status, v) = api
         .call(
@@ -313,12 +392,11 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
                 }},
                 "operationContext": {
                     "oidc": {"aws": {"roleArn": "arn:aws:iam::123456789012:role/deployer", "sessionName": "tarmac-run"}},
-                    // (The functions run as the emulator's host processes, so the test can
-                    // read what a run copies out.)
-                    "preRunCommands": [format!(
-                        "test -n \"$AWS_SESSION_TOKEN\" && cp \"$PULUMI_OIDC_TOKEN_FILE\" {}",
-                        token_copy.display()
-                    )]
+                    // The run is sandboxed (it may write nothing outside its directory) and
+                    // the token is masked in the log: it prints it encoded, for the test.
+                    "preRunCommands": [
+                        "test -n \"$AWS_SESSION_TOKEN\" && echo \"token-b64: $(base64 -w0 < \"$PULUMI_OIDC_TOKEN_FILE\")\""
+                    ]
                 }
             })),
         )
@@ -327,7 +405,13 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     let run = api.deploy(oidc_stack).await;
     let logs = api.logs(oidc_stack, run["id"].as_str().unwrap()).await;
     assert!(logs.contains("assumed-role/deployer/tarmac-run"), "{logs}");
-    let token = std::fs::read_to_string(&token_copy).unwrap();
+    let token = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("token-b64: "))
+        .unwrap_or_else(|| panic!("{logs}"));
+    let token =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, token.trim()).unwrap();
+    let token = String::from_utf8(token).unwrap();
     assert!(!logs.contains(token.trim()), "the token is masked: {logs}");
     let (status, jwks) = api.call("GET", "/oidc/.well-known/jwks.json", None).await;
     assert_eq!(status, 200, "{jwks}");
@@ -368,7 +452,7 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|d| d["version"] == 3)
+            .find(|d| d["version"] == 4)
         {
             break d.clone();
         }

@@ -13,6 +13,10 @@ pub(crate) enum Need {
     Tools,
     /// The local AWS emulator that `tests/run.sh` starts (`AWS_ENDPOINT_URL`).
     Emulator,
+    /// What the console's browser tests (`tests/console/`) need: `node`, Chromium
+    /// (`/usr/bin/chromium` or `$CHROMIUM`) and `npm ci` done in `tests/console`.
+    #[allow(dead_code)] // not every test crate drives a browser
+    Browser,
 }
 
 impl Need {
@@ -24,7 +28,30 @@ impl Need {
             Need::Emulator => std::env::var_os("AWS_ENDPOINT_URL").is_none().then_some(
                 "AWS_ENDPOINT_URL is not set (the AWS emulator); run tests/run.sh",
             ),
+            Need::Browser => browser_missing(),
         }
+    }
+}
+
+/// Why the console's browser tests cannot run here, if they cannot.
+fn browser_missing() -> Option<&'static str> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let chromium = std::env::var_os("CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(tool).is_file()))
+    };
+    if !on_path("node") {
+        Some("node is not on PATH (the console's browser tests); run tests/setup.sh")
+    } else if !std::path::Path::new(&chromium).is_file() {
+        Some("no Chromium at /usr/bin/chromium or $CHROMIUM; run tests/setup.sh")
+    } else if !root
+        .join("tests/console/node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        Some("tests/console/node_modules has no playwright-core; run tests/setup.sh")
+    } else {
+        None
     }
 }
 

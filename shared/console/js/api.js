@@ -1,5 +1,8 @@
 // The public REST API, as any client calls it: `Authorization: token <t>`. The token lives in
-// sessionStorage only (gone with the tab) and never in a URL.
+// sessionStorage only (gone with the tab) and never in a URL. Paths are the API's own
+// (`/api/...`); requests go under the prefix the console is served at (`base.js`).
+
+import { url } from './base.js';
 
 const TOKEN_KEY = 'tarmac.token';
 
@@ -48,7 +51,7 @@ export async function api(path, { method = 'GET', body, signal, token, raw = fal
   }
   let res;
   try {
-    res = await fetch(path, init);
+    res = await fetch(url(path), init);
   } catch (e) {
     if (e.name === 'AbortError') throw e;
     throw new ApiError(0, 'Could not reach the Tarmac server. Check your connection and retry.');

@@ -1,10 +1,12 @@
-// The Tarmac console: a client of the public REST API, served by the same router at `/`.
+// The Tarmac console: a client of the public REST API, served by the same router at `/` (or
+// under a prefix that a gateway or proxy removes: `base.js`).
 // This module wires the routes, the page shell (header, navigation, sign out) and the rules
 // that apply everywhere: no token, or a token the API refuses, means the sign-in page.
 
 import { api, session, setUnauthorizedHandler } from './api.js';
 import { h, replace } from './dom.js';
-import { route, match, navigate, start } from './router.js';
+import { route, match, navigate, start, currentPath } from './router.js';
+import { url } from './base.js';
 import { loading } from './ui.js';
 import { signinView, setSigninMessage } from './views/signin.js';
 import { overviewView } from './views/overview.js';
@@ -43,11 +45,11 @@ let shellOrg = null;
 // A 401 anywhere: the token expired or was revoked. Say so on the sign-in page.
 let signingOut = false;
 setUnauthorizedHandler(() => {
-  if (signingOut || location.pathname === '/-/signin') return;
+  if (signingOut || currentPath() === '/-/signin') return;
   signingOut = true;
   session.clear();
   setSigninMessage('Your session has ended: the API no longer accepts this token (it was revoked or has expired). Sign in with a valid token.');
-  sessionStorage.setItem(NEXT_KEY, location.pathname + location.search + location.hash);
+  sessionStorage.setItem(NEXT_KEY, currentPath() + location.search + location.hash);
   navigate('/-/signin', { replace: true }).finally(() => {
     signingOut = false;
   });
@@ -70,13 +72,13 @@ function shell(org, section) {
     signOutButton.addEventListener('click', signOut);
     const user = session.user;
     const header = h('header', { class: 'topbar' },
-      h('a', { class: 'brand', href: `/${enc}` },
-        h('img', { src: '/console/favicon.svg', alt: '', width: 24, height: 24 }), 'Tarmac'),
+      h('a', { class: 'brand', href: url(`/${enc}`) },
+        h('img', { src: url('/console/favicon.svg'), alt: '', width: 24, height: 24 }), 'Tarmac'),
       h('nav', { class: 'mainnav', 'aria-label': 'Main' },
         h('ul', {},
-          link('stacks', 'Stacks', `/${enc}`),
-          link('webhooks', 'Webhooks', `/${enc}/-/webhooks`),
-          link('admin', 'Admin', `/${enc}/-/admin`))),
+          link('stacks', 'Stacks', url(`/${enc}`)),
+          link('webhooks', 'Webhooks', url(`/${enc}/-/webhooks`)),
+          link('admin', 'Admin', url(`/${enc}/-/admin`)))),
       h('div', { class: 'who' },
         h('span', { class: 'who-name', title: 'Signed in with this token' },
           user ? `${user.tokenInfo.name} · ${user.tokenInfo.organization}` : ''),
@@ -139,7 +141,7 @@ async function renderPage(ctx, { focus }) {
   if (!found) {
     m.removeAttribute('aria-busy');
     replace(m, h('div', { class: 'page' }, h('h1', { text: 'Page not found' }),
-      h('p', {}, 'Nothing lives at this address. ', h('a', { href: `/${encodeURIComponent(org)}`, text: 'Go to the stacks' }), '.')));
+      h('p', {}, 'Nothing lives at this address. ', h('a', { href: url(`/${encodeURIComponent(org)}`), text: 'Go to the stacks' }), '.')));
     document.title = 'Not found · Tarmac';
     return;
   }

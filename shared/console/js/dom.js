@@ -2,6 +2,8 @@
 // nodes or attribute values set through the DOM, never as markup, so nothing it sends can
 // inject HTML (and the CSP forbids inline scripts and style attributes anyway).
 
+import { url } from './base.js';
+
 /**
  * Creates an element. `attrs` keys: `class`, `text`, `on<Event>` (a listener), `dataset`,
  * `style` (an object, applied through CSSOM, which the CSP allows), properties such as
@@ -55,14 +57,24 @@ export function uid(prefix = 'id') {
 
 const enc = encodeURIComponent;
 
-/** The console's own path of a stack (its page). */
-export function stackHref(org, project, stack, tab = '') {
+/** The console's own path of a stack (its page), for `navigate`. */
+export function stackPath(org, project, stack, tab = '') {
   return `/${enc(org)}/${enc(project)}/${enc(stack)}${tab ? `/${tab}` : ''}`;
 }
 
-/** The console's path of a deployment: the same as the API's `consoleUrl`. */
+/** The console's path of a deployment: the same as the API's `consoleUrl`'s, for `navigate`. */
+export function deploymentPath(org, project, stack, version) {
+  return `${stackPath(org, project, stack)}/deployments/${version}`;
+}
+
+/** A link's href to a stack's page (under the prefix the console is served at). */
+export function stackHref(org, project, stack, tab = '') {
+  return url(stackPath(org, project, stack, tab));
+}
+
+/** A link's href to a deployment's page. */
 export function deploymentHref(org, project, stack, version) {
-  return `${stackHref(org, project, stack)}/deployments/${version}`;
+  return url(deploymentPath(org, project, stack, version));
 }
 
 // ---- Times --------------------------------------------------------------------------------

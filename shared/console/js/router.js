@@ -1,6 +1,10 @@
 // A History API router. The server answers index.html for any path outside /api/, /oidc/ and
 // /console/, so every page has a real URL (the API's `consoleUrl` included) and links are real
 // <a href> elements that work with the keyboard, middle-click and "open in new tab".
+// Routes and `navigate` take the console's own paths (`/acme/web/dev`); the URLs carry the
+// prefix the console is served under, if any (`base.js`).
+
+import { url as fullUrl, consolePath } from './base.js';
 
 const routes = [];
 let renderFn = null;
@@ -42,10 +46,15 @@ export function match(pathname) {
   return null;
 }
 
+/** The console's path of the current page (without the prefix it is served under). */
+export function currentPath() {
+  return consolePath(location.pathname) ?? location.pathname;
+}
+
 /** Goes to a console path (pushState, or replaceState with `replace`). */
 export function navigate(path, { replace = false, state = null } = {}) {
-  if (replace) history.replaceState(state, '', path);
-  else history.pushState(state, '', path);
+  if (replace) history.replaceState(state, '', fullUrl(path));
+  else history.pushState(state, '', fullUrl(path));
   return render({ focus: !replace });
 }
 
@@ -79,7 +88,7 @@ function render(opts) {
   const cleanups = [];
   current = { controller, cleanups };
   const ctx = {
-    path: location.pathname,
+    path: currentPath(),
     query: new URLSearchParams(location.search),
     hash: location.hash,
     signal: controller.signal,
@@ -101,12 +110,15 @@ export function start(renderPage) {
     if (!a || a.target || a.hasAttribute('download')) return;
     const url = new URL(a.href, location.href);
     if (url.origin !== location.origin) return;
+    // Outside the console's prefix: not the console's page.
+    const path = consolePath(url.pathname);
+    if (path === null) return;
     // API and asset links (none are rendered today) go to the server.
-    if (/^\/(api|oidc|console)\//.test(url.pathname)) return;
+    if (/^\/(api|oidc|console)\//.test(path)) return;
     // Same page, another anchor (log line permalinks, skip link): the browser's own behaviour.
     if (url.pathname === location.pathname && url.search === location.search && url.hash) return;
     e.preventDefault();
-    navigate(url.pathname + url.search + url.hash);
+    navigate(path + url.search + url.hash);
   });
   window.addEventListener('popstate', () => render({ focus: false }));
   return render({ focus: false });

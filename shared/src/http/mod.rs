@@ -212,7 +212,7 @@ async fn not_found(method: Method, uri: Uri) -> Response {
         return resp;
     }
     if console::is_page(&method, path) && !path.starts_with(console::ASSETS) {
-        return console::index();
+        return console::index(path);
     }
     error_body(
         StatusCode::NOT_FOUND,

@@ -215,15 +215,24 @@ class DeploymentPage {
     li.scrollIntoView({ block: 'center' });
   }
 
+  /** Keeps the end in view: once per frame however many lines came in it, since each scroll
+   * forces a layout, and a burst of thousands of lines would otherwise lag behind. */
   scrollToEnd() {
-    this.log.scrollTop = this.log.scrollHeight;
+    if (this.scrollQueued) return;
+    this.scrollQueued = true;
+    requestAnimationFrame(() => {
+      this.scrollQueued = false;
+      if (this.follow) this.log.scrollTop = this.log.scrollHeight;
+    });
   }
 
   onScroll() {
-    // Back at the bottom: follow again. Scrolled up: stop, and offer to resume.
+    // Back at the bottom: follow again. Scrolling up stops following in the input handlers
+    // above, not here: lines that arrive between a frame's scroll and this event would look
+    // like the user leaving the end.
     const atEnd = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 8;
-    this.follow = atEnd;
-    this.jump.hidden = atEnd || this.done;
+    if (atEnd) this.follow = true;
+    this.jump.hidden = this.follow || this.done;
   }
 
   stopFollowing() {

@@ -2,7 +2,7 @@
 // paging, and live counts of running and queued deployments.
 
 import { api, orgApi, qs } from '../api.js';
-import { h, replace, stackHref, deploymentHref, statusBadge, badge, timeEl } from '../dom.js';
+import { h, replace, stackHref, stackPath, deploymentHref, statusBadge, badge, timeEl } from '../dom.js';
 import { setQuery, navigate } from '../router.js';
 import { field, pager, table, empty, errorSlot, showError, openDialog, loading } from '../ui.js';
 import { tagList } from './stack.js';
@@ -162,7 +162,7 @@ function newStackDialog(org) {
       return { p, s };
     },
   }).then((made) => {
-    if (made) navigate(stackHref(org, made.p, made.s, 'settings'));
+    if (made) navigate(stackPath(org, made.p, made.s, 'settings'));
   });
 }
 

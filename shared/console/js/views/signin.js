@@ -3,6 +3,7 @@
 
 import { api, session } from '../api.js';
 import { h } from '../dom.js';
+import { url } from '../base.js';
 import { field, withBusy, showError } from '../ui.js';
 
 let pending = null; // { text, kind }: why the user is here (expired token, signed out)
@@ -53,7 +54,7 @@ export async function signinView(_ctx, { onSignedIn }) {
   const main = h('main', { id: 'main', class: 'signin' },
     h('div', { class: 'signin-card' },
       h('p', { class: 'brand brand-large' },
-        h('img', { src: '/console/favicon.svg', alt: '', width: 32, height: 32 }), 'Tarmac'),
+        h('img', { src: url('/console/favicon.svg'), alt: '', width: 32, height: 32 }), 'Tarmac'),
       h('h1', { text: 'Sign in' }),
       notice ? h('p', { class: ['notice', `notice-${notice.kind}`], role: notice.kind === 'warning' ? 'alert' : 'status', text: notice.text }) : null,
       form));

@@ -3,10 +3,11 @@
 
 import { api, stackApi, qs } from '../api.js';
 import {
-  h, replace, stackHref, deploymentHref, statusBadge, badge, timeEl, formatDuration,
+  h, replace, stackHref, deploymentPath, deploymentHref, statusBadge, badge, timeEl, formatDuration,
   deploymentDuration, isCancellable, isTerminal, formatTime,
 } from '../dom.js';
 import { navigate, setQuery } from '../router.js';
+import { url } from '../base.js';
 import {
   openDialog, field, pager, table, empty, errorSlot, showError, tabLinks, withBusy, loading,
 } from '../ui.js';
@@ -72,15 +73,15 @@ function notFound(org, project, stack) {
     breadcrumbs(org, project, stack),
     h('h1', { text: `${project}/${stack}` }),
     h('p', { role: 'alert', class: 'notice notice-warning', text: 'This stack does not exist in this organization (or your token cannot see it).' }),
-    h('p', {}, h('a', { href: `/${encodeURIComponent(org)}`, text: 'Back to the stacks' })));
+    h('p', {}, h('a', { href: url(`/${encodeURIComponent(org)}`), text: 'Back to the stacks' })));
 }
 
 export function breadcrumbs(org, project, stack, extra) {
   const enc = encodeURIComponent;
   return h('nav', { class: 'breadcrumbs', 'aria-label': 'Breadcrumbs' },
     h('ol', {},
-      h('li', {}, h('a', { href: `/${enc(org)}`, text: org })),
-      h('li', {}, h('a', { href: `/${enc(org)}?q=${enc(`${project}/`)}`, text: project })),
+      h('li', {}, h('a', { href: url(`/${enc(org)}`), text: org })),
+      h('li', {}, h('a', { href: url(`/${enc(org)}?q=${enc(`${project}/`)}`), text: project })),
       h('li', {}, extra
         ? h('a', { href: stackHref(org, project, stack), text: stack })
         : h('span', { 'aria-current': 'page', text: stack })),
@@ -101,7 +102,7 @@ function header(sc) {
   const slot = errorSlot();
   const start = async (operation) => {
     const res = await api(`${S}/deployments`, { method: 'POST', body: { operation, inheritSettings: true } });
-    navigate(deploymentHref(org, project, stack, res.version));
+    navigate(deploymentPath(org, project, stack, res.version));
   };
   const buttons = OPERATIONS.map(([op, label, busyText]) => {
     const b = h('button', { type: 'button', class: ['btn', op === 'update' && 'btn-primary'], text: label });
@@ -126,7 +127,7 @@ function header(sc) {
         return res;
       },
     }).then((res) => {
-      if (res) navigate(deploymentHref(org, project, stack, res.version));
+      if (res) navigate(deploymentPath(org, project, stack, res.version));
     });
   });
 
