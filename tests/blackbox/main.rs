@@ -15,6 +15,7 @@ mod support;
 mod api;
 mod auth;
 mod bad_input;
+mod cli;
 mod console;
 mod drills;
 #[path = "../support/fakes.rs"]
@@ -26,6 +27,8 @@ mod github;
 mod lifecycle;
 mod oidc;
 mod queue;
+mod quickstart;
+mod readme;
 mod sandbox;
 mod schedules;
 mod serve;

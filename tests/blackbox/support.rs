@@ -89,7 +89,8 @@ impl TestApp {
         t.elapsed()
     }
 
-    /// Starts the server again on the same data dir (and a new port), with `args` appended.
+    /// Starts the server again on the same data dir (and a new port, unless it was started with
+    /// `--listen`), with `args` appended.
     pub(crate) fn restart_with(&mut self, args: &[&str]) {
         self.kill();
         let mut all = self.extra_args.clone();
@@ -273,8 +274,16 @@ fn start(data_dir: &Path, args: &[String]) -> (Child, String, Option<String>) {
     } else {
         Stdio::null()
     };
+    // Any free port, unless the test names one (to restart a server where its clients are).
+    let listen: &[&str] = if args.iter().any(|a| a == "--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_tarmac"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg("serve")
+        .args(listen)
+        .arg("--data-dir")
         .arg(data_dir)
         .args(args)
         .env("PATH", path)

@@ -58,8 +58,8 @@ pub(super) async fn capabilities(State(state): State<AppState>) -> Json<Value> {
         "tarmac": {
             "version": env!("CARGO_PKG_VERSION"),
             "engines": engines,
-            // `tarmac serve --demo`: the quickstart's repository may be cloned.
-            "demo": matches!(state.deps.local_repos, crate::domain::spec::LocalRepos::Under(_)),
+            // The quickstart's repository may be cloned (`tarmac serve --demo`).
+            "demo": state.deps.local_repos.any_allowed(),
         },
     }))
 }

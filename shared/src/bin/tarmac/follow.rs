@@ -46,16 +46,19 @@ enum Ui {
     Plain,
 }
 
+fn spinner() -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("a valid template"),
+    );
+    pb.enable_steady_tick(Duration::from_millis(100));
+    pb
+}
+
 impl Ui {
     fn new() -> Self {
         if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
-            let pb = ProgressBar::new_spinner();
-            pb.set_style(
-                ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                    .expect("a valid template"),
-            );
-            pb.enable_steady_tick(Duration::from_millis(100));
-            Self::Terminal(pb)
+            Self::Terminal(spinner())
         } else {
             Self::Plain
         }
@@ -81,11 +84,21 @@ impl Ui {
         }
     }
 
-    /// Runs `f` with the spinner out of the way (a prompt).
-    pub(crate) fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
-        match self {
-            Self::Terminal(pb) => pb.suspend(f),
-            Self::Plain => f(),
+    /// Clears and stops the spinner while a prompt waits for its answer: it shares the
+    /// prompt's line, and each tick would redraw that line without the prompt.
+    fn pause(&self) {
+        if let Self::Terminal(pb) = self {
+            pb.disable_steady_tick();
+            pb.finish_and_clear();
+        }
+    }
+
+    /// A new spinner after `pause`, where the old one left off.
+    fn resume(&mut self) {
+        if let Self::Terminal(pb) = self {
+            *pb = spinner()
+                .with_elapsed(pb.elapsed())
+                .with_message(pb.message());
         }
     }
 
@@ -142,8 +155,13 @@ impl Follower {
         format!("{}/deployments/{}{tail}", self.stack.api(), self.id)
     }
 
-    pub(crate) fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.ui.suspend(f)
+    /// Stops the spinner for a prompt; `resume_spinner` brings it back.
+    pub(crate) fn pause_spinner(&self) {
+        self.ui.pause();
+    }
+
+    pub(crate) fn resume_spinner(&mut self) {
+        self.ui.resume();
     }
 
     pub(crate) fn note(&self, text: &str) {

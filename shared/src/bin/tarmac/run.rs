@@ -149,11 +149,13 @@ pub(crate) async fn follow(api: &Api, stack: &StackPath, id: &str) -> CliResult<
                     // A second Ctrl-C after a cancel: stop waiting for it.
                     return Ok(detach(&f));
                 }
-                match ask_cancel(&f).await {
+                match ask_cancel(&mut f).await {
                     Answer::Cancel => {
-                        cancel(api, stack, id).await?;
-                        f.cancel_requested = true;
-                        f.note("Cancel requested; following the deployment to its end (Ctrl-C again to stop following).");
+                        // Too late when it has finished meanwhile: the follow says how.
+                        if cancel(api, stack, id).await? {
+                            f.cancel_requested = true;
+                            f.note("Cancel requested; following the deployment to its end (Ctrl-C again to stop following).");
+                        }
                         continue;
                     }
                     Answer::Detach => return Ok(detach(&f)),
@@ -193,27 +195,38 @@ enum Answer {
 
 /// On a terminal: "Cancel deployment ...? [y/N]". Elsewhere there is no one to ask, so the
 /// follow stops and the deployment goes on.
-async fn ask_cancel(f: &Follower) -> Answer {
+async fn ask_cancel(f: &mut Follower) -> Answer {
     if !std::io::stdin().is_terminal() {
         return Answer::Detach;
     }
-    f.suspend(|| {
-        eprint!("\nCancel deployment {}? [y/N] ", f.reference());
-    });
-    let read = tokio::task::spawn_blocking(|| {
+    f.pause_spinner();
+    eprint!("\nCancel deployment {}? [y/N] ", f.reference());
+    // On a thread of its own, not the runtime's blocking pool: when Ctrl-C answers instead, the
+    // read is left waiting, and the runtime would wait for it before the process could exit.
+    let (tx, read) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
         let mut s = String::new();
-        std::io::stdin().read_line(&mut s).map(|_| s)
+        let _ = tx.send(std::io::stdin().read_line(&mut s).map(|_| s));
     });
-    tokio::select! {
+    let answer = tokio::select! {
         answer = read => match answer {
             Ok(Ok(s)) if matches!(s.trim(), "y" | "Y" | "yes") => Answer::Cancel,
             _ => Answer::Detach,
         },
-        _ = tokio::signal::ctrl_c() => Answer::Detach,
+        _ = tokio::signal::ctrl_c() => {
+            // Off the prompt's line.
+            eprintln!();
+            Answer::Detach
+        }
+    };
+    if let Answer::Cancel = answer {
+        f.resume_spinner();
     }
+    answer
 }
 
-async fn cancel(api: &Api, stack: &StackPath, id: &str) -> CliResult<()> {
+/// Asks the server to cancel; false if the deployment had already finished.
+async fn cancel(api: &Api, stack: &StackPath, id: &str) -> CliResult<bool> {
     match api
         .post(
             &format!("{}/deployments/{id}/cancel", stack.api()),
@@ -221,30 +234,49 @@ async fn cancel(api: &Api, stack: &StackPath, id: &str) -> CliResult<()> {
         )
         .await
     {
-        Ok(_) => Ok(()),
-        // It finished meanwhile: the follow will say how.
-        Err(e) if e.status == Some(reqwest::StatusCode::CONFLICT) => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if e.status == Some(reqwest::StatusCode::CONFLICT) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// A deployment named on the command line: `ORG/PROJECT/STACK/ID`, a console URL, or a bare id
-/// looked up among the org's deployments.
+/// A deployment named on the command line: `ORG/PROJECT/STACK/ID`, a console URL
+/// (`.../ORG/PROJECT/STACK/deployments/VERSION`), or a bare id looked up among the org's
+/// deployments.
 pub(crate) async fn locate(
     api: &Api,
     given: &str,
     org: Option<&str>,
 ) -> CliResult<(StackPath, String)> {
-    let path = given
-        .split_once("/console/")
-        .map_or(given, |(_, tail)| tail)
-        .trim_matches('/');
+    // A URL's path: the console may be served under a base path, so only its end counts.
+    let url = given.contains("://");
+    let path = match given.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
+        None => given,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    match parts.as_slice() {
-        [o, p, s, id] | [o, p, s, "deployments", id] => {
-            return Ok((StackPath::new(o, p, s), (*id).to_string()));
+    let found = match parts.as_slice() {
+        [.., o, p, s, "deployments", id] if url => Some((StackPath::new(o, p, s), *id)),
+        [o, p, s, id] | [o, p, s, "deployments", id] => Some((StackPath::new(o, p, s), *id)),
+        _ => None,
+    };
+    if let Some((stack, id)) = found {
+        if !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok((stack, id.to_string()));
         }
-        [_] => {}
+        // The console names a deployment by its version in the stack.
+        let d = api
+            .get(&format!("{}/deployments/version/{id}", stack.api()))
+            .await?;
+        return match d["id"].as_str() {
+            Some(id) => Ok((stack, id.to_string())),
+            None => Err(CliError::new("the server did not answer a deployment id")),
+        };
+    }
+    let path = path.trim_matches('/');
+    match parts.as_slice() {
+        [_] if !url => {}
         _ => {
             return Err(CliError::new(format!("'{given}' is not a deployment"))
                 .hint("name it ORG/PROJECT/STACK/ID, paste its console URL, or give its id"));

@@ -147,7 +147,7 @@ const EDIT_HEADER: &str = "\
 /// Opens the settings in the user's editor until the server accepts them or the user gives up.
 async fn edit(api: &Api, s: &StackPath) -> CliResult<u8> {
     let current = api.get_opt(&path(s)).await?;
-    let mut shown = match &current {
+    let shown = match &current {
         Some(v) => {
             let mut v = v.clone();
             if let Value::Object(m) = &mut v {
@@ -196,10 +196,7 @@ async fn edit(api: &Api, s: &StackPath) -> CliResult<u8> {
                     );
                     return Ok(exit::OK);
                 }
-                Err(e) if e.status.is_some_and(|st| st.is_client_error()) => {
-                    shown = v;
-                    e.message
-                }
+                Err(e) if e.status.is_some_and(|st| st.is_client_error()) => e.message,
                 Err(e) => return Err(e),
             },
         };
