@@ -3,7 +3,7 @@
 # infra/README.md for building, pushing and deploying it.
 #
 # The build context is the worker's binary directory (nothing else is sent to the builder):
-#   cargo lambda build --release --arm64 --bin worker      # target/lambda/worker/bootstrap
+#   cargo lambda build --profile lambda-zip --arm64 -p worker  # target/lambda/worker/bootstrap
 #   docker build --platform linux/arm64 -f infra/worker.Dockerfile -t $REPO:$TAG target/lambda/worker
 FROM public.ecr.aws/lambda/provided:al2023
 

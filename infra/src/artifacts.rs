@@ -51,6 +51,8 @@ pub(crate) fn build(arch: Arch) -> Result<()> {
         "lambda-zip",
         "--output-format",
         "zip",
+        // The functions are not among the default members (see the workspace's Cargo.toml).
+        "--workspace",
     ]);
     for (function, _) in FUNCTIONS {
         cmd.args(["--bin", function]);
