@@ -1,6 +1,6 @@
-"""Plumbing shared by the test_replay_*.py files, which replay real Pulumi clients call for call
-(see /work/notes/issue14-clients.md): one HTTP helper, Go's query encoding and time formats, and
-the polling the tests themselves need around the clients' calls.
+"""Plumbing shared by the test_replay_*.py files, which replay real Pulumi clients call for call:
+one HTTP helper, Go's query encoding and time formats, and the polling the tests themselves
+need around the clients' calls.
 
 Everything here is the standard library: each client's own headers are passed in by its file.
 """

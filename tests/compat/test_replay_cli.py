@@ -1,6 +1,5 @@
 """Replays the Pulumi CLI's remote-deployment traffic, and Automation API's remote workspace on top
-of it, call for call against a real `tarmac serve` (notes: /work/notes/issue14-clients.md §1.1,
-§2, §3, §7, §8).
+of it, call for call against a real `tarmac serve`.
 
 Client sources replayed (pulumi/pulumi at 1b5949891b):
 - pkg/backend/httpstate/client/api.go: `pulumiAPICall`, `defaultRESTClient.Call` (the headers on

@@ -1,5 +1,4 @@
-"""Replays the pulumi/deploy-demos programs' HTTP calls against a real `tarmac serve` (notes:
-/work/notes/issue14-clients.md §1.4, §5, §8 items 14-15).
+"""Replays the pulumi/deploy-demos programs' HTTP calls against a real `tarmac serve`.
 
 Client sources replayed (pulumi/deploy-demos at 2e4ecb3):
 - deployment-drivers/go/http/pulumi_api.go and its site handlers (`POST /sites`,

@@ -1,5 +1,5 @@
 """Replays the Pulumi Service provider's (`pulumiservice:index:*`) HTTP calls against a real
-`tarmac serve` (notes: /work/notes/issue14-clients.md §1.2, §4, §7, §8).
+`tarmac serve`.
 
 Client sources replayed (pulumi/pulumi-pulumiservice at dc76a018):
 - provider/pkg/pulumiapi/client.go: the legacy `c.do` transport (headers, any 2xx is success,
