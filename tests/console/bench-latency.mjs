@@ -25,7 +25,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
-  startServer, apiClient, makeRepo, launchBrowser, guard, tempDir, cleanupAll, eventually, TARMAC_BIN,
+  startServer, apiClient, makeRepo, launchBrowser, guard, tempDir, eventually, runMain, TARMAC_BIN,
 } from './harness.mjs';
 
 const GOAL_P99_MS = 250;
@@ -296,20 +296,4 @@ async function main() {
   return 0;
 }
 
-let code = 1;
-const stop = async (signal) => {
-  console.error(`\nStopped by ${signal}: cleaning up.`);
-  await cleanupAll();
-  process.exit(130);
-};
-process.on('SIGINT', () => stop('SIGINT'));
-process.on('SIGTERM', () => stop('SIGTERM'));
-try {
-  code = await main();
-} catch (err) {
-  console.error(err.stack || err.message);
-  code = 1;
-} finally {
-  await cleanupAll();
-}
-process.exit(code);
+await runMain(main);

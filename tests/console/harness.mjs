@@ -36,6 +36,32 @@ export async function cleanupAll() {
   }
 }
 
+/**
+ * Runs a script's `main` (which answers its exit code) and exits with that code, after every
+ * cleanup, also when it throws (`onError` then prints what the script wants) or is stopped by
+ * SIGINT or SIGTERM (exit 130).
+ */
+export async function runMain(main, onError = () => {}) {
+  const stop = async (signal) => {
+    console.error(`\nStopped by ${signal}: cleaning up.`);
+    await cleanupAll();
+    process.exit(130);
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  let code = 1;
+  try {
+    code = await main();
+  } catch (err) {
+    console.error(err.stack || err.message);
+    onError(err);
+    code = 1;
+  } finally {
+    await cleanupAll();
+  }
+  process.exit(code);
+}
+
 export async function tempDir(prefix) {
   const dir = await mkdtemp(path.join(tmpdir(), `tarmac-console-${prefix}-`));
   atExit(() => rm(dir, { recursive: true, force: true }));

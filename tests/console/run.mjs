@@ -14,7 +14,7 @@ import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  startServer, apiClient, makeRepo, startReceiver, launchBrowser, guard, suite, cleanupAll, SHOTS, TARMAC_BIN,
+  startServer, apiClient, makeRepo, startReceiver, launchBrowser, guard, suite, runMain, SHOTS, TARMAC_BIN,
 } from './harness.mjs';
 import { register } from './flows.mjs';
 
@@ -110,21 +110,4 @@ async function main() {
   return failed.length ? 1 : 0;
 }
 
-let code = 1;
-const stop = async (signal) => {
-  console.error(`\nStopped by ${signal}: cleaning up.`);
-  await cleanupAll();
-  process.exit(130);
-};
-process.on('SIGINT', () => stop('SIGINT'));
-process.on('SIGTERM', () => stop('SIGTERM'));
-try {
-  code = await main();
-} catch (err) {
-  console.error(err.stack || err.message);
-  console.log('0 passed, 1 failed');
-  code = 1;
-} finally {
-  await cleanupAll();
-}
-process.exit(code);
+await runMain(main, () => console.log('0 passed, 1 failed'));
