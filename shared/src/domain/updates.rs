@@ -61,6 +61,21 @@ pub struct UpdateInfo {
     pub resource_count: Option<i64>,
 }
 
+impl UpdateInfo {
+    /// An update of `kind` that starts now, numbered `version` in its stack.
+    pub fn starting(version: i64, kind: UpdateKind) -> Self {
+        Self {
+            version,
+            kind,
+            result: UpdateResult::InProgress,
+            started: OffsetDateTime::now_utc(),
+            ended: None,
+            resource_changes: BTreeMap::new(),
+            resource_count: None,
+        }
+    }
+}
+
 /// How an update ended, as the runner reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdateOutcome {

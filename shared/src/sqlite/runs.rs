@@ -251,15 +251,7 @@ impl RunStore for SqliteStore {
                     [sid],
                     |r| r.get(0),
                 )?;
-                let info = UpdateInfo {
-                    version,
-                    kind,
-                    result: UpdateResult::InProgress,
-                    started: OffsetDateTime::now_utc(),
-                    ended: None,
-                    resource_changes: Default::default(),
-                    resource_count: None,
-                };
+                let info = UpdateInfo::starting(version, kind);
                 tx.execute(
                     "UPDATE deployments SET update_version = ?2, update_info = ?3 WHERE seq = ?1",
                     params![dseq, version, serde_json::to_string(&info)?],

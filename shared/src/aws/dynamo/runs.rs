@@ -496,15 +496,7 @@ impl RunStore for DynamoStore {
             .as_ref()
             .and_then(|a| opt_n(a, "update_seq"))
             .ok_or_else(|| Error::internal("UpdateItem returned no update_seq"))?;
-        let info = UpdateInfo {
-            version,
-            kind,
-            result: UpdateResult::InProgress,
-            started: OffsetDateTime::now_utc(),
-            ended: None,
-            resource_changes: Default::default(),
-            resource_count: None,
-        };
+        let info = UpdateInfo::starting(version, kind);
         let mut pointer = key(&spk, update_sk(version));
         pointer.insert("dep_version".into(), n(dep_version));
         self.write_run(
