@@ -21,7 +21,7 @@
 //! | `TARMAC_ALLOW_LOCAL_REPOS` | false | allow `file://` repositories (tests) |
 //! | `TARMAC_OIDC_ISSUER` | `TARMAC_PUBLIC_URL` + `/oidc` | the OIDC issuer whose JWKS the API serves |
 //! | `TARMAC_OIDC_FUNCTION` | none | the `oidc` function the worker invokes for credentials; without it, runs with `operationContext.oidc` fail |
-//! | `TARMAC_SANDBOX` | `best-effort` | how runs are confined: `required`, `best-effort` or `off` (Lambda's kernel has no Landlock; see the README's Security section) |
+//! | `TARMAC_SANDBOX` | `best-effort` | how runs are confined: `required`, `best-effort` or `off` (Lambda's kernel is not known to enable Landlock; see the README's Security section) |
 //! | `TARMAC_SANDBOX_RO`, `TARMAC_SANDBOX_RW` | none | more directories runs may read, or read and write (`:`-separated) |
 //!
 //! Endpoints (an emulator, say) come from the SDK's own `AWS_ENDPOINT_URL` and
