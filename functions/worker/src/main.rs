@@ -20,6 +20,9 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let cfg = AwsConfig::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let app = Arc::new(AwsApp::build(cfg, &sdk).await?);
+    // Before the first message: `required` on a kernel that cannot confine runs fails the
+    // function's init, saying why, instead of failing every deployment.
+    app.runner.sandbox().ready().await?;
     lambda_runtime::run(service_fn(move |event| {
         let app = Arc::clone(&app);
         async move { tarmac::lambda::worker(&app, event).await }

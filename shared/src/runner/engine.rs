@@ -306,7 +306,7 @@ pub(crate) fn resource_count(engine: Engine, program_dir: &Path, state_dir: &Pat
     match engine {
         Engine::Terraform | Engine::Tofu if declares_backend(program_dir) => None,
         Engine::Terraform | Engine::Tofu => {
-            let state = match std::fs::read(state_dir.join(TERRAFORM_STATE_FILE)) {
+            let state = match super::files::read(&state_dir.join(TERRAFORM_STATE_FILE)) {
                 Ok(bytes) => bytes,
                 // No state file yet: nothing was ever created.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(0),
@@ -422,7 +422,7 @@ pub(crate) fn declares_backend(dir: &Path) -> bool {
             e.path().extension().is_some_and(|x| x == "tf")
                 && e.file_name() != BACKEND_OVERRIDE_FILE
         })
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|e| super::files::read_to_string(&e.path()).ok())
         .any(|text| {
             text.lines().any(|l| {
                 l.trim_start().starts_with("backend ") || l.trim_start().starts_with("cloud ")

@@ -251,7 +251,7 @@ pub(crate) async fn tail_event_log(
     let mut partial = Vec::new();
     loop {
         let finished = done.is_cancelled();
-        if let Ok(mut file) = tokio::fs::File::open(&path).await
+        if let Ok(mut file) = super::files::open_regular(&path).map(tokio::fs::File::from_std)
             && file.seek(std::io::SeekFrom::Start(offset)).await.is_ok()
         {
             let mut fresh = Vec::new();

@@ -151,12 +151,7 @@ pub(crate) async fn run(
 }
 
 fn record_group(file: &Path, pgid: Pid) {
-    use std::io::Write;
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .and_then(|mut f| writeln!(f, "{pgid}"));
+    let written = super::files::append(file, &format!("{pgid}\n"));
     if let Err(e) = written {
         tracing::warn!(error = %e, "could not record a process group; a crash would leave it running");
     }
@@ -172,7 +167,7 @@ pub(crate) fn kill_orphans(work_dir: &Path) -> usize {
     let mut wanted: Vec<(i32, String)> = Vec::new();
     for run in runs.flatten() {
         let id = run.file_name().to_string_lossy().to_string();
-        let Ok(groups) = std::fs::read_to_string(run.path().join(GROUPS_FILE)) else {
+        let Ok(groups) = super::files::read_to_string(&run.path().join(GROUPS_FILE)) else {
             continue;
         };
         wanted.extend(

@@ -7,6 +7,7 @@ mod credentials;
 pub(crate) mod engine;
 mod events;
 pub(crate) mod exec;
+mod files;
 pub(crate) mod git;
 pub(crate) mod logs;
 mod source;
@@ -591,8 +592,7 @@ impl Runner {
                 .derive(&format!("pulumi-passphrase:{stack}"))
         });
         for (path, text) in setup.files {
-            tokio::fs::write(&path, text)
-                .await
+            files::write_new(&path, text.as_bytes())
                 .map_err(|e| Failure::Failed(format!("cannot write {}: {e}", path.display())))?;
         }
         let mut env = run.env();
@@ -731,7 +731,7 @@ impl Runner {
         let parsed = match &source {
             engine::OutputsSource::StateFile(path) => {
                 // No state yet means no outputs.
-                let state = tokio::fs::read(path).await.unwrap_or_default();
+                let state = files::read(path).unwrap_or_default();
                 engine::parse_outputs(&source, &state, None)
             }
             engine::OutputsSource::Commands { shown, masked } => {

@@ -15,7 +15,7 @@
 //! | clean environment, loader variables kept from the helper | yes | yes | the clean environment only |
 //! | rlimits: no core dumps, open files, processes | yes | yes | no |
 //! | `no_new_privs`; capabilities dropped (root) | yes | yes | no |
-//! | Landlock: files only in the run's directories and read-only system, `PATH` and engine directories | yes, or the server does not start | if the kernel has it | no |
+//! | Landlock: files only in the run's directories and read-only system, `PATH` and engine directories | yes (ABI 3 or later, which refuses `truncate`), or the server does not start | if the kernel has it | no |
 //! | Landlock ABI 6 scopes: no signal to, no abstract socket of, a process outside the run | if the kernel has them | if the kernel has them | no |
 
 mod helper;
@@ -168,6 +168,9 @@ impl Report {
             Enforcement::None => gaps.push(
                 "no Landlock on this kernel: runs can read and write whatever this OS user can (other runs' directories, other stacks' state)",
             ),
+            Enforcement::Partial if self.abi < MIN_REQUIRED_ABI => gaps.push(
+                "a Landlock ABI before 3: runs can truncate files they may not otherwise touch (the data dir's key and database)",
+            ),
             Enforcement::Partial => gaps.push("an older Landlock ABI: some file rights are not enforced"),
             Enforcement::Full => {}
         }
@@ -246,6 +249,8 @@ const SYSTEM_FILES: &[&str] = &[
     "/etc/services",
     "/etc/ssh/ssh_config",
     "/etc/ssh/ssh_config.d",
+    "/etc/ssh/ssh_known_hosts",
+    "/etc/ssh/ssh_known_hosts2",
     "/etc/ssl/cert.pem",
     "/etc/ssl/certs",
     "/etc/ssl/openssl.cnf",
@@ -320,6 +325,9 @@ impl Sandbox {
         protected: &[PathBuf],
     ) -> Result<Self> {
         harden_self();
+        if cfg.mode == SandboxMode::Off {
+            return Ok(Self::off());
+        }
         let protected: Vec<PathBuf> = protected
             .iter()
             .flat_map(|p| [p.clone(), real(p)])
@@ -594,6 +602,9 @@ impl Sandbox {
     }
 }
 
+/// The oldest Landlock ABI `required` accepts: 3 adds `truncate` to what it can refuse.
+const MIN_REQUIRED_ABI: u32 = 3;
+
 /// Whether a mode accepts what the probe found; logs what is missing.
 fn decide(mode: SandboxMode, report: &Report) -> std::result::Result<(), String> {
     let gaps = report.gaps();
@@ -603,6 +614,16 @@ fn decide(mode: SandboxMode, report: &Report) -> std::result::Result<(), String>
              (it needs Linux 5.13 or later built with CONFIG_SECURITY_LANDLOCK and landlock in the lsm= boot list). \
              Start with --sandbox best-effort (TARMAC_SANDBOX=best-effort) to run deployments without it; see the README's Security section ({})",
             report.line()
+        ));
+    }
+    // Before ABI 3 (Linux 6.2) Landlock cannot refuse `truncate`: a run could empty the data
+    // dir's key or database through a path it may not otherwise touch.
+    if mode == SandboxMode::Required && report.abi < MIN_REQUIRED_ABI {
+        return Err(format!(
+            "--sandbox required, but this kernel's Landlock (ABI {}) cannot stop a deployment from truncating files it may not write; \
+             it needs ABI {MIN_REQUIRED_ABI} (Linux 6.2 or later). Start with --sandbox best-effort (TARMAC_SANDBOX=best-effort) to run deployments with what it has; \
+             see the README's Security section",
+            report.abi
         ));
     }
     if mode == SandboxMode::Required && !(report.no_new_privs && report.capabilities_dropped) {
@@ -679,6 +700,11 @@ mod tests {
             ..none
         };
         assert!(decide(SandboxMode::Required, &partial).is_ok());
+        // ABI 2 cannot refuse truncate: a run could empty the data dir's key.
+        let old = Report { abi: 2, ..partial };
+        let err = decide(SandboxMode::Required, &old).unwrap_err();
+        assert!(err.contains("ABI 2") && err.contains("truncat"), "{err}");
+        assert!(decide(SandboxMode::BestEffort, &old).is_ok());
     }
 
     #[test]
