@@ -234,3 +234,42 @@ async fn a_sandbox_grant_that_overlaps_the_data_dir_stops_the_server_at_start() 
         "{stderr}"
     );
 }
+
+/// A repository that commits the engine's backend override as a symbolic link to the server's
+/// key. The server writes that file itself, unconfined: it replaces the link instead of writing
+/// through it, so the key is untouched and the run succeeds.
+#[tokio::test]
+async fn a_committed_symlink_never_leads_the_server_to_write_its_key() {
+    require!(Tools);
+    let app = TestApp::spawn().await;
+    let key = std::fs::canonicalize(app.data())
+        .unwrap()
+        .join("secret.key");
+    let before = std::fs::read(&key).unwrap();
+    let repo = TestRepo::new();
+    repo.commit(
+        &[("infra/link-target", &key.display().to_string())],
+        "the link's target",
+    );
+    let blob = repo.git(&["hash-object", "-w", "infra/link-target"]);
+    repo.git(&[
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("120000,{blob},infra/tarmac_backend_override.tf"),
+    ]);
+    repo.git(&["commit", "-q", "-m", "a link to the server's key"]);
+    let s = stack("sbx-link");
+    app.post(
+        &format!("/api/stacks/{s}/deployments/settings"),
+        repo.settings(),
+    )
+    .await;
+    let id = app.deploy(&s, json!({"operation": "update"})).await;
+    app.wait_for(&s, &id, Some("succeeded")).await;
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "the server wrote through the link into its key"
+    );
+}
