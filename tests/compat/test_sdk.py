@@ -378,3 +378,74 @@ def test_schedules_drift_and_ttl_through_the_sdk(api, repo):
             CreateScheduledDeploymentRequest(request=CreateDeploymentRequest(operation=PulumiOperation.Update)))
     assert err.value.code == 400
     assert json.loads(err.value.read())["code"] == 400
+
+
+def test_settings_replace_and_delete_and_the_cache_through_the_sdk(api, repo):
+    """PUT replaces the settings (what it omits is gone), DELETE removes them, and clearing the
+    project cache (a no-op in Tarmac) answers success."""
+    stack = "sdk-replace"
+    api.patch_deployment_settings(ORG, PROJECT, stack, settings_request(repo, pre_run=["echo before"]))
+    assert api.get_deployment_settings(ORG, PROJECT, stack).operation_context.pre_run_commands == ["echo before"]
+    replaced = api.replace_deployment_settings(ORG, PROJECT, stack, settings_request(repo))
+    assert replaced.source_context.git.branch == "refs/heads/main"
+    got = api.get_deployment_settings(ORG, PROJECT, stack)
+    assert not (got.operation_context and got.operation_context.pre_run_commands), got
+    api.clear_project_cache(ORG, PROJECT, stack)
+    assert api.delete_deployment_settings(ORG, PROJECT, stack) in (True, None)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        api.get_deployment_settings(ORG, PROJECT, stack)
+    assert err.value.code == 404
+
+
+def test_schedules_are_updated_resumed_and_deleted_through_the_sdk(api, repo):
+    stack = "sdk-schedule-edits"
+    api.patch_deployment_settings(ORG, PROJECT, stack, settings_request(repo))
+    update = CreateDeploymentRequest(operation=PulumiOperation.Update, inherit_settings=True)
+    cron = api.create_scheduled_deployment(
+        ORG, PROJECT, stack, CreateScheduledDeploymentRequest(schedule_cron="0 0 * * 0", request=update))
+    changed = api.update_scheduled_deployment(
+        ORG, PROJECT, stack, cron.id, CreateScheduledDeploymentRequest(schedule_cron="30 1 * * *", request=update))
+    assert changed.id == cron.id and changed.schedule_cron == "30 1 * * *"
+    api.pause_scheduled_deployment(ORG, PROJECT, stack, cron.id)
+    api.resume_scheduled_deployment(ORG, PROJECT, stack, cron.id)
+    assert api.read_scheduled_deployment(ORG, PROJECT, stack, cron.id).paused is False
+
+    drift = api.create_scheduled_drift_deployment(
+        ORG, PROJECT, stack, CreateScheduledDriftDeploymentRequest(schedule_cron="0 */4 * * *", auto_remediate=False))
+    drift2 = api.update_scheduled_drift_deployment(
+        ORG, PROJECT, stack, drift.id, CreateScheduledDriftDeploymentRequest(schedule_cron="0 */6 * * *", auto_remediate=True))
+    assert drift2.schedule_cron == "0 */6 * * *"
+    assert drift2.definition["request"]["operationContext"]["options"]["remediateIfDriftDetected"] is True
+
+    ttl = api.create_scheduled_ttl_deployment(
+        ORG, PROJECT, stack, CreateScheduledTTLDeploymentRequest(timestamp=datetime.datetime(2030, 1, 1), delete_after_destroy=False))
+    ttl2 = api.update_scheduled_ttl_deployment(
+        ORG, PROJECT, stack, ttl.id,
+        CreateScheduledTTLDeploymentRequest(timestamp=datetime.datetime(2031, 6, 1, 12, 0), delete_after_destroy=True))
+    assert ttl2.schedule_once == "2031-06-01 12:00:00.000"
+
+    for s in (cron, drift, ttl):
+        api.delete_scheduled_deployment(ORG, PROJECT, stack, s.id)
+    assert api.list_scheduled_deployment(ORG, PROJECT, stack).schedules == []
+
+
+def test_a_drift_run_is_read_through_the_sdk(api, repo):
+    stack = "sdk-drift-run"
+    api.patch_deployment_settings(ORG, PROJECT, stack, settings_request(repo))
+    created = api.create_api_deployment_handler_v2(
+        ORG, PROJECT, stack, CreateDeploymentRequest(operation=PulumiOperation.DetectDrift, inherit_settings=True))
+    assert str(wait_terminal(api, stack, created.id).status) == "succeeded"
+    runs = api.list_drift_runs(ORG, PROJECT, stack, page=1, page_size=10)
+    assert runs.total == 1
+    run = api.get_drift_run(ORG, PROJECT, stack, runs.drift_runs[0].id)
+    assert run.id == runs.drift_runs[0].id
+
+
+def test_org_pause_resume_and_metadata_through_the_sdk(api):
+    api.pause_org_deployments(ORG)
+    try:
+        assert api.org_deployments_metadata(ORG).paused is True
+    finally:
+        api.resume_org_deployments(ORG)
+    assert api.org_deployments_metadata(ORG).paused is False
+
