@@ -112,10 +112,7 @@ impl Runner {
     /// nothing runs may not see (the data dir), unless the policy names that place itself
     /// (`--demo`'s directory).
     fn local_repo_grant(&self, url: &str) -> StepResult<PathBuf> {
-        let path = match url.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case("file://") => PathBuf::from(&url[7..]),
-            _ => PathBuf::from(url),
-        };
+        let path = crate::domain::spec::local_path(url).to_path_buf();
         // `check_path` has put a `Under` policy's repository inside its directory.
         let named = matches!(&self.deps.local_repos, LocalRepos::Under(_));
         if named || self.cfg.sandbox.may_grant(&path) {

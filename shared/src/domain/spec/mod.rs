@@ -17,8 +17,8 @@ use serde_json::Value;
 use super::Engine;
 use crate::error::{Error, Result};
 use oidc::OidcSpec;
-pub use source::LocalRepos;
 use source::{GitAuth, GitSource, validate_repo_url};
+pub use source::{LocalRepos, local_path};
 
 /// An environment variable's value as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

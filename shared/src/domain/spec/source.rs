@@ -102,10 +102,7 @@ impl LocalRepos {
                 "repository URL '{url}' is on the server's own disk; the server must be started with --allow-local-repos to clone it"
             ))),
             Self::Under(dir) => {
-                let path = url
-                    .strip_prefix("file://")
-                    .or_else(|| url.strip_prefix("FILE://"))
-                    .unwrap_or(url);
+                let path = local_path(url);
                 let inside = match (std::fs::canonicalize(path), std::fs::canonicalize(dir)) {
                     (Ok(p), Ok(d)) => p.starts_with(&d),
                     _ => false,
@@ -121,6 +118,15 @@ impl LocalRepos {
             }
         }
     }
+}
+
+/// The path of a local repository URL: `file://` (any case) removed, or the path as given.
+pub fn local_path(url: &str) -> &std::path::Path {
+    let path = match url.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("file://") => &url[7..],
+        _ => url,
+    };
+    std::path::Path::new(path)
 }
 
 /// Refuses URLs whose transport could reach outside the intended remote: `ext::` runs commands,
