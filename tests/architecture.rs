@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Where the adapters and entry points live; nothing else may name them.
-const OUTER: &[&str] = &["app", "aws", "sqlite", "http", "lambda", "serve"];
+const OUTER: &[&str] = &["agent", "app", "aws", "sqlite", "http", "lambda", "serve"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {

@@ -15,6 +15,7 @@ pub struct Deps {
     pub stacks: Arc<dyn StackStore>,
     pub orgs: Arc<dyn OrgStore>,
     pub tokens: Arc<dyn TokenStore>,
+    pub pools: Arc<dyn AgentPoolStore>,
     pub deployments: Arc<dyn DeploymentStore>,
     pub logs: Arc<dyn LogStore>,
     pub runs: Arc<dyn RunStore>,
@@ -48,6 +49,14 @@ pub struct Deps {
     /// process sees every change as it happens (embedded): live streams wait on it. `None`
     /// where it cannot (AWS, behind API Gateway, which cannot stream anyway).
     pub run_changes: Option<Arc<tokio::sync::Notify>>,
+    /// Signalled when a deployment may have become claimable, where this process sees it
+    /// (embedded): agents' long polls wait on it. `None` in AWS mode, where they poll.
+    pub work_signal: Option<Arc<tokio::sync::Notify>>,
+    /// The lease an agent holds on the deployment it runs; it heartbeats well within it.
+    pub agent_lease: std::time::Duration,
+    /// Where agents' engine state is restored from and saved to: the data dir's state
+    /// directories (embedded), the state bucket (AWS).
+    pub agent_state: Arc<dyn StateStore>,
     /// The engines and git on the deployments' `PATH`, found at start (embedded); empty where
     /// the runs happen elsewhere (the API function in AWS mode).
     pub tools: Vec<crate::domain::Tool>,

@@ -6,6 +6,7 @@
 //! deployments, each child process confined by `sandbox`; `serve` and `deps` wire it together.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod app;
 pub mod aws;
 pub mod crypto;

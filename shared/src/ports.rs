@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::domain::hooks::{Hook, HookScope};
 use crate::domain::keys::SigningKey;
+use crate::domain::pools::{AgentInfo, AgentPool, ClaimQueue, PoolDeleted};
 use crate::domain::schedule::Schedule;
 use crate::domain::stacks::{StackInfo, Tags};
 use crate::domain::updates::{UpdateKind, UpdateOutcome};
@@ -114,6 +115,29 @@ pub trait TokenStore: Send + Sync {
     async fn token_count(&self) -> Result<u64>;
 }
 
+/// Agent pools and their agents. A pool's token is stored only as a hash.
+#[async_trait]
+pub trait AgentPoolStore: Send + Sync {
+    async fn create_pool(&self, pool: &AgentPool, token_hash: &str) -> Result<()>;
+    /// `None` if the org has no pool with this id.
+    async fn get_pool(&self, org: &str, id: &str) -> Result<Option<AgentPool>>;
+    /// The org's pools, oldest first.
+    async fn list_pools(&self, org: &str) -> Result<Vec<AgentPool>>;
+    /// Renames or redescribes a pool. `Error::NotFound` if absent.
+    async fn update_pool(&self, pool: &AgentPool) -> Result<()>;
+    /// Deletes a pool with its token and agents. A pool with queued or running deployments is
+    /// `Error::Conflict` unless `force`; with `force` the queued ones are failed (with
+    /// `POOL_DELETED_REASON` in their log) and the running ones asked to stop, in the same
+    /// write. `Error::NotFound` if absent.
+    async fn delete_pool(&self, org: &str, id: &str, force: bool) -> Result<PoolDeleted>;
+    /// The pool a token belongs to; `None` for any other token.
+    async fn find_pool_by_token(&self, token_hash: &str) -> Result<Option<AgentPool>>;
+    /// Records that an agent of `pool` was heard from.
+    async fn touch_agent(&self, pool: &AgentPool, agent: &AgentInfo) -> Result<()>;
+    /// The pool's agents, most recently seen first.
+    async fn list_agents(&self, pool: &AgentPool) -> Result<Vec<AgentInfo>>;
+}
+
 /// Deployments as the API sees them.
 #[async_trait]
 pub trait DeploymentStore: Send + Sync {
@@ -195,7 +219,9 @@ pub trait RunStore: Send + Sync {
     /// Queued deployments that `skipIntermediateDeployments` makes redundant are marked
     /// `skipped` on the way. The claim moves the deployment to `accepted` under `lease` and takes
     /// the stack's run slot. `None` if nothing may start.
-    async fn claim_next(&self, lease: &Lease) -> Result<Option<Claimed>>;
+    /// Only deployments of `queue` are taken: a pool's agents and the built-in workers never
+    /// take each other's.
+    async fn claim_next(&self, lease: &Lease, queue: ClaimQueue<'_>) -> Result<Option<Claimed>>;
 
     /// Claims one deployment, with the same rules as `claim_next`. The queue-driven backends
     /// call this for each message; the outcome says what to do with the message.

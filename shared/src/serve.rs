@@ -102,6 +102,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             stop_grace: cfg.stop_grace,
             heartbeat_every: cfg.heartbeat_every,
             sandbox: cfg.sandbox.clone(),
+            agent_lease: cfg.lease_ttl,
         },
     }))
     .await?;
@@ -169,7 +170,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let shutting_down = stop_claiming.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            crate::worker::shutdown_signal().await;
             tracing::info!("shutting down: no new work is taken; running deployments may finish");
             shutting_down.cancel();
         })
@@ -239,14 +240,6 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fil
             dir.display()
         ))
     })
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
 }
 
 /// `tarmac token create`: adds a token to a data dir and returns it.

@@ -120,6 +120,12 @@ pub(crate) async fn create(deps: &Deps, req: &CreateRequest<'_>) -> Result<Deplo
         .await?
         .map(|s| s.settings);
     let new = prepare(deps, req, stored.as_ref())?;
+    check_pool(
+        deps,
+        &req.stack.org,
+        new.config.spec().agent_pool.as_deref(),
+    )
+    .await?;
     let d = deps.deployments.create_deployment(new).await?;
     queued(deps, &d).await;
     Ok(d)
@@ -130,11 +136,27 @@ pub(crate) async fn create(deps: &Deps, req: &CreateRequest<'_>) -> Result<Deplo
 /// queue is separate from the store, and `deployment_queued` is announced.
 pub(crate) async fn queued(deps: &Deps, d: &Deployment) {
     tracing::info!(deployment_id = %d.id, version = d.version, operation = %d.operation, initiator = %d.initiator, "deployment queued");
+    // A pool's deployments wait for its agents, which claim them from the store.
     if let Some(queue) = &deps.queue
+        && d.config.spec().agent_pool.is_none()
         && let Err(e) = queue.send(&QueueMessage::new(&d.stack, d.id), 0).await
     {
         // The deployment is stored; the scheduler's reconciler sends it again.
         tracing::warn!(deployment_id = %d.id, error = %e.chain(), "could not send to the queue; the reconciler will");
     }
     crate::webhooks::events::deployment(deps, d, Event::DeploymentQueued).await;
+}
+
+/// Settings that name an agent pool must name one of the org's: a deployment no agent could
+/// ever take would wait until the queue's expiry.
+pub(crate) async fn check_pool(deps: &Deps, org: &str, pool: Option<&str>) -> Result<()> {
+    let Some(id) = pool else {
+        return Ok(());
+    };
+    if deps.pools.get_pool(org, id).await?.is_none() {
+        return Err(Error::invalid(format!(
+            "agentPoolID '{id}' names no agent pool of organization '{org}'"
+        )));
+    }
+    Ok(())
 }

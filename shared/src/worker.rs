@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deps::Deps;
 use crate::domain::Lease;
+use crate::domain::pools::ClaimQueue;
 use crate::ports::RunStore;
 use crate::runner::{Runner, StopSignal};
 
@@ -55,7 +56,7 @@ impl Pool {
             if stop_claiming.is_cancelled() {
                 return;
             }
-            match self.store.claim_next(&lease).await {
+            match self.store.claim_next(&lease, ClaimQueue::BuiltIn).await {
                 Ok(Some(claimed)) => {
                     self.runner.run(claimed, &lease, &abort_runs).await;
                     continue;
@@ -97,4 +98,13 @@ pub(crate) fn spawn_ticker(
             }
         }
     })
+}
+
+/// Resolves on SIGINT or SIGTERM: how `serve` and `agent` are asked to stop.
+pub(crate) async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
 }

@@ -12,6 +12,7 @@ mod escapes;
 mod signing;
 mod support;
 
+mod agents;
 mod api;
 mod auth;
 mod bad_input;

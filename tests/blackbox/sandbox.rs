@@ -15,7 +15,7 @@ use crate::escapes::{ATTEMPTS, assert_confined, attempts};
 use crate::support::{TestApp, TestRepo, stack};
 
 /// Every attempt the script makes here.
-const NAMES: &[&str] = &[
+pub(crate) const NAMES: &[&str] = &[
     "server-environ",
     "server-fds",
     "server-cwd",

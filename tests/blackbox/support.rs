@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 /// The directory tests/setup.sh fills with the Terraform shim, if it ran (tests that deploy
 /// need it: `require!(Tools)`).
-fn tools_bin() -> Option<PathBuf> {
+pub(crate) fn tools_bin() -> Option<PathBuf> {
     let tools = std::env::var("TARMAC_TEST_TOOLS").ok()?;
     let bin = Path::new(&tools).join("bin");
     assert!(

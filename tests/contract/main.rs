@@ -17,6 +17,7 @@ mod signing;
 mod deployments;
 mod notifications;
 mod oidc;
+mod pools;
 mod runs;
 mod schedules;
 mod stacks;
@@ -128,6 +129,9 @@ contract!(
     notifications::the_outbox_hands_each_due_message_to_one_dispatcher_and_logs_attempts,
     updates::tags_are_replaced_only_as_read_and_go_with_their_stack,
     updates::updates_are_numbered_per_stack_ended_and_listed_newest_first,
+    pools::pools_are_stored_by_token_hash_and_scoped_to_their_org,
+    pools::a_pools_deployments_are_claimed_only_from_that_pool,
+    pools::deleting_a_pool_with_queued_deployments_needs_force,
 );
 
 fn stack(name: &str) -> StackRef {

@@ -375,17 +375,41 @@ async fn sqlite_claim_next_takes_the_oldest_claimable_deployment() {
     let c1 = create(&b, &c, Operation::Update).await;
     let w = lease("w", 60_000);
     assert_eq!(
-        b.runs.claim_next(&w).await.unwrap().unwrap().deployment.id,
+        b.runs
+            .claim_next(&w, tarmac::domain::pools::ClaimQueue::BuiltIn)
+            .await
+            .unwrap()
+            .unwrap()
+            .deployment
+            .id,
         a1
     );
     assert_eq!(
-        b.runs.claim_next(&w).await.unwrap().unwrap().deployment.id,
+        b.runs
+            .claim_next(&w, tarmac::domain::pools::ClaimQueue::BuiltIn)
+            .await
+            .unwrap()
+            .unwrap()
+            .deployment
+            .id,
         c1
     );
-    assert!(b.runs.claim_next(&w).await.unwrap().is_none());
+    assert!(
+        b.runs
+            .claim_next(&w, tarmac::domain::pools::ClaimQueue::BuiltIn)
+            .await
+            .unwrap()
+            .is_none()
+    );
     b.runs.finish(a1, &w, JobStatus::Succeeded).await.unwrap();
     assert_eq!(
-        b.runs.claim_next(&w).await.unwrap().unwrap().deployment.id,
+        b.runs
+            .claim_next(&w, tarmac::domain::pools::ClaimQueue::BuiltIn)
+            .await
+            .unwrap()
+            .unwrap()
+            .deployment
+            .id,
         a2
     );
 }

@@ -64,6 +64,7 @@ impl App {
             stacks: store.clone(),
             orgs: store.clone(),
             tokens: store.clone(),
+            pools: store.clone(),
             deployments: store.clone(),
             logs: store.clone(),
             runs: store.clone(),
@@ -80,6 +81,9 @@ impl App {
             } else {
                 crate::domain::spec::LocalRepos::Denied
             },
+            agent_state: state_store
+                .clone()
+                .unwrap_or_else(|| Arc::new(super::DirStateStore::new(cfg.state_dir.clone()))),
             state_dir: cfg.state_dir.clone(),
             state_store,
             bootstrap_sha256: cfg.bootstrap_sha256.clone(),
@@ -88,6 +92,8 @@ impl App {
             issuer,
             credentials,
             run_changes: None,
+            work_signal: None,
+            agent_lease: cfg.lease_ttl,
             tools: vec![],
         });
         let runner = Arc::new(Runner::new(

@@ -22,8 +22,11 @@ use crate::sqlite::SqliteStore;
 
 #[cfg(feature = "aws")]
 mod aws;
+mod local_state;
+
 #[cfg(feature = "aws")]
 pub use aws::{aws_oidc_exchanger, rotate_kms_key};
+pub use local_state::DirStateStore;
 
 /// `tarmac oidc rotate-key --kms-key-id` in a build without the AWS mode.
 #[cfg(not(feature = "aws"))]
@@ -43,7 +46,13 @@ pub struct RunSettings {
     pub heartbeat_every: Duration,
     /// How deployments' processes are confined.
     pub sandbox: SandboxConfig,
+    /// The lease an agent holds on the deployment it runs.
+    pub agent_lease: Duration,
 }
+
+/// Agents' lease on a deployment, where it is not configured: an agent heartbeats every third
+/// of it, so a dead agent's run fails within a minute.
+pub const AGENT_LEASE: Duration = Duration::from_secs(60);
 
 /// `tarmac serve`'s backend: every port on one SQLite file in a data dir.
 #[derive(Debug, Clone)]
@@ -75,6 +84,7 @@ impl EmbeddedConfig {
                 stop_grace: Duration::from_secs(10),
                 heartbeat_every: Duration::from_secs(1),
                 sandbox: SandboxConfig::default(),
+                agent_lease: AGENT_LEASE,
             },
         }
     }
@@ -180,6 +190,7 @@ impl App {
             stacks: s.clone(),
             orgs: s.clone(),
             tokens: s.clone(),
+            pools: s.clone(),
             deployments: s.clone(),
             logs: s.clone(),
             runs: s.clone(),
@@ -192,6 +203,7 @@ impl App {
             cipher,
             public_url: cfg.public_url,
             local_repos: cfg.local_repos,
+            agent_state: Arc::new(DirStateStore::new(state_dir.clone())),
             state_dir,
             state_store: None,
             bootstrap_sha256: None,
@@ -199,6 +211,8 @@ impl App {
             issuer: Some(issuer),
             credentials,
             run_changes: Some(run_changes),
+            work_signal: Some(Arc::clone(&work_signal)),
+            agent_lease: cfg.run.agent_lease,
             tools,
         });
         let runner = Arc::new(Runner::new(

@@ -7,7 +7,7 @@
 //! (`If-Match` on the ETag restored, `If-None-Match: *` for a new file), so a run that overlaps
 //! another on the same stack cannot silently overwrite the state the other one saved.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -18,6 +18,7 @@ use crate::crypto::sha256_hex;
 use crate::domain::StackRef;
 use crate::error::{Error, Result};
 use crate::ports::{StateFile, StateManifest, StateStore};
+use crate::runner::files::{list_state_files as files, relative};
 
 pub struct S3StateStore {
     client: Client,
@@ -103,53 +104,6 @@ pub fn client(sdk: &aws_config::SdkConfig) -> Client {
     Client::from_conf(conf)
 }
 
-/// A key's path below the stack's prefix, if it is a plain relative path to a file: no `..`,
-/// no root, no `.`, no empty segment (two keys could otherwise name one file), no folder key.
-fn relative(rel: &str) -> Option<PathBuf> {
-    let plain = !rel.is_empty()
-        && rel
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
-    let path = PathBuf::from(rel);
-    (plain && path.components().all(|c| matches!(c, Component::Normal(_)))).then_some(path)
-}
-
-/// Pulumi's file backend keeps a copy of the state per update under these; the bucket's
-/// versions already are that history, and syncing them would grow every run's restore.
-const SKIPPED_DIRS: [&str; 2] = [".pulumi/history", ".pulumi/backups"];
-
-/// Every file under `dir`, as `/`-separated relative paths.
-fn files(dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        let entries = match std::fs::read_dir(&d) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                let skipped = entry
-                    .path()
-                    .strip_prefix(dir)
-                    .is_ok_and(|rel| SKIPPED_DIRS.iter().any(|s| rel == Path::new(s)));
-                if !skipped {
-                    pending.push(entry.path());
-                }
-            } else if kind.is_file()
-                && let Ok(rel) = entry.path().strip_prefix(dir)
-            {
-                out.push(rel.to_string_lossy().into_owned());
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 #[async_trait]
 impl StateStore for S3StateStore {
     async fn restore(&self, stack: &StackRef, dir: &Path) -> Result<StateManifest> {
@@ -220,7 +174,12 @@ impl StateStore for S3StateStore {
         };
         let mut written = 0;
         for rel in &local {
-            let body = tokio::fs::read(dir.join(rel)).await?;
+            let body = {
+                let path = dir.join(rel);
+                tokio::task::spawn_blocking(move || crate::runner::files::read(&path))
+                    .await
+                    .map_err(|e| Error::internal(format!("reading the state directory: {e}")))??
+            };
             let sha256 = sha256_hex(&body);
             let put = self
                 .client
@@ -299,7 +258,10 @@ impl StateStore for S3StateStore {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::runner::files::SKIPPED_DIRS;
 
     #[test]
     fn only_plain_relative_keys_are_restored() {

@@ -103,6 +103,7 @@ macro_rules! wire_enum {
 
 pub mod hooks;
 pub mod keys;
+pub mod pools;
 pub mod schedule;
 pub mod spec;
 pub mod stacks;

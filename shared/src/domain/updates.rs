@@ -77,7 +77,8 @@ impl UpdateInfo {
 }
 
 /// How an update ended, as the runner reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UpdateOutcome {
     pub result: UpdateResult,
     pub resource_changes: BTreeMap<String, i64>,

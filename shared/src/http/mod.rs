@@ -3,6 +3,7 @@
 //! Paths, JSON keys, status values and codes follow Pulumi's Deployments API (reference §5).
 //! `S` below is `/api/stacks/{org}/{project}/{stack}`.
 
+mod agent;
 mod bootstrap;
 mod console;
 mod deployments;
@@ -11,6 +12,7 @@ mod github;
 mod hooks;
 mod legacy;
 mod oidc;
+mod pools;
 mod schedules;
 mod settings;
 mod stacks;
@@ -20,6 +22,8 @@ mod tokens;
 mod trace;
 mod updates;
 pub mod wire;
+
+pub use pools::POOL_TOKEN_PREFIX;
 
 use std::sync::Arc;
 
@@ -168,6 +172,19 @@ pub fn router(deps: Arc<Deps>) -> Router {
             "/api/orgs/{org}/deployments/metadata",
             get(stacks::org_metadata),
         )
+        .route(
+            "/api/orgs/{org}/agent-pools",
+            get(pools::list).post(pools::create),
+        )
+        .route(
+            "/api/orgs/{org}/agent-pools/{poolId}",
+            get(pools::get).patch(pools::patch).delete(pools::delete),
+        )
+        .route("/api/agent/claim", post(agent::claim))
+        .nest(
+            "/api/agent/stacks/{org}/{project}/{stack}/deployments/{id}",
+            agent_run_routes(),
+        )
         .nest("/api/orgs/{org}/hooks", hook_routes())
         .route(
             "/api/orgs/{org}/integrations/github",
@@ -184,6 +201,26 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(console::security_headers))
         .with_state(AppState { deps })
+}
+
+/// An agent's calls about the run it holds (see `crate::agent::protocol`).
+fn agent_run_routes() -> Router<AppState> {
+    Router::new()
+        .route("/heartbeat", post(agent::heartbeat))
+        .route("/steps", post(agent::step_start))
+        .route("/steps/{step}", post(agent::step_end))
+        .route("/logs", post(agent::logs))
+        .route("/update", post(agent::update_start))
+        .route("/update/finish", post(agent::update_finish))
+        .route("/outputs", post(agent::outputs))
+        .route(
+            "/state",
+            get(agent::state_get)
+                .post(agent::state_save)
+                .layer(DefaultBodyLimit::max(agent::STATE_BODY_LIMIT)),
+        )
+        .route("/credentials", post(agent::credentials))
+        .route("/complete", post(agent::complete))
 }
 
 /// The webhook routes, the same under an org and under a stack.

@@ -44,6 +44,10 @@ async fn write(
         let current = state.deps.stacks.get_settings(stack).await?;
         let value = next(current.as_ref().map(|c| &c.settings));
         settings::check_stored(&value)?;
+        let pool = value["agentPoolID"]
+            .as_str()
+            .filter(|p| !p.trim().is_empty());
+        crate::service::check_pool(&state.deps, &stack.org, pool).await?;
         if dry_run {
             return Ok((value, current.map_or(0, |c| c.version)));
         }

@@ -1,14 +1,14 @@
 //! The "Fetch provider credentials via OIDC" step.
 
-use super::{Failure, Run, Runner, StepResult};
+use super::{Executor, Failure, Run, StepResult};
 use crate::error::Error;
 use crate::oidc::ExchangeRequest;
 
-impl Runner {
+impl Executor {
     /// Trades the run's lease for its OIDC token and cloud credentials, which join the
     /// environment of every later step and are masked in the log from now on.
     pub(super) async fn fetch_credentials(&self, run: &Run<'_>, idx: usize) -> StepResult<()> {
-        let broker = &self.deps.credentials;
+        let broker = &self.ctx.credentials;
         let request = ExchangeRequest {
             org: run.d.stack.org.clone(),
             project: run.d.stack.project.clone(),

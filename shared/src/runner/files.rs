@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
@@ -74,6 +74,53 @@ pub(crate) fn append(path: &Path, text: &str) -> io::Result<()> {
             .open(path)?,
     )?
     .write_all(text.as_bytes())
+}
+
+/// A key's path below the stack's prefix, if it is a plain relative path to a file: no `..`,
+/// no root, no `.`, no empty segment (two keys could otherwise name one file), no folder key.
+pub(crate) fn relative(rel: &str) -> Option<PathBuf> {
+    let plain = !rel.is_empty()
+        && rel
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    let path = PathBuf::from(rel);
+    (plain && path.components().all(|c| matches!(c, Component::Normal(_)))).then_some(path)
+}
+
+/// Pulumi's file backend keeps a copy of the state per update under these; the bucket's
+/// versions already are that history, and syncing them would grow every run's restore.
+pub(crate) const SKIPPED_DIRS: [&str; 2] = [".pulumi/history", ".pulumi/backups"];
+
+/// Every file under `dir`, as `/`-separated relative paths.
+pub(crate) fn list_state_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                let skipped = entry
+                    .path()
+                    .strip_prefix(dir)
+                    .is_ok_and(|rel| SKIPPED_DIRS.iter().any(|s| rel == Path::new(s)));
+                if !skipped {
+                    pending.push(entry.path());
+                }
+            } else if kind.is_file()
+                && let Ok(rel) = entry.path().strip_prefix(dir)
+            {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]

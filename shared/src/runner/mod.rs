@@ -7,7 +7,7 @@ mod credentials;
 pub(crate) mod engine;
 mod events;
 pub(crate) mod exec;
-mod files;
+pub(crate) mod files;
 pub(crate) mod git;
 pub(crate) mod logs;
 mod source;
@@ -25,10 +25,12 @@ use uuid::Uuid;
 
 use crate::deps::Deps;
 use crate::domain::hooks::Event;
-use crate::domain::spec::{EnvValue, RunSpec};
+use crate::domain::spec::{EnvValue, LocalRepos, RunSpec};
 use crate::domain::updates::{UpdateKind, UpdateOutcome, UpdateResult};
-use crate::domain::{Deployment, JobStatus, Lease, Operation, StepStatus};
-use crate::ports::{Claimed, DriftRun};
+use crate::domain::{Deployment, JobStatus, Lease, LogLine, Operation, StackRef, StepStatus};
+use crate::error::Result;
+use crate::oidc::CredentialBroker;
+use crate::ports::{Claimed, DriftRun, RunStore, StateStore};
 use crate::sandbox::Sandbox;
 use engine::Engine;
 use events::EventStream;
@@ -70,9 +72,203 @@ pub struct RunnerConfig {
     pub sandbox: Arc<Sandbox>,
 }
 
+/// What executing a run needs from the platform. On a worker these are the stores
+/// themselves; on an agent, clients of the agent API that act under the run's lease.
+#[derive(Clone)]
+pub(crate) struct RunContext {
+    /// Steps, logs, the update, heartbeats: every write conditional on the lease.
+    pub runs: Arc<dyn RunStore>,
+    /// Where engine state is kept when it does not live in `state_dir` between runs.
+    pub state_store: Option<Arc<dyn StateStore>>,
+    /// Per-stack engine state directories on this machine.
+    pub state_dir: PathBuf,
+    pub credentials: Arc<dyn CredentialBroker>,
+    /// Which local repositories may be cloned.
+    pub local_repos: LocalRepos,
+    pub platform: Arc<dyn Platform>,
+}
+
+/// A recorded stack output, before it is stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Output {
+    pub name: String,
+    pub value: serde_json::Value,
+    pub secret: bool,
+}
+
+/// What only the platform can do for a run: seal its secret outputs with the server's key,
+/// and pause its stack when its state could not be saved.
+#[async_trait::async_trait]
+pub(crate) trait Platform: Send + Sync {
+    /// Stores the stack's outputs, the secret ones sealed.
+    async fn record_outputs(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+        lease: &Lease,
+        outputs: &[Output],
+    ) -> Result<()>;
+    /// Pauses the stack (its state is not where the next run would start from).
+    async fn pause_stack(&self, stack: &StackRef) -> Result<()>;
+}
+
+/// The platform, in the process that holds the stores and the key.
+pub(crate) struct LocalPlatform(pub Arc<Deps>);
+
+#[async_trait::async_trait]
+impl Platform for LocalPlatform {
+    async fn record_outputs(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+        lease: &Lease,
+        outputs: &[Output],
+    ) -> Result<()> {
+        let stored = seal_outputs(&self.0, &stack.org, outputs);
+        self.0.runs.record_outputs(id, lease, &stored).await
+    }
+
+    async fn pause_stack(&self, stack: &StackRef) -> Result<()> {
+        self.0.stacks.set_stack_paused(stack, true).await
+    }
+}
+
+/// Outputs as stored: `{name: {"value": v}}`, or `{name: {"secret": sealed}}`.
+pub(crate) fn seal_outputs(deps: &Deps, org: &str, outputs: &[Output]) -> serde_json::Value {
+    let cipher = deps.cipher.for_org(org);
+    let mut map = serde_json::Map::new();
+    for o in outputs {
+        let stored = if o.secret {
+            serde_json::json!({ "secret": cipher.seal(&o.value.to_string()) })
+        } else {
+            serde_json::json!({ "value": o.value })
+        };
+        map.insert(o.name.clone(), stored);
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Carries out runs: their steps, logs, lease and state, wherever the run happens. It knows
+/// nothing of webhooks, schedules or the server's key: a run's secrets come opened.
+pub(crate) struct Executor {
+    ctx: RunContext,
+    cfg: RunnerConfig,
+}
+
+/// The server's side of a run: it starts it (webhooks), opens its secrets, has the executor
+/// carry it out, and concludes it (the ttl, the terminal status, webhooks, drift records).
 pub struct Runner {
     deps: Arc<Deps>,
-    cfg: RunnerConfig,
+    exec: Executor,
+}
+
+/// A run's secrets, opened with the server's key: the one thing an agent receives that the
+/// stored deployment holds sealed.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Opened {
+    /// Every environment variable of the run, its secret ones decrypted.
+    pub env: Vec<EnvVar>,
+    /// `gitAuth`, decrypted.
+    pub git: Option<GitCredentials>,
+    /// The passphrase of the stack's Pulumi state.
+    pub passphrase: String,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("env", &self.env.iter().map(|e| &e.name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A run's git credentials, decrypted.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum GitCredentials {
+    Ssh { private_key: String },
+    Token { token: String },
+    Basic { user: String, password: String },
+}
+
+impl GitCredentials {
+    fn secrets(&self) -> Vec<String> {
+        match self {
+            GitCredentials::Ssh { private_key } => vec![private_key.clone()],
+            GitCredentials::Token { token } => vec![token.clone()],
+            GitCredentials::Basic { user, password } => vec![user.clone(), password.clone()],
+        }
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect()
+    }
+}
+
+/// Opens a deployment's secrets with the server's key: its environment, its git credentials
+/// and its stack's Pulumi passphrase. An error says which could not be opened.
+pub(crate) fn open(deps: &Deps, d: &Deployment) -> std::result::Result<Opened, String> {
+    let spec = d.config.spec();
+    let cipher = deps.cipher.for_org(&d.stack.org);
+    let mut env = Vec::with_capacity(spec.env.len());
+    for (name, value) in &spec.env {
+        match value {
+            EnvValue::Plain(v) => env.push(EnvVar {
+                name: name.clone(),
+                value: v.clone(),
+                secret: false,
+            }),
+            EnvValue::Secret { secret } => {
+                let plain = cipher.open(secret).ok_or_else(|| {
+                    format!("the secret environment variable {name} cannot be decrypted with this server's key")
+                })?;
+                env.push(EnvVar {
+                    name: name.clone(),
+                    value: plain,
+                    secret: true,
+                });
+            }
+        }
+    }
+    let open = |v: &Option<crate::domain::spec::source::SealedValue>| {
+        v.as_ref().and_then(|v| cipher.open(&v.secret))
+    };
+    let git = match &spec.source.auth {
+        None => None,
+        Some(auth) => {
+            if let Some(ssh) = &auth.ssh_auth {
+                let key = open(&ssh.ssh_private_key)
+                    .ok_or("gitAuth.sshAuth has no usable private key")?;
+                Some(GitCredentials::Ssh { private_key: key })
+            } else if let Some(token) = open(&auth.access_token) {
+                Some(GitCredentials::Token { token })
+            } else {
+                auth.basic_auth.as_ref().map(|basic| GitCredentials::Basic {
+                    user: open(&basic.user_name).unwrap_or_default(),
+                    password: open(&basic.password).unwrap_or_default(),
+                })
+            }
+        }
+    };
+    let passphrase = deps
+        .cipher
+        .derive(&format!("pulumi-passphrase:{}", d.stack));
+    Ok(Opened {
+        env,
+        git,
+        passphrase,
+    })
+}
+
+/// How a run ended, for the server to conclude it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Ended {
+    pub status: JobStatus,
+    /// For detect-drift: whether drift was found.
+    pub drift: Option<bool>,
+    /// The step the closing lines go to.
+    pub last_step: usize,
 }
 
 /// How a run's steps ended.
@@ -84,10 +280,11 @@ struct Outcome {
 }
 
 /// One of the run's own environment variables, decrypted.
-struct EnvVar {
-    name: String,
-    value: String,
-    secret: bool,
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+    pub secret: bool,
 }
 
 /// Why a run ended early.
@@ -109,6 +306,8 @@ struct Run<'a> {
     env: Mutex<Vec<(String, String)>>,
     /// Names of the steps started so far; the last one gets the run's closing line.
     steps: Mutex<Vec<String>>,
+    /// The run's secrets, opened.
+    opened: Opened,
 }
 
 impl Run<'_> {
@@ -128,12 +327,23 @@ impl Run<'_> {
 
 impl Runner {
     pub fn new(deps: Arc<Deps>, cfg: RunnerConfig) -> Self {
-        Self { deps, cfg }
+        let ctx = RunContext {
+            runs: Arc::clone(&deps.runs),
+            state_store: deps.state_store.clone(),
+            state_dir: deps.state_dir.clone(),
+            credentials: Arc::clone(&deps.credentials),
+            local_repos: deps.local_repos.clone(),
+            platform: Arc::new(LocalPlatform(Arc::clone(&deps))),
+        };
+        Self {
+            exec: Executor::new(ctx, cfg),
+            deps,
+        }
     }
 
     /// The sandbox every child of every run is started in.
     pub fn sandbox(&self) -> &Sandbox {
-        &self.cfg.sandbox
+        self.exec.sandbox()
     }
 
     /// Runs a claimed deployment to a terminal status, which it returns. When `stop` fires the
@@ -152,28 +362,188 @@ impl Runner {
             tracing::warn!(error = %e.chain(), "could not start a claimed deployment");
             return JobStatus::Failed;
         }
-        tracing::info!("deployment started");
-        crate::webhooks::events::deployment(&self.deps, &d, Event::DeploymentStarted).await;
-        let prepared = self.prepare(&d);
-        // Everything secret the run knows is masked: its secret variables and git credentials.
-        let secrets: Vec<String> = match &prepared {
-            Ok((spec, env)) => {
-                let vars = env.iter().filter(|e| e.secret).map(|e| e.value.clone());
-                vars.chain(self.git_secrets(spec, &d.stack.org))
-                    .chain(git::url_credentials(&spec.source.repo_url))
-                    .collect()
+        started(&self.deps, &d).await;
+        let opened = open(&self.deps, &d);
+        match self.exec.execute(&d, opened, lease, stop_signal).await {
+            Some(ended) => conclude(&self.deps, &d, lease, ended).await,
+            None => JobStatus::Failed,
+        }
+    }
+}
+
+/// Announces a deployment that is now `running`.
+pub(crate) async fn started(deps: &Deps, d: &Deployment) {
+    tracing::info!(deployment_id = %d.id, "deployment started");
+    crate::webhooks::events::deployment(deps, d, Event::DeploymentStarted).await;
+}
+
+/// Ends a run the executor carried out (here or on an agent): a successful update arms the
+/// stack's ttl, the terminal status is stored, and what follows a finished run happens.
+pub(crate) async fn conclude(
+    deps: &Deps,
+    d: &Deployment,
+    lease: &Lease,
+    ended: Ended,
+) -> JobStatus {
+    let status = ended.status;
+    if status == JobStatus::Succeeded && d.operation == Operation::Update {
+        let line = match crate::tags::arm(deps, &d.stack, time::OffsetDateTime::now_utc()).await {
+            Ok(Some(due)) => Some(format!(
+                "The stack's ttl tag schedules its destroy for {}.",
+                crate::domain::time_fmt::rfc3339(due)
+            )),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e.chain(), "could not arm the stack's ttl");
+                Some(
+                    "The stack's ttl tag could not schedule its destroy; see the server's log."
+                        .to_string(),
+                )
             }
+        };
+        if let Some(line) = line {
+            let entry = LogLine {
+                step: ended.last_step,
+                timestamp: time::OffsetDateTime::now_utc(),
+                line,
+                event: None,
+            };
+            if let Err(e) = deps.runs.append_logs(d.id, lease, &[entry]).await {
+                tracing::warn!(error = %e.chain(), "could not log the ttl");
+            }
+        }
+    }
+    if let Err(e) = deps.runs.finish(d.id, lease, status).await {
+        tracing::warn!(error = %e.chain(), "could not record the deployment's end");
+        return JobStatus::Failed;
+    }
+    tracing::info!(deployment_id = %d.id, status = %status, "deployment finished");
+    let succeeded = status == JobStatus::Succeeded;
+    let event = if succeeded {
+        Event::DeploymentSucceeded
+    } else {
+        Event::DeploymentFailed
+    };
+    crate::webhooks::events::deployment(deps, d, event).await;
+    if d.operation == Operation::RemediateDrift {
+        crate::webhooks::events::drift_remediation(deps, d, succeeded).await;
+    }
+    let delete_after = d.operation == Operation::Destroy && d.config.spec().delete_after_destroy;
+    after(deps, d, status, ended.drift, delete_after).await;
+    status
+}
+
+/// What follows a finished run: a detect-drift run is recorded (and remediated if asked);
+/// a successful destroy with `deleteAfterDestroy` deletes the stack. Failures here are
+/// logged; the deployment's own status stands.
+async fn after(
+    deps: &Deps,
+    d: &Deployment,
+    status: JobStatus,
+    drift: Option<bool>,
+    delete_after: bool,
+) {
+    if d.operation == Operation::DetectDrift {
+        let run = DriftRun {
+            id: Uuid::new_v4(),
+            stack: d.stack.clone(),
+            created: time::OffsetDateTime::now_utc(),
+            detect: (d.id, d.version),
+            drift_detected: drift == Some(true),
+            remediation: None,
+        };
+        if let Err(e) = deps.drift.record_drift_run(&run).await {
+            tracing::error!(error = %e.chain(), "could not record the drift run");
+            return;
+        }
+        crate::webhooks::events::drift_detection(
+            deps,
+            d,
+            run.id,
+            run.drift_detected,
+            status == JobStatus::Succeeded,
+        )
+        .await;
+        if status == JobStatus::Succeeded
+            && drift == Some(true)
+            && d.config.spec().remediate_if_drift_detected
+        {
+            let body = serde_json::json!({"operation": "remediate-drift", "inheritSettings": true});
+            let request = crate::service::CreateRequest::new(
+                &d.stack,
+                &body,
+                "drift-remediation",
+                &d.requested_by,
+            );
+            match crate::service::create(deps, &request).await {
+                Ok(r) => {
+                    if let Err(e) = deps
+                        .drift
+                        .link_remediation(&d.stack, run.id, (r.id, r.version))
+                        .await
+                    {
+                        tracing::error!(error = %e.chain(), "could not link the remediation to its drift run");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e.chain(), "could not start the drift remediation")
+                }
+            }
+        }
+    }
+    if delete_after && status == JobStatus::Succeeded {
+        match deps.stacks.delete_stack(&d.stack).await {
+            Ok(()) => {
+                tracing::info!("deleteAfterDestroy: the stack was deleted");
+                deps.forget_state(&d.stack).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e.chain(), "deleteAfterDestroy: could not delete the stack")
+            }
+        }
+    }
+}
+
+impl Executor {
+    pub(crate) fn new(ctx: RunContext, cfg: RunnerConfig) -> Self {
+        Self { ctx, cfg }
+    }
+
+    /// The sandbox every child of every run is started in.
+    pub(crate) fn sandbox(&self) -> &Sandbox {
+        &self.cfg.sandbox
+    }
+
+    /// Carries out a `running` deployment under `lease`: its steps, logs and closing line.
+    /// `opened` is its secrets, or why they could not be opened (which fails the run). `None`
+    /// if the lease was lost: another party owns the deployment, and nothing more is written.
+    pub(crate) async fn execute(
+        &self,
+        d: &Deployment,
+        opened: std::result::Result<Opened, String>,
+        lease: &Lease,
+        stop_signal: &StopSignal,
+    ) -> Option<Ended> {
+        let spec = d.config.spec();
+        // Everything secret the run knows is masked: its secret variables and git credentials.
+        let secrets: Vec<String> = match &opened {
+            Ok(o) => o
+                .env
+                .iter()
+                .filter(|e| e.secret)
+                .map(|e| e.value.clone())
+                .chain(o.git.iter().flat_map(GitCredentials::secrets))
+                .chain(git::url_credentials(&spec.source.repo_url))
+                .collect(),
             Err(_) => vec![],
         };
         let masker = Masker::new(secrets);
-        let log = RunLog::start(Arc::clone(&self.deps.runs), d.id, lease.clone(), masker);
+        let log = RunLog::start(Arc::clone(&self.ctx.runs), d.id, lease.clone(), masker);
 
         let stop = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
-        let timeout = prepared
-            .as_ref()
-            .ok()
-            .and_then(|(spec, _)| spec.timeout_secs)
+        let timeout = spec
+            .timeout_secs
             .map(Duration::from_secs)
             .unwrap_or(self.cfg.default_timeout);
         let watchdog = self.watch(
@@ -186,25 +556,27 @@ impl Runner {
         );
 
         let workdir = self.cfg.work_dir.join(d.id.to_string());
-        let user_env = match &prepared {
-            Ok((_, env)) => env
+        let user_env = match &opened {
+            Ok(o) => o
+                .env
                 .iter()
                 .map(|e| (e.name.clone(), e.value.clone()))
                 .collect(),
             Err(_) => vec![],
         };
         let run = Run {
-            d: &d,
+            d,
             lease,
             log: log.clone(),
             stop: stop.clone(),
-            env: Mutex::new(self.child_env(&d, &workdir, user_env)),
+            env: Mutex::new(self.child_env(d, &workdir, user_env)),
             workdir: workdir.clone(),
             steps: Mutex::new(Vec::new()),
+            opened: opened.as_ref().ok().cloned().unwrap_or_default(),
         };
-        let outcome = match &prepared {
+        let outcome = match &opened {
             Err(msg) => Err(Failure::Failed(msg.clone())),
-            Ok((spec, _)) => self.steps(&run, spec).await,
+            Ok(_) => self.steps(&run, spec).await,
         };
         let last_step = run
             .steps
@@ -221,7 +593,7 @@ impl Runner {
         let (status, message) = match (outcome.map(|o| o.summary), reason) {
             (_, Some(StopReason::LeaseLost)) => {
                 tracing::warn!("lease lost; another party owns this deployment now");
-                return JobStatus::Failed;
+                return None;
             }
             (Ok(msg), _) => (JobStatus::Succeeded, msg),
             (Err(Failure::Stopped), Some(StopReason::Cancelled)) => {
@@ -238,150 +610,17 @@ impl Runner {
             (Err(Failure::Failed(msg)), _) => (JobStatus::Failed, msg),
         };
         log.line(last_step, &message).await;
-        let delete_after =
-            d.operation == Operation::Destroy && d.config.spec().delete_after_destroy;
+        let delete_after = d.operation == Operation::Destroy && spec.delete_after_destroy;
         if delete_after && status != JobStatus::Succeeded {
             log.line(last_step, "The destroy did not succeed, so deleteAfterDestroy left the stack, its settings and its schedules in place.")
                 .await;
         }
-        if status == JobStatus::Succeeded && d.operation == Operation::Update {
-            match crate::tags::arm(&self.deps, &d.stack, time::OffsetDateTime::now_utc()).await {
-                Ok(Some(due)) => {
-                    let due = crate::domain::time_fmt::rfc3339(due);
-                    log.line(
-                        last_step,
-                        &format!("The stack's ttl tag schedules its destroy for {due}."),
-                    )
-                    .await;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %e.chain(), "could not arm the stack's ttl");
-                    log.line(
-                        last_step,
-                        "The stack's ttl tag could not schedule its destroy; see the server's log.",
-                    )
-                    .await;
-                }
-            }
-        }
         log.flush().await;
-        if let Err(e) = self.deps.runs.finish(d.id, lease, status).await {
-            tracing::warn!(error = %e.chain(), "could not record the deployment's end");
-            return JobStatus::Failed;
-        }
-        tracing::info!(status = %status, "deployment finished");
-        let succeeded = status == JobStatus::Succeeded;
-        let event = if succeeded {
-            Event::DeploymentSucceeded
-        } else {
-            Event::DeploymentFailed
-        };
-        crate::webhooks::events::deployment(&self.deps, &d, event).await;
-        if d.operation == Operation::RemediateDrift {
-            crate::webhooks::events::drift_remediation(&self.deps, &d, succeeded).await;
-        }
-        self.after(&d, status, drift, delete_after).await;
-        status
-    }
-
-    /// What follows a finished run: a detect-drift run is recorded (and remediated if asked);
-    /// a successful destroy with `deleteAfterDestroy` deletes the stack. Failures here are
-    /// logged; the deployment's own status stands.
-    async fn after(
-        &self,
-        d: &Deployment,
-        status: JobStatus,
-        drift: Option<bool>,
-        delete_after: bool,
-    ) {
-        if d.operation == Operation::DetectDrift {
-            let run = DriftRun {
-                id: Uuid::new_v4(),
-                stack: d.stack.clone(),
-                created: time::OffsetDateTime::now_utc(),
-                detect: (d.id, d.version),
-                drift_detected: drift == Some(true),
-                remediation: None,
-            };
-            if let Err(e) = self.deps.drift.record_drift_run(&run).await {
-                tracing::error!(error = %e.chain(), "could not record the drift run");
-                return;
-            }
-            crate::webhooks::events::drift_detection(
-                &self.deps,
-                d,
-                run.id,
-                run.drift_detected,
-                status == JobStatus::Succeeded,
-            )
-            .await;
-            if status == JobStatus::Succeeded
-                && drift == Some(true)
-                && d.config.spec().remediate_if_drift_detected
-            {
-                let body =
-                    serde_json::json!({"operation": "remediate-drift", "inheritSettings": true});
-                let request = crate::service::CreateRequest::new(
-                    &d.stack,
-                    &body,
-                    "drift-remediation",
-                    &d.requested_by,
-                );
-                match crate::service::create(&self.deps, &request).await {
-                    Ok(r) => {
-                        if let Err(e) = self
-                            .deps
-                            .drift
-                            .link_remediation(&d.stack, run.id, (r.id, r.version))
-                            .await
-                        {
-                            tracing::error!(error = %e.chain(), "could not link the remediation to its drift run");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e.chain(), "could not start the drift remediation")
-                    }
-                }
-            }
-        }
-        if delete_after && status == JobStatus::Succeeded {
-            match self.deps.stacks.delete_stack(&d.stack).await {
-                Ok(()) => {
-                    tracing::info!("deleteAfterDestroy: the stack was deleted");
-                    self.deps.forget_state(&d.stack).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e.chain(), "deleteAfterDestroy: could not delete the stack")
-                }
-            }
-        }
-    }
-
-    /// The run spec and the run's environment variables, decrypted.
-    fn prepare<'d>(&self, d: &'d Deployment) -> Result<(&'d RunSpec, Vec<EnvVar>), String> {
-        let spec = d.config.spec();
-        let mut env = Vec::with_capacity(spec.env.len());
-        for (name, value) in &spec.env {
-            match value {
-                EnvValue::Plain(v) => env.push(EnvVar {
-                    name: name.clone(),
-                    value: v.clone(),
-                    secret: false,
-                }),
-                EnvValue::Secret { secret } => {
-                    let plain = self.deps.cipher.for_org(&d.stack.org).open(secret).ok_or_else(|| {
-                        format!("the secret environment variable {name} cannot be decrypted with this server's key")
-                    })?;
-                    env.push(EnvVar {
-                        name: name.clone(),
-                        value: plain,
-                        secret: true,
-                    });
-                }
-            }
-        }
-        Ok((spec, env))
+        Some(Ended {
+            status,
+            drift,
+            last_step,
+        })
     }
 
     /// The child environment: nothing of the server's own but `PATH` and `LANG`.
@@ -420,7 +659,7 @@ impl Runner {
 
     async fn begin(&self, run: &Run<'_>, name: &str) -> StepResult<usize> {
         let idx = self
-            .deps
+            .ctx
             .runs
             .start_step(run.d.id, run.lease, name)
             .await
@@ -443,7 +682,7 @@ impl Runner {
             StepStatus::Failed
         };
         if let Err(e) = self
-            .deps
+            .ctx
             .runs
             .finish_step(run.d.id, run.lease, idx, status)
             .await
@@ -556,7 +795,7 @@ impl Runner {
         // exactly `pulumi <operation>`, and look for its update as soon as they see it: the
         // update exists first, and the step has that name whatever the engine (its first line
         // names the engine's own command).
-        self.deps
+        self.ctx
             .runs
             .start_update(run.d.id, run.lease, UpdateKind::of(op))
             .await
@@ -585,11 +824,8 @@ impl Runner {
         tokio::fs::create_dir_all(&state).await.map_err(|e| {
             Failure::Failed(format!("cannot create the stack's state directory: {e}"))
         })?;
-        let stack = &run.d.stack;
         let setup = engine::state_setup(engine, program_dir, &state, || {
-            self.deps
-                .cipher
-                .derive(&format!("pulumi-passphrase:{stack}"))
+            run.opened.passphrase.clone()
         });
         for (path, text) in setup.files {
             files::write_new(&path, text.as_bytes())
@@ -642,7 +878,7 @@ impl Runner {
             resource_count: engine::resource_count(engine, program_dir, &self.state_dir(run.d)),
         };
         if let Err(e) = self
-            .deps
+            .ctx
             .runs
             .finish_update(run.d.id, run.lease, &outcome)
             .await
@@ -759,21 +995,19 @@ impl Runner {
             }
         }
         .map_err(Failure::Failed)?;
-        let mut outputs = serde_json::Map::new();
-        let mut names = Vec::new();
-        for (name, value, secret) in parsed {
-            let stored = if secret {
-                serde_json::json!({ "secret": self.deps.cipher.for_org(&run.d.stack.org).seal(&value.to_string()) })
-            } else {
-                serde_json::json!({ "value": value })
-            };
-            names.push(name.clone());
-            outputs.insert(name, stored);
-        }
+        let outputs: Vec<Output> = parsed
+            .into_iter()
+            .map(|(name, value, secret)| Output {
+                name,
+                value,
+                secret,
+            })
+            .collect();
+        let mut names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
         names.sort();
-        self.deps
-            .runs
-            .record_outputs(run.d.id, run.lease, &serde_json::Value::Object(outputs))
+        self.ctx
+            .platform
+            .record_outputs(&run.d.stack, run.d.id, run.lease, &outputs)
             .await
             .map_err(|e| Failure::Failed(format!("could not store outputs: {e}")))?;
         let listed = if names.is_empty() {

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use super::exec::{CommandSpec, Stdout};
-use super::{Failure, Run, Runner, StepResult, git};
+use super::{Executor, Failure, GitCredentials, Run, StepResult, git};
 use crate::domain::spec::{LocalRepos, RunSpec};
 
-impl Runner {
+impl Executor {
     pub(super) async fn get_source(
         &self,
         run: &Run<'_>,
@@ -26,21 +26,14 @@ impl Runner {
             ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
             (
                 "GIT_ALLOW_PROTOCOL".to_string(),
-                git::allowed_protocols(&self.deps.local_repos).to_string(),
+                git::allowed_protocols(&self.ctx.local_repos).to_string(),
             ),
         ];
         let source = &spec.source;
-        if let Some(auth) = &source.auth {
-            let open = |s: &Option<crate::domain::spec::source::SealedValue>| {
-                s.as_ref()
-                    .and_then(|v| self.deps.cipher.for_org(&run.d.stack.org).open(&v.secret))
-            };
-            if let Some(ssh) = &auth.ssh_auth {
-                let key = open(&ssh.ssh_private_key).ok_or(Failure::Failed(
-                    "gitAuth.sshAuth has no usable private key".into(),
-                ))?;
+        match &run.opened.git {
+            Some(GitCredentials::Ssh { private_key }) => {
                 let key_path = run.workdir.join("ssh-key");
-                let mut key = key;
+                let mut key = private_key.clone();
                 if !key.ends_with('\n') {
                     key.push('\n');
                 }
@@ -54,19 +47,20 @@ impl Runner {
                         run.workdir.join("known_hosts").display()
                     ),
                 ));
-            } else if let Some(token) = open(&auth.access_token) {
-                env.extend(git::http_auth_env("x-access-token", &token));
-            } else if let Some(basic) = &auth.basic_auth {
-                let user = open(&basic.user_name).unwrap_or_default();
-                let password = open(&basic.password).unwrap_or_default();
-                env.extend(git::http_auth_env(&user, &password));
             }
+            Some(GitCredentials::Token { token }) => {
+                env.extend(git::http_auth_env("x-access-token", token));
+            }
+            Some(GitCredentials::Basic { user, password }) => {
+                env.extend(git::http_auth_env(user, password));
+            }
+            None => {}
         }
         // Checked again here: the server's policy may have changed since the deployment was made.
         let url = source.repo_url.to_ascii_lowercase();
         let mut local = None;
         if url.starts_with("file://") || url.starts_with('/') {
-            self.deps
+            self.ctx
                 .local_repos
                 .check_path(&source.repo_url)
                 .map_err(|e| Failure::Failed(e.to_string()))?;
@@ -114,7 +108,7 @@ impl Runner {
     fn local_repo_grant(&self, url: &str) -> StepResult<PathBuf> {
         let path = crate::domain::spec::local_path(url).to_path_buf();
         // `check_path` has put a `Under` policy's repository inside its directory.
-        let named = matches!(&self.deps.local_repos, LocalRepos::Under(_));
+        let named = matches!(&self.ctx.local_repos, LocalRepos::Under(_));
         if named || self.cfg.sandbox.may_grant(&path) {
             Ok(path)
         } else {
@@ -123,15 +117,5 @@ impl Runner {
                 path.display()
             )))
         }
-    }
-
-    pub(super) fn git_secrets(&self, spec: &RunSpec, org: &str) -> Vec<String> {
-        let cipher = self.deps.cipher.for_org(org);
-        spec.source
-            .auth
-            .iter()
-            .flat_map(|auth| auth.sealed())
-            .filter_map(|s| cipher.open(s))
-            .collect()
     }
 }

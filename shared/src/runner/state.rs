@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::engine::Engine;
-use super::{Events, Failure, Outcome, Run, Runner, StepResult};
+use super::{Events, Executor, Failure, Outcome, Run, StepResult};
 use crate::domain::Deployment;
 use crate::error::Error;
 
-impl Runner {
+impl Executor {
     pub(super) fn state_dir(&self, d: &Deployment) -> PathBuf {
-        d.stack.dir_under(&self.deps.state_dir)
+        d.stack.dir_under(&self.ctx.state_dir)
     }
 
     /// The engine operation, between restoring the stack's state and saving it when the state
@@ -25,7 +25,7 @@ impl Runner {
         program_dir: &Path,
         events: &Events,
     ) -> StepResult<Outcome> {
-        let Some(store) = &self.deps.state_store else {
+        let Some(store) = &self.ctx.state_store else {
             return self
                 .engine_operation(run, idx, engine, program_dir, events)
                 .await;
@@ -76,7 +76,7 @@ impl Runner {
                 // The next run would start from a state that does not record what this run
                 // did, and could make resources twice: nothing runs on this stack until
                 // someone has looked.
-                let paused = self.deps.stacks.set_stack_paused(stack, true).await.is_ok();
+                let paused = self.ctx.platform.pause_stack(stack).await.is_ok();
                 let why = match &e {
                     Error::Conflict(m) => format!("{m}, so this run's state was not saved over it"),
                     _ => format!("cannot save the stack's state to {location}"),

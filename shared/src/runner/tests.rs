@@ -78,6 +78,7 @@ async fn fixture() -> Fixture {
                 mode: crate::sandbox::SandboxMode::Off,
                 ..Default::default()
             },
+            agent_lease: crate::app::AGENT_LEASE,
         },
         ..EmbeddedConfig::new(&dir.path().join("data"))
     };
@@ -112,7 +113,7 @@ impl Fixture {
             .app
             .deps
             .runs
-            .claim_next(&lease)
+            .claim_next(&lease, crate::domain::pools::ClaimQueue::BuiltIn)
             .await
             .unwrap()
             .expect("a deployment to claim");

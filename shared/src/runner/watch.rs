@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Runner;
+use super::Executor;
 use crate::domain::Lease;
 use crate::error::Error;
 
@@ -20,7 +20,7 @@ pub(super) enum StopReason {
     LeaseLost,
 }
 
-impl Runner {
+impl Executor {
     /// Renews the lease, and stops the run on cancel, timeout, shutdown or a lost lease.
     pub(super) fn watch(
         &self,
@@ -31,7 +31,7 @@ impl Runner {
         reason: Arc<Mutex<Option<StopReason>>>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let store = Arc::clone(&self.deps.runs);
+        let store = Arc::clone(&self.ctx.runs);
         let every = self.cfg.heartbeat_every;
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + timeout;

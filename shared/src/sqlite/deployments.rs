@@ -184,8 +184,8 @@ pub(super) fn insert_deployment(tx: &Transaction<'_>, new: &NewDeployment) -> Re
         .query_row([sid], |r| r.get(0))?;
     tx.prepare_cached(
         "INSERT INTO deployments (id, stack_id, org, version, operation, status, config, initiator, \
-         requested_by, skip_intermediate, created, modified) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'not-started', ?6, ?7, ?8, ?9, ?10, ?10)",
+         requested_by, skip_intermediate, created, modified, agent_pool) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'not-started', ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
     )?
     .execute(params![
         new.id.to_string(),
@@ -197,7 +197,8 @@ pub(super) fn insert_deployment(tx: &Transaction<'_>, new: &NewDeployment) -> Re
         new.initiator,
         new.requested_by,
         new.skip_intermediate(),
-        now_us()
+        now_us(),
+        new.config.spec().agent_pool,
     ])?;
     Ok(version)
 }

@@ -4,6 +4,7 @@ mod db;
 mod deployments;
 mod logs;
 mod notifications;
+mod pools;
 mod runs;
 mod schedules;
 mod schema;

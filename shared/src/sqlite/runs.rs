@@ -6,6 +6,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::pools::ClaimQueue;
 use crate::domain::time_fmt::to_micros;
 use crate::domain::updates::{UpdateInfo, UpdateKind, UpdateOutcome, UpdateResult};
 use crate::domain::*;
@@ -16,18 +17,24 @@ use crate::store_codec::{StoredStep, closing_step_status, stored_id};
 use super::*;
 
 /// One pass of the embedded queue inside a write transaction.
-pub(super) fn claim_in(tx: &Transaction<'_>, lease: &Lease) -> Result<Option<Uuid>> {
+pub(super) fn claim_in(
+    tx: &Transaction<'_>,
+    lease: &Lease,
+    pool: Option<&str>,
+) -> Result<Option<Uuid>> {
     loop {
         let candidate: Option<(i64, String, i64, bool, String)> = tx
             .prepare_cached(
                 "SELECT d.seq, d.id, d.stack_id, d.skip_intermediate, d.operation \
                  FROM deployments d JOIN stacks s ON s.id = d.stack_id \
-                 WHERE d.status = 'not-started' AND s.active IS NULL AND s.paused = 0 \
+                 WHERE d.status = 'not-started' AND d.agent_pool IS ?1 AND s.active IS NULL AND s.paused = 0 \
                    AND NOT EXISTS (SELECT 1 FROM orgs o WHERE o.name = s.org AND o.paused = 1) \
                    AND d.seq = (SELECT MIN(q.seq) FROM deployments q WHERE q.stack_id = d.stack_id AND q.status = 'not-started') \
                  ORDER BY d.seq LIMIT 1",
             )?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_row([pool], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?;
         let Some((dseq, id, sid, skip_intermediate, operation)) = candidate else {
             return Ok(None);
@@ -147,12 +154,13 @@ impl RunStore for SqliteStore {
             .await
     }
 
-    async fn claim_next(&self, lease: &Lease) -> Result<Option<Claimed>> {
+    async fn claim_next(&self, lease: &Lease, queue: ClaimQueue<'_>) -> Result<Option<Claimed>> {
         let lease = lease.clone();
+        let pool = queue.pool();
         self.db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let Some(id) = claim_in(&tx, &lease)? else {
+                let Some(id) = claim_in(&tx, &lease, pool.as_deref())? else {
                     tx.commit()?; // keeps any skips made on the way
                     return Ok(None);
                 };

@@ -191,6 +191,33 @@ CREATE INDEX deployments_updates ON deployments(stack_id, update_version)
 -- An engine event of the deployment's update, in the log's order; header and line are NULL.
 ALTER TABLE log_entries ADD COLUMN event TEXT;
 "#,
+    // Agent pools: a pool's agents take its deployments; the built-in workers take the rest.
+    r#"
+CREATE TABLE agent_pools (
+    id          TEXT PRIMARY KEY,
+    org         TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    token_hash  TEXT NOT NULL UNIQUE,
+    created     INTEGER NOT NULL
+);
+CREATE INDEX agent_pools_org ON agent_pools(org, created);
+CREATE TABLE agents (
+    pool      TEXT NOT NULL REFERENCES agent_pools(id) ON DELETE CASCADE,
+    id        TEXT NOT NULL,
+    version   TEXT NOT NULL,
+    platform  TEXT NOT NULL,
+    hostname  TEXT NOT NULL,
+    ip        TEXT NOT NULL,
+    pid       TEXT NOT NULL,
+    last_seen INTEGER NOT NULL,
+    PRIMARY KEY (pool, id)
+) WITHOUT ROWID;
+-- The pool whose agents run a deployment (NULL: the built-in workers), from its settings.
+ALTER TABLE deployments ADD COLUMN agent_pool TEXT;
+CREATE INDEX deployments_pool_queue ON deployments(agent_pool, seq)
+    WHERE status = 'not-started' AND agent_pool IS NOT NULL;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -218,12 +218,18 @@ impl DeploymentStore for DynamoStore {
                 ("steps", s("[]")),
                 ("step_lines", s("{}")),
                 ("log_seq", n(0)),
-                ("gsi1pk", s(QUEUED)),
+                (
+                    "gsi1pk",
+                    s(queued_pk(new.config.spec().agent_pool.as_deref())),
+                ),
                 ("gsi1sk", s(format!("{}#{}", pad(now), new.id))),
                 ("gsi2pk", s(org_deps(&new.stack.org))),
                 ("gsi2sk", s(format!("{}#{}", pad(now), new.id))),
             ] {
                 d.insert(k.into(), v);
+            }
+            if let Some(pool) = &new.config.spec().agent_pool {
+                d.insert("agent_pool".into(), s(pool));
             }
             tx.put(d, Some("attribute_not_exists(pk)"), vec![]);
             let mut ptr = ptr_key(new.id);

@@ -9,6 +9,7 @@
 mod deployments;
 mod logs;
 mod notifications;
+mod pools;
 mod runs;
 mod schedules;
 mod signing_keys;
@@ -128,6 +129,17 @@ pub(super) fn update_sk(version: i64) -> String {
     format!("{UPDATE_PREFIX}{}", pad(version))
 }
 pub(super) const QUEUED: &str = "QUEUED";
+/// The `gsi1` partition of a queued deployment: the built-in workers' (fed by SQS), or its
+/// agent pool's (claimed by the pool's agents).
+pub(super) fn queued_pk(pool: Option<&str>) -> String {
+    match pool {
+        None => QUEUED.to_string(),
+        Some(id) => pool_queue(id),
+    }
+}
+pub(super) fn pool_queue(pool: &str) -> String {
+    format!("{QUEUED}#POOL#{pool}")
+}
 pub(super) const LEASED: &str = "LEASED";
 
 pub(super) fn now_us() -> i64 {
@@ -243,6 +255,14 @@ impl DynamoStore {
                     .collect())),
                 _ => Err(aws_err("TransactWriteItems", e)),
             },
+        }
+    }
+
+    /// A transaction on the token table.
+    pub(super) fn token_table_tx(&self) -> Tx {
+        Tx {
+            table: self.token_table.clone(),
+            items: vec![],
         }
     }
 

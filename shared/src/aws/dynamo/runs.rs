@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::stacks::stack_of;
 use super::*;
 use crate::aws::item::*;
+use crate::domain::pools::ClaimQueue;
 use crate::domain::time_fmt::to_micros;
 use crate::domain::updates::{UpdateInfo, UpdateKind, UpdateOutcome, UpdateResult};
 use crate::domain::*;
@@ -355,11 +356,36 @@ impl RunStore for DynamoStore {
         }
     }
 
-    async fn claim_next(&self, _lease: &Lease) -> Result<Option<Claimed>> {
-        // The queue decides the order in this backend; workers claim what it delivers.
-        Err(Error::internal(
-            "the DynamoDB backend is fed by SQS: claim deployments by id",
-        ))
+    async fn claim_next(&self, lease: &Lease, queue: ClaimQueue<'_>) -> Result<Option<Claimed>> {
+        let ClaimQueue::Pool(pool) = queue else {
+            // SQS decides the built-in workers' order; they claim what it delivers.
+            return Err(Error::internal(
+                "the DynamoDB backend is fed by SQS: claim deployments by id",
+            ));
+        };
+        // A pool's agents look at its queue, oldest first, and take the first that may start.
+        let queued = self
+            .query(
+                Some("gsi1"),
+                "gsi1pk = :pk",
+                vec![(":pk", s(pool_queue(pool)))],
+                true,
+                Some(25),
+            )
+            .await?;
+        for d in queued {
+            let id = Uuid::parse_str(&get_s(&d, "id")?)
+                .map_err(|_| Error::internal("a queued deployment's id is not a UUID"))?;
+            let stack = StackRef::new(
+                &get_s(&d, "org")?,
+                &get_s(&d, "project")?,
+                &get_s(&d, "stack")?,
+            )?;
+            if let ClaimOutcome::Claimed(c) = self.claim(&stack, id, lease).await? {
+                return Ok(Some(*c));
+            }
+        }
+        Ok(None)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]

@@ -91,6 +91,67 @@ pub(crate) struct ServeArgs {
     log_json: bool,
 }
 
+#[derive(clap::Args)]
+pub(crate) struct AgentArgs {
+    /// The pool's token, as its creation showed it (`tpa_...`). Prefer the environment
+    /// variable: a command line is visible to other users of this machine.
+    #[arg(long, env = "TARMAC_AGENT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Deployments this agent runs at once (at most one per stack, across all agents).
+    #[arg(long, env = "TARMAC_AGENT_CONCURRENCY", default_value_t = 1)]
+    concurrency: usize,
+    /// Where runs' working directories and engine state go while they run.
+    #[arg(long, env = "TARMAC_AGENT_WORK_DIR", default_value = "./.tarmac-agent")]
+    work_dir: PathBuf,
+    /// Default limit on one deployment's run, in seconds (settings may set their own).
+    #[arg(long, env = "TARMAC_DEPLOYMENT_TIMEOUT", default_value_t = 86_400)]
+    deployment_timeout: u64,
+    /// Between SIGTERM and SIGKILL of a stopped deployment's processes, in seconds.
+    #[arg(long, env = "TARMAC_STOP_GRACE", default_value_t = 10)]
+    stop_grace: u64,
+    /// PATH for deployments (where git and the engines are). Defaults to this process's PATH.
+    #[arg(long, env = "TARMAC_CHILD_PATH")]
+    child_path: Option<String>,
+    /// How deployments' processes are confined, as for `tarmac serve`.
+    #[arg(long, env = "TARMAC_SANDBOX", default_value = "required",
+          value_parser = ["required", "best-effort", "off"])]
+    sandbox: String,
+    /// A directory deployments may also read and execute from (repeatable).
+    #[arg(long = "sandbox-ro", env = "TARMAC_SANDBOX_RO", value_delimiter = ':')]
+    sandbox_ro: Vec<PathBuf>,
+    /// A directory deployments may also write (repeatable).
+    #[arg(long = "sandbox-rw", env = "TARMAC_SANDBOX_RW", value_delimiter = ':')]
+    sandbox_rw: Vec<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, env = "TARMAC_LOG_JSON")]
+    log_json: bool,
+}
+
+pub(crate) async fn agent(a: AgentArgs, url: Option<String>) -> tarmac::Result<()> {
+    tarmac::telemetry::init(a.log_json);
+    let url = url
+        .or_else(|| std::env::var("TARMAC_URL").ok())
+        .ok_or_else(|| tarmac::Error::invalid("--url is required: the Tarmac API's base URL"))?;
+    tarmac::agent::run(tarmac::agent::AgentConfig {
+        url,
+        token: a.token,
+        concurrency: a.concurrency,
+        work_dir: a.work_dir,
+        child_path: a.child_path.unwrap_or_else(|| {
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
+        }),
+        deployment_timeout: Duration::from_secs(a.deployment_timeout),
+        stop_grace: Duration::from_secs(a.stop_grace),
+        sandbox: SandboxConfig {
+            mode: a.sandbox.parse().expect("clap restricts the mode"),
+            read_only: a.sandbox_ro,
+            read_write: a.sandbox_rw,
+            helper: None,
+        },
+    })
+    .await
+}
+
 #[derive(Subcommand)]
 pub(crate) enum TokenCommand {
     /// Create a token for an org and print it. It is shown only once; only its hash is stored.

@@ -48,6 +48,8 @@ struct Cli {
 enum Command {
     /// Run the API, workers, scheduler and console in one process on an embedded SQLite store.
     Serve(admin::ServeArgs),
+    /// Run an agent pool's deployments on this machine (no time limit; inside your network).
+    Agent(admin::AgentArgs),
     /// Deploy an example stack on a running server and follow it: the first five minutes.
     Quickstart(quickstart::QuickstartArgs),
     /// Sign in: check a token against the server and save it as a profile (0600).
@@ -128,6 +130,7 @@ async fn run() -> ExitCode {
     let cli = Cli::parse();
     let server = match cli.command {
         Command::Serve(a) => Some(admin::serve(a).await),
+        Command::Agent(a) => Some(admin::agent(a, cli.url.clone()).await),
         Command::Token { command } => Some(admin::token(command).await),
         Command::Oidc { command } => Some(admin::oidc(command).await),
         command => {
@@ -206,7 +209,7 @@ async fn client(
         Command::Schedules(c) => commands::schedules(&api()?, &c, format).await,
         Command::Tags(c) => commands::tags(&api()?, &c, format).await,
         Command::Tokens(c) => commands::tokens(&api()?, &c, format).await,
-        Command::Serve(_) | Command::Token { .. } | Command::Oidc { .. } => {
+        Command::Serve(_) | Command::Agent(_) | Command::Token { .. } | Command::Oidc { .. } => {
             unreachable!("handled in main")
         }
     }

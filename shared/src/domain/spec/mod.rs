@@ -75,6 +75,8 @@ pub struct RunSpec {
     pub trigger: Option<GitHubTrigger>,
     /// Set when another stack's deployment started it through a hook.
     pub upstream: Option<Upstream>,
+    /// `agentPoolID`: the pool whose agents run it; `None` for the built-in workers.
+    pub agent_pool: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -85,6 +87,8 @@ struct RawSettings {
     operation_context: RawOperation,
     trigger: Option<GitHubTrigger>,
     upstream: Option<Upstream>,
+    #[serde(rename = "agentPoolID")]
+    agent_pool_id: Option<String>,
 }
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -183,6 +187,7 @@ impl RunSpec {
             oidc,
             trigger: raw.trigger,
             upstream: raw.upstream,
+            agent_pool: non_empty(raw.agent_pool_id),
         })
     }
 }
@@ -208,6 +213,15 @@ fn checked(settings: &Value) -> Result<Option<OidcSpec>> {
                 "sourceContext.git.repoDir '{dir}' must be a relative path inside the repository"
             )));
         }
+    }
+    if let Some(pool) = settings["agentPoolID"]
+        .as_str()
+        .filter(|p| !p.trim().is_empty())
+        && super::pools::parse_pool_id(pool).is_none()
+    {
+        return Err(Error::invalid(format!(
+            "agentPoolID '{pool}' is not an agent pool id (a UUID from /api/orgs/{{org}}/agent-pools)"
+        )));
     }
     let options = &settings["operationContext"]["options"];
     if let Some(t) = options["timeout"].as_i64()
