@@ -16,7 +16,9 @@ from samtranslator.yaml_helper import yaml_parse
 TEMPLATE = pathlib.Path(__file__).resolve().parents[2] / "infra" / "template.yaml"
 FUNCTIONS = {"ApiFunction": "ApiRole", "WorkerFunction": "WorkerRole",
              "WorkerImageFunction": "WorkerRole", "SchedulerFunction": "SchedulerRole",
-             "OidcFunction": "OidcRole"}
+             "OidcFunction": "OidcRole", "AgentGatewayFunction": "AgentGatewayRole"}
+# The roles that carry out runs: the worker for its own, the agent gateway for agents'.
+RUNNERS = {"WorkerRole", "AgentGatewayRole"}
 
 
 class _Policies:
@@ -116,15 +118,18 @@ def test_only_oidc_may_sign_and_only_with_the_oidc_key(resources):
 
 def test_only_the_api_reaches_the_token_table(resources):
     for role in ROLES:
-        touches = [r for _, res, _, _ in statements(resources, role) for r in res if "TokenTable" in refs(r)]
+        touches = [(a, r) for a, res, _, _ in statements(resources, role) for r in res if "TokenTable" in refs(r)]
         if role == "ApiRole":
             assert touches
+        elif role == "AgentGatewayRole":
+            # It checks pool tokens, and may do nothing else there.
+            assert touches and all(a == ["dynamodb:GetItem"] for a, _ in touches), touches
         else:
             assert not touches, f"{role} reaches the token table"
-    # ... and only the api function is told where it is.
+    # ... and only those functions are told where it is.
     for function in FUNCTIONS:
         env = resources[function]["Properties"].get("Environment", {}).get("Variables", {})
-        assert ("TARMAC_TOKEN_TABLE" in env) == (function == "ApiFunction"), function
+        assert ("TARMAC_TOKEN_TABLE" in env) == (function in {"ApiFunction", "AgentGatewayFunction"}), function
 
 
 def test_the_api_cannot_assume_roles_or_pass_them(resources):
@@ -133,10 +138,10 @@ def test_the_api_cannot_assume_roles_or_pass_them(resources):
         assert not grants(resources, "ApiRole", action), f"the api may {action}"
 
 
-def test_only_the_worker_invokes_the_oidc_function(resources):
+def test_only_the_runners_invoke_the_oidc_function(resources):
     for role in ROLES:
         invokes = grants(resources, role, "lambda:InvokeFunction")
-        if role == "WorkerRole":
+        if role in RUNNERS:
             assert invokes and all(refs(r) == {"OidcFunction"} for r in invokes), invokes
         else:
             assert not invokes, f"{role} may invoke functions"
@@ -146,10 +151,18 @@ def test_only_the_worker_invokes_the_oidc_function(resources):
             assert "OidcFunction" not in refs(r["Properties"]["FunctionName"]), rid
 
 
-def test_engine_state_is_read_only_by_the_worker(resources):
+def test_engine_state_is_read_only_by_the_runners(resources):
     for role in ROLES:
         reads = grants(resources, role, "s3:GetObject")
-        assert bool(reads) == (role == "WorkerRole"), role
+        assert bool(reads) == (role in RUNNERS), role
+
+
+def test_api_gateway_sends_only_the_agent_api_to_the_agent_gateway(resources):
+    routes = {r["Properties"]["RouteKey"]: r["Properties"]["Target"] for r in resources.values()
+              if r["Type"] == "AWS::ApiGatewayV2::Route"}
+    assert set(routes) == {"$default", "ANY /api/agent/{proxy+}"}, routes
+    assert "AgentGatewayIntegration" in refs(routes["ANY /api/agent/{proxy+}"])
+    assert "ApiIntegration" in refs(routes["$default"])
 
 
 def test_production_defaults(resources):

@@ -247,6 +247,92 @@ async fn the_console_works_behind_the_gateway(api: &Api, stack: &str) {
     );
 }
 
+/// A `tarmac agent` process, killed when dropped.
+struct AgentProcess(std::process::Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn the_agent_runs_a_pools_deployment(api: &Api, remote: &GitServer) {
+    let (status, pool) = api
+        .call(
+            "POST",
+            "/api/orgs/acme/agent-pools",
+            Some(json!({"name": "on-prem", "description": "the test machine"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{pool}");
+    let work = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}:{}",
+        crate::env::tools_bin().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let agent = AgentProcess(
+        Command::new(env!("CARGO_BIN_EXE_tarmac"))
+            .args(["agent", "--url", &api.base, "--work-dir"])
+            .arg(work.path())
+            .env("TARMAC_AGENT_TOKEN", pool["tokenValue"].as_str().unwrap())
+            .env("PATH", path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stack = "acme/site/agent";
+    let (status, v) = api
+        .call(
+            "POST",
+            &format!("/api/stacks/{stack}/deployments/settings"),
+            Some(json!({
+                "agentPoolID": pool["id"],
+                "sourceContext": {"git": {
+                    "repoUrl": remote.url, "branch": "main",
+                    "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
+                }},
+                "operationContext": {"preRunCommands": ["echo agent run in $PWD; sleep 35"]},
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let started = Instant::now();
+    let run = api.deploy(stack).await;
+    let took = started.elapsed();
+    let logs = api.logs(stack, run["id"].as_str().unwrap()).await;
+    let dir = std::fs::canonicalize(work.path()).unwrap();
+    assert!(
+        logs.contains(&format!("agent run in {}", dir.display())),
+        "{logs}"
+    );
+    assert!(took > Duration::from_secs(30), "{took:?}");
+    assert!(
+        logs.contains("Apply complete! Resources: 1 added"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("Saved the stack's state to the server"),
+        "{logs}"
+    );
+    assert!(!logs.contains("git-pass"), "{logs}");
+    // The pool's agent is listed, online.
+    let (status, detail) = api
+        .call(
+            "GET",
+            &format!(
+                "/api/orgs/acme/agent-pools/{}",
+                pool["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["agents"][0]["status"], "online", "{detail}");
+    drop(agent);
+}
+
 #[tokio::test]
 async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     require!(Emulator, Tools, Browser);
@@ -426,6 +512,12 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
         .await;
     assert_eq!(discovery["issuer"], issuer, "{discovery}");
 
+    // An agent pool of the deployed bundle, served by a `tarmac agent` on this machine through
+    // the gateway's agent route (the agent gateway function, with its own role). Its run lasts
+    // longer than any Lambda invocation that serves it (the gateway's 29 s), never goes through
+    // SQS, and keeps its state in the state bucket through the gateway.
+    the_agent_runs_a_pools_deployment(&api, &remote).await;
+
     // The EventBridge rule's tick fires a one-time schedule.
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -493,7 +585,9 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("engine state of 2 stack(s) (acme/site/oidc, acme/site/prod)"),
+        stderr.contains(
+            "engine state of 3 stack(s) (acme/site/agent, acme/site/oidc, acme/site/prod)"
+        ),
         "{stderr}"
     );
     // The API still works: the refusals changed nothing.

@@ -18,18 +18,25 @@ def client(name):
     return boto3.client(name)
 
 
+def every(service, operation, key, **kwargs):
+    """Every item of a listing, following its pages (other tests' tables, say, can fill the
+    first page)."""
+    for page in client(service).get_paginator(operation).paginate(**kwargs):
+        yield from page[key]
+
+
 found = {}
 found["functions"] = [
     f["FunctionName"]
-    for f in client("lambda").list_functions()["Functions"]
+    for f in every("lambda", "list_functions", "Functions")
     if f["FunctionName"].startswith(prefix)
 ]
 found["event_source_mappings"] = [
     m["UUID"]
-    for m in client("lambda").list_event_source_mappings()["EventSourceMappings"]
+    for m in every("lambda", "list_event_source_mappings", "EventSourceMappings")
     if f":function:{prefix}" in m.get("FunctionArn", "")
 ]
-found["tables"] = [t for t in client("dynamodb").list_tables()["TableNames"] if t.startswith(prefix)]
+found["tables"] = [t for t in every("dynamodb", "list_tables", "TableNames") if t.startswith(prefix)]
 found["queues"] = client("sqs").list_queues(QueueNamePrefix=prefix).get("QueueUrls", [])
 found["buckets"] = [b["Name"] for b in client("s3").list_buckets()["Buckets"] if b["Name"].startswith(prefix)]
 found["rules"] = [r["Name"] for r in client("events").list_rules(NamePrefix=prefix)["Rules"]]
@@ -37,7 +44,7 @@ found["log_groups"] = [
     g["logGroupName"]
     for g in client("logs").describe_log_groups(logGroupNamePrefix=f"/tarmac/{stack}/")["logGroups"]
 ]
-found["roles"] = [r["RoleName"] for r in client("iam").list_roles()["Roles"] if r["RoleName"].startswith(prefix)]
+found["roles"] = [r["RoleName"] for r in every("iam", "list_roles", "Roles") if r["RoleName"].startswith(prefix)]
 found["apis"] = [a["ApiId"] for a in client("apigatewayv2").get_apis()["Items"] if a["Name"] == stack]
 found["alarms"] = [
     a["AlarmName"] for a in client("cloudwatch").describe_alarms(AlarmNamePrefix=prefix)["MetricAlarms"]

@@ -9,7 +9,7 @@
 //! | `TARMAC_STATE_BUCKET` | none | the S3 bucket where engine state is kept between runs; without it, state stays under `TARMAC_STATE_DIR` |
 //! | `TARMAC_BOOTSTRAP_SHA256` | none | SHA-256 (hex) of the one-time secret `POST /api/bootstrap` exchanges for an org's first admin token |
 //! | `TARMAC_PUBLIC_URL` | empty | base of `consoleUrl` links (the API's public URL) |
-//! | `TARMAC_LEASE_SECS` | 60 | a worker's claim without a heartbeat |
+//! | `TARMAC_LEASE_SECS` | 60 | a worker's (or, in the agent gateway, an agent's) claim without a heartbeat |
 //! | `TARMAC_DEPLOYMENT_TIMEOUT` | 3600 | default run limit, in seconds (the invocation caps it) |
 //! | `TARMAC_STOP_GRACE` | 10 | seconds between SIGTERM and SIGKILL of a stopped run |
 //! | `TARMAC_SAFETY_MARGIN_SECS` | 60 | the worker takes no new message with less time left, and stops a run this long before the invocation ends |
