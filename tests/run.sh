@@ -37,8 +37,10 @@ export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
 "$tools/emu/bin/python" -m pytest -q -p no:cacheprovider tests/infra
 
 cargo build --bins
-# The real function zips (release, x86_64 here), through the deploy command's own build, so the
-# infra test's deploy finds them built.
+# The real function zips (x86_64 here), through the deploy command's own build, so the infra
+# test's deploy finds them built. Profile `lambda-test`: the shipped code without the
+# whole-program optimisation of `lambda-zip`, which would add about ten minutes to a cold run.
+export TARMAC_LAMBDA_PROFILE=lambda-test
 bash infra/deploy build --arch x86_64
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

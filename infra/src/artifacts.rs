@@ -40,15 +40,26 @@ fn zip_path(function: &str) -> PathBuf {
         .join("bootstrap.zip")
 }
 
+/// The Cargo profile the zips are built with: `lambda-zip` (whole-program optimisation), unless
+/// `TARMAC_LAMBDA_PROFILE` names another. The test suite deploys `lambda-test` zips to the
+/// emulator: the same code, without the optimisation that takes most of a cold build.
+fn profile() -> String {
+    std::env::var("TARMAC_LAMBDA_PROFILE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "lambda-zip".into())
+}
+
 /// `cargo lambda build --profile lambda-zip --output-format zip` for the four functions. x86_64 on an
 /// x86_64 Linux host builds with plain cargo; anything else cross-compiles with zig.
 pub(crate) fn build(arch: Arch) -> Result<()> {
     let mut cmd = Command::new("cargo");
+    let profile = profile();
     cmd.current_dir(workspace_root()).args([
         "lambda",
         "build",
         "--profile",
-        "lambda-zip",
+        &profile,
         "--output-format",
         "zip",
         // The functions are not among the default members (see the workspace's Cargo.toml).
@@ -73,7 +84,10 @@ pub(crate) fn build(arch: Arch) -> Result<()> {
             cmd.arg("--x86-64");
         }
     }
-    eprintln!("Building the functions for {} ...", arch.as_str());
+    eprintln!(
+        "Building the functions for {} (profile {profile}) ...",
+        arch.as_str()
+    );
     let status = cmd.status().map_err(|e| {
         Error::invalid(format!(
             "cannot run `cargo lambda` ({e}); infra/deploy installs it, or: pip install cargo-lambda"
