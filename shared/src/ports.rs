@@ -134,6 +134,9 @@ pub trait AgentPoolStore: Send + Sync {
     async fn find_pool_by_token(&self, token_hash: &str) -> Result<Option<AgentPool>>;
     /// Records that an agent of `pool` was heard from.
     async fn touch_agent(&self, pool: &AgentPool, agent: &AgentInfo) -> Result<()>;
+    /// Records that a known agent of `pool` was heard from at `at` (its run's heartbeat); an
+    /// unknown agent is left alone.
+    async fn agent_seen(&self, pool: &AgentPool, agent_id: &str, at: OffsetDateTime) -> Result<()>;
     /// The pool's agents, most recently seen first.
     async fn list_agents(&self, pool: &AgentPool) -> Result<Vec<AgentInfo>>;
 }

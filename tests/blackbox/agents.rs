@@ -265,8 +265,28 @@ async fn the_pool_api_shows_a_token_once_and_refuses_what_it_must() {
         assert!(v["message"].as_str().unwrap().contains(why), "{v}");
     }
 
-    // A queued deployment holds the pool: 409, then force fails it with the reason.
+    // So must a schedule's request, and a deployment's own request.
     let repo = TestRepo::new();
+    app.post(
+        &format!("/api/stacks/{s}/deployments/settings"),
+        repo.settings(),
+    )
+    .await;
+    let missing =
+        json!({"operation": "update", "agentPoolID": "6a1e8b52-58c4-4a39-9a39-1c1a4e0b7a11"});
+    let (status, v) = app
+        .post(
+            &format!("/api/stacks/{s}/deployments/schedules"),
+            json!({"scheduleCron": "0 * * * *", "request": missing}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = app
+        .post(&format!("/api/stacks/{s}/deployments"), missing.clone())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+
+    // A queued deployment holds the pool: 409, then force fails it with the reason.
     let mut settings = repo.settings();
     settings["agentPoolID"] = json!(id);
     let (status, v) = app

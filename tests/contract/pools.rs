@@ -82,7 +82,20 @@ pub(crate) async fn pools_are_stored_by_token_hash_and_scoped_to_their_org(b: Ba
     };
     b.pools.touch_agent(&renamed, &agent).await.unwrap();
     b.pools.touch_agent(&renamed, &agent).await.unwrap();
-    assert_eq!(b.pools.list_agents(&renamed).await.unwrap(), vec![agent]);
+    assert_eq!(
+        b.pools.list_agents(&renamed).await.unwrap(),
+        vec![agent.clone()]
+    );
+    // A heartbeat moves a known agent's lastSeen, and records no unknown one.
+    let later = OffsetDateTime::from_unix_timestamp(1_700_000_200).unwrap();
+    b.pools.agent_seen(&renamed, "a1", later).await.unwrap();
+    b.pools
+        .agent_seen(&renamed, "stranger", later)
+        .await
+        .unwrap();
+    let agents = b.pools.list_agents(&renamed).await.unwrap();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(agents[0].last_seen, later);
 
     let gone = b.pools.delete_pool("org", &p.id, false).await.unwrap();
     assert!(gone.failed.is_empty());

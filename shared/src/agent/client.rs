@@ -5,8 +5,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -288,19 +286,11 @@ impl StateStore for RemoteRun {
                 _ => {}
             }
             std::fs::create_dir_all(&dir)?;
-            for f in &state.files {
-                let rel = crate::runner::files::relative(&f.path).ok_or_else(|| {
-                    Error::Upstream(format!("the server sent a state file at '{}'", f.path))
-                })?;
-                let bytes = STANDARD
-                    .decode(&f.content)
-                    .map_err(|_| Error::Upstream("a state file is not base64".into()))?;
-                let path = dir.join(rel);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                crate::crypto::write_private(&path, &bytes)?;
-            }
+            write_state_files(&dir, &state.files).map_err(|e| {
+                Error::Upstream(format!(
+                    "the server sent state this agent cannot write: {e}"
+                ))
+            })?;
             Ok(state.manifest.into())
         })
         .await
@@ -314,20 +304,9 @@ impl StateStore for RemoteRun {
         saved: &mut StateManifest,
     ) -> Result<(usize, usize)> {
         let dir = dir.to_path_buf();
-        let files = tokio::task::spawn_blocking(move || -> Result<Vec<StateFileBody>> {
-            crate::runner::files::list_state_files(&dir)?
-                .into_iter()
-                .map(|rel| {
-                    let bytes = crate::runner::files::read(&dir.join(&rel))?;
-                    Ok(StateFileBody {
-                        path: rel,
-                        content: STANDARD.encode(bytes),
-                    })
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| Error::internal(format!("reading state: {e}")))??;
+        let files = tokio::task::spawn_blocking(move || read_state_files(&dir))
+            .await
+            .map_err(|e| Error::internal(format!("reading state: {e}")))??;
         let reply: StateSaved = self
             .post(
                 "/state",

@@ -188,6 +188,45 @@ impl From<Manifest> for StateManifest {
     }
 }
 
+/// Every state file under `dir` (as `list_state_files` finds them, links never followed), for the
+/// wire. Blocking.
+pub fn read_state_files(dir: &std::path::Path) -> crate::error::Result<Vec<StateFileBody>> {
+    use base64::Engine as _;
+    crate::runner::files::list_state_files(dir)?
+        .into_iter()
+        .map(|rel| {
+            let bytes = crate::runner::files::read(&dir.join(&rel))?;
+            Ok(StateFileBody {
+                path: rel,
+                content: base64::engine::general_purpose::STANDARD.encode(bytes),
+            })
+        })
+        .collect()
+}
+
+/// Writes state files from the wire under `dir` (which exists), each at a plain relative path.
+/// Blocking. `Error::Invalid` names a file whose path or content is not acceptable.
+pub fn write_state_files(
+    dir: &std::path::Path,
+    files: &[StateFileBody],
+) -> crate::error::Result<()> {
+    use crate::error::Error;
+    use base64::Engine as _;
+    for f in files {
+        let rel = crate::runner::files::relative(&f.path)
+            .ok_or_else(|| Error::invalid(format!("'{}' is not a plain relative path", f.path)))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&f.content)
+            .map_err(|_| Error::invalid(format!("the content of '{}' is not base64", f.path)))?;
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        crate::crypto::write_private(&path, &bytes)?;
+    }
+    Ok(())
+}
+
 /// Whether a terminal status is one an agent may report.
 pub fn reportable(status: JobStatus) -> bool {
     matches!(status, JobStatus::Succeeded | JobStatus::Failed)

@@ -10,8 +10,6 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -75,6 +73,7 @@ impl FromRequestParts<AppState> for AgentCtx {
 
 /// A call about one run: the pool, the deployment and the lease it holds.
 pub(super) struct RunCtx {
+    pub pool: AgentPool,
     pub stack: StackRef,
     pub id: Uuid,
     pub lease: Lease,
@@ -83,6 +82,12 @@ pub(super) struct RunCtx {
 /// An agent's lease owner: it names the pool, so a lease works only with that pool's token.
 fn lease_owner(pool: &AgentPool, agent: &str) -> String {
     format!("pool:{}:{agent}:{}", pool.id, Uuid::new_v4().simple())
+}
+
+/// The agent id in a lease owner that `lease_owner` made.
+fn lease_agent<'a>(pool: &AgentPool, owner: &'a str) -> Option<&'a str> {
+    let rest = owner.strip_prefix(&format!("pool:{}:", pool.id))?;
+    rest.rsplit_once(':').map(|(agent, _)| agent)
 }
 
 impl FromRequestParts<AppState> for RunCtx {
@@ -116,6 +121,7 @@ impl FromRequestParts<AppState> for RunCtx {
                 owner: owner.to_string(),
                 ttl: state.deps.agent_lease,
             },
+            pool,
             stack,
             id,
         })
@@ -174,6 +180,13 @@ pub(super) async fn claim(
         {
             let d = claimed.deployment;
             deps.runs.mark_running(d.id, &lease).await?;
+            // Every way a deployment is made checks that its pool is its org's; should one
+            // slip through anyway, another org's agent gets nothing of it.
+            if d.stack.org != pool.org {
+                tracing::error!(deployment_id = %d.id, pool = %pool.id, "a deployment named another org's agent pool");
+                refuse(deps, &d, &lease).await;
+                continue;
+            }
             crate::runner::started(deps, &d).await;
             tracing::info!(deployment_id = %d.id, pool = %pool.id, agent = %req.agent.id, "an agent claimed a deployment");
             let opened = crate::runner::open(deps, &d);
@@ -210,6 +223,24 @@ pub(super) async fn claim(
     }
 }
 
+/// Fails a claimed deployment that its agent may not run, saying why in its log.
+async fn refuse(deps: &crate::deps::Deps, d: &Deployment, lease: &Lease) {
+    let line = LogLine {
+        step: 0,
+        timestamp: OffsetDateTime::now_utc(),
+        line: "Failed: the deployment's agentPoolID names an agent pool of another organization."
+            .into(),
+        event: None,
+    };
+    let _ = deps.runs.append_logs(d.id, lease, &[line]).await;
+    let ended = Ended {
+        status: crate::domain::JobStatus::Failed,
+        drift: None,
+        last_step: 0,
+    };
+    crate::runner::conclude(deps, d, lease, ended).await;
+}
+
 /// The deployment a run's calls are about, as its lease holds it.
 async fn held(state: &AppState, ctx: &RunCtx) -> Result<Deployment> {
     state
@@ -228,6 +259,17 @@ pub(super) async fn heartbeat(
     ctx: RunCtx,
 ) -> Result<Json<HeartbeatReply>> {
     let hb = state.deps.runs.heartbeat(ctx.id, &ctx.lease).await?;
+    // A busy agent claims nothing, but its runs' heartbeats say it is alive.
+    if let Some(agent) = lease_agent(&ctx.pool, &ctx.lease.owner) {
+        let seen = state
+            .deps
+            .pools
+            .agent_seen(&ctx.pool, agent, OffsetDateTime::now_utc())
+            .await;
+        if let Err(e) = seen {
+            tracing::warn!(error = %e.chain(), "could not record an agent's heartbeat");
+        }
+    }
     Ok(Json(HeartbeatReply {
         cancel_requested: hb.cancel_requested,
     }))
@@ -342,19 +384,6 @@ pub(super) async fn outputs(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn read_dir_files(dir: &std::path::Path) -> Result<Vec<StateFileBody>> {
-    crate::runner::files::list_state_files(dir)?
-        .into_iter()
-        .map(|rel| {
-            let bytes = crate::runner::files::read(&dir.join(&rel))?;
-            Ok(StateFileBody {
-                path: rel,
-                content: STANDARD.encode(bytes),
-            })
-        })
-        .collect()
-}
-
 /// `GET R/state`.
 pub(super) async fn state_get(
     State(state): State<AppState>,
@@ -364,7 +393,7 @@ pub(super) async fn state_get(
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("state");
     let manifest = state.deps.agent_state.restore(&ctx.stack, &dir).await?;
-    let files = tokio::task::spawn_blocking(move || read_dir_files(&dir))
+    let files = tokio::task::spawn_blocking(move || read_state_files(&dir))
         .await
         .map_err(|e| Error::internal(format!("reading state: {e}")))??;
     Ok(Json(StateFiles {
@@ -386,18 +415,7 @@ pub(super) async fn state_save(
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("state");
     std::fs::create_dir_all(&dir)?;
-    for f in &req.files {
-        let rel = crate::runner::files::relative(&f.path)
-            .ok_or_else(|| Error::invalid(format!("'{}' is not a plain relative path", f.path)))?;
-        let bytes = STANDARD
-            .decode(&f.content)
-            .map_err(|_| Error::invalid(format!("the content of '{}' is not base64", f.path)))?;
-        let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        crate::crypto::write_private(&path, &bytes)?;
-    }
+    write_state_files(&dir, &req.files)?;
     let mut saved = req.manifest.into();
     let result = state
         .deps

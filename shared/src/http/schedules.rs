@@ -76,8 +76,9 @@ async fn require_settings(state: &AppState, stack: &StackRef) -> Result<()> {
     }
 }
 
-/// `{"scheduleCron" | "scheduleOnce", "request"}`: exactly one of the two times.
-fn custom_parts(state: &AppState, stack: &StackRef, body: &Value) -> Result<(When, Value)> {
+/// `{"scheduleCron" | "scheduleOnce", "request"}`: exactly one of the two times. A request
+/// that names an agent pool must name one of the org's.
+async fn custom_parts(state: &AppState, stack: &StackRef, body: &Value) -> Result<(When, Value)> {
     require_object(body)?;
     let when = match (
         string_member(body, "scheduleCron")?,
@@ -94,10 +95,12 @@ fn custom_parts(state: &AppState, stack: &StackRef, body: &Value) -> Result<(Whe
     let request = member(body, "request")
         .cloned()
         .ok_or_else(|| Error::invalid("request is required: the deployment to create"))?;
-    Ok((
-        when,
-        crate::service::sealed_request(&state.deps, &stack.org, &request)?,
-    ))
+    let sealed = crate::service::sealed_request(&state.deps, &stack.org, &request)?;
+    let pool = sealed["agentPoolID"]
+        .as_str()
+        .filter(|p| !p.trim().is_empty());
+    crate::service::check_pool(&state.deps, &stack.org, pool).await?;
+    Ok((when, sealed))
 }
 
 fn drift_parts(body: &Value) -> Result<(When, Value)> {
@@ -215,7 +218,7 @@ pub(super) async fn create_custom(
     ctx: StackCtx,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
-    let (when, request) = custom_parts(&state, &ctx.stack, &body)?;
+    let (when, request) = custom_parts(&state, &ctx.stack, &body).await?;
     create(&state, &ctx.stack, Purpose::Custom, when, request).await
 }
 
@@ -225,7 +228,7 @@ pub(super) async fn update_custom(
     Params(p): Params,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
-    let (when, request) = custom_parts(&state, &ctx.stack, &body)?;
+    let (when, request) = custom_parts(&state, &ctx.stack, &body).await?;
     update(&state, &ctx.stack, &param(&p, "id"), when, request).await
 }
 

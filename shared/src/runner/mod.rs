@@ -197,7 +197,9 @@ impl GitCredentials {
         match self {
             GitCredentials::Ssh { private_key } => vec![private_key.clone()],
             GitCredentials::Token { token } => vec![token.clone()],
-            GitCredentials::Basic { user, password } => vec![user.clone(), password.clone()],
+            // A user name is no secret (and masking one that is also a word of the log, say
+            // a role's name, would hide it).
+            GitCredentials::Basic { password, .. } => vec![password.clone()],
         }
         .into_iter()
         .filter(|s| !s.is_empty())

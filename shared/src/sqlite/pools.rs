@@ -185,6 +185,22 @@ impl AgentPoolStore for SqliteStore {
             .await
     }
 
+    async fn agent_seen(
+        &self,
+        pool: &AgentPool,
+        agent_id: &str,
+        at: time::OffsetDateTime,
+    ) -> Result<()> {
+        let (pool, id) = (pool.id.clone(), agent_id.to_string());
+        self.db
+            .write(move |c| {
+                c.prepare_cached("UPDATE agents SET last_seen = ?3 WHERE pool = ?1 AND id = ?2")?
+                    .execute(params![pool, id, to_micros(at)])?;
+                Ok(())
+            })
+            .await
+    }
+
     async fn list_agents(&self, pool: &AgentPool) -> Result<Vec<AgentInfo>> {
         let pool = pool.id.clone();
         self.db

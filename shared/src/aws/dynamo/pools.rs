@@ -141,12 +141,7 @@ impl AgentPoolStore for DynamoStore {
         // Item by item (DynamoDB has no transaction that large); a deployment claimed meanwhile
         // is asked to stop instead.
         for d in &queued {
-            let did = stored_uuid(&get_s(d, "id")?)?;
-            let stack = StackRef::new(
-                &get_s(d, "org")?,
-                &get_s(d, "project")?,
-                &get_s(d, "stack")?,
-            )?;
+            let (stack, did) = stack_and_id(d)?;
             let line = format!("{POOL_DELETED_REASON}\n");
             match self
                 .end(
@@ -166,12 +161,7 @@ impl AgentPoolStore for DynamoStore {
             }
         }
         for d in &running {
-            let did = stored_uuid(&get_s(d, "id")?)?;
-            let stack = StackRef::new(
-                &get_s(d, "org")?,
-                &get_s(d, "project")?,
-                &get_s(d, "stack")?,
-            )?;
+            let (stack, did) = stack_and_id(d)?;
             self.cancel_deployment(&stack, did).await?;
             out.cancelled += 1;
         }
@@ -235,6 +225,24 @@ impl AgentPoolStore for DynamoStore {
             .map_err(|_| Error::internal("could not record an agent"))
     }
 
+    async fn agent_seen(
+        &self,
+        pool: &AgentPool,
+        agent_id: &str,
+        at: time::OffsetDateTime,
+    ) -> Result<()> {
+        let mut tx = self.tx();
+        tx.update(
+            key(agents_pk(&pool.id), format!("AGENT#{agent_id}")),
+            "SET #last_seen = :at",
+            Some("attribute_exists(pk)"),
+            vec![(":at", n(to_micros(at)))],
+        );
+        // An agent unknown here (never claimed) is left alone.
+        let _ = self.commit(tx).await?;
+        Ok(())
+    }
+
     async fn list_agents(&self, pool: &AgentPool) -> Result<Vec<AgentInfo>> {
         let items = self
             .query(
@@ -262,6 +270,16 @@ impl AgentPoolStore for DynamoStore {
         agents.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(a.id.cmp(&b.id)));
         Ok(agents)
     }
+}
+
+/// A deployment item's stack and id.
+pub(super) fn stack_and_id(d: &Item) -> Result<(StackRef, Uuid)> {
+    let stack = StackRef::new(
+        &get_s(d, "org")?,
+        &get_s(d, "project")?,
+        &get_s(d, "stack")?,
+    )?;
+    Ok((stack, stored_uuid(&get_s(d, "id")?)?))
 }
 
 fn stored_uuid(id: &str) -> Result<Uuid> {

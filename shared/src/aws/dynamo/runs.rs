@@ -374,13 +374,7 @@ impl RunStore for DynamoStore {
             )
             .await?;
         for d in queued {
-            let id = Uuid::parse_str(&get_s(&d, "id")?)
-                .map_err(|_| Error::internal("a queued deployment's id is not a UUID"))?;
-            let stack = StackRef::new(
-                &get_s(&d, "org")?,
-                &get_s(&d, "project")?,
-                &get_s(&d, "stack")?,
-            )?;
+            let (stack, id) = super::pools::stack_and_id(&d)?;
             if let ClaimOutcome::Claimed(c) = self.claim(&stack, id, lease).await? {
                 return Ok(Some(*c));
             }

@@ -69,26 +69,51 @@ pub(crate) struct ServeArgs {
     /// Queued deployments older than this many days are skipped.
     #[arg(long, env = "TARMAC_QUEUE_MAX_DAYS", default_value_t = 7)]
     queue_max_days: u64,
+    #[command(flatten)]
+    runs: RunArgs,
+}
+
+/// How deployments' processes run, for `serve` and `agent` alike.
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
     /// PATH for deployments (where git and the engines are). Defaults to this process's PATH.
     #[arg(long, env = "TARMAC_CHILD_PATH")]
     child_path: Option<String>,
-    /// How deployments' processes are confined: `required` (Landlock; the server does not start
-    /// on a kernel without it), `best-effort` (what the kernel supports, the rest logged once)
-    /// or `off`. See the README's Security section.
+    /// How deployments' processes are confined: `required` (Landlock; the process does not
+    /// start on a kernel without it), `best-effort` (what the kernel supports, the rest logged
+    /// once) or `off`. See the README's Security section.
     #[arg(long, env = "TARMAC_SANDBOX", default_value = "required",
           value_parser = ["required", "best-effort", "off"])]
     sandbox: String,
     /// A directory deployments may also read and execute from (repeatable; the environment
-    /// variable takes a `:`-separated list). Never the data dir.
+    /// variable takes a `:`-separated list). Never the data dir or the agent's work dir.
     #[arg(long = "sandbox-ro", env = "TARMAC_SANDBOX_RO", value_delimiter = ':')]
     sandbox_ro: Vec<PathBuf>,
     /// A directory deployments may also write, e.g. a shared provider cache (repeatable; the
-    /// environment variable takes a `:`-separated list). Never the data dir.
+    /// environment variable takes a `:`-separated list). Never the data dir or the agent's
+    /// work dir.
     #[arg(long = "sandbox-rw", env = "TARMAC_SANDBOX_RW", value_delimiter = ':')]
     sandbox_rw: Vec<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "TARMAC_LOG_JSON")]
     log_json: bool,
+}
+
+impl RunArgs {
+    fn child_path(&self) -> String {
+        self.child_path.clone().unwrap_or_else(|| {
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
+        })
+    }
+
+    fn sandbox(self) -> SandboxConfig {
+        SandboxConfig {
+            mode: self.sandbox.parse().expect("clap restricts the mode"),
+            read_only: self.sandbox_ro,
+            read_write: self.sandbox_rw,
+            helper: None,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -109,26 +134,12 @@ pub(crate) struct AgentArgs {
     /// Between SIGTERM and SIGKILL of a stopped deployment's processes, in seconds.
     #[arg(long, env = "TARMAC_STOP_GRACE", default_value_t = 10)]
     stop_grace: u64,
-    /// PATH for deployments (where git and the engines are). Defaults to this process's PATH.
-    #[arg(long, env = "TARMAC_CHILD_PATH")]
-    child_path: Option<String>,
-    /// How deployments' processes are confined, as for `tarmac serve`.
-    #[arg(long, env = "TARMAC_SANDBOX", default_value = "required",
-          value_parser = ["required", "best-effort", "off"])]
-    sandbox: String,
-    /// A directory deployments may also read and execute from (repeatable).
-    #[arg(long = "sandbox-ro", env = "TARMAC_SANDBOX_RO", value_delimiter = ':')]
-    sandbox_ro: Vec<PathBuf>,
-    /// A directory deployments may also write (repeatable).
-    #[arg(long = "sandbox-rw", env = "TARMAC_SANDBOX_RW", value_delimiter = ':')]
-    sandbox_rw: Vec<PathBuf>,
-    /// Log as JSON lines.
-    #[arg(long, env = "TARMAC_LOG_JSON")]
-    log_json: bool,
+    #[command(flatten)]
+    runs: RunArgs,
 }
 
 pub(crate) async fn agent(a: AgentArgs, url: Option<String>) -> tarmac::Result<()> {
-    tarmac::telemetry::init(a.log_json);
+    tarmac::telemetry::init(a.runs.log_json);
     let url = url
         .or_else(|| std::env::var("TARMAC_URL").ok())
         .ok_or_else(|| tarmac::Error::invalid("--url is required: the Tarmac API's base URL"))?;
@@ -137,17 +148,10 @@ pub(crate) async fn agent(a: AgentArgs, url: Option<String>) -> tarmac::Result<(
         token: a.token,
         concurrency: a.concurrency,
         work_dir: a.work_dir,
-        child_path: a.child_path.unwrap_or_else(|| {
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
-        }),
+        child_path: a.runs.child_path(),
         deployment_timeout: Duration::from_secs(a.deployment_timeout),
         stop_grace: Duration::from_secs(a.stop_grace),
-        sandbox: SandboxConfig {
-            mode: a.sandbox.parse().expect("clap restricts the mode"),
-            read_only: a.sandbox_ro,
-            read_write: a.sandbox_rw,
-            helper: None,
-        },
+        sandbox: a.runs.sandbox(),
     })
     .await
 }
@@ -169,7 +173,7 @@ pub(crate) enum TokenCommand {
 }
 
 pub(crate) async fn serve(a: ServeArgs) -> tarmac::Result<()> {
-    tarmac::telemetry::init(a.log_json);
+    tarmac::telemetry::init(a.runs.log_json);
     let workers = a
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -188,15 +192,8 @@ pub(crate) async fn serve(a: ServeArgs) -> tarmac::Result<()> {
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
         stop_grace: Duration::from_secs(a.stop_grace),
         queue_max_age: Duration::from_secs(a.queue_max_days * 86_400),
-        child_path: a.child_path.unwrap_or_else(|| {
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
-        }),
-        sandbox: SandboxConfig {
-            mode: a.sandbox.parse().expect("clap restricts the mode"),
-            read_only: a.sandbox_ro,
-            read_write: a.sandbox_rw,
-            helper: None,
-        },
+        child_path: a.runs.child_path(),
+        sandbox: a.runs.sandbox(),
     };
     tarmac::serve::serve(cfg).await
 }
