@@ -13,7 +13,11 @@ Client sources replayed (pulumi/pulumi-pulumiservice at dc76a018):
   drift_schedules.go, ttl_schedules.go: DeploymentSchedule, DriftSchedule, TtlSchedule;
 - provider/pkg/pulumiapi/webhooks.go (`constructAPIPath`), provider/pkg/resources/webhook.go
   (`defaultWebhookGroups`, the format/group/filter enums): Webhook, including the
-  `pulumi_deployments` format.
+  `pulumi_deployments` format;
+- provider/pkg/pulumiapi/agent_pools.go, provider/pkg/resources/agent_pool.go: AgentPool
+  (`description` omitted when empty, the token read only from the create, 404 = gone on read,
+  `?force=true` only with `forceDestroy`), and DeploymentSettings' `agentPoolId` property, sent
+  as `agentPoolID`.
 
 Deployments and deployment lists that the provider never reads are observed through Tarmac's v2
 routes, test-side (`replay_support.setup`). One server per module; project `prov`.
@@ -167,6 +171,53 @@ def test_deployment_settings_lifecycle(server, repo):
     require_ok(status, body, "DELETE settings")
     status, body, _ = prov(server, "GET", f"{stack}/deployments/settings")
     assert_error_body(status, body, 404, "read of deleted settings")
+
+
+# --- AgentPool ---------------------------------------------------------------------------------
+
+
+def test_agent_pool_lifecycle_and_a_stack_routed_to_it(server, repo):
+    pools = f"/api/orgs/{ORG}/agent-pools"
+    # Create: `description` is omitempty; only `id` and `tokenValue` are read.
+    status, created, _ = prov(server, "POST", pools, {"name": "prov-pool"})
+    require_ok(status, created, "POST agent-pools")
+    pool_id, token = created["id"], created["tokenValue"]
+    assert pool_id and token, created
+    resource_id = f"{ORG}/prov-pool/{pool_id}"  # the provider's resource id
+    assert resource_id.split("/")[2] == pool_id
+
+    # Read: id, name and description; no token (the provider keeps its own from state).
+    status, read, _ = prov(server, "GET", f"{pools}/{pool_id}")
+    assert status == 200, read
+    assert (read["id"], read["name"], read.get("description", "")) == (pool_id, "prov-pool", "")
+    assert "tokenValue" not in read, read
+
+    # Update: the response body is ignored; any 2xx.
+    status, body, _ = prov(server, "PATCH", f"{pools}/{pool_id}", {"name": "prov-pool-2", "description": "d"})
+    require_ok(status, body, "PATCH agent-pool")
+    status, read, _ = prov(server, "GET", f"{pools}/{pool_id}")
+    assert (read["name"], read["description"]) == ("prov-pool-2", "d"), read
+
+    # DeploymentSettings.agentPoolId goes on the wire as agentPoolID, in the full PUT body.
+    stack = create_stack(server, "pooled")
+    settings = settings_for(repo)
+    settings["agentPoolID"] = pool_id
+    stored = put_settings(server, stack, settings)
+    assert stored["agentPoolID"] == pool_id, stored
+    # A pool that does not exist is a client error with the error body the provider reports.
+    settings["agentPoolID"] = "00000000-0000-4000-8000-000000000000"
+    status, body, _ = prov(server, "PUT", f"{stack}/deployments/settings", settings)
+    assert_error_body(status, body, 400, "settings naming a missing pool")
+
+    # Delete without forceDestroy sends no query: the pool has no queued deployment, so it goes.
+    status, body, _ = prov(server, "DELETE", f"{pools}/{pool_id}")
+    require_ok(status, body, "DELETE agent-pool")
+    # Read after delete: 404, which the provider takes as gone.
+    status, body, _ = prov(server, "GET", f"{pools}/{pool_id}")
+    assert_error_body(status, body, 404, "read of a deleted pool")
+    # Delete again (a refresh raced it): the provider reports 404 as an error.
+    status, body, _ = prov(server, "DELETE", f"{pools}/{pool_id}", query={"force": "true"})
+    assert_error_body(status, body, 404, "delete of a deleted pool")
 
 
 # --- Stack -------------------------------------------------------------------------------------

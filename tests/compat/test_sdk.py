@@ -449,3 +449,59 @@ def test_org_pause_resume_and_metadata_through_the_sdk(api):
         api.resume_org_deployments(ORG)
     assert api.org_deployments_metadata(ORG).paused is False
 
+
+
+def test_agent_pools_through_the_sdk(server, api):
+    """The SDK's WorkflowsApi agent-pool calls (create, list, get, patch, delete with force), and a
+    stack routed to the pool through `agentPoolID` in the SDK's settings model."""
+    from pulumi_cloud_sdk import ApiClient, Configuration
+    from pulumi_cloud_sdk.apis.workflows_api_ import WorkflowsApi
+    from pulumi_cloud_sdk.models import CreateOrgAgentPoolRequest
+
+    cfg = Configuration()
+    cfg.host = server.url
+    cfg.access_token = server.token
+    pools = WorkflowsApi(ApiClient(cfg))
+
+    created = pools.create_org_agent_pool(
+        ORG, CreateOrgAgentPoolRequest(name="sdk-pool", description="from the SDK")
+    )
+    assert created.token_value.startswith("tpa_")
+    listed = pools.list_org_agent_pool(ORG)
+    mine = [p for p in listed.agent_pools if p.id == created.id]
+    assert len(mine) == 1 and mine[0].name == "sdk-pool" and mine[0].status == "offline"
+    detail = pools.get_agent_pool(ORG, created.id)
+    assert detail.description == "from the SDK" and detail.agents == []
+    patched = pools.patch_org_agent_pool(
+        ORG, created.id, CreateOrgAgentPoolRequest(name="renamed", description="d")
+    )
+    assert (patched.name, patched.description) == ("renamed", "d")
+
+    stack = "sdk-pool-stack"
+    api.patch_deployment_settings(
+        ORG,
+        PROJECT,
+        stack,
+        DeploymentSettingsRequest(
+            agent_pool_id=created.id,
+            source_context=SourceContextRequest(
+                git=SourceContextGitRequest(repo_url="https://example.com/r.git")
+            ),
+        ),
+    )
+    assert api.get_deployment_settings(ORG, PROJECT, stack).agent_pool_id == created.id
+    queued = api.create_api_deployment_handler_v2(
+        ORG, PROJECT, stack,
+        CreateDeploymentRequest(operation=PulumiOperation.Update, inherit_settings=True),
+    )
+    # No agent serves the pool: it stays queued, and a plain delete is refused.
+    time.sleep(1.0)
+    assert api.get_deployment(ORG, PROJECT, stack, queued.id).status == "not-started"
+    with pytest.raises(Exception) as refused:
+        pools.delete_org_agent_pool(ORG, created.id)
+    assert getattr(refused.value, "status", None) == 409
+    pools.delete_org_agent_pool(ORG, created.id, force=True)
+    assert api.get_deployment(ORG, PROJECT, stack, queued.id).status == "failed"
+    with pytest.raises(Exception) as gone:
+        pools.get_agent_pool(ORG, created.id)
+    assert getattr(gone.value, "status", None) == 404
