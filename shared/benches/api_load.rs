@@ -10,19 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() {
-    let connections = arg("--connections", 32) as usize;
-    let seconds = arg("--seconds", 10);
+    let connections = common::arg("--connections", 32) as usize;
+    let seconds = common::arg("--seconds", 10);
     let data = tempfile::tempdir().unwrap();
     let server = common::Server::start(data.path(), &["--workers", "1"], None);
     let url = server.url.clone();

@@ -17,15 +17,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn parse(t: &str) -> time::OffsetDateTime {
     use time::format_description::well_known::Rfc3339;
     time::OffsetDateTime::parse(t, &Rfc3339)
@@ -37,10 +28,10 @@ fn parse(t: &str) -> time::OffsetDateTime {
 async fn main() {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let (seconds, workers, stacks, in_flight) = (
-        arg("--seconds", 60),
-        arg("--workers", 2 * cores),
-        arg("--stacks", 100) as usize,
-        arg("--in-flight", 64) as usize,
+        common::arg("--seconds", 60),
+        common::arg("--workers", 2 * cores),
+        common::arg("--stacks", 100) as usize,
+        common::arg("--in-flight", 64) as usize,
     );
     let work = tempfile::tempdir().unwrap();
     let bin = work.path().join("bin");

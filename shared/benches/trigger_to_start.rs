@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -52,18 +52,6 @@ fn parse_args() -> Args {
         };
     }
     a
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 #[tokio::main]
@@ -136,7 +124,7 @@ async fn main() {
                     return sent;
                 }
                 let stack = format!("{url}/api/stacks/default/bench/s{}", i % stacks);
-                let t0 = now_ns();
+                let t0 = common::now_ns();
                 let r = client
                     .post(format!("{stack}/deployments"))
                     .header("Authorization", format!("token {token}"))
@@ -198,9 +186,9 @@ async fn main() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
             "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
-            percentile(v, 50.0),
-            percentile(v, 95.0),
-            percentile(v, 99.0),
+            common::percentile(v, 50.0),
+            common::percentile(v, 95.0),
+            common::percentile(v, 99.0),
             v[v.len() - 1]
         );
     };
