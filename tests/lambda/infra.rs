@@ -274,7 +274,16 @@ async fn the_agent_runs_a_pools_deployment(api: &Api, remote: &GitServer) {
     );
     let agent = AgentProcess(
         Command::new(env!("CARGO_BIN_EXE_tarmac"))
-            .args(["agent", "--url", &api.base, "--work-dir"])
+            // Short polls: a claim waiting in the gateway when the test moves on would outlive
+            // the agent, and write its log after the stack is destroyed.
+            .args([
+                "agent",
+                "--url",
+                &api.base,
+                "--poll-secs",
+                "2",
+                "--work-dir",
+            ])
             .arg(work.path())
             .env("TARMAC_AGENT_TOKEN", pool["tokenValue"].as_str().unwrap())
             .env("PATH", path)
@@ -331,6 +340,8 @@ async fn the_agent_runs_a_pools_deployment(api: &Api, remote: &GitServer) {
     assert_eq!(status, 200, "{detail}");
     assert_eq!(detail["agents"][0]["status"], "online", "{detail}");
     drop(agent);
+    // Its last claim ends within its 2-second wait.
+    tokio::time::sleep(Duration::from_secs(3)).await;
 }
 
 #[tokio::test]

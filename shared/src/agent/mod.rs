@@ -27,9 +27,6 @@ pub use client::Api;
 use client::RemoteRun;
 use protocol::{AgentHello, Job};
 
-/// How long one claim waits for work.
-const POLL: Duration = Duration::from_secs(20);
-
 /// Everything `tarmac agent` is configured with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -38,6 +35,8 @@ pub struct AgentConfig {
     /// The pool's token.
     pub token: String,
     pub concurrency: usize,
+    /// How long one claim waits for work (the server answers at most 25 s).
+    pub poll: Duration,
     /// Runs' working directories and engine state go under here.
     pub work_dir: PathBuf,
     /// `PATH` for deployments' processes.
@@ -105,6 +104,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let shared = Arc::new(Slots {
         api,
         hello,
+        poll: cfg.poll,
         runner: RunnerConfig {
             work_dir: runs_dir,
             path_env: cfg.child_path.clone(),
@@ -161,6 +161,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 struct Slots {
     api: Api,
     hello: AgentHello,
+    poll: Duration,
     runner: RunnerConfig,
     state_dir: PathBuf,
 }
@@ -175,7 +176,7 @@ impl Slots {
         let mut backoff = Duration::from_millis(500);
         loop {
             let claimed = tokio::select! {
-                r = self.api.claim(&self.hello, POLL) => r,
+                r = self.api.claim(&self.hello, self.poll) => r,
                 _ = stop.cancelled() => return Ok(()),
             };
             match claimed {

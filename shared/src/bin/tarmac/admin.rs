@@ -125,6 +125,12 @@ pub(crate) struct AgentArgs {
     /// Deployments this agent runs at once (at most one per stack, across all agents).
     #[arg(long, env = "TARMAC_AGENT_CONCURRENCY", default_value_t = 1)]
     concurrency: usize,
+    /// How long each claim waits for work, in seconds (the server caps it at 25). In AWS mode
+    /// a waiting claim holds an agent gateway invocation: a shorter wait costs more requests,
+    /// a longer one more Lambda time.
+    #[arg(long, env = "TARMAC_AGENT_POLL_SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=25))]
+    poll_secs: u64,
     /// Where runs' working directories and engine state go while they run.
     #[arg(long, env = "TARMAC_AGENT_WORK_DIR", default_value = "./.tarmac-agent")]
     work_dir: PathBuf,
@@ -147,6 +153,7 @@ pub(crate) async fn agent(a: AgentArgs, url: Option<String>) -> tarmac::Result<(
         url,
         token: a.token,
         concurrency: a.concurrency,
+        poll: Duration::from_secs(a.poll_secs),
         work_dir: a.work_dir,
         child_path: a.runs.child_path(),
         deployment_timeout: Duration::from_secs(a.deployment_timeout),
