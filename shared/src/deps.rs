@@ -16,6 +16,7 @@ pub struct Deps {
     pub orgs: Arc<dyn OrgStore>,
     pub tokens: Arc<dyn TokenStore>,
     pub pools: Arc<dyn AgentPoolStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
     pub deployments: Arc<dyn DeploymentStore>,
     pub logs: Arc<dyn LogStore>,
     pub runs: Arc<dyn RunStore>,

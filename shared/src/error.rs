@@ -24,6 +24,10 @@ pub enum Error {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// Well-formed, but not acceptable as it stands (an idempotency key reused for another
+    /// request).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     /// A system we depend on failed: the database, an AWS service. Its cause is kept for the
@@ -91,6 +95,7 @@ impl Error {
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Backend {

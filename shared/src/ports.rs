@@ -115,6 +115,56 @@ pub trait TokenStore: Send + Sync {
     async fn token_count(&self) -> Result<u64>;
 }
 
+/// A response kept for an `Idempotency-Key`, to answer a retry with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// Where a request under an idempotency key stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotentStart {
+    /// This request holds the key now: run it, then `keep` its response or `release` the key.
+    Run,
+    /// The key's request ended with this response: answer it again.
+    Replay(KeptResponse),
+    /// The key was used for a different request.
+    Mismatch,
+    /// The key's request is still running.
+    InProgress,
+}
+
+/// Idempotency keys, per org: each with its request's fingerprint and, once it ended, its
+/// response. Both stores expire them.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Takes `key` for a request with `fingerprint`, held for `hold` from `now`, unless it is
+    /// taken: a kept response is `Replay` (same fingerprint) or `Mismatch`; a running request
+    /// `InProgress` (or `Mismatch`) until its hold runs out. Of two racing starts, one runs.
+    async fn start(
+        &self,
+        org: &str,
+        key: &str,
+        fingerprint: &str,
+        now: OffsetDateTime,
+        hold: std::time::Duration,
+    ) -> Result<IdempotentStart>;
+    /// Keeps the response of the request that holds `key` until `expires`. Does nothing if the
+    /// key is no longer that request's.
+    async fn keep(
+        &self,
+        org: &str,
+        key: &str,
+        fingerprint: &str,
+        response: &KeptResponse,
+        expires: OffsetDateTime,
+    ) -> Result<()>;
+    /// Frees `key` if that request still holds it and kept nothing: its retry runs again.
+    async fn release(&self, org: &str, key: &str, fingerprint: &str) -> Result<()>;
+}
+
 /// Agent pools and their agents. A pool's token is stored only as a hash.
 #[async_trait]
 pub trait AgentPoolStore: Send + Sync {

@@ -25,6 +25,7 @@ mod git_auth;
 #[path = "../support/git_server.rs"]
 mod git_server;
 mod github;
+mod idempotency;
 mod lifecycle;
 mod oidc;
 mod queue;

@@ -15,6 +15,7 @@ mod emulator;
 mod signing;
 
 mod deployments;
+mod idempotency;
 mod notifications;
 mod oidc;
 mod pools;
@@ -132,6 +133,7 @@ contract!(
     pools::pools_are_stored_by_token_hash_and_scoped_to_their_org,
     pools::a_pools_deployments_are_claimed_only_from_that_pool,
     pools::deleting_a_pool_with_queued_deployments_needs_force,
+    idempotency::an_idempotency_key_replays_refuses_and_expires,
 );
 
 fn stack(name: &str) -> StackRef {

@@ -103,6 +103,25 @@ impl Api {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// A POST with an `Idempotency-Key`: the status, the body and whether it was a replay.
+    async fn post_keyed(&self, path: &str, body: Value, key: &str) -> (u16, Value, bool) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(
+                "Authorization",
+                format!("token {}", self.token.as_deref().unwrap_or_default()),
+            )
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let replayed = resp.headers().contains_key("idempotent-replayed");
+        (status, resp.json().await.unwrap_or(Value::Null), replayed)
+    }
+
     /// Waits for the deployment to end and returns it.
     async fn finished(&self, stack: &str, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(180);
@@ -411,6 +430,19 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     let (status, v) = api.call("GET", "/api/user", None).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["organizations"][0]["name"], "acme");
+
+    // Idempotency keys on DynamoDB: a retried stack create answers its first 200, where a second
+    // create would be 409; the same key with another body is 422.
+    let create = json!({"stackName": "retried"});
+    let (status, v, replayed) = api.post_keyed("/api/stacks/acme/site", create.clone(), "k-1").await;
+    assert_eq!((status, replayed), (200, false), "{v}");
+    let (status, again, replayed) = api.post_keyed("/api/stacks/acme/site", create, "k-1").await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again, v);
+    let (status, v, _) = api
+        .post_keyed("/api/stacks/acme/site", json!({"stackName": "other"}), "k-1")
+        .await;
+    assert_eq!(status, 422, "{v}");
 
     // A Terraform program in a git remote that wants credentials.
     let repo = tempfile::tempdir().unwrap();

@@ -65,6 +65,7 @@ impl App {
             orgs: store.clone(),
             tokens: store.clone(),
             pools: store.clone(),
+            idempotency: store.clone(),
             deployments: store.clone(),
             logs: store.clone(),
             runs: store.clone(),

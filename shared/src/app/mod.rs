@@ -191,6 +191,7 @@ impl App {
             orgs: s.clone(),
             tokens: s.clone(),
             pools: s.clone(),
+            idempotency: s.clone(),
             deployments: s.clone(),
             logs: s.clone(),
             runs: s.clone(),

@@ -63,6 +63,27 @@ async fn path_params<S: Send + Sync>(
         .map_err(|e| Error::invalid(format!("invalid path: {}", e.body_text())))
 }
 
+/// The org token's holder, if the request carries a valid one (`None` for no token, a
+/// malformed header or an unknown token, which the handlers refuse themselves).
+pub(super) async fn principal(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<Principal>, Error> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("token ")
+                .or_else(|| v.strip_prefix("Bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    match token {
+        Some(t) => state.deps.tokens.find_token(&token_hash(t)).await,
+        None => Ok(None),
+    }
+}
+
 /// The caller, from `Authorization: token <t>`.
 pub struct Auth(pub Principal);
 

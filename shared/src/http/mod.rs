@@ -10,6 +10,7 @@ mod deployments;
 pub mod extract;
 mod github;
 mod hooks;
+mod idempotency;
 mod legacy;
 mod oidc;
 mod pools;
@@ -199,6 +200,12 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            AppState {
+                deps: Arc::clone(&deps),
+            },
+            idempotency::idempotent,
+        ))
         .layer(axum::middleware::from_fn(console::security_headers))
         .with_state(AppState { deps })
 }

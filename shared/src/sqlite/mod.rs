@@ -2,6 +2,7 @@
 
 mod db;
 mod deployments;
+mod idempotency;
 mod logs;
 mod notifications;
 mod pools;

@@ -218,6 +218,20 @@ ALTER TABLE deployments ADD COLUMN agent_pool TEXT;
 CREATE INDEX deployments_pool_queue ON deployments(agent_pool, seq)
     WHERE status = 'not-started' AND agent_pool IS NOT NULL;
 "#,
+    // Idempotency keys: a request's fingerprint, and its response once it ended (`status`).
+    r#"
+CREATE TABLE idempotency_keys (
+    org          TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    status       INTEGER,
+    content_type TEXT,
+    body         BLOB,
+    expires      INTEGER NOT NULL,
+    PRIMARY KEY (org, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_keys_expiry ON idempotency_keys(expires);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

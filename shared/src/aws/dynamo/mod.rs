@@ -7,6 +7,7 @@
 //! One file per port, with the same names as the SQLite adapter's.
 
 mod deployments;
+mod idempotency;
 mod logs;
 mod notifications;
 mod pools;
@@ -204,6 +205,20 @@ impl Tx {
             .expect("table, key and condition are set");
         self.items
             .push(TransactWriteItem::builder().condition_check(c).build());
+    }
+
+    /// A conditional delete whose condition compares with values.
+    pub(super) fn delete_if(&mut self, key: Item, cond: &str, vals: Vec<(&str, AttributeValue)>) {
+        let d = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .condition_expression(cond)
+            .set_expression_attribute_names(names(&[cond]))
+            .set_expression_attribute_values(values(vals))
+            .build()
+            .expect("table and key are set");
+        self.items
+            .push(TransactWriteItem::builder().delete(d).build());
     }
 
     pub(super) fn delete(&mut self, key: Item, cond: Option<&str>) {

@@ -1,0 +1,139 @@
+//! `Idempotency-Key` through a real server: a retried create answers the first response and
+//! creates nothing more; another body is 422; concurrent retries create one deployment.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, TestRepo, stack};
+
+async fn post(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    key: &str,
+    body: &Value,
+) -> (StatusCode, Option<String>, Value) {
+    let resp = app
+        .client
+        .post(format!("{}{path}", app.url))
+        .header("Authorization", format!("token {token}"))
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let replayed = resp
+        .headers()
+        .get("idempotent-replayed")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, replayed, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_retried_create_answers_the_first_response_and_creates_nothing_more() {
+    let app = TestApp::spawn_with(&["--workers", "1"]).await;
+    let repo = TestRepo::new();
+    let s = stack("idem");
+    // Pause the stack: the deployments stay queued, so nothing but the API is measured.
+    app.post(
+        &format!("/api/stacks/{s}/deployments/settings"),
+        repo.settings(),
+    )
+    .await;
+    app.post(&format!("/api/stacks/{s}/deployments/pause"), json!({}))
+        .await;
+    let path = format!("/api/stacks/{s}/deployments");
+    let body = json!({"operation": "update"});
+
+    let (status, replayed, first) = post(&app, &app.token, &path, "signup-42", &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    assert_eq!(replayed, None);
+    let (status, replayed, again) = post(&app, &app.token, &path, "signup-42", &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(replayed.as_deref(), Some("true"));
+    assert_eq!(again, first, "the same response, the same deployment");
+
+    // The same key with another request is refused, in the error shape.
+    let (status, _, v) = post(
+        &app,
+        &app.token,
+        &path,
+        "signup-42",
+        &json!({"operation": "destroy"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["code"], 422, "{v}");
+    // A refused request is kept too: its retry gets the same 400.
+    let bad = json!({"operation": "explode"});
+    let (status, _, first_bad) = post(&app, &app.token, &path, "bad-1", &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{first_bad}");
+    let (status, replayed, again_bad) = post(&app, &app.token, &path, "bad-1", &bad).await;
+    assert_eq!(
+        (status, replayed.as_deref()),
+        (StatusCode::BAD_REQUEST, Some("true"))
+    );
+    assert_eq!(again_bad, first_bad);
+    // Keys are per org: another org's request under the same key is its own.
+    let other = app.create_token("other", "write");
+    let o = "other/proj/idem";
+    app.request(
+        reqwest::Method::POST,
+        &format!("/api/stacks/{o}/deployments/settings"),
+        Some(&other),
+        Some(repo.settings().to_string().into_bytes()),
+    )
+    .await;
+    let (status, replayed, theirs) = post(
+        &app,
+        &other,
+        &format!("/api/stacks/{o}/deployments"),
+        "signup-42",
+        &body,
+    )
+    .await;
+    assert_eq!((status, replayed), (StatusCode::ACCEPTED, None), "{theirs}");
+    // A malformed key is a 400 that creates nothing.
+    let (status, _, v) = post(&app, &app.token, &path, &"k".repeat(256), &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+
+    // Ten concurrent retries of one new request: one deployment; each answer is it, or 409.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (client, url, token, path, body) = (
+            app.client.clone(),
+            app.url.clone(),
+            app.token.clone(),
+            path.clone(),
+            body.clone(),
+        );
+        tasks.spawn(async move {
+            let resp = client
+                .post(format!("{url}{path}"))
+                .header("Authorization", format!("token {token}"))
+                .header("Idempotency-Key", "burst")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap())
+        });
+    }
+    let answers = tasks.join_all().await;
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .map(|(_, v)| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, v)| *s == StatusCode::ACCEPTED
+                || (*s == StatusCode::CONFLICT && v["code"] == 409)),
+        "{answers:?}"
+    );
+    let (_, list) = app.get(&format!("{path}?pageSize=100")).await;
+    assert_eq!(list["deployments"].as_array().unwrap().len(), 2, "{list}");
+}
