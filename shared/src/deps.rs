@@ -17,6 +17,7 @@ pub struct Deps {
     pub tokens: Arc<dyn TokenStore>,
     pub pools: Arc<dyn AgentPoolStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
+    pub audit: Arc<dyn AuditLog>,
     pub deployments: Arc<dyn DeploymentStore>,
     pub logs: Arc<dyn LogStore>,
     pub runs: Arc<dyn RunStore>,

@@ -115,6 +115,42 @@ pub trait TokenStore: Send + Sync {
     async fn token_count(&self) -> Result<u64>;
 }
 
+/// One change made through the API, as its org's audit log records it. No request body is
+/// kept, so no secret is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    pub org: String,
+    pub timestamp: OffsetDateTime,
+    /// The token's public id and name (never the token).
+    pub token_id: String,
+    pub token_name: String,
+    pub admin: bool,
+    pub method: String,
+    /// The route (`/api/stacks/{org}/{project}/{stack}/deployments`) and the path requested.
+    pub route: String,
+    pub path: String,
+    pub status: u16,
+    pub source_ip: String,
+    pub user_agent: String,
+}
+
+/// An org's audit log: appended to, never changed.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    async fn append(&self, event: &AuditEvent) -> Result<()>;
+    /// The org's events from `since` to before `until`, newest first, at most `limit`, after
+    /// the cursor a previous page returned; the next page's cursor if there may be more.
+    async fn events(
+        &self,
+        org: &str,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<AuditEvent>, Option<String>)>;
+}
+
 /// A response kept for an `Idempotency-Key`, to answer a retry with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptResponse {

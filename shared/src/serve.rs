@@ -168,6 +168,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
 
     let app = crate::http::router(Arc::clone(&deps));
     let shutting_down = stop_claiming.clone();
+    // The peer's address, for the audit log.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             crate::worker::shutdown_signal().await;

@@ -14,6 +14,7 @@ mod support;
 
 mod agents;
 mod api;
+mod audit;
 mod auth;
 mod bad_input;
 mod cli;

@@ -505,3 +505,22 @@ def test_agent_pools_through_the_sdk(server, api):
     with pytest.raises(Exception) as gone:
         pools.get_agent_pool(ORG, created.id)
     assert getattr(gone.value, "status", None) == 404
+
+
+def test_the_audit_log_through_the_sdk(server, api):
+    """`OrganizationsApi.list_audit_log_events_handler_v1` reads Tarmac's audit log into the SDK's
+    `AuditLogEvent` models: a change made just before is there, with the token's name."""
+    from pulumi_cloud_sdk import ApiClient, Configuration
+    from pulumi_cloud_sdk.apis.organizations_api_ import OrganizationsApi
+
+    api.pause_org_deployments(ORG)
+    api.resume_org_deployments(ORG)
+    cfg = Configuration()
+    cfg.host = server.url
+    cfg.access_token = server.token
+    orgs = OrganizationsApi(ApiClient(cfg))
+    log = orgs.list_audit_log_events_handler_v1(ORG, start_time=int(time.time()) - 3600)
+    events = [e for e in log.audit_log_events if e.event.endswith("/deployments/resume")]
+    assert events, [e.event for e in log.audit_log_events]
+    assert events[0].token_name == "bootstrap-admin" and events[0].source_ip == "127.0.0.1"
+    assert events[0].timestamp >= int(time.time()) - 3600

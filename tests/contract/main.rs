@@ -14,6 +14,7 @@ mod emulator;
 #[path = "../support/signing.rs"]
 mod signing;
 
+mod audit;
 mod deployments;
 mod idempotency;
 mod notifications;
@@ -134,6 +135,7 @@ contract!(
     pools::a_pools_deployments_are_claimed_only_from_that_pool,
     pools::deleting_a_pool_with_queued_deployments_needs_force,
     idempotency::an_idempotency_key_replays_refuses_and_expires,
+    audit::the_audit_log_reads_newest_first_by_org_and_time_in_pages,
 );
 
 fn stack(name: &str) -> StackRef {

@@ -434,15 +434,42 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     // Idempotency keys on DynamoDB: a retried stack create answers its first 200, where a second
     // create would be 409; the same key with another body is 422.
     let create = json!({"stackName": "retried"});
-    let (status, v, replayed) = api.post_keyed("/api/stacks/acme/site", create.clone(), "k-1").await;
+    let (status, v, replayed) = api
+        .post_keyed("/api/stacks/acme/site", create.clone(), "k-1")
+        .await;
     assert_eq!((status, replayed), (200, false), "{v}");
     let (status, again, replayed) = api.post_keyed("/api/stacks/acme/site", create, "k-1").await;
     assert_eq!((status, replayed), (200, true), "{again}");
     assert_eq!(again, v);
     let (status, v, _) = api
-        .post_keyed("/api/stacks/acme/site", json!({"stackName": "other"}), "k-1")
+        .post_keyed(
+            "/api/stacks/acme/site",
+            json!({"stackName": "other"}),
+            "k-1",
+        )
         .await;
     assert_eq!(status, 422, "{v}");
+    // ... and the audit log on DynamoDB: the create, once (a replay or a refused reuse of the
+    // key changes nothing, and is answered before the route).
+    let (status, log) = api.call("GET", "/api/orgs/acme/auditlogs", None).await;
+    assert_eq!(status, 200, "{log}");
+    let seen: Vec<(String, u64)> = log["auditLogEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["path"] == "/api/stacks/acme/site")
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("POST /api/stacks/{org}/{project}".to_string(), 200)],
+        "{log}"
+    );
 
     // A Terraform program in a git remote that wants credentials.
     let repo = tempfile::tempdir().unwrap();

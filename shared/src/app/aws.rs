@@ -66,6 +66,7 @@ impl App {
             tokens: store.clone(),
             pools: store.clone(),
             idempotency: store.clone(),
+            audit: store.clone(),
             deployments: store.clone(),
             logs: store.clone(),
             runs: store.clone(),

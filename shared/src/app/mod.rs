@@ -192,6 +192,7 @@ impl App {
             tokens: s.clone(),
             pools: s.clone(),
             idempotency: s.clone(),
+            audit: s.clone(),
             deployments: s.clone(),
             logs: s.clone(),
             runs: s.clone(),

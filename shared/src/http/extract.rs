@@ -63,13 +63,21 @@ async fn path_params<S: Send + Sync>(
         .map_err(|e| Error::invalid(format!("invalid path: {}", e.body_text())))
 }
 
-/// The org token's holder, if the request carries a valid one (`None` for no token, a
-/// malformed header or an unknown token, which the handlers refuse themselves).
-pub(super) async fn principal(
-    state: &AppState,
-    headers: &axum::http::HeaderMap,
-) -> Result<Option<Principal>, Error> {
-    let token = headers
+/// Who a request's org token belongs to, looked up once per request by [`identify`]: `None`
+/// for no token, a malformed header or an unknown token (which the handlers refuse); and the
+/// token's public id (empty without one).
+#[derive(Debug, Clone)]
+pub(super) struct Identified(pub Option<Principal>, pub String);
+
+/// Looks the request's token up once, for the middleware that need the caller (idempotency,
+/// the audit log) and the handlers' `Auth`. A store error leaves it to `Auth` to report.
+pub(super) async fn identify(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let token = req
+        .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|v| {
@@ -77,11 +85,20 @@ pub(super) async fn principal(
                 .or_else(|| v.strip_prefix("Bearer "))
         })
         .map(str::trim)
-        .filter(|t| !t.is_empty());
-    match token {
-        Some(t) => state.deps.tokens.find_token(&token_hash(t)).await,
-        None => Ok(None),
+        .filter(|t| !t.is_empty())
+        .map(token_hash);
+    let found = match &token {
+        Some(hash) => state.deps.tokens.find_token(hash).await.ok(),
+        None => Some(None),
+    };
+    if let Some(p) = found {
+        let id = token
+            .as_deref()
+            .map(crate::domain::token_id)
+            .unwrap_or_default();
+        req.extensions_mut().insert(Identified(p, id));
     }
+    next.run(req).await
 }
 
 /// The caller, from `Authorization: token <t>`.
@@ -112,13 +129,13 @@ impl FromRequestParts<AppState> for Auth {
                     "invalid Authorization header; send 'Authorization: token <token>'".into(),
                 )
             })?;
-        let principal = state
-            .deps
-            .tokens
-            .find_token(&token_hash(token))
-            .await?
-            .ok_or_else(|| Error::Unauthorized("invalid or revoked token".into()))?;
-        Ok(Self(principal))
+        let principal = match parts.extensions.get::<Identified>() {
+            Some(Identified(p, _)) => p.clone(),
+            None => state.deps.tokens.find_token(&token_hash(token)).await?,
+        };
+        principal
+            .map(Self)
+            .ok_or_else(|| Error::Unauthorized("invalid or revoked token".into()))
     }
 }
 

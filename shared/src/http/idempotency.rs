@@ -62,10 +62,9 @@ pub(super) async fn idempotent(
         Ok(None) => return next.run(req).await,
         Err(e) => return e.into_response(),
     };
-    let org = match super::extract::principal(&state, req.headers()).await {
-        Ok(Some(p)) => p.org,
-        Ok(None) => return next.run(req).await,
-        Err(e) => return e.into_response(),
+    let org = match req.extensions().get::<super::extract::Identified>() {
+        Some(super::extract::Identified(Some(p), _)) => p.org.clone(),
+        _ => return next.run(req).await,
     };
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, super::BODY_LIMIT).await {

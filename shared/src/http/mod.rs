@@ -4,6 +4,7 @@
 //! `S` below is `/api/stacks/{org}/{project}/{stack}`.
 
 mod agent;
+mod audit;
 mod bootstrap;
 mod console;
 mod deployments;
@@ -196,6 +197,13 @@ pub fn router(deps: Arc<Deps>) -> Router {
             // GitHub sends payloads of up to 25 MB (a push of many commits).
             post(github::webhook).layer(DefaultBodyLimit::max(GITHUB_BODY_LIMIT)),
         )
+        .route("/api/orgs/{org}/auditlogs", get(audit::list))
+        .route_layer(axum::middleware::from_fn_with_state(
+            AppState {
+                deps: Arc::clone(&deps),
+            },
+            audit::record,
+        ))
         .route_layer(axum::middleware::from_fn(trace::trace_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -205,6 +213,12 @@ pub fn router(deps: Arc<Deps>) -> Router {
                 deps: Arc::clone(&deps),
             },
             idempotency::idempotent,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            AppState {
+                deps: Arc::clone(&deps),
+            },
+            extract::identify,
         ))
         .layer(axum::middleware::from_fn(console::security_headers))
         .with_state(AppState { deps })

@@ -1,5 +1,6 @@
 //! The embedded adapters: every port on one SQLite file. Production code for `tarmac serve`.
 
+mod audit;
 mod db;
 mod deployments;
 mod idempotency;

@@ -232,6 +232,29 @@ CREATE TABLE idempotency_keys (
 ) WITHOUT ROWID;
 CREATE INDEX idempotency_keys_expiry ON idempotency_keys(expires);
 "#,
+    // The audit log: append-only, which triggers enforce.
+    r#"
+CREATE TABLE audit_log (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         TEXT NOT NULL UNIQUE,
+    org        TEXT NOT NULL,
+    ts         INTEGER NOT NULL,
+    token_id   TEXT NOT NULL,
+    token_name TEXT NOT NULL,
+    admin      INTEGER NOT NULL,
+    method     TEXT NOT NULL,
+    route      TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    status     INTEGER NOT NULL,
+    source_ip  TEXT NOT NULL,
+    user_agent TEXT NOT NULL
+);
+CREATE INDEX audit_log_org ON audit_log(org, ts, seq);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -6,6 +6,7 @@
 //!
 //! One file per port, with the same names as the SQLite adapter's.
 
+mod audit;
 mod deployments;
 mod idempotency;
 mod logs;
