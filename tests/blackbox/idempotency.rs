@@ -98,6 +98,37 @@ async fn a_retried_create_answers_the_first_response_and_creates_nothing_more() 
     let (status, _, v) = post(&app, &app.token, &path, &"k".repeat(256), &body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
 
+    // A response that shows a secret once (a new token) is replayed to its retry, but never
+    // rests in plaintext: the kept body is sealed with the org's key.
+    let mint = json!({"name": "signup-bot"});
+    let (status, _, minted) = post(
+        &app,
+        &app.token,
+        "/api/orgs/default/tokens",
+        "mint-1",
+        &mint,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{minted}");
+    let (_, replayed, again) = post(
+        &app,
+        &app.token,
+        "/api/orgs/default/tokens",
+        "mint-1",
+        &mint,
+    )
+    .await;
+    assert_eq!((replayed.as_deref(), &again), (Some("true"), &minted));
+    let token = minted["tokenValue"].as_str().unwrap().as_bytes().to_vec();
+    for file in ["tarmac.db", "tarmac.db-wal"] {
+        if let Ok(bytes) = std::fs::read(app.data().join(file)) {
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_slice()),
+                "the token rests in plaintext in {file}"
+            );
+        }
+    }
+
     // Ten concurrent retries of one new request: one deployment; each answer is it, or 409.
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..10 {

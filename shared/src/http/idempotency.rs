@@ -4,6 +4,9 @@
 //! different request (method, path or body) is 422; while the first request still runs, a
 //! second one is 409. A first request that fails on the server's side (5xx) keeps nothing, so
 //! its retry runs again.
+//!
+//! A kept body is sealed with the org's key before it is stored: some responses carry a secret
+//! shown once (a new token's `tokenValue`), which must never rest in plaintext.
 
 use std::time::Duration;
 
@@ -12,6 +15,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use time::OffsetDateTime;
 
 use super::AppState;
@@ -77,9 +82,16 @@ pub(super) async fn idempotent(
     let fingerprint = sha256_hex(&request);
     let store = &state.deps.idempotency;
     let now = OffsetDateTime::now_utc();
+    let cipher = state.deps.cipher.for_org(&org);
     match store.start(&org, &key, &fingerprint, now, HOLD).await {
         Err(e) => return e.into_response(),
-        Ok(IdempotentStart::Replay(kept)) => return replay(kept),
+        Ok(IdempotentStart::Replay(kept)) => {
+            return match open(&cipher, kept) {
+                Some(kept) => replay(kept),
+                None => Error::internal("a kept response cannot be opened with this server's key")
+                    .into_response(),
+            };
+        }
         Ok(IdempotentStart::Mismatch) => {
             return Error::Unprocessable(
                 "this Idempotency-Key was used for a different request (method, path or body) in the last 24 hours".into(),
@@ -116,7 +128,7 @@ pub(super) async fn idempotent(
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
-            body: bytes.to_vec(),
+            body: cipher.seal(&STANDARD.encode(&bytes)).into_bytes(),
         };
         store
             .keep(
@@ -133,6 +145,13 @@ pub(super) async fn idempotent(
         tracing::error!(error = %e.chain(), "could not record an idempotent request's outcome");
     }
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// A kept response with its body opened.
+fn open(cipher: &crate::crypto::OrgCipher<'_>, kept: KeptResponse) -> Option<KeptResponse> {
+    let sealed = String::from_utf8(kept.body).ok()?;
+    let body = STANDARD.decode(cipher.open(&sealed)?).ok()?;
+    Some(KeptResponse { body, ..kept })
 }
 
 fn replay(kept: KeptResponse) -> Response {
