@@ -94,6 +94,12 @@ async fn a_retried_create_answers_the_first_response_and_creates_nothing_more() 
     )
     .await;
     assert_eq!((status, replayed), (StatusCode::ACCEPTED, None), "{theirs}");
+    // Keys are each token's own: another token of the org with the same key and body gets
+    // its own deployment, never the first token's response.
+    let writer = app.create_token("default", "write");
+    let (status, replayed, mine) = post(&app, &writer, &path, "signup-42", &body).await;
+    assert_eq!((status, replayed), (StatusCode::ACCEPTED, None), "{mine}");
+    assert_ne!(mine["id"], first["id"]);
     // A malformed key is a 400 that creates nothing.
     let (status, _, v) = post(&app, &app.token, &path, &"k".repeat(256), &body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
@@ -166,5 +172,5 @@ async fn a_retried_create_answers_the_first_response_and_creates_nothing_more() 
         "{answers:?}"
     );
     let (_, list) = app.get(&format!("{path}?pageSize=100")).await;
-    assert_eq!(list["deployments"].as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list["deployments"].as_array().unwrap().len(), 3, "{list}");
 }

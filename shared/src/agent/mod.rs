@@ -175,10 +175,13 @@ impl Slots {
     ) -> Result<()> {
         let mut backoff = Duration::from_millis(500);
         loop {
-            let claimed = tokio::select! {
-                r = self.api.claim(&self.hello, self.poll) => r,
-                _ = stop.cancelled() => return Ok(()),
-            };
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            // Not given up when the agent stops: the server may already have handed this
+            // claim a deployment, which is then started, stopped and failed with the agent's
+            // reason, rather than left to fail when its lease runs out.
+            let claimed = self.api.claim(&self.hello, self.poll).await;
             match claimed {
                 Ok(Some(job)) => {
                     backoff = Duration::from_millis(500);

@@ -44,6 +44,38 @@ fn manifest_of(dir: &Path) -> Result<StateManifest> {
     Ok(out)
 }
 
+/// `root.join(rel)`, its parent directories made one at a time, each a real directory: a run of
+/// the stack may have left a link among them (`.pulumi -> /data`), and following one would let
+/// this unconfined process write or remove a file anywhere. The last component is opened by the
+/// caller without following a link.
+fn beneath(root: &Path, rel: &str, create: bool) -> Result<PathBuf> {
+    let rel = files::relative(rel)
+        .ok_or_else(|| Error::invalid(format!("'{rel}' is not a plain relative path")))?;
+    let mut dir = root.to_path_buf();
+    let parents: Vec<_> = rel
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+        .collect();
+    for part in parents {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Conflict(format!(
+                    "{} is not a directory in the stack's state (a link, say); nothing was written through it",
+                    dir.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                std::fs::create_dir(&dir)?
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(root.join(rel))
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -100,11 +132,9 @@ impl StateStore for DirStateStore {
                 if current.get(rel).map(|f| f.etag.as_str()) != expected {
                     return Err(conflict(rel));
                 }
-                let path = to.join(rel);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
+                std::fs::create_dir_all(&to)?;
                 // Never through a link a run of the stack may have left in its state.
+                let path = beneath(&to, rel, true)?;
                 files::write_new(&path, &body)?;
                 manifest.insert(
                     rel.clone(),
@@ -125,9 +155,12 @@ impl StateStore for DirStateStore {
                 if current.get(&rel).map(|f| &f.etag) != manifest.get(&rel).map(|f| &f.etag) {
                     return Err(conflict(&rel));
                 }
-                match std::fs::remove_file(to.join(&rel)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
+                let removed_file = beneath(&to, &rel, false)
+                    .and_then(|path| std::fs::remove_file(path).map_err(Error::from));
+                match removed_file {
+                    Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                    Ok(()) => {}
                 }
                 manifest.remove(&rel);
                 removed += 1;
@@ -148,5 +181,45 @@ impl StateStore for DirStateStore {
 
     fn location(&self, stack: &StackRef) -> String {
         format!("the server's state directory for {stack}/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run of the stack leaves a link in its state pointing elsewhere (the data dir, another
+    /// stack's state); a save through it must write and remove nothing there.
+    #[tokio::test]
+    async fn a_save_never_follows_a_link_in_the_stacks_state() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("victim"), "keep").unwrap();
+        let store = DirStateStore::new(root.path().to_path_buf());
+        let stack = StackRef::new("o", "p", "s").unwrap();
+        let dir = stack.dir_under(root.path());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.join(".pulumi")).unwrap();
+
+        let run = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(run.path().join(".pulumi")).unwrap();
+        std::fs::write(run.path().join(".pulumi/planted"), "x").unwrap();
+        let mut saved = StateManifest::new();
+        let refused = store.save(&stack, run.path(), &mut saved).await;
+        assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+        assert!(!elsewhere.path().join("planted").exists());
+
+        // Nor does a removal: the run restored `.pulumi/victim`, and now has none.
+        let empty = tempfile::tempdir().unwrap();
+        let sha = sha256_hex(b"keep");
+        let mut saved = StateManifest::from([(
+            ".pulumi/victim".to_string(),
+            StateFile {
+                sha256: sha.clone(),
+                etag: sha,
+            },
+        )]);
+        let _ = store.save(&stack, empty.path(), &mut saved).await;
+        assert!(elsewhere.path().join("victim").exists());
     }
 }

@@ -412,10 +412,30 @@ pub(super) async fn state_save(
 ) -> Result<Json<StateSaved>> {
     held(&state, &ctx).await?;
     let req: StateSave = body(&bytes)?;
+    if let Some(bad) = req
+        .manifest
+        .0
+        .keys()
+        .find(|k| crate::runner::files::relative(k).is_none())
+    {
+        return Err(Error::invalid(format!(
+            "'{bad}' is not a plain relative path"
+        )));
+    }
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("state");
-    std::fs::create_dir_all(&dir)?;
-    write_state_files(&dir, &req.files)?;
+    let files = req.files;
+    let written_dir = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&written_dir)?;
+        write_state_files(&written_dir, &files).map_err(|e| match e {
+            // The agent's files do not make a tree (`a` and `a/b`, say): its mistake.
+            Error::Io(io) => Error::invalid(format!("the state files cannot be written: {io}")),
+            e => e,
+        })
+    })
+    .await
+    .map_err(|e| Error::internal(format!("writing state: {e}")))??;
     let mut saved = req.manifest.into();
     let result = state
         .deps
@@ -424,6 +444,13 @@ pub(super) async fn state_save(
         .await;
     let (written, removed) = match result {
         Ok(counts) => counts,
+        // A retried save whose first attempt landed (its answer was lost) finds the state
+        // already what it sends: that is success, not another run's write.
+        Err(Error::Conflict(_)) if already_saved(&state, &ctx.stack, &dir).await => {
+            let check = tmp.path().join("stored");
+            saved = state.deps.agent_state.restore(&ctx.stack, &check).await?;
+            (0, 0)
+        }
         Err(e @ Error::Conflict(_)) => {
             // No run may start from the older state until someone has looked.
             if let Err(p) = state.deps.stacks.set_stack_paused(&ctx.stack, true).await {
@@ -438,6 +465,36 @@ pub(super) async fn state_save(
         written,
         removed,
     }))
+}
+
+/// Whether the stored state is exactly the files in `dir` (same paths, same contents).
+async fn already_saved(state: &AppState, stack: &StackRef, dir: &std::path::Path) -> bool {
+    let Ok(tmp) = tempfile::tempdir() else {
+        return false;
+    };
+    let stored = tmp.path().join("stored");
+    let Ok(manifest) = state.deps.agent_state.restore(stack, &stored).await else {
+        return false;
+    };
+    let dir = dir.to_path_buf();
+    let sent = tokio::task::spawn_blocking(move || {
+        crate::runner::files::list_state_files(&dir)?
+            .into_iter()
+            .map(|rel| {
+                let sha = crate::crypto::sha256_hex(&crate::runner::files::read(&dir.join(&rel))?);
+                Ok((rel, sha))
+            })
+            .collect::<Result<std::collections::BTreeMap<String, String>>>()
+    })
+    .await;
+    let Ok(Ok(sent)) = sent else {
+        return false;
+    };
+    let stored: std::collections::BTreeMap<String, String> = manifest
+        .into_iter()
+        .map(|(rel, f)| (rel, f.sha256))
+        .collect();
+    stored == sent
 }
 
 /// `POST R/credentials`: the run's OIDC token and the cloud credentials it was exchanged for.

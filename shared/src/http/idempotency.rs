@@ -31,8 +31,9 @@ pub(super) const REPLAYED_HEADER: &str = "idempotent-replayed";
 const KEEP: Duration = Duration::from_secs(24 * 3600);
 /// How long a running request holds its key: a server that dies mid-request frees it then.
 const HOLD: Duration = Duration::from_secs(60);
-/// Larger responses are not kept (creating requests answer a few hundred bytes).
-const MAX_KEPT: usize = 256 * 1024;
+/// Larger responses are not kept (creating requests answer a few hundred bytes); sealed and
+/// encoded, a kept body grows by about 1.8 times, and a DynamoDB item holds 400 KB.
+const MAX_KEPT: usize = 160 * 1024;
 const MAX_KEY: usize = 255;
 
 /// The key, if the request carries a valid one.
@@ -67,8 +68,12 @@ pub(super) async fn idempotent(
         Ok(None) => return next.run(req).await,
         Err(e) => return e.into_response(),
     };
-    let org = match req.extensions().get::<super::extract::Identified>() {
-        Some(super::extract::Identified(Some(p), _)) => p.org.clone(),
+    // Keys are the token's own: another token of the org (a read-only one, say) never gets
+    // a response kept for this one, such as a token minted under the key.
+    let (org, key) = match req.extensions().get::<super::extract::Identified>() {
+        Some(super::extract::Identified(Some(p), token_id)) => {
+            (p.org.clone(), format!("{token_id}/{key}"))
+        }
         _ => return next.run(req).await,
     };
     let (parts, body) = req.into_parts();

@@ -40,7 +40,14 @@ impl Executor {
                     _ = tokio::time::sleep(every) => match store.heartbeat(id, &lease).await {
                         Ok(hb) if hb.cancel_requested => break StopReason::Cancelled,
                         Ok(_) => {}
-                        Err(Error::Conflict(_)) => break StopReason::LeaseLost,
+                        // Lost, or (an agent's) no longer allowed to hold it: its pool was
+                        // deleted, or its token revoked. Either way the run is not ours.
+                        Err(
+                            Error::Conflict(_)
+                            | Error::Unauthorized(_)
+                            | Error::Forbidden(_)
+                            | Error::NotFound(_),
+                        ) => break StopReason::LeaseLost,
                         // A transient store error: the lease has slack for a few misses.
                         Err(e) => tracing::warn!(error = %e.chain(), "heartbeat failed"),
                     },

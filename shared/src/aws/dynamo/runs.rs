@@ -370,7 +370,8 @@ impl RunStore for DynamoStore {
                 "gsi1pk = :pk",
                 vec![(":pk", s(pool_queue(pool)))],
                 true,
-                Some(25),
+                // Deep enough that busy or paused stacks at the head do not hide the rest.
+                Some(1000),
             )
             .await?;
         for d in queued {
