@@ -17,7 +17,7 @@ use crate::domain::schedule::firing;
 use crate::domain::{JobStatus, StackRef};
 use crate::error::Result;
 use crate::ports::{FireResult, PlannedFiring};
-use crate::service::{CreateRequest, check_pool, prepare, queued};
+use crate::service::{CreateRequest, prepare, queued};
 
 /// Queued this long, a deployment's message may have been lost; the reconciler sends it again
 /// (a duplicate is harmless: the claim is conditional).
@@ -147,16 +147,11 @@ pub async fn fire_due(deps: &Arc<Deps>, now: OffsetDateTime) -> Result<(usize, u
             let f = firing(&s.when, expected, now)?;
             let body = s.definition.get("request").cloned().unwrap_or_default();
             let request = CreateRequest::new(&s.stack, &body, "schedule", "scheduler");
-            let mut deployment = prepare(deps, &request, settings[&s.stack].as_ref())
-                // A refused request (settings gone, say) uses up its slot, and the history says why.
+            // A refused request (settings gone, or a pool deleted since they named it) uses up
+            // its slot, and the history says why.
+            let deployment = prepare(deps, &request, settings[&s.stack].as_ref())
+                .await
                 .map_err(|e| e.to_string());
-            // A pool deleted since the settings named it, or one of another org's.
-            if let Ok(d) = &deployment
-                && let Err(e) =
-                    check_pool(deps, &s.stack.org, d.config.spec().agent_pool.as_deref()).await
-            {
-                deployment = Err(e.to_string());
-            }
             skipped += f.skipped.len();
             planned.push(PlannedFiring {
                 stack: s.stack,

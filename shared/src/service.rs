@@ -76,12 +76,24 @@ fn required_operation(op: Option<String>) -> Result<Operation> {
 
 /// Builds the deployment a request asks for, without storing it: the request's settings are
 /// merged over `stored` (the stack's settings) unless `inheritSettings` is false, and the
-/// result must be a run this server can carry out (a source it may clone, valid options).
-pub(crate) fn prepare(
+/// result must be a run this server can carry out (a source it may clone, valid options, an
+/// agent pool of the stack's org). Every way a deployment is made goes through here.
+pub(crate) async fn prepare(
     deps: &Deps,
     req: &CreateRequest<'_>,
     stored: Option<&Value>,
 ) -> Result<NewDeployment> {
+    let new = build(deps, req, stored)?;
+    check_pool(
+        deps,
+        &req.stack.org,
+        new.config.spec().agent_pool.as_deref(),
+    )
+    .await?;
+    Ok(new)
+}
+
+fn build(deps: &Deps, req: &CreateRequest<'_>, stored: Option<&Value>) -> Result<NewDeployment> {
     let (operation, inherit, rest) =
         settings::split_create_request(req.body, req.inherit_by_default)?;
     let operation = required_operation(operation)?;
@@ -119,13 +131,7 @@ pub(crate) async fn create(deps: &Deps, req: &CreateRequest<'_>) -> Result<Deplo
         .get_settings(req.stack)
         .await?
         .map(|s| s.settings);
-    let new = prepare(deps, req, stored.as_ref())?;
-    check_pool(
-        deps,
-        &req.stack.org,
-        new.config.spec().agent_pool.as_deref(),
-    )
-    .await?;
+    let new = prepare(deps, req, stored.as_ref()).await?;
     let d = deps.deployments.create_deployment(new).await?;
     queued(deps, &d).await;
     Ok(d)

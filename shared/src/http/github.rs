@@ -184,13 +184,7 @@ async fn create(
         }),
         ..crate::service::CreateRequest::new(&t.stack, &request, "github", "github")
     };
-    let new = crate::service::prepare(&state.deps, &create, Some(&settings))?;
-    crate::service::check_pool(
-        &state.deps,
-        &t.stack.org,
-        new.config.spec().agent_pool.as_deref(),
-    )
-    .await?;
+    let new = crate::service::prepare(&state.deps, &create, Some(&settings)).await?;
     let created = async {
         let d = state.deps.deployments.create_deployment(new).await?;
         crate::service::queued(&state.deps, &d).await;
