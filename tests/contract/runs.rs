@@ -365,6 +365,15 @@ pub(crate) async fn racing_claims_start_exactly_one_run(b: Backend) {
     assert_eq!(status(&b, &st, id).await, JobStatus::Accepted);
 }
 
+/// The built-in workers' next claim, by id.
+async fn next_built_in(b: &Backend, w: &Lease) -> Option<Uuid> {
+    b.runs
+        .claim_next(w, tarmac::domain::pools::ClaimQueue::BuiltIn)
+        .await
+        .unwrap()
+        .map(|c| c.deployment.id)
+}
+
 /// The embedded queue (`claim_next`) picks the oldest claimable deployment across stacks.
 #[tokio::test]
 async fn sqlite_claim_next_takes_the_oldest_claimable_deployment() {
@@ -374,44 +383,11 @@ async fn sqlite_claim_next_takes_the_oldest_claimable_deployment() {
     let a2 = create(&b, &a, Operation::Update).await;
     let c1 = create(&b, &c, Operation::Update).await;
     let w = lease("w", 60_000);
-    assert_eq!(
-        b.runs
-            .claim_next(&w, tarmac::domain::pools::ClaimQueue::BuiltIn)
-            .await
-            .unwrap()
-            .unwrap()
-            .deployment
-            .id,
-        a1
-    );
-    assert_eq!(
-        b.runs
-            .claim_next(&w, tarmac::domain::pools::ClaimQueue::BuiltIn)
-            .await
-            .unwrap()
-            .unwrap()
-            .deployment
-            .id,
-        c1
-    );
-    assert!(
-        b.runs
-            .claim_next(&w, tarmac::domain::pools::ClaimQueue::BuiltIn)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_eq!(next_built_in(&b, &w).await, Some(a1));
+    assert_eq!(next_built_in(&b, &w).await, Some(c1));
+    assert_eq!(next_built_in(&b, &w).await, None);
     b.runs.finish(a1, &w, JobStatus::Succeeded).await.unwrap();
-    assert_eq!(
-        b.runs
-            .claim_next(&w, tarmac::domain::pools::ClaimQueue::BuiltIn)
-            .await
-            .unwrap()
-            .unwrap()
-            .deployment
-            .id,
-        a2
-    );
+    assert_eq!(next_built_in(&b, &w).await, Some(a2));
 }
 
 pub(crate) async fn only_the_lease_holder_of_a_running_deployment_is_recognised(b: Backend) {

@@ -281,11 +281,7 @@ impl StateStore for RemoteRun {
             .ok_or_else(|| Error::Upstream("the state answer is empty".into()))?;
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
-            std::fs::create_dir_all(&dir)?;
+            crate::runner::files::fresh_dir(&dir)?;
             write_state_files(&dir, &state.files).map_err(|e| {
                 Error::Upstream(format!(
                     "the server sent state this agent cannot write: {e}"

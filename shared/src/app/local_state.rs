@@ -87,11 +87,7 @@ impl StateStore for DirStateStore {
     async fn restore(&self, stack: &StackRef, dir: &Path) -> Result<StateManifest> {
         let (from, to) = (self.dir(stack), dir.to_path_buf());
         blocking(move || {
-            match std::fs::remove_dir_all(&to) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
-            std::fs::create_dir_all(&to)?;
+            files::fresh_dir(&to)?;
             let manifest = manifest_of(&from)?;
             for rel in manifest.keys() {
                 let path = to.join(rel);

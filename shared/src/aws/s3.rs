@@ -107,11 +107,10 @@ pub fn client(sdk: &aws_config::SdkConfig) -> Client {
 #[async_trait]
 impl StateStore for S3StateStore {
     async fn restore(&self, stack: &StackRef, dir: &Path) -> Result<StateManifest> {
-        match tokio::fs::remove_dir_all(dir).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-        tokio::fs::create_dir_all(dir).await?;
+        let fresh = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::runner::files::fresh_dir(&fresh))
+            .await
+            .map_err(|e| Error::internal(format!("clearing the state directory: {e}")))??;
         let prefix = Self::prefix(stack);
         let mut manifest = StateManifest::new();
         for key in self.keys(stack).await? {

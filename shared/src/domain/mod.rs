@@ -223,6 +223,17 @@ pub struct TokenInfo {
     pub created: OffsetDateTime,
 }
 
+/// A name people give a token or an agent pool: 1 to 100 characters, no control characters.
+pub fn validate_label(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        return Err(Error::invalid("name is required: 1 to 100 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid("name must not contain control characters"));
+    }
+    Ok(())
+}
+
 /// A token's public id, from its hash.
 pub fn token_id(hash: &str) -> String {
     hash.chars().take(24).collect()

@@ -43,22 +43,8 @@ impl AgentInfo {
     }
 }
 
-/// The longest pool name and description.
-pub const MAX_POOL_NAME: usize = 100;
+/// The longest pool description.
 pub const MAX_POOL_DESCRIPTION: usize = 1000;
-
-/// A pool's name: 1 to 100 characters, no control characters.
-pub fn validate_pool_name(name: &str) -> Result<()> {
-    if name.trim().is_empty() || name.chars().count() > MAX_POOL_NAME {
-        return Err(Error::invalid(format!(
-            "name is required: 1 to {MAX_POOL_NAME} characters"
-        )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(Error::invalid("name must not contain control characters"));
-    }
-    Ok(())
-}
 
 /// A pool's description: at most 1000 characters.
 pub fn validate_pool_description(description: &str) -> Result<()> {

@@ -86,6 +86,9 @@ pub(super) async fn identify(
         })
         .map(str::trim)
         .filter(|t| !t.is_empty())
+        // A pool token is no org token: the agent API checks it itself, so each agent call
+        // (heartbeats, log batches) costs one token lookup, not two.
+        .filter(|t| !t.starts_with(super::POOL_TOKEN_PREFIX))
         .map(token_hash);
     let found = match &token {
         Some(hash) => state.deps.tokens.find_token(hash).await.ok(),

@@ -11,9 +11,8 @@ use time::OffsetDateTime;
 use super::AppState;
 use super::extract::{JsonBody, OrgCtx, Params, Query, param};
 use crate::crypto::{new_secret, token_hash};
-use crate::domain::pools::{
-    AgentPool, parse_pool_id, validate_pool_description, validate_pool_name,
-};
+use crate::domain::pools::{AgentPool, parse_pool_id, validate_pool_description};
+use crate::domain::validate_label;
 use crate::error::{Error, Result};
 use crate::json::member;
 
@@ -77,7 +76,7 @@ pub(super) async fn create(
 ) -> Result<Json<Value>> {
     ctx.require_admin()?;
     let name = text(&body, "name")?.unwrap_or_default();
-    validate_pool_name(&name)?;
+    validate_label(&name)?;
     let description = text(&body, "description")?.unwrap_or_default();
     validate_pool_description(&description)?;
     let pool = AgentPool {
@@ -150,7 +149,7 @@ pub(super) async fn patch(
     let name = text(&body, "name")?;
     let description = text(&body, "description")?;
     if let Some(n) = &name {
-        validate_pool_name(n)?;
+        validate_label(n)?;
     }
     if let Some(d) = &description {
         validate_pool_description(d)?;

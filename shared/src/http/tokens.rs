@@ -11,7 +11,7 @@ use super::AppState;
 use super::extract::{JsonBody, OrgCtx, Params, param};
 use crate::crypto::{new_token, token_hash};
 use crate::domain::time_fmt::rfc3339;
-use crate::domain::{Role, token_id};
+use crate::domain::{Role, token_id, validate_label};
 use crate::error::{Error, Result};
 use crate::json::member;
 
@@ -40,12 +40,10 @@ pub(super) async fn create(
 ) -> Result<Json<Value>> {
     ctx.require_admin()?;
     let name = match member(&body, "name") {
-        Some(Value::String(n)) if !n.trim().is_empty() && n.len() <= 100 => n.trim().to_string(),
-        _ => return Err(Error::invalid("name is required: 1 to 100 characters")),
+        Some(Value::String(n)) => n.trim().to_string(),
+        _ => String::new(),
     };
-    if name.chars().any(char::is_control) {
-        return Err(Error::invalid("name must not contain control characters"));
-    }
+    validate_label(&name)?;
     let role: Role = match member(&body, "role") {
         None => Role::Write,
         Some(Value::String(r)) => r.parse()?,

@@ -76,6 +76,15 @@ pub(crate) fn append(path: &Path, text: &str) -> io::Result<()> {
     .write_all(text.as_bytes())
 }
 
+/// Makes `dir` an empty directory, whatever was there: where a state store restores into.
+pub(crate) fn fresh_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::create_dir_all(dir)
+}
+
 /// A key's path below the stack's prefix, if it is a plain relative path to a file: no `..`,
 /// no root, no `.`, no empty segment (two keys could otherwise name one file), no folder key.
 pub(crate) fn relative(rel: &str) -> Option<PathBuf> {

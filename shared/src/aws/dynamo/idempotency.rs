@@ -106,7 +106,7 @@ impl IdempotencyStore for DynamoStore {
         let mut tx = self.tx();
         tx.delete_if(
             idem_key(org, key),
-            "#fingerprint = :fp AND attribute_not_exists(#status)",
+            Some("#fingerprint = :fp AND attribute_not_exists(#status)"),
             vec![(":fp", s(fingerprint))],
         );
         let _ = self.commit(tx).await?;

@@ -208,13 +208,18 @@ impl Tx {
             .push(TransactWriteItem::builder().condition_check(c).build());
     }
 
-    /// A conditional delete whose condition compares with values.
-    pub(super) fn delete_if(&mut self, key: Item, cond: &str, vals: Vec<(&str, AttributeValue)>) {
+    /// A delete, conditional on `cond` (whose `:values` are `vals`) if given.
+    pub(super) fn delete_if(
+        &mut self,
+        key: Item,
+        cond: Option<&str>,
+        vals: Vec<(&str, AttributeValue)>,
+    ) {
         let d = Delete::builder()
             .table_name(&self.table)
             .set_key(Some(key))
-            .condition_expression(cond)
-            .set_expression_attribute_names(names(&[cond]))
+            .set_condition_expression(cond.map(str::to_string))
+            .set_expression_attribute_names(cond.and_then(|c| names(&[c])))
             .set_expression_attribute_values(values(vals))
             .build()
             .expect("table and key are set");
@@ -223,15 +228,7 @@ impl Tx {
     }
 
     pub(super) fn delete(&mut self, key: Item, cond: Option<&str>) {
-        let d = Delete::builder()
-            .table_name(&self.table)
-            .set_key(Some(key))
-            .set_condition_expression(cond.map(str::to_string))
-            .set_expression_attribute_names(cond.and_then(|c| names(&[c])))
-            .build()
-            .expect("table and key are set");
-        self.items
-            .push(TransactWriteItem::builder().delete(d).build());
+        self.delete_if(key, cond, vec![]);
     }
 }
 
