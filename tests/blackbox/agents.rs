@@ -170,6 +170,16 @@ async fn the_pool_api_shows_a_token_once_and_refuses_what_it_must() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     }
     let (id, token) = create_pool(&app, "private-net").await;
+    // Only the token's hash is stored.
+    for file in ["tarmac.db", "tarmac.db-wal"] {
+        if let Ok(bytes) = std::fs::read(app.data().join(file)) {
+            let t = token.as_bytes();
+            assert!(
+                !bytes.windows(t.len()).any(|w| w == t),
+                "the pool token rests in plaintext in {file}"
+            );
+        }
+    }
 
     let (status, v) = app.get("/api/orgs/default/agent-pools").await;
     assert_eq!(status, StatusCode::OK);

@@ -38,6 +38,7 @@ mod git_server;
 mod infra;
 mod notifications;
 mod oidc;
+mod pools;
 mod sandbox;
 mod scheduler;
 mod state;
