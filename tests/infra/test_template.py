@@ -172,13 +172,17 @@ def test_production_defaults(resources):
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expires", "Enabled": True}
     queue = resources["Queue"]["Properties"]
     assert queue["FifoQueue"] and queue["ContentBasedDeduplication"] is False
-    assert queue["VisibilityTimeout"] > resources["WorkerFunction"]["Properties"]["Timeout"]
+    # Above the longest worker invocation the template allows.
+    parameters = yaml_parse(TEMPLATE.read_text())["Parameters"]
+    assert queue["VisibilityTimeout"] > parameters["WorkerTimeout"]["MaxValue"] == 900
+    assert parameters["DeploymentTimeout"]["MaxValue"] <= 900 - 60
     assert queue["SqsManagedSseEnabled"] and resources["DeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"]
     assert queue["RedrivePolicy"]["maxReceiveCount"] >= 1
     for worker in ["WorkerFunction", "WorkerImageFunction"]:
         esm = resources[f"{worker}Deployments"]["Properties"]
         assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
         assert esm["BatchSize"] == 1 and "MaximumConcurrency" in esm["ScalingConfig"]
+        assert resources[worker]["Properties"]["Timeout"] == {"Ref": "WorkerTimeout"}
     tick = resources["SchedulerFunctionTick"]["Properties"]
     assert tick["ScheduleExpression"] == "rate(1 minute)"
     bucket = resources["StateBucket"]["Properties"]

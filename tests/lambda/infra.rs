@@ -276,6 +276,16 @@ impl Drop for AgentProcess {
     }
 }
 
+/// The bundle is deployed with this worker invocation limit (the template's least), so that a
+/// run can outlast it in a test.
+const WORKER_TIMEOUT_SECS: u64 = 120;
+
+/// What each of the two long runs does before its Terraform program: longer than the worker's
+/// invocation.
+fn outlast_the_worker(what: &str) -> String {
+    format!("echo {what} in $PWD; sleep {}", WORKER_TIMEOUT_SECS + 5)
+}
+
 async fn the_agent_runs_a_pools_deployment(api: &Api, remote: &GitServer) {
     let (status, pool) = api
         .call(
@@ -321,7 +331,7 @@ async fn the_agent_runs_a_pools_deployment(api: &Api, remote: &GitServer) {
                     "repoUrl": remote.url, "branch": "main",
                     "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
                 }},
-                "operationContext": {"preRunCommands": ["echo agent run in $PWD; sleep 35"]},
+                "operationContext": {"preRunCommands": [outlast_the_worker("agent run")]},
             })),
         )
         .await;
@@ -335,7 +345,7 @@ async fn the_agent_runs_a_pools_deployment(api: &Api, remote: &GitServer) {
         logs.contains(&format!("agent run in {}", dir.display())),
         "{logs}"
     );
-    assert!(took > Duration::from_secs(30), "{took:?}");
+    assert!(took > Duration::from_secs(WORKER_TIMEOUT_SECS), "{took:?}");
     assert!(
         logs.contains("Apply complete! Resources: 1 added"),
         "{logs}"
@@ -363,6 +373,39 @@ async fn the_agent_runs_a_pools_deployment(api: &Api, remote: &GitServer) {
     tokio::time::sleep(Duration::from_secs(3)).await;
 }
 
+/// The same long run on the worker: the invocation's end stops it, and it fails, saying why.
+async fn the_worker_fails_a_run_longer_than_its_invocation(api: &Api, remote: &GitServer) {
+    let stack = "acme/site/long";
+    let (status, v) = api
+        .call(
+            "POST",
+            &format!("/api/stacks/{stack}/deployments/settings"),
+            Some(json!({
+                "sourceContext": {"git": {
+                    "repoUrl": remote.url, "branch": "main",
+                    "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
+                }},
+                "operationContext": {"preRunCommands": [outlast_the_worker("worker run")]},
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = api
+        .call(
+            "POST",
+            &format!("/api/stacks/{stack}/deployments"),
+            Some(json!({"operation": "update"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().unwrap();
+    let run = api.finished(stack, id).await;
+    let logs = api.logs(stack, id).await;
+    assert_eq!(run["status"], "failed", "{run}\n{logs}");
+    assert!(logs.contains("worker run in"), "{logs}");
+    assert!(logs.contains(tarmac::lambda::INVOCATION_ENDING), "{logs}");
+}
+
 #[tokio::test]
 async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     require!(Emulator, Tools, Browser);
@@ -385,6 +428,8 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
         "us-east-1",
         "--arch",
         "x86_64",
+        "--parameter",
+        &format!("WorkerTimeout={WORKER_TIMEOUT_SECS}"),
         "--json",
     ]));
     assert_eq!(out["status"], "UPDATE_COMPLETE", "{out}");
@@ -584,9 +629,13 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
 
     // An agent pool of the deployed bundle, served by a `tarmac agent` on this machine through
     // the gateway's agent route (the agent gateway function, with its own role). Its run lasts
-    // longer than any Lambda invocation that serves it (the gateway's 29 s), never goes through
-    // SQS, and keeps its state in the state bucket through the gateway.
-    the_agent_runs_a_pools_deployment(&api, &remote).await;
+    // longer than the worker's invocation limit, and succeeds; the same run on the worker,
+    // meanwhile, is stopped by that limit and fails. The agent's run never goes through SQS,
+    // and keeps its state in the state bucket through the gateway.
+    tokio::join!(
+        the_agent_runs_a_pools_deployment(&api, &remote),
+        the_worker_fails_a_run_longer_than_its_invocation(&api, &remote),
+    );
 
     // The EventBridge rule's tick fires a one-time schedule.
     let now = time::OffsetDateTime::now_utc()

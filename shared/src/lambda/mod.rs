@@ -90,7 +90,8 @@ fn strip_stage(mut req: lambda_http::Request) -> lambda_http::Request {
 /// Written in a run's log when the invocation is about to end under it.
 pub const INVOCATION_ENDING: &str = "The worker's Lambda invocation was about to end, so the deployment was stopped and failed; \
      it is not retried, because an interrupted engine run is not safe to repeat blindly. \
-     Give the deployment a timeout under the worker's Lambda limit (15 minutes less a safety margin).";
+     Give the deployment a timeout under the worker's Lambda limit (its timeout, 15 minutes at most, less a safety margin), \
+     or route the stack to an agent pool (its agentPoolID setting) to run it for longer.";
 
 /// Handles a batch from the SQS FIFO queue. Each message is one deployment: claimed under a
 /// lease (a redelivered message finds it claimed and does nothing) and run to its end. Messages
