@@ -18,6 +18,7 @@ pub struct Deps {
     pub pools: Arc<dyn AgentPoolStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub audit: Arc<dyn AuditLog>,
+    pub bulk: Arc<dyn BulkStore>,
     pub deployments: Arc<dyn DeploymentStore>,
     pub logs: Arc<dyn LogStore>,
     pub runs: Arc<dyn RunStore>,

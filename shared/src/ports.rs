@@ -10,6 +10,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::approvals::Ballot;
+use crate::domain::bulk::BulkOperation;
 use crate::domain::hooks::{Hook, HookScope};
 use crate::domain::keys::SigningKey;
 use crate::domain::pools::{AgentInfo, AgentPool, ClaimQueue, PoolDeleted};
@@ -80,6 +82,11 @@ pub trait OrgStore: Send + Sync {
     async fn set_org_paused(&self, org: &str, paused: bool) -> Result<()>;
     /// Whether the org is paused (false for an org never paused). One read.
     async fn org_paused(&self, org: &str) -> Result<bool>;
+    /// The org's concurrency limit, and how many deployments it runs now.
+    async fn org_limit(&self, org: &str) -> Result<OrgLimit>;
+    /// Sets (or with `None`, removes) the org's concurrency limit. Claims beyond it wait;
+    /// runs already going are not stopped.
+    async fn set_org_limit(&self, org: &str, max_concurrent: Option<u32>) -> Result<()>;
     /// Pause flags and deployment counts; reads every deployment's status in the org.
     async fn org_state(&self, org: &str) -> Result<OrgState>;
     /// An integration's stored configuration (`kind`: `github`), secrets sealed.
@@ -149,6 +156,15 @@ pub trait AuditLog: Send + Sync {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<AuditEvent>, Option<String>)>;
+}
+
+/// Bulk requests, kept as they were answered, for their progress and cancellation.
+#[async_trait]
+pub trait BulkStore: Send + Sync {
+    /// Stores a bulk request; `Error::Conflict` if its id is taken.
+    async fn put_bulk(&self, op: &BulkOperation) -> Result<()>;
+    /// `None` if the org has no bulk request with this id.
+    async fn get_bulk(&self, org: &str, id: Uuid) -> Result<Option<BulkOperation>>;
 }
 
 /// A response kept for an `Idempotency-Key`, to answer a retry with.
@@ -267,6 +283,19 @@ pub trait DeploymentStore: Send + Sync {
     /// The deployment whose update has this version; `None` if there is none.
     async fn update_by_version(&self, stack: &StackRef, version: i64)
     -> Result<Option<Deployment>>;
+
+    /// Records an approver's decision on a queued deployment, atomically: the stored
+    /// approval's `Approval::decide` makes the next one (or refuses), and the write is
+    /// conditional on nothing having changed since the read. Approved, the deployment may be
+    /// claimed; rejected, it is `skipped` with the reason in its log. Returns the deployment as
+    /// written. `Error::NotFound` for no such deployment; `Error::Conflict` if it is not queued
+    /// or has no approval to decide.
+    async fn decide_approval(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+        ballot: &Ballot,
+    ) -> Result<Deployment>;
 }
 
 /// A deployment a worker holds, with what it needs to run it.
@@ -288,6 +317,9 @@ pub enum ClaimOutcome {
     Paused,
     /// `skipIntermediateDeployments` made it redundant; it is now `skipped`.
     Skipped,
+    /// It, or the deployment queued ahead of it, waits for approval: deciding it sends the
+    /// stack's queue again.
+    AwaitingApproval,
 }
 
 /// What a worker learns when it renews its lease.
@@ -364,6 +396,9 @@ pub trait RunStore: Send + Sync {
     /// Queued deployments created before `cutoff`, oldest first: what a reconciler re-sends
     /// when a queue message may have been lost.
     async fn queued_before(&self, cutoff: OffsetDateTime) -> Result<Vec<QueueMessage>>;
+
+    /// Where a queued deployment stands: how many are queued ahead of it, and what holds it.
+    async fn queue_state(&self, d: &Deployment) -> Result<QueueState>;
 
     /// Fails every deployment whose lease expired before `now` (its worker died), with a log
     /// line saying so, and skips those queued since before `queue_expiry`. Returns what it

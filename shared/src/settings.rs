@@ -60,11 +60,20 @@ const VCS_FIELDS: &[(&str, Shape)] = &[
     ("reviewStackLabels", StrList),
 ];
 
-/// `DeploymentSettingsRequest`, plus Tarmac's extensions under `operationContext.options`
-/// (`timeout` in seconds, `engine`), which Pulumi clients ignore.
+/// `DeploymentSettingsRequest`, plus Tarmac's extensions, which Pulumi clients ignore:
+/// `operationContext.options` `timeout` (seconds) and `engine`, and `approvals`.
 pub(crate) const SETTINGS: Shape = Obj(&[
     ("tag", Str),
     ("agentPoolID", Str),
+    (
+        "approvals",
+        Obj(&[
+            ("operations", StrList),
+            ("required", Int),
+            ("approvers", StrList),
+            ("expiresAfter", Int),
+        ]),
+    ),
     (
         "executorContext",
         Obj(&[

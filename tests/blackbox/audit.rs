@@ -137,3 +137,131 @@ async fn every_change_is_recorded_with_who_what_when_where_and_its_outcome() {
     let (_, none) = app.get("/api/orgs/default/auditlogs?endTime=1000").await;
     assert_eq!(none["auditLogEvents"], json!([]), "{none}");
 }
+
+/// Each kind of change the issue names lands in the log (settings, deployments, approvals,
+/// tokens, hooks, pauses, schedules, tags, stacks, bulk requests), and no secret sent with
+/// any of them, nor any token, appears in it.
+#[tokio::test]
+async fn every_kind_of_change_is_recorded_and_no_secret_is() {
+    let app = TestApp::spawn().await;
+    let repo = TestRepo::new();
+    let canary = "canary-7d1e-secret";
+    let s = stack("kinds");
+    let mut settings = repo.settings();
+    settings["operationContext"] = json!({"environmentVariables": {"K": {"secret": canary}}});
+    settings["approvals"] = json!({"operations": ["update"]});
+    let ok = |status: StatusCode, v: &Value| assert!(status.is_success(), "{status}: {v}");
+    let (st, v) = app
+        .post(&format!("/api/stacks/{s}/deployments/settings"), settings)
+        .await;
+    ok(st, &v);
+    let (st, v) = app
+        .post(
+            &format!("/api/stacks/{s}/tags"),
+            json!({"name": "team", "value": "core"}),
+        )
+        .await;
+    ok(st, &v);
+    let (st, v) = app
+        .post(
+            &format!("/api/stacks/{s}/deployments/schedules"),
+            json!({"scheduleCron": "0 3 * * *", "request": {"operation": "update"}}),
+        )
+        .await;
+    ok(st, &v);
+    let (st, v) = app
+        .post("/api/orgs/default/hooks", json!({"organizationName": "default", "displayName": "audited", "payloadUrl": "http://127.0.0.1:9/hook", "secret": canary, "active": true}))
+        .await;
+    ok(st, &v);
+    let (st, v) = app
+        .post(
+            "/api/orgs/default/tokens",
+            json!({"name": "requester", "role": "write"}),
+        )
+        .await;
+    ok(st, &v);
+    let requester = v["tokenValue"].as_str().unwrap().to_string();
+    let (st, v) = app
+        .post(
+            "/api/orgs/default/tokens",
+            json!({"name": "short-lived", "role": "read"}),
+        )
+        .await;
+    ok(st, &v);
+    let (short_id, short_value) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["tokenValue"].as_str().unwrap().to_string(),
+    );
+    let (st, v) = app
+        .delete(&format!("/api/orgs/default/tokens/{short_id}"))
+        .await;
+    ok(st, &v);
+    let (st, v) = app
+        .post(&format!("/api/stacks/{s}/deployments/pause"), json!({}))
+        .await;
+    ok(st, &v);
+    let (st, v) = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/stacks/{s}/deployments"),
+            Some(&requester),
+            Some(json!({"operation": "update"}).to_string().into_bytes()),
+        )
+        .await;
+    ok(st, &v);
+    let id = v["id"].as_str().unwrap().to_string();
+    let (st, v) = app
+        .post(
+            &format!("/api/stacks/{s}/deployments/{id}/approve"),
+            json!({"comment": "fine"}),
+        )
+        .await;
+    ok(st, &v);
+    let (st, v) = app
+        .post("/api/stacks/default/proj", json!({"stackName": "signup", "deploymentSettings": {"operationContext": {"environmentVariables": {"K": {"secret": canary}}}}}))
+        .await;
+    ok(st, &v);
+    let (st, v) = app
+        .post(
+            "/api/orgs/default/deployments/bulk",
+            json!({"operation": "preview", "stacks": ["proj/kinds"]}),
+        )
+        .await;
+    ok(st, &v);
+    let (st, v) = app
+        .post(
+            &format!("/api/stacks/{s}/deployments/{id}/cancel"),
+            json!({}),
+        )
+        .await;
+    ok(st, &v);
+
+    let (status, log) = app.get("/api/orgs/default/auditlogs").await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let events: Vec<&str> = log["auditLogEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for want in [
+        "POST /api/stacks/{org}/{project}/{stack}/deployments/settings",
+        "POST /api/stacks/{org}/{project}/{stack}/tags",
+        "POST /api/stacks/{org}/{project}/{stack}/deployments/schedules",
+        "POST /api/orgs/{org}/hooks",
+        "POST /api/orgs/{org}/tokens",
+        "DELETE /api/orgs/{org}/tokens/{id}",
+        "POST /api/stacks/{org}/{project}/{stack}/deployments/pause",
+        "POST /api/stacks/{org}/{project}/{stack}/deployments",
+        "POST /api/stacks/{org}/{project}/{stack}/deployments/{id}/approve",
+        "POST /api/stacks/{org}/{project}",
+        "POST /api/orgs/{org}/deployments/bulk",
+        "POST /api/stacks/{org}/{project}/{stack}/deployments/{id}/cancel",
+    ] {
+        assert!(events.contains(&want), "{want} is not in {events:#?}");
+    }
+    let text = log.to_string();
+    for secret in [canary, &requester, &short_value, &app.token] {
+        assert!(!text.contains(secret), "{secret} is in the log: {text}");
+    }
+}

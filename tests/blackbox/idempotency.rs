@@ -174,3 +174,91 @@ async fn a_retried_create_answers_the_first_response_and_creates_nothing_more() 
     let (_, list) = app.get(&format!("{path}?pageSize=100")).await;
     assert_eq!(list["deployments"].as_array().unwrap().len(), 3, "{list}");
 }
+
+/// The signup flow in one request: the stack, its tags, its settings and its first update,
+/// made once however often a client retries it, and refused whole when any part is bad.
+#[tokio::test]
+async fn one_request_provisions_a_stack_with_tags_settings_and_its_first_update() {
+    require!(Tools);
+    let app = TestApp::spawn().await;
+    let repo = TestRepo::new();
+    let mut settings = repo.settings();
+    settings["operationContext"] =
+        json!({"environmentVariables": {"CUSTOMER": "42", "API_KEY": {"secret": "signup-secret"}}});
+    let signup = json!({
+        "stackName": "customer-42",
+        "tags": {"customer": "42", "plan": "pro"},
+        "deploymentSettings": settings,
+        "deployment": {"operation": "update"},
+    });
+    let path = "/api/stacks/default/tenants";
+
+    // Bad parts are refused before anything is written.
+    for (i, bad, want) in [
+        (
+            json!({"deploymentSettings": {"operationContext": {"options": {"timeout": -1}}}}),
+            "timeout",
+        ),
+        (json!({"deployment": {"operation": "explode"}}), "explode"),
+        (
+            json!({"deployment": "update"}),
+            "deployment must be an object",
+        ),
+        (
+            json!({"deploymentSettings": []}),
+            "deploymentSettings must be an object",
+        ),
+        (json!({"tags": {"": "x"}}), "tag"),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (bad, want))| (i, bad, want))
+    {
+        let mut body = signup.clone();
+        for (k, v) in bad.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, _, v) = post(&app, &app.token, path, &format!("bad-{i}"), &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(want), "{bad}: {v}");
+        let (status, v) = app.get("/api/stacks/default/tenants/customer-42").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad} left a stack: {v}");
+    }
+
+    let (status, replayed, first) =
+        post(&app, &app.token, path, "signup-customer-42", &signup).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(replayed, None);
+    assert_eq!(first["stackName"], "customer-42");
+    assert_eq!(first["deployment"]["version"], 1, "{first}");
+    // A retry (a timeout on the client's side, say) gets the same answer and makes nothing.
+    let (status, replayed, again) =
+        post(&app, &app.token, path, "signup-customer-42", &signup).await;
+    assert_eq!(
+        (status, replayed.as_deref()),
+        (StatusCode::OK, Some("true"))
+    );
+    assert_eq!(again, first);
+    // Without the key, the stack exists: 409, as Pulumi answers.
+    let (status, v) = app.post(path, signup.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+
+    let s = "default/tenants/customer-42";
+    let id = first["deployment"]["id"].as_str().unwrap();
+    let done = app.wait_for(s, id, Some("succeeded")).await;
+    assert_eq!(done["version"], 1);
+    let (_, list) = app.get(&format!("/api/stacks/{s}/deployments")).await;
+    assert_eq!(list["total"], 1, "one deployment: {list}");
+    let (_, stack) = app.get(&format!("/api/stacks/{s}")).await;
+    assert_eq!(stack["tags"]["customer"], "42", "{stack}");
+    assert_eq!(stack["tags"]["plan"], "pro", "{stack}");
+    let (_, stored) = app
+        .get(&format!("/api/stacks/{s}/deployments/settings"))
+        .await;
+    assert_eq!(
+        stored["operationContext"]["environmentVariables"]["CUSTOMER"], "42",
+        "{stored}"
+    );
+    assert!(!stored.to_string().contains("signup-secret"), "{stored}");
+    assert!(!first.to_string().contains("signup-secret"), "{first}");
+}

@@ -14,9 +14,11 @@ mod support;
 
 mod agents;
 mod api;
+mod approvals;
 mod audit;
 mod auth;
 mod bad_input;
+mod bulk;
 mod cli;
 mod console;
 mod drills;

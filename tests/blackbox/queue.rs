@@ -305,3 +305,238 @@ async fn sigterm_lets_runs_finish_within_the_grace_then_fails_the_rest() {
             .contains("Tarmac shut down before the deployment finished")
     );
 }
+
+/// A queued deployment says where it stands: its position counts down as the runs ahead of it
+/// end, and `waitingFor` names what holds it (its stack, a pause, its org's limit, a worker).
+#[tokio::test]
+async fn a_queued_deployment_shows_its_position_counting_down_and_what_holds_it() {
+    require!(Tools);
+    let app = TestApp::spawn_with(&["--workers", "1"]).await;
+    let repo = TestRepo::new();
+    let mut settings = repo.settings();
+    settings["operationContext"] = json!({"preRunCommands": ["sleep 1"]});
+    let stacks: Vec<String> = (0..4).map(|i| stack(&format!("pos{i}"))).collect();
+    for s in &stacks {
+        app.post(
+            &format!("/api/stacks/{s}/deployments/settings"),
+            settings.clone(),
+        )
+        .await;
+    }
+    let ids: Vec<String> = {
+        let mut ids = vec![];
+        for s in &stacks {
+            ids.push(app.deploy(s, json!({"operation": "update"})).await);
+        }
+        ids
+    };
+    // A second one on the first stack waits for its stack.
+    let same = app.deploy(&stacks[0], json!({"operation": "update"})).await;
+    let d = app.deployment(&stacks[0], &same).await;
+    assert_eq!(d["queue"]["waitingFor"], "stack", "{d}");
+    // The last of the four counts down to the front, then starts.
+    let mut seen: Vec<u64> = vec![];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = app.deployment(&stacks[3], &ids[3]).await;
+        if d["status"] != "not-started" {
+            assert!(d.get("queue").is_none(), "{d}");
+            break;
+        }
+        let q = &d["queue"];
+        assert_eq!(q["waitingFor"], "worker", "{d}");
+        assert_eq!(
+            q["position"].as_u64().unwrap(),
+            q["ahead"].as_u64().unwrap() + 1
+        );
+        let p = q["position"].as_u64().unwrap();
+        if seen.last() != Some(&p) {
+            seen.push(p);
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "only down: {seen:?}");
+    assert!(seen.len() >= 2 && seen.last() == Some(&1), "{seen:?}");
+    // The stack and org lists show it too.
+    let paused = stack("pos-paused");
+    app.post(
+        &format!("/api/stacks/{paused}/deployments/settings"),
+        settings.clone(),
+    )
+    .await;
+    app.post(
+        &format!("/api/stacks/{paused}/deployments/pause"),
+        json!({}),
+    )
+    .await;
+    let held = app.deploy(&paused, json!({"operation": "update"})).await;
+    let (_, list) = app.get(&format!("/api/stacks/{paused}/deployments")).await;
+    assert_eq!(
+        list["deployments"][0]["queue"]["waitingFor"], "paused",
+        "{list}"
+    );
+    let (_, list) = app.get("/api/orgs/default/deployments?pageSize=100").await;
+    let in_org = list["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == held.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(in_org["queue"]["waitingFor"], "paused", "{in_org}");
+    for (s, id) in stacks.iter().zip(&ids) {
+        app.wait_for(s, id, Some("succeeded")).await;
+    }
+    app.wait_for(&stacks[0], &same, Some("succeeded")).await;
+}
+
+/// An org's concurrency limit holds its deployments back (`waitingFor: "org-limit"`) while
+/// workers are free; only admins set it, and a bad one is refused.
+#[tokio::test]
+async fn an_org_limit_holds_deployments_back_and_only_admins_set_it() {
+    require!(Tools);
+    let app = TestApp::spawn_with(&["--workers", "3"]).await;
+    let repo = TestRepo::new();
+    let mut settings = repo.settings();
+    settings["operationContext"] = json!({"preRunCommands": ["sleep 2"]});
+    let writer = app.create_token("default", "write");
+    let put = |token: String, body: Value| {
+        let app = &app;
+        async move {
+            app.request(
+                reqwest::Method::PUT,
+                "/api/orgs/default/deployments/limits",
+                Some(&token),
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let (status, v) = put(writer, json!({"maxConcurrent": 1})).await;
+    assert_eq!(status, 403, "{v}");
+    for bad in [
+        json!({"maxConcurrent": -1}),
+        json!({"maxConcurrent": 0}),
+        json!({"maxConcurrent": "2"}),
+        json!({"maxConcurrent": 10_001}),
+    ] {
+        let (status, v) = put(app.token.clone(), bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("maxConcurrent"),
+            "{v}"
+        );
+    }
+    let (_, v) = app.get("/api/orgs/default/deployments/limits").await;
+    assert_eq!(v, json!({"maxConcurrent": null, "running": 0}));
+    let (status, v) = put(app.token.clone(), json!({"maxConcurrent": 1})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["maxConcurrent"], 1);
+
+    let (a, b) = (stack("limited-a"), stack("limited-b"));
+    for s in [&a, &b] {
+        app.post(
+            &format!("/api/stacks/{s}/deployments/settings"),
+            settings.clone(),
+        )
+        .await;
+    }
+    let first = app.deploy(&a, json!({"operation": "update"})).await;
+    app.wait_for(&a, &first, Some("running")).await;
+    let second = app.deploy(&b, json!({"operation": "update"})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let d = app.deployment(&b, &second).await;
+    assert_eq!(
+        (d["status"].as_str(), d["queue"]["waitingFor"].as_str()),
+        (Some("not-started"), Some("org-limit")),
+        "{d}"
+    );
+    let (_, v) = app.get("/api/orgs/default/deployments/limits").await;
+    assert_eq!(v, json!({"maxConcurrent": 1, "running": 1}));
+    let a_done = app.wait_for(&a, &first, Some("succeeded")).await;
+    let b_done = app.wait_for(&b, &second, Some("succeeded")).await;
+    // One at a time: the second started after the first ended.
+    let ended = a_done["jobs"][0]["lastUpdated"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = b_done["jobs"][0]["started"].as_str().unwrap().to_string();
+    assert!(started >= ended, "{started} before {ended}");
+    let (status, v) = put(app.token.clone(), json!({"maxConcurrent": null})).await;
+    assert_eq!(
+        (status.as_u16(), &v["maxConcurrent"]),
+        (200, &Value::Null),
+        "{v}"
+    );
+}
+
+/// Claims go round-robin by org: another org's one deployment runs next, not after a tenant's
+/// whole burst.
+#[tokio::test]
+async fn one_orgs_burst_does_not_starve_another_orgs_deployment() {
+    require!(Tools);
+    let app = TestApp::spawn_with(&["--workers", "1"]).await;
+    let repo = TestRepo::new();
+    let other = app.create_token("other", "admin");
+    let mut settings = repo.settings();
+    settings["operationContext"] = json!({"preRunCommands": ["sleep 0.3"]});
+    let mut burst = vec![];
+    for i in 0..8 {
+        let s = stack(&format!("burst{i}"));
+        app.post(
+            &format!("/api/stacks/{s}/deployments/settings"),
+            settings.clone(),
+        )
+        .await;
+        burst.push((
+            s.clone(),
+            app.deploy(&s, json!({"operation": "update"})).await,
+        ));
+    }
+    let theirs = "other/proj/single";
+    let (status, v) = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/stacks/{theirs}/deployments"),
+            Some(&other),
+            Some(
+                {
+                    let mut b = settings.clone();
+                    b["operation"] = json!("update");
+                    b
+                }
+                .to_string()
+                .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let d = loop {
+        let (_, d) = app
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/stacks/{theirs}/deployments/{id}"),
+                Some(&other),
+                None,
+            )
+            .await;
+        if d["status"] == "succeeded" {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "{d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // It started before most of the burst had: at most those already going when it came.
+    let started = d["jobs"][0]["started"].as_str().unwrap().to_string();
+    let mut before = 0;
+    for (s, bid) in &burst {
+        let b = app.wait_for(s, bid, Some("succeeded")).await;
+        if b["jobs"][0]["started"].as_str().unwrap() < started.as_str() {
+            before += 1;
+        }
+    }
+    assert!(before <= 3, "{before} of the burst ran first");
+}

@@ -746,6 +746,28 @@ export function register(s) {
     assert(!failures.length, failures.join('\n'));
   });
 
+  s.test('approvals: a gated deployment waits on its page, shows its approval, and runs when approved there', async (ctx) => {
+    const { page } = ctx.main;
+    const requester = await createToken(ctx.dataDir, 'default', 'write', 'requester');
+    await ctx.api('POST', '/api/stacks/default/web/gated/deployments/settings', {
+      sourceContext: { git: { repoUrl: ctx.repos.quick, branch: 'refs/heads/main', repoDir: 'infra' } },
+      approvals: { operations: ['update'], required: 1, approvers: ['admin'] },
+    });
+    const created = await ctx.apiAs(requester)('POST', '/api/stacks/default/web/gated/deployments', { operation: 'update' });
+    await page.goto(`${ctx.url}/default/web/gated/deployments/${created.version}`);
+    await settled(page);
+    await page.locator('.approval').getByText('0 of 1 given').waitFor();
+    await page.getByText('Waiting for approval: 0 of 1 given.').waitFor();
+    await check(ctx, page, 'deployment-awaiting-approval');
+    await page.getByRole('button', { name: 'Approve' }).click();
+    await page.locator('.deploy-summary').getByText('succeeded').waitFor({ timeout: 60_000 });
+    await page.locator('.approval').getByText('1 of 1 given').waitFor();
+    assert(await page.getByRole('button', { name: 'Approve' }).isHidden(), 'no Approve once decided');
+    const d = await ctx.api('GET', `/api/stacks/default/web/gated/deployments/${created.id}`);
+    assert(d.approval.status === 'approved' && d.approval.approvedBy.length === 1, JSON.stringify(d.approval));
+    assert(d.requestedBy.name === 'requester', JSON.stringify(d.requestedBy));
+  });
+
   s.test('static: the app\'s files have no inline script, handler, style attribute, markup sink or external origin', async (ctx) => {
     const dir = path.join(ROOT, 'shared', 'console');
     const files = (await readdir(dir, { recursive: true })).filter((f) => /\.(html|js|css|svg)$/.test(f));

@@ -14,12 +14,15 @@ mod emulator;
 #[path = "../support/signing.rs"]
 mod signing;
 
+mod approvals;
 mod audit;
+mod bulk;
 mod deployments;
 mod idempotency;
 mod notifications;
 mod oidc;
 mod pools;
+mod queue;
 mod runs;
 mod schedules;
 mod stacks;
@@ -136,6 +139,10 @@ contract!(
     pools::deleting_a_pool_with_queued_deployments_needs_force,
     idempotency::an_idempotency_key_replays_refuses_and_expires,
     audit::the_audit_log_reads_newest_first_by_org_and_time_in_pages,
+    approvals::a_deployment_waiting_for_approval_holds_its_stack_until_approved,
+    approvals::rejection_expiry_cancel_and_supersession_end_a_wait,
+    bulk::a_bulk_request_is_kept_whole_by_its_org,
+    queue::an_org_limit_holds_claims_and_the_queue_state_says_why,
 );
 
 fn stack(name: &str) -> StackRef {
@@ -163,6 +170,7 @@ fn new_with(stack: &StackRef, op: Operation, operation_context: Value) -> NewDep
         config: DeploymentConfig::parse(settings, SourcePolicy::Stored).unwrap(),
         initiator: "api".into(),
         requested_by: "test".into(),
+        approval: None,
     }
 }
 

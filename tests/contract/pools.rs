@@ -35,6 +35,7 @@ fn on_pool(st: &StackRef, pool: Option<&str>) -> NewDeployment {
         config: DeploymentConfig::parse(settings, SourcePolicy::Stored).unwrap(),
         initiator: "api".into(),
         requested_by: "test".into(),
+        approval: None,
     }
 }
 

@@ -406,6 +406,76 @@ async fn the_worker_fails_a_run_longer_than_its_invocation(api: &Api, remote: &G
     assert!(logs.contains(tarmac::lambda::INVOCATION_ENDING), "{logs}");
 }
 
+async fn the_gate_holds_a_deployment_until_approved(api: &Api, remote: &GitServer) {
+    let stack = "acme/site/gated";
+    let (status, v) = api
+        .call(
+            "POST",
+            &format!("/api/stacks/{stack}/deployments/settings"),
+            Some(json!({
+                "sourceContext": {"git": {
+                    "repoUrl": remote.url, "branch": "main",
+                    "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
+                }},
+                "approvals": {"operations": ["update"], "required": 1, "approvers": ["admin"]},
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, approver) = api
+        .call(
+            "POST",
+            "/api/orgs/acme/tokens",
+            Some(json!({"name": "approver", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{approver}");
+    let (status, v) = api
+        .call(
+            "POST",
+            &format!("/api/stacks/{stack}/deployments"),
+            Some(json!({"operation": "update"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // Long enough for a worker to have run it, had it been sent.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let path = format!("/api/stacks/{stack}/deployments/{id}");
+    let (_, d) = api.call("GET", &path, None).await;
+    assert_eq!(
+        (d["status"].as_str(), d["approval"]["status"].as_str()),
+        (Some("not-started"), Some("pending")),
+        "{d}"
+    );
+    // The requester cannot approve it; another admin token can.
+    let (status, v) = api
+        .call("POST", &format!("{path}/approve"), Some(json!({})))
+        .await;
+    assert_eq!(status, 403, "{v}");
+    let as_approver = Api {
+        http: api.http.clone(),
+        base: api.base.clone(),
+        token: approver["tokenValue"].as_str().map(str::to_string),
+    };
+    let (status, v) = as_approver
+        .call(
+            "POST",
+            &format!("{path}/approve"),
+            Some(json!({"comment": "ship it"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["approval"]["status"], "approved", "{v}");
+    let d = api.finished(stack, &id).await;
+    assert_eq!(
+        d["status"],
+        "succeeded",
+        "{d}\n{}",
+        api.logs(stack, &id).await
+    );
+}
+
 #[tokio::test]
 async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     require!(Emulator, Tools, Browser);
@@ -627,6 +697,10 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
         .await;
     assert_eq!(discovery["issuer"], issuer, "{discovery}");
 
+    // An approval gate, deployed: the gated update is not sent to the workers; a second
+    // token's approval sends it, and it runs.
+    the_gate_holds_a_deployment_until_approved(&api, &remote).await;
+
     // An agent pool of the deployed bundle, served by a `tarmac agent` on this machine through
     // the gateway's agent route (the agent gateway function, with its own role). Its run lasts
     // longer than the worker's invocation limit, and succeeds; the same run on the worker,
@@ -705,7 +779,7 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         stderr.contains(
-            "engine state of 3 stack(s) (acme/site/agent, acme/site/oidc, acme/site/prod)"
+            "engine state of 4 stack(s) (acme/site/agent, acme/site/gated, acme/site/oidc, acme/site/prod)"
         ),
         "{stderr}"
     );

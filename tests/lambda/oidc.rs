@@ -65,6 +65,7 @@ async fn the_oidc_function_signs_with_kms_exchanges_at_sts_and_answers_only_the_
             .unwrap(),
             initiator: "api".into(),
             requested_by: "ci".into(),
+            approval: None,
         })
         .await
         .unwrap();

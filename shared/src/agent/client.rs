@@ -270,6 +270,12 @@ impl RunStore for RemoteRun {
     async fn reap(&self, _: OffsetDateTime, _: OffsetDateTime) -> Result<Vec<Reaped>> {
         Err(not_here("reaping"))
     }
+    async fn queue_state(
+        &self,
+        _: &crate::domain::Deployment,
+    ) -> Result<crate::domain::QueueState> {
+        Err(not_here("reading the queue"))
+    }
 }
 
 #[async_trait]

@@ -251,6 +251,7 @@ impl Slots {
             steps: vec![],
             stack_paused: false,
             update: None,
+            approval: None,
         };
         let ctx = RunContext {
             runs: remote.clone(),

@@ -67,6 +67,7 @@ impl App {
             pools: store.clone(),
             idempotency: store.clone(),
             audit: store.clone(),
+            bulk: store.clone(),
             deployments: store.clone(),
             logs: store.clone(),
             runs: store.clone(),

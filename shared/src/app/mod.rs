@@ -193,6 +193,7 @@ impl App {
             pools: s.clone(),
             idempotency: s.clone(),
             audit: s.clone(),
+            bulk: s.clone(),
             deployments: s.clone(),
             logs: s.clone(),
             runs: s.clone(),

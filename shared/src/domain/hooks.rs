@@ -62,6 +62,12 @@ wire_enum!(
     /// The events Tarmac emits (Pulumi's filter names).
     Event {
         DeploymentQueued = "deployment_queued",
+        /// Tarmac's: the deployment waits for approval (the stack's `approvals`).
+        DeploymentApprovalRequired = "deployment_approval_required",
+        /// Tarmac's: it has all the approvals it needs, and is queued to run.
+        DeploymentApproved = "deployment_approved",
+        /// Tarmac's: an approver rejected it, and it was skipped.
+        DeploymentRejected = "deployment_rejected",
         DeploymentStarted = "deployment_started",
         DeploymentSucceeded = "deployment_succeeded",
         DeploymentFailed = "deployment_failed",
@@ -78,6 +84,9 @@ impl Event {
     pub fn kind(self) -> &'static str {
         match self {
             Self::DeploymentQueued
+            | Self::DeploymentApprovalRequired
+            | Self::DeploymentApproved
+            | Self::DeploymentRejected
             | Self::DeploymentStarted
             | Self::DeploymentSucceeded
             | Self::DeploymentFailed => "deployment",

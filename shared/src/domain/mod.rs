@@ -67,10 +67,10 @@ impl std::fmt::Display for StackRef {
 }
 
 macro_rules! wire_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident = $wire:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $wire:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum $name { $(#[serde(rename = $wire)] $variant),+ }
+        pub enum $name { $($(#[$vmeta])* #[serde(rename = $wire)] $variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -101,6 +101,8 @@ macro_rules! wire_enum {
     };
 }
 
+pub mod approvals;
+pub mod bulk;
 pub mod hooks;
 pub mod keys;
 pub mod pools;
@@ -279,6 +281,16 @@ pub struct Deployment {
     /// The update its engine operation made, once that started. Its `updateID` is the
     /// deployment's own id: a deployment runs at most one engine operation.
     pub update: Option<updates::UpdateInfo>,
+    /// Set when the stack's settings gate its operation: it waits while this is pending.
+    pub approval: Option<approvals::Approval>,
+}
+
+impl Deployment {
+    /// Queued, and waiting for approval before it may start.
+    pub fn awaiting_approval(&self) -> bool {
+        self.status == JobStatus::NotStarted
+            && self.approval.as_ref().is_some_and(|a| a.is_pending())
+    }
 }
 
 /// What the API hands the store to create a deployment.
@@ -290,6 +302,8 @@ pub struct NewDeployment {
     pub config: spec::DeploymentConfig,
     pub initiator: String,
     pub requested_by: String,
+    /// The approval it must wait for, if its stack gates its operation.
+    pub approval: Option<approvals::Approval>,
 }
 
 impl NewDeployment {
@@ -355,6 +369,59 @@ pub struct OrgState {
     pub paused_stacks: Vec<String>,
     pub counts: StatusCounts,
 }
+
+wire_enum!(
+    /// Why a queued deployment has not started (Tarmac's `queue.waitingFor`), first reason first.
+    WaitingFor {
+        Approval = "approval",
+        Paused = "paused",
+        Stack = "stack",
+        OrgLimit = "org-limit",
+        Worker = "worker",
+    }
+);
+
+/// What the store knows of a queued deployment's place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueState {
+    /// Deployments of its queue (the workers', or its agent pool's) queued before it, not
+    /// counting those waiting for approval.
+    pub ahead: u64,
+    /// Its stack has a run in progress, or an older deployment queued.
+    pub stack_busy: bool,
+    /// Its stack or its org is paused.
+    pub paused: bool,
+    /// Its org runs as many deployments as its limit allows.
+    pub org_at_limit: bool,
+}
+
+impl QueueState {
+    pub fn waiting_for(&self, d: &Deployment) -> WaitingFor {
+        if d.awaiting_approval() {
+            WaitingFor::Approval
+        } else if self.paused {
+            WaitingFor::Paused
+        } else if self.stack_busy {
+            WaitingFor::Stack
+        } else if self.org_at_limit {
+            WaitingFor::OrgLimit
+        } else {
+            WaitingFor::Worker
+        }
+    }
+}
+
+/// An org's concurrency limit and what it runs now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrgLimit {
+    /// The most deployments the org may run at once; `None`: no limit.
+    pub max_concurrent: Option<u32>,
+    /// Deployments claimed and not finished.
+    pub running: u64,
+}
+
+/// The highest `maxConcurrent` an org may be given.
+pub const MAX_ORG_CONCURRENCY: i64 = 10_000;
 
 /// The outcome of a cancel request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::extract::{JsonBody, OrgCtx, Params, Query, StackCtx, param};
 use super::wire;
+use crate::domain::approvals::{Ballot, Decision, Voter, validate_comment};
 use crate::domain::{CancelOutcome, Deployment, PageRequest, StackRef};
 use crate::error::{Error, Result};
 use crate::ports::LogQuery;
@@ -70,7 +71,24 @@ pub(super) async fn get_by_id(
     Params(p): Params,
 ) -> Result<Json<Value>> {
     let id = parse_id(&param(&p, "id"))?;
-    Ok(Json(wire::deployment(&find(&state, &ctx.stack, id).await?)))
+    let d = find(&state, &ctx.stack, id).await?;
+    Ok(Json(with_queue(&state, &d, wire::deployment(&d)).await?))
+}
+
+/// Adds Tarmac's `queue` to a queued deployment's wire form:
+/// `{position, ahead, waitingFor}`, where `ahead` counts the deployments of its queue (the
+/// workers' or its agent pool's) queued before it, and `waitingFor` is the first of
+/// `approval`, `paused`, `stack`, `org-limit` and `worker` that holds it.
+pub(super) async fn with_queue(state: &AppState, d: &Deployment, mut v: Value) -> Result<Value> {
+    if d.status == crate::domain::JobStatus::NotStarted {
+        let q = state.deps.runs.queue_state(d).await?;
+        v["queue"] = json!({
+            "position": q.ahead + 1,
+            "ahead": q.ahead,
+            "waitingFor": q.waiting_for(d),
+        });
+    }
+    Ok(v)
 }
 
 pub(super) async fn get_by_version(
@@ -95,7 +113,7 @@ pub(super) async fn get_by_version(
                 ctx.stack
             ))
         })?;
-    Ok(Json(wire::deployment(&d)))
+    Ok(Json(with_queue(&state, &d, wire::deployment(&d)).await?))
 }
 
 #[derive(Deserialize)]
@@ -140,9 +158,18 @@ pub(super) fn page_request(page: Option<i64>, page_size: Option<i64>) -> Result<
     })
 }
 
-fn list_body(page: crate::domain::Page<Deployment>, req: PageRequest) -> Json<Value> {
-    let items: Vec<Value> = page.items.iter().map(wire::snapshot).collect();
-    Json(json!({ "deployments": items, "itemsPerPage": req.page_size, "total": page.total }))
+async fn list_body(
+    state: &AppState,
+    page: crate::domain::Page<Deployment>,
+    req: PageRequest,
+) -> Result<Json<Value>> {
+    let mut items = Vec::with_capacity(page.items.len());
+    for d in &page.items {
+        items.push(with_queue(state, d, wire::snapshot(d)).await?);
+    }
+    Ok(Json(
+        json!({ "deployments": items, "itemsPerPage": req.page_size, "total": page.total }),
+    ))
 }
 
 pub(super) async fn list_stack(
@@ -159,7 +186,7 @@ pub(super) async fn list_stack(
         .deployments
         .list_stack_deployments(&ctx.stack, req)
         .await?;
-    Ok(list_body(page, req))
+    list_body(&state, page, req).await
 }
 
 pub(super) async fn list_org(
@@ -173,7 +200,7 @@ pub(super) async fn list_org(
         .deployments
         .list_org_deployments(&ctx.org, req)
         .await?;
-    Ok(list_body(page, req))
+    list_body(&state, page, req).await
 }
 
 #[derive(Deserialize)]
@@ -308,4 +335,56 @@ pub(super) async fn cancel(
             "deployment '{id}' has already finished"
         ))),
     }
+}
+
+/// `POST S/deployments/{id}/approve` and `/reject` (Tarmac's): an approver's decision on a
+/// deployment waiting for approval, with an optional `comment`. Answers the deployment.
+async fn decide(
+    state: &AppState,
+    ctx: &StackCtx,
+    raw_id: &str,
+    body: &Value,
+    decision: Decision,
+) -> Result<Json<Value>> {
+    let id = parse_id(raw_id)?;
+    if !body.is_object() {
+        return Err(Error::invalid("the request body must be a JSON object"));
+    }
+    let comment = match crate::json::member(body, "comment") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) => {
+            validate_comment(c)?;
+            Some(c.clone()).filter(|c| !c.trim().is_empty())
+        }
+        Some(_) => return Err(Error::invalid("comment must be a string")),
+    };
+    let ballot = Ballot {
+        voter: Voter {
+            token_name: ctx.principal.token_name.clone(),
+            role: ctx.principal.role,
+        },
+        decision,
+        comment,
+        at: time::OffsetDateTime::now_utc(),
+    };
+    let d = crate::service::decide(&state.deps, &ctx.stack, id, &ballot).await?;
+    Ok(Json(wire::deployment(&d)))
+}
+
+pub(super) async fn approve(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    decide(&state, &ctx, &param(&p, "id"), &body, Decision::Approve).await
+}
+
+pub(super) async fn reject(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+    Params(p): Params,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    decide(&state, &ctx, &param(&p, "id"), &body, Decision::Reject).await
 }

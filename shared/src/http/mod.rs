@@ -6,6 +6,7 @@
 mod agent;
 mod audit;
 mod bootstrap;
+mod bulk;
 mod console;
 mod deployments;
 pub mod extract;
@@ -115,6 +116,8 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .route("/deployments/{id}/stream", get(stream::stream))
         .route("/deployments/{id}/updates", get(updates::of_deployment))
         .route("/deployments/{id}/cancel", post(deployments::cancel))
+        .route("/deployments/{id}/approve", post(deployments::approve))
+        .route("/deployments/{id}/reject", post(deployments::reject))
         .route("/update/{id}/events", get(updates::events))
         .route("/update/{id}/cancel", post(updates::cancel))
         .route("/updates", get(updates::history))
@@ -173,6 +176,16 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .route(
             "/api/orgs/{org}/deployments/metadata",
             get(stacks::org_metadata),
+        )
+        .route(
+            "/api/orgs/{org}/deployments/limits",
+            get(stacks::get_limits).put(stacks::put_limits),
+        )
+        .route("/api/orgs/{org}/deployments/bulk", post(bulk::create))
+        .route("/api/orgs/{org}/deployments/bulk/{id}", get(bulk::get))
+        .route(
+            "/api/orgs/{org}/deployments/bulk/{id}/cancel",
+            post(bulk::cancel),
         )
         .route(
             "/api/orgs/{org}/agent-pools",

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::extract::{JsonBody, Query, StackCtx};
-use crate::domain::StackRef;
+use crate::domain::Role;
 use crate::error::{Error, Result};
 use crate::settings::{self, Nulls};
 
@@ -36,14 +36,19 @@ pub(super) struct WriteQuery {
 /// run stops after the check.
 async fn write(
     state: &AppState,
-    stack: &StackRef,
+    ctx: &StackCtx,
     dry_run: bool,
     next: impl Fn(Option<&Value>) -> Value,
 ) -> Result<(Value, i64)> {
+    let stack = &ctx.stack;
     for _ in 0..8 {
         let current = state.deps.stacks.get_settings(stack).await?;
         let value = next(current.as_ref().map(|c| &c.settings));
         settings::check_stored(&value)?;
+        let before = current
+            .as_ref()
+            .map_or(&Value::Null, |c| &c.settings["approvals"]);
+        check_approvals_change(ctx.principal.role, before, &value["approvals"])?;
         let pool = value["agentPoolID"]
             .as_str()
             .filter(|p| !p.trim().is_empty());
@@ -88,7 +93,7 @@ pub(super) async fn patch(
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
     let patch = settings::canonicalize(&body, &state.deps.cipher.for_org(&ctx.stack.org))?;
-    let (stored, version) = write(&state, &ctx.stack, q.dry_run, |current| {
+    let (stored, version) = write(&state, &ctx, q.dry_run, |current| {
         let base = current.cloned().unwrap_or_else(|| json!({}));
         settings::merge(&base, &patch, Nulls::Delete)
     })
@@ -107,11 +112,29 @@ pub(super) async fn replace(
         &body,
         &state.deps.cipher.for_org(&ctx.stack.org),
     )?);
-    let (stored, version) = write(&state, &ctx.stack, q.dry_run, |_| replacement.clone()).await?;
+    let (stored, version) = write(&state, &ctx, q.dry_run, |_| replacement.clone()).await?;
     Ok(respond(&stored, version))
 }
 
+/// A stack's approval rule is its admins' to set, change or remove: a gate its writers could
+/// lift would gate nothing.
+pub(super) fn check_approvals_change(role: Role, before: &Value, after: &Value) -> Result<()> {
+    if before != after && role < Role::Admin {
+        return Err(Error::Forbidden(
+            "only an admin token may set, change or remove a stack's approvals".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) async fn delete(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
+    if let Some(current) = state.deps.stacks.get_settings(&ctx.stack).await? {
+        check_approvals_change(
+            ctx.principal.role,
+            &current.settings["approvals"],
+            &Value::Null,
+        )?;
+    }
     state.deps.stacks.delete_settings(&ctx.stack).await?;
     Ok(StatusCode::NO_CONTENT)
 }

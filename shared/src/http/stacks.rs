@@ -186,13 +186,94 @@ pub(super) async fn create_stack(
             .map_err(|_| Error::invalid("tags must be an object of strings"))?,
     };
     validate_tags(&tags)?;
+    let provision = Provision::read(&state, &p, &stack, &body).await?;
     state.deps.stacks.create_stack(&stack).await?;
     if !tags.is_empty() {
         crate::tags::change(&state.deps, &stack, |_| Ok(tags.clone())).await?;
     }
-    Ok(Json(
-        json!({ "orgName": stack.org, "projectName": stack.project, "stackName": stack.stack }),
-    ))
+    let mut out =
+        json!({ "orgName": stack.org, "projectName": stack.project, "stackName": stack.stack });
+    if let Some(d) = provision.write(&state, &stack).await? {
+        out["deployment"] = json!({
+            "id": d.id,
+            "version": d.version,
+            "consoleUrl": state.deps.console_url(&stack, d.version),
+        });
+    }
+    Ok(Json(out))
+}
+
+/// Tarmac's one-request signup flow on `POST /api/stacks/{org}/{project}`: beside Pulumi's
+/// `stackName` and `tags`, `deploymentSettings` become the new stack's settings and
+/// `deployment` (`{operation, ...}`, a create-deployment body) its first deployment. All of it
+/// is checked before anything is written.
+struct Provision {
+    settings: Option<Value>,
+    deployment: Option<crate::domain::NewDeployment>,
+}
+
+impl Provision {
+    async fn read(
+        state: &AppState,
+        p: &crate::domain::Principal,
+        stack: &StackRef,
+        body: &Value,
+    ) -> Result<Self> {
+        let settings = match crate::json::member(body, "deploymentSettings") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => {
+                let canonical = crate::settings::strip_nulls(&crate::settings::canonicalize(
+                    v,
+                    &state.deps.cipher.for_org(&stack.org),
+                )?);
+                crate::settings::check_stored(&canonical)?;
+                super::settings::check_approvals_change(
+                    p.role,
+                    &Value::Null,
+                    &canonical["approvals"],
+                )?;
+                let pool = canonical["agentPoolID"]
+                    .as_str()
+                    .filter(|p| !p.trim().is_empty());
+                crate::service::check_pool(&state.deps, &stack.org, pool).await?;
+                Some(canonical)
+            }
+            Some(_) => return Err(Error::invalid("deploymentSettings must be an object")),
+        };
+        let deployment = match crate::json::member(body, "deployment") {
+            None | Some(Value::Null) => None,
+            Some(request @ Value::Object(_)) => {
+                let req = crate::service::CreateRequest::new(stack, request, "api", &p.token_name);
+                Some(crate::service::prepare(&state.deps, &req, settings.as_ref()).await?)
+            }
+            Some(_) => {
+                return Err(Error::invalid(
+                    "deployment must be an object: a create-deployment request, such as {\"operation\": \"update\"}",
+                ));
+            }
+        };
+        Ok(Self {
+            settings,
+            deployment,
+        })
+    }
+
+    /// Writes the settings, then queues the deployment; returns it.
+    async fn write(
+        self,
+        state: &AppState,
+        stack: &StackRef,
+    ) -> Result<Option<crate::domain::Deployment>> {
+        if let Some(settings) = &self.settings {
+            state.deps.stacks.put_settings(stack, settings, 0).await?;
+        }
+        let Some(new) = self.deployment else {
+            return Ok(None);
+        };
+        let d = state.deps.deployments.create_deployment(new).await?;
+        crate::service::queued(&state.deps, &d).await;
+        Ok(Some(d))
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -327,6 +408,49 @@ pub(super) async fn resume_org(State(state): State<AppState>, ctx: OrgCtx) -> Re
     state.deps.orgs.set_org_paused(&ctx.org, false).await?;
     resend_queued(&state, |m| m.org == ctx.org).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn limit_body(l: &crate::domain::OrgLimit) -> Value {
+    json!({ "maxConcurrent": l.max_concurrent, "running": l.running })
+}
+
+/// `GET /api/orgs/{org}/deployments/limits` (Tarmac's): the org's concurrency limit and what it
+/// runs now.
+pub(super) async fn get_limits(State(state): State<AppState>, ctx: OrgCtx) -> Result<Json<Value>> {
+    Ok(Json(limit_body(
+        &state.deps.orgs.org_limit(&ctx.org).await?,
+    )))
+}
+
+/// `PUT /api/orgs/{org}/deployments/limits` `{"maxConcurrent": N | null}` (admins): at most N
+/// of the org's deployments run at once; the rest wait, `queue.waitingFor: "org-limit"`.
+pub(super) async fn put_limits(
+    State(state): State<AppState>,
+    ctx: OrgCtx,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    ctx.require_admin()?;
+    if !body.is_object() {
+        return Err(Error::invalid("the request body must be a JSON object"));
+    }
+    let max = match crate::json::member(&body, "maxConcurrent") {
+        None => None,
+        Some(v) => match v.as_i64() {
+            Some(n) if (1..=crate::domain::MAX_ORG_CONCURRENCY).contains(&n) => Some(n as u32),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "maxConcurrent must be a whole number from 1 to {}, or null for no limit; not {v}",
+                    crate::domain::MAX_ORG_CONCURRENCY
+                )));
+            }
+        },
+    };
+    // Deployments held by the limit are tried again as runs end (embedded) or within seconds
+    // (AWS: their messages come back), so nothing is re-sent here.
+    state.deps.orgs.set_org_limit(&ctx.org, max).await?;
+    Ok(Json(limit_body(
+        &state.deps.orgs.org_limit(&ctx.org).await?,
+    )))
 }
 
 pub(super) async fn org_metadata(

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use crate::domain::approvals::{Approval, Vote};
 use crate::domain::spec::EnvValue;
 use crate::domain::stacks::StackInfo;
 use crate::domain::time_fmt::{pulumi_datetime, rfc3339, rfc3339_or_zero};
@@ -59,24 +60,55 @@ fn configuration(d: &Deployment) -> Value {
     json!({ "environmentVariables": env_vars, "source": { "git": git } })
 }
 
+/// Tarmac's `approval` extension of a deployment: where its approval stands.
+fn approval(a: &Approval) -> Value {
+    let vote = |v: &Vote| {
+        let mut out = json!({ "name": v.name, "at": rfc3339(v.at) });
+        if let Some(c) = &v.comment {
+            out["comment"] = json!(c);
+        }
+        out
+    };
+    json!({
+        "status": a.status,
+        "required": a.required,
+        "given": a.approved_by.len(),
+        "approvedBy": a.approved_by.iter().map(vote).collect::<Vec<_>>(),
+        "rejectedBy": a.rejected_by.as_ref().map(vote),
+        "approvers": a.approvers,
+        "expiresAt": rfc3339(a.expires_at),
+    })
+}
+
+/// Adds the extensions a deployment has (`approval`) to its wire form.
+fn with_extensions(mut v: Value, d: &Deployment) -> Value {
+    if let Some(a) = &d.approval {
+        v["approval"] = approval(a);
+    }
+    v
+}
+
 /// `GetDeploymentResponse`.
 pub fn deployment(d: &Deployment) -> Value {
-    json!({
-        "id": d.id,
-        "created": pulumi_datetime(d.created),
-        "modified": pulumi_datetime(d.modified),
-        "status": d.status,
-        "version": d.version,
-        "latestVersion": d.latest_version,
-        "requestedBy": user_info(&d.requested_by),
-        "jobs": [job(d)],
-        "configuration": configuration(d),
-        "initiator": d.initiator,
-        "pulumiOperation": d.operation,
-        "projectName": d.stack.project,
-        "stackName": d.stack.stack,
-        "updates": nested_updates(d),
-    })
+    with_extensions(
+        json!({
+            "id": d.id,
+            "created": pulumi_datetime(d.created),
+            "modified": pulumi_datetime(d.modified),
+            "status": d.status,
+            "version": d.version,
+            "latestVersion": d.latest_version,
+            "requestedBy": user_info(&d.requested_by),
+            "jobs": [job(d)],
+            "configuration": configuration(d),
+            "initiator": d.initiator,
+            "pulumiOperation": d.operation,
+            "projectName": d.stack.project,
+            "stackName": d.stack.stack,
+            "updates": nested_updates(d),
+        }),
+        d,
+    )
 }
 
 /// A deployment's update as `DeploymentNestedUpdate`, in a one-element list (or empty).
@@ -170,21 +202,24 @@ pub(crate) fn stack_summary(info: &StackInfo) -> Value {
 
 /// `ListDeploymentSnapshot`.
 pub fn snapshot(d: &Deployment) -> Value {
-    json!({
-        "id": d.id,
-        "created": pulumi_datetime(d.created),
-        "modified": pulumi_datetime(d.modified),
-        "status": d.status,
-        "version": d.version,
-        "requestedBy": user_info(&d.requested_by),
-        "projectName": d.stack.project,
-        "stackName": d.stack.stack,
-        "paused": d.stack_paused,
-        "pulumiOperation": d.operation,
-        "updates": nested_updates(d),
-        "jobs": [job(d)],
-        "initiator": d.initiator,
-    })
+    with_extensions(
+        json!({
+            "id": d.id,
+            "created": pulumi_datetime(d.created),
+            "modified": pulumi_datetime(d.modified),
+            "status": d.status,
+            "version": d.version,
+            "requestedBy": user_info(&d.requested_by),
+            "projectName": d.stack.project,
+            "stackName": d.stack.stack,
+            "paused": d.stack_paused,
+            "pulumiOperation": d.operation,
+            "updates": nested_updates(d),
+            "jobs": [job(d)],
+            "initiator": d.initiator,
+        }),
+        d,
+    )
 }
 
 /// A streaming-mode log entry: a header marks a new step.

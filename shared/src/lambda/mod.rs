@@ -226,7 +226,12 @@ async fn handle(
             }
             Outcome::Done
         }
-        Ok(ClaimOutcome::Gone | ClaimOutcome::Skipped | ClaimOutcome::Paused) => Outcome::Done,
+        Ok(
+            ClaimOutcome::Gone
+            | ClaimOutcome::Skipped
+            | ClaimOutcome::Paused
+            | ClaimOutcome::AwaitingApproval,
+        ) => Outcome::Done,
         Ok(ClaimOutcome::Busy) => Outcome::Busy,
         Err(e) if e.is_retryable() => {
             tracing::warn!(deployment_id = %id, error = %e.chain(), "claim failed; retrying soon");

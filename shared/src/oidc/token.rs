@@ -118,6 +118,7 @@ mod tests {
             steps: vec![],
             stack_paused: false,
             update: None,
+            approval: None,
         }
     }
 

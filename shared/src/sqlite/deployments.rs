@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
 
+use crate::domain::approvals::{Approval, ApprovalStatus, Ballot};
+use crate::domain::time_fmt::to_micros;
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
@@ -173,6 +175,56 @@ impl DeploymentStore for SqliteStore {
         self.run_changed();
         Ok(outcome)
     }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
+    async fn decide_approval(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+        ballot: &Ballot,
+    ) -> Result<Deployment> {
+        let (stack, ballot) = (stack.clone(), ballot.clone());
+        let d = self
+            .db
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let (dseq, status, requested_by, approval): (i64, String, String, Option<String>) = tx
+                    .query_row(
+                        "SELECT d.seq, d.status, d.requested_by, d.approval FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                         WHERE d.id = ?1 AND s.org = ?2 AND s.project = ?3 AND s.name = ?4",
+                        params![id.to_string(), stack.org, stack.project, stack.stack],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?
+                    .ok_or_else(|| Error::not_found(format!("deployment '{id}' not found in stack '{stack}'")))?;
+                let current: Approval = serde_json::from_str(&approval.ok_or_else(|| {
+                    Error::conflict(format!("deployment '{id}' needs no approval"))
+                })?)?;
+                if status != JobStatus::NotStarted.as_str() && current.is_pending() {
+                    return Err(Error::conflict(format!(
+                        "deployment '{id}' is {status}: there is nothing to approve"
+                    )));
+                }
+                let next = current.decide(&ballot, &requested_by)?;
+                let expires = next.is_pending().then(|| to_micros(next.expires_at));
+                tx.execute(
+                    "UPDATE deployments SET approval = ?2, approval_expires = ?3, modified = ?4 WHERE seq = ?1",
+                    params![dseq, serde_json::to_string(&next)?, expires, now_us()],
+                )?;
+                if next.status == ApprovalStatus::Rejected {
+                    insert_log(&tx, dseq, 0, Entry::Line(&next.ending_line()), now_us())?;
+                    terminate(&tx, dseq, JobStatus::Skipped, StepStatus::Failed)?;
+                }
+                let d = query_deployment(&tx, "d.seq = ?1", [dseq])?
+                    .ok_or_else(|| Error::internal("decided deployment vanished"))?;
+                tx.commit()?;
+                Ok(d)
+            })
+            .await?;
+        self.run_changed();
+        self.wake_workers();
+        Ok(d)
+    }
 }
 
 /// Stores a new deployment (creating its stack if needed) and returns its version, which is
@@ -184,8 +236,8 @@ pub(super) fn insert_deployment(tx: &Transaction<'_>, new: &NewDeployment) -> Re
         .query_row([sid], |r| r.get(0))?;
     tx.prepare_cached(
         "INSERT INTO deployments (id, stack_id, org, version, operation, status, config, initiator, \
-         requested_by, skip_intermediate, created, modified, agent_pool) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'not-started', ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+         requested_by, skip_intermediate, created, modified, agent_pool, approval, approval_expires) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'not-started', ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         new.id.to_string(),
@@ -199,6 +251,11 @@ pub(super) fn insert_deployment(tx: &Transaction<'_>, new: &NewDeployment) -> Re
         new.skip_intermediate(),
         now_us(),
         new.config.spec().agent_pool,
+        new.approval.as_ref().map(serde_json::to_string).transpose()?,
+        new.approval
+            .as_ref()
+            .filter(|a| a.is_pending())
+            .map(|a| to_micros(a.expires_at)),
     ])?;
     Ok(version)
 }

@@ -1,6 +1,7 @@
 //! The embedded adapters: every port on one SQLite file. Production code for `tarmac serve`.
 
 mod audit;
+mod bulk;
 mod db;
 mod deployments;
 mod idempotency;
@@ -99,7 +100,7 @@ pub(super) fn ensure_stack(tx: &Transaction<'_>, stack: &StackRef) -> Result<i64
 
 pub(super) const DEPLOYMENT_COLUMNS: &str = "d.id, s.org, s.project, s.name, d.version, s.last_version, \
     d.operation, d.status, d.config, d.initiator, d.requested_by, d.created, d.modified, \
-    d.started, d.steps, s.paused, d.update_info";
+    d.started, d.steps, s.paused, d.update_info, d.approval";
 
 pub(super) fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Deployment>> {
     let id: String = r.get(0)?;
@@ -117,6 +118,7 @@ pub(super) fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Deploy
     let (created, modified, started, paused): (i64, i64, Option<i64>, bool) =
         (r.get(11)?, r.get(12)?, r.get(13)?, r.get(15)?);
     let update: Option<String> = r.get(16)?;
+    let approval: Option<String> = r.get(17)?;
     Ok((|| {
         Ok(Deployment {
             id: stored_id(&id)?,
@@ -134,6 +136,7 @@ pub(super) fn deployment_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Deploy
             steps: to_domain_steps(&steps)?,
             stack_paused: paused,
             update: update.map(|u| serde_json::from_str(&u)).transpose()?,
+            approval: approval.map(|a| serde_json::from_str(&a)).transpose()?,
         })
     })())
 }
@@ -261,8 +264,8 @@ pub(super) fn terminate(
     })?;
     let (id, stack): (String, i64) = tx
         .prepare_cached(
-            "UPDATE deployments SET status = ?2, modified = ?3, lease_owner = NULL, lease_expires = NULL \
-             WHERE seq = ?1 RETURNING id, stack_id",
+            "UPDATE deployments SET status = ?2, modified = ?3, lease_owner = NULL, lease_expires = NULL, \
+             approval_expires = NULL WHERE seq = ?1 RETURNING id, stack_id",
         )?
         .query_row(params![dseq, status.as_str(), now], |r| Ok((r.get(0)?, r.get(1)?)))?;
     tx.prepare_cached("UPDATE stacks SET active = NULL WHERE id = ?1 AND active = ?2")?

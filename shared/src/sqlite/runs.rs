@@ -6,6 +6,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::approvals::Approval;
 use crate::domain::pools::ClaimQueue;
 use crate::domain::time_fmt::to_micros;
 use crate::domain::updates::{UpdateInfo, UpdateKind, UpdateOutcome, UpdateResult};
@@ -16,7 +17,9 @@ use crate::store_codec::{StoredStep, closing_step_status, stored_id};
 
 use super::*;
 
-/// One pass of the embedded queue inside a write transaction.
+/// One pass of the embedded queue inside a write transaction. Fair across orgs: the org with
+/// the fewest runs goes first, then the one served longest ago, then the oldest deployment;
+/// an org at its concurrency limit waits.
 pub(super) fn claim_in(
     tx: &Transaction<'_>,
     lease: &Lease,
@@ -28,9 +31,14 @@ pub(super) fn claim_in(
                 "SELECT d.seq, d.id, d.stack_id, d.skip_intermediate, d.operation \
                  FROM deployments d JOIN stacks s ON s.id = d.stack_id \
                  WHERE d.status = 'not-started' AND d.agent_pool IS ?1 AND s.active IS NULL AND s.paused = 0 \
-                   AND NOT EXISTS (SELECT 1 FROM orgs o WHERE o.name = s.org AND o.paused = 1) \
+                   AND NOT EXISTS (SELECT 1 FROM orgs o WHERE o.name = s.org AND (o.paused = 1 OR o.max_concurrent <= \
+                        (SELECT COUNT(*) FROM deployments r WHERE r.org = d.org AND r.status IN ('accepted', 'running')))) \
                    AND d.seq = (SELECT MIN(q.seq) FROM deployments q WHERE q.stack_id = d.stack_id AND q.status = 'not-started') \
-                 ORDER BY d.seq LIMIT 1",
+                   AND (d.approval_expires IS NULL OR (d.skip_intermediate AND EXISTS (SELECT 1 FROM deployments n \
+                        WHERE n.stack_id = d.stack_id AND n.status = 'not-started' AND n.operation = d.operation AND n.seq > d.seq))) \
+                 ORDER BY (SELECT COUNT(*) FROM deployments r WHERE r.org = d.org AND r.status IN ('accepted', 'running')), \
+                   (SELECT o.last_claim FROM orgs o WHERE o.name = d.org), d.seq \
+                 LIMIT 1",
             )?
             .query_row([pool], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -39,6 +47,8 @@ pub(super) fn claim_in(
         let Some((dseq, id, sid, skip_intermediate, operation)) = candidate else {
             return Ok(None);
         };
+        // A head waiting for approval is a candidate only to be skipped, when a newer
+        // deployment of its operation supersedes it.
         if skip_intermediate && skip_if_superseded(tx, dseq, sid, &operation)? {
             continue;
         }
@@ -82,11 +92,30 @@ pub(super) fn claim_one(tx: &Transaction<'_>, id: Uuid, lease: &Lease) -> Result
     if stack_paused || org_paused {
         return Ok(ClaimOutcome::Paused);
     }
+    if org_at_limit(tx, dseq)? {
+        return Ok(ClaimOutcome::Busy);
+    }
     let first: i64 = tx.query_row(
         "SELECT MIN(seq) FROM deployments WHERE stack_id = ?1 AND status = 'not-started'",
         [sid],
         |r| r.get(0),
     )?;
+    // A head waiting for approval holds the stack's queue, unless a newer deployment of its
+    // operation supersedes it.
+    let head: (i64, bool, bool, String) = tx.query_row(
+        "SELECT seq, approval_expires IS NOT NULL, skip_intermediate, operation FROM deployments WHERE seq = ?1",
+        [first],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    if head.1 {
+        if head.2 && skip_if_superseded(tx, head.0, sid, &head.3)? {
+            if head.0 == dseq {
+                return Ok(ClaimOutcome::Skipped);
+            }
+            return claim_one(tx, id, lease);
+        }
+        return Ok(ClaimOutcome::AwaitingApproval);
+    }
     if active.is_some() || first != dseq {
         return Ok(ClaimOutcome::Busy);
     }
@@ -97,6 +126,17 @@ pub(super) fn claim_one(tx: &Transaction<'_>, id: Uuid, lease: &Lease) -> Result
     let deployment = query_deployment(tx, "d.id = ?1", [id.to_string()])?
         .ok_or_else(|| Error::internal("claimed deployment vanished"))?;
     Ok(ClaimOutcome::Claimed(Box::new(Claimed { deployment })))
+}
+
+/// Whether the org of deployment `dseq` runs as many deployments as its limit allows.
+fn org_at_limit(tx: &Transaction<'_>, dseq: i64) -> Result<bool> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM orgs o WHERE o.name = d.org AND o.max_concurrent <= \
+             (SELECT COUNT(*) FROM deployments r WHERE r.org = d.org AND r.status IN ('accepted', 'running'))) \
+             FROM deployments d WHERE d.seq = ?1",
+        )?
+        .query_row([dseq], |r| r.get(0))?)
 }
 
 /// Marks a queued deployment `skipped` if a newer one of the same operation is queued behind it.
@@ -136,6 +176,12 @@ pub(super) fn take_slot(
     .execute(params![dseq, lease.owner, lease_expiry(lease), now_us()])?;
     tx.prepare_cached("UPDATE stacks SET active = ?2 WHERE id = ?1")?
         .execute(params![sid, id.to_string()])?;
+    // Round-robin by org: the org served longest ago goes first next time.
+    tx.prepare_cached(
+        "INSERT INTO orgs (name, paused, last_claim) SELECT org, 0, ?2 FROM deployments WHERE seq = ?1 \
+         ON CONFLICT (name) DO UPDATE SET last_claim = excluded.last_claim",
+    )?
+    .execute(params![dseq, now_us()])?;
     Ok(())
 }
 
@@ -438,7 +484,7 @@ impl RunStore for SqliteStore {
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT d.id, s.org, s.project, s.name FROM deployments d JOIN stacks s ON s.id = d.stack_id \
-                     WHERE d.status = 'not-started' AND d.created < ?1 ORDER BY d.seq",
+                     WHERE d.status = 'not-started' AND d.created < ?1 AND d.approval_expires IS NULL ORDER BY d.seq",
                 )?;
                 let rows = stmt.query_map([cutoff], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
@@ -449,6 +495,36 @@ impl RunStore for SqliteStore {
                     Ok(QueueMessage { deployment_id, org, project, stack })
                 })
                 .collect()
+            })
+            .await
+    }
+
+    async fn queue_state(&self, d: &Deployment) -> Result<QueueState> {
+        let id = d.id.to_string();
+        self.db
+            .read(move |c| {
+                let row = c
+                    .prepare_cached(
+                        "SELECT \
+                         (SELECT COUNT(*) FROM deployments q WHERE q.status = 'not-started' AND q.agent_pool IS d.agent_pool \
+                            AND q.seq < d.seq AND q.approval_expires IS NULL), \
+                         s.active IS NOT NULL OR EXISTS (SELECT 1 FROM deployments o WHERE o.stack_id = d.stack_id \
+                            AND o.status = 'not-started' AND o.seq < d.seq), \
+                         s.paused OR EXISTS (SELECT 1 FROM orgs o WHERE o.name = s.org AND o.paused = 1), \
+                         EXISTS (SELECT 1 FROM orgs o WHERE o.name = s.org AND o.max_concurrent <= \
+                            (SELECT COUNT(*) FROM deployments r WHERE r.org = d.org AND r.status IN ('accepted', 'running'))) \
+                         FROM deployments d JOIN stacks s ON s.id = d.stack_id WHERE d.id = ?1",
+                    )?
+                    .query_row([&id], |r| {
+                        Ok(QueueState {
+                            ahead: r.get::<_, i64>(0)? as u64,
+                            stack_busy: r.get(1)?,
+                            paused: r.get(2)?,
+                            org_at_limit: r.get(3)?,
+                        })
+                    })
+                    .optional()?;
+                Ok(row.unwrap_or_default())
             })
             .await
     }
@@ -498,9 +574,32 @@ impl RunStore for SqliteStore {
                     insert_log(&tx, *dseq, 0, Entry::Line("Skipped: queued for longer than the queue allows.\n"), now)?;
                     terminate(&tx, *dseq, JobStatus::Skipped, StepStatus::Failed)?;
                 }
+                // Approvals past their deadline: the deployment is skipped, saying so.
+                let unapproved: Vec<(i64, String, StackRef, String)> = tx
+                    .prepare_cached(
+                        "SELECT d.seq, d.id, s.org, s.project, s.name, d.approval FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                         WHERE d.approval_expires < ?1 AND d.status = 'not-started'",
+                    )?
+                    .query_map([now], |r| {
+                        let (seq, id, stack) = row(r)?;
+                        Ok((seq, id, stack, r.get(5)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut lapsed = Vec::with_capacity(unapproved.len());
+                for (dseq, id, stack, approval) in unapproved {
+                    let approval: Approval = serde_json::from_str(&approval)?;
+                    let expired = approval.expired();
+                    tx.execute(
+                        "UPDATE deployments SET approval = ?2 WHERE seq = ?1",
+                        params![dseq, serde_json::to_string(&expired)?],
+                    )?;
+                    insert_log(&tx, dseq, 0, Entry::Line(&expired.ending_line()), now)?;
+                    terminate(&tx, dseq, JobStatus::Skipped, StepStatus::Failed)?;
+                    lapsed.push((dseq, id, stack));
+                }
                 tx.commit()?;
                 let failed = expired.into_iter().map(|e| (e, JobStatus::Failed));
-                let skipped = stale.into_iter().map(|e| (e, JobStatus::Skipped));
+                let skipped = stale.into_iter().chain(lapsed).map(|e| (e, JobStatus::Skipped));
                 failed
                     .chain(skipped)
                     .map(|((_, id, stack), status)| {

@@ -255,6 +255,31 @@ CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#,
+    // Approvals: a deployment's approval (JSON), and its deadline while it is pending (NULL
+    // otherwise), which keeps it from being claimed and lets the reaper find it.
+    r#"
+ALTER TABLE deployments ADD COLUMN approval TEXT;
+ALTER TABLE deployments ADD COLUMN approval_expires INTEGER;
+CREATE INDEX deployments_approval_expiry ON deployments(approval_expires)
+    WHERE approval_expires IS NOT NULL;
+"#,
+    // Per-org concurrency limits, and an index that counts an org's runs.
+    r#"
+ALTER TABLE orgs ADD COLUMN max_concurrent INTEGER;
+-- When the org last had a deployment claimed: claims go round-robin by org.
+ALTER TABLE orgs ADD COLUMN last_claim INTEGER;
+CREATE INDEX deployments_org_active ON deployments(org) WHERE status IN ('accepted', 'running');
+"#,
+    // Bulk requests, as answered (JSON).
+    r#"
+CREATE TABLE bulk_operations (
+    org     TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    body    TEXT NOT NULL,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

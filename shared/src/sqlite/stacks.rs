@@ -294,6 +294,45 @@ impl OrgStore for SqliteStore {
             .await
     }
 
+    async fn org_limit(&self, org: &str) -> Result<OrgLimit> {
+        let org = org.to_string();
+        self.db
+            .read(move |c| {
+                let max: Option<i64> = c
+                    .prepare_cached("SELECT max_concurrent FROM orgs WHERE name = ?1")?
+                    .query_row([&org], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                let running: i64 = c
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM deployments WHERE org = ?1 AND status IN ('accepted', 'running')",
+                    )?
+                    .query_row([&org], |r| r.get(0))?;
+                Ok(OrgLimit {
+                    max_concurrent: max.map(|m| m as u32),
+                    running: running as u64,
+                })
+            })
+            .await
+    }
+
+    async fn set_org_limit(&self, org: &str, max_concurrent: Option<u32>) -> Result<()> {
+        let org = org.to_string();
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO orgs (name, paused, max_concurrent) VALUES (?1, 0, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET max_concurrent = ?2",
+                    params![org, max_concurrent],
+                )?;
+                Ok(())
+            })
+            .await?;
+        // A raised limit may let queued deployments start.
+        self.wake_workers();
+        Ok(())
+    }
+
     async fn get_integration(&self, org: &str, kind: &str) -> Result<Option<Value>> {
         self.integration(org, kind).await
     }

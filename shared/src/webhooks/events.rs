@@ -51,9 +51,10 @@ fn summary(payload: &Value, event: Event) -> String {
     let name = event.as_str();
     let what = match name.strip_prefix("deployment_") {
         Some(outcome) => format!(
-            "deployment #{} ({}) {outcome}",
+            "deployment #{} ({}) {}",
             payload["version"],
             payload["operation"].as_str().unwrap_or_default(),
+            outcome.replace('_', " "),
         ),
         None => name.replace('_', " "),
     };
@@ -90,13 +91,16 @@ pub fn format_body(format: Format, payload: &Value, event: Event) -> Value {
 pub fn sequence(version: i64, event: Event) -> i64 {
     let step = match event {
         Event::DeploymentQueued => 1,
-        Event::DeploymentStarted => 2,
-        Event::DeploymentSucceeded | Event::DeploymentFailed => 3,
-        Event::DriftDetected => 4,
-        Event::DriftDetectionSucceeded | Event::DriftDetectionFailed => 5,
-        Event::DriftRemediationSucceeded | Event::DriftRemediationFailed => 6,
+        Event::DeploymentApprovalRequired => 2,
+        Event::DeploymentApproved | Event::DeploymentRejected => 3,
+        Event::DeploymentStarted => 4,
+        Event::DeploymentSucceeded | Event::DeploymentFailed => 5,
+        Event::DriftDetected => 6,
+        Event::DriftDetectionSucceeded | Event::DriftDetectionFailed => 7,
+        Event::DriftRemediationSucceeded | Event::DriftRemediationFailed => 8,
     };
-    version * 8 + step
+    // Sixteen steps per version (there were eight before approvals): sequences still only grow.
+    version * 16 + step
 }
 
 /// Hook messages for `event` of deployment `version` on `stack`, with the payload built for
@@ -150,7 +154,10 @@ pub fn hook_target(scope: &HookScope, name: &str) -> String {
 /// The deployment status a deployment event reports.
 fn event_status(event: Event) -> JobStatus {
     match event {
-        Event::DeploymentQueued => JobStatus::NotStarted,
+        Event::DeploymentQueued | Event::DeploymentApprovalRequired | Event::DeploymentApproved => {
+            JobStatus::NotStarted
+        }
+        Event::DeploymentRejected => JobStatus::Skipped,
         Event::DeploymentStarted => JobStatus::Running,
         Event::DeploymentSucceeded => JobStatus::Succeeded,
         _ => JobStatus::Failed,

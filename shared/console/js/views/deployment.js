@@ -6,12 +6,15 @@
 import { api, stackApi } from '../api.js';
 import {
   h, replace, statusBadge, timeEl, formatDuration, spanDuration, jobOf, deploymentDuration,
-  isCancellable, isTerminal, uid,
+  isCancellable, isTerminal, uid, badge,
 } from '../dom.js';
 import { renderAnsi, stripAnsi, initialState } from '../ansi.js';
 import { follow } from '../stream.js';
-import { errorSlot } from '../ui.js';
+import { clearError, errorSlot, showError } from '../ui.js';
 import { breadcrumbs, cancelDeployment } from './stack.js';
+
+/** How an approval's status looks. */
+const APPROVAL_KIND = { pending: 'warn', approved: 'ok', rejected: 'bad', expired: 'bad' };
 
 export async function deploymentView(ctx) {
   const { org, project, stack, version } = ctx.params;
@@ -50,6 +53,12 @@ class DeploymentPage {
     this.cancelButton.addEventListener('click', () => cancelDeployment(S, this.d).then((done) => {
       if (done) this.mode.textContent = 'Cancel requested: waiting for the run to stop…';
     }));
+    // Approval gates (the stack's `approvals`): where it stands, and the decision buttons.
+    this.approval = h('div', { class: 'approval', hidden: true });
+    this.approveButton = h('button', { type: 'button', class: 'btn btn-primary', text: 'Approve', hidden: true });
+    this.rejectButton = h('button', { type: 'button', class: 'btn btn-danger', text: 'Reject', hidden: true });
+    this.approveButton.addEventListener('click', () => this.decide('approve'));
+    this.rejectButton.addEventListener('click', () => this.decide('reject'));
     this.downloadButton = h('button', { type: 'button', class: 'btn', text: 'Download log' });
     this.downloadButton.addEventListener('click', () => this.download());
     this.jump = h('button', { type: 'button', class: 'btn btn-small jump', text: 'Follow the log ↓', hidden: true });
@@ -79,7 +88,8 @@ class DeploymentPage {
       h('div', { class: 'page-head' },
         h('div', {}, this.title, this.summary),
         h('div', { class: 'page-actions' },
-          h('div', { class: 'button-row' }, this.cancelButton, this.downloadButton), this.actionSlot)),
+          h('div', { class: 'button-row' }, this.approveButton, this.rejectButton, this.cancelButton, this.downloadButton), this.actionSlot)),
+      this.approval,
       h('div', { class: 'log-head' }, h('h2', { text: 'Steps and log' }), this.mode, this.jump),
       this.log);
 
@@ -109,6 +119,19 @@ class DeploymentPage {
     });
   }
 
+  async decide(verb) {
+    clearError(this.actionSlot);
+    for (const b of [this.approveButton, this.rejectButton]) b.disabled = true;
+    try {
+      const next = await api(`${this.S}/deployments/${encodeURIComponent(this.d.id)}/${verb}`, { method: 'POST', body: {} });
+      this.renderDeployment(next);
+    } catch (err) {
+      showError(this.actionSlot, err);
+    } finally {
+      for (const b of [this.approveButton, this.rejectButton]) b.disabled = false;
+    }
+  }
+
   renderDeployment(d) {
     // The stream's deployment event may lack `configuration`: keep the one we had.
     this.d = { ...this.d, ...d };
@@ -123,7 +146,23 @@ class DeploymentPage {
         ? h('p', { class: 'muted mono break', text: [git.repoURL, git.branch, git.repoDir && `dir ${git.repoDir}`, git.commit && `at ${git.commit.slice(0, 12)}`].filter(Boolean).join(' · ') })
         : null);
     this.cancelButton.hidden = !isCancellable(d.status);
-    if (!this.done && (d.status === 'not-started' || d.status === 'accepted')) {
+    const a = d.approval;
+    const pending = !!a && a.status === 'pending' && d.status === 'not-started';
+    this.approveButton.hidden = !pending;
+    this.rejectButton.hidden = !pending;
+    this.approval.hidden = !a;
+    if (a) {
+      const votes = (a.approvedBy || []).map((v) => `${v.name}${v.comment ? ` (“${v.comment}”)` : ''}`);
+      replace(this.approval,
+        h('p', { class: 'inline' }, h('strong', { text: 'Approval: ' }), badge(a.status, APPROVAL_KIND[a.status] || 'info'),
+          ` ${a.given} of ${a.required} given`,
+          pending ? h('span', {}, ' · expires ', timeEl(a.expiresAt)) : null),
+        votes.length ? h('p', { class: 'muted', text: `Approved by ${votes.join(', ')}` }) : null,
+        a.rejectedBy ? h('p', { class: 'muted', text: `Rejected by ${a.rejectedBy.name}${a.rejectedBy.comment ? `: ${a.rejectedBy.comment}` : ''}` }) : null);
+    }
+    if (!this.done && pending) {
+      this.mode.textContent = `Waiting for approval: ${a.given} of ${a.required} given.`;
+    } else if (!this.done && (d.status === 'not-started' || d.status === 'accepted')) {
       this.mode.textContent = 'Queued: waiting for a worker (or for the stack or organization to be resumed).';
     }
     const job = jobOf(d);

@@ -7,11 +7,12 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use uuid::Uuid;
 
-use super::runs::Guard;
+use super::runs::{Extra, Guard};
 use super::stacks::new_stack_item;
 use super::*;
 use crate::aws::item::*;
-use crate::domain::time_fmt::from_micros;
+use crate::domain::approvals::{Approval, ApprovalStatus, Ballot};
+use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
@@ -68,6 +69,9 @@ impl DynamoStore {
             update: opt_s(d, "update_info")
                 .map(|u| serde_json::from_str(&u))
                 .transpose()?,
+            approval: opt_s(d, "approval")
+                .map(|a| serde_json::from_str(&a))
+                .transpose()?,
         })
     }
 
@@ -100,7 +104,9 @@ impl DynamoStore {
                 .key_condition_expression("pk = :pk AND begins_with(sk, :dep)")
                 .expression_attribute_values(":pk", s(spk))
                 .expression_attribute_values(":dep", s("DEP#"))
-                .projection_expression("version, #status, operation, skip_intermediate")
+                .projection_expression(
+                    "id, version, #status, operation, skip_intermediate, awaiting",
+                )
                 .set_expression_attribute_names(names(&["#status"]))
                 .scan_index_forward(false)
                 .consistent_read(true)
@@ -172,6 +178,78 @@ impl DynamoStore {
         }
         Ok(out)
     }
+
+    /// Writes a deployment's next approval, on condition that it is still `current` and the
+    /// deployment still queued. Approved, the deployment joins its queue (the workers' or its
+    /// pool's) in its creation order; rejected or expired, it is skipped, saying why.
+    pub(super) async fn write_approval(
+        &self,
+        d: &Deployment,
+        current: &Approval,
+        next: &Approval,
+    ) -> Result<()> {
+        let id = d.id;
+        let mut vals = vec![
+            (":old", s(serde_json::to_string(current)?)),
+            (":approval", s(serde_json::to_string(next)?)),
+        ];
+        let extra = match next.status {
+            ApprovalStatus::Pending => Extra {
+                set: "#approval = :approval",
+                cond: "#approval = :old",
+                vals,
+                ..Extra::default()
+            },
+            ApprovalStatus::Approved => {
+                vals.extend([
+                    (
+                        ":queue",
+                        s(queued_pk(d.config.spec().agent_pool.as_deref())),
+                    ),
+                    (":queued", s(format!("{}#{id}", pad(to_micros(d.created))))),
+                ]);
+                Extra {
+                    set: "#approval = :approval, #gsi1pk = :queue, #gsi1sk = :queued",
+                    remove: "#awaiting",
+                    cond: "#approval = :old",
+                    vals,
+                }
+            }
+            ApprovalStatus::Rejected | ApprovalStatus::Expired => {
+                vals.push((":final", s(JobStatus::Skipped.as_str())));
+                Extra {
+                    set: "#approval = :approval, #status = :final",
+                    remove: "#awaiting, #gsi1pk, #gsi1sk",
+                    cond: "#approval = :old",
+                    vals,
+                }
+            }
+        };
+        let line = matches!(
+            next.status,
+            ApprovalStatus::Rejected | ApprovalStatus::Expired
+        )
+        .then(|| next.ending_line());
+        self.write_run(
+            id,
+            Guard::Status(&[JobStatus::NotStarted]),
+            extra,
+            |_, _| {},
+            |st, _| {
+                if let Some(line) = &line {
+                    st.log(0, now_us(), None, Some(line));
+                }
+                Ok(())
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Conflict(_) => Error::conflict(format!(
+                "deployment '{id}' changed while this decision was made; read it and decide again"
+            )),
+            other => other,
+        })
+    }
 }
 
 #[async_trait]
@@ -199,6 +277,19 @@ impl DeploymentStore for DynamoStore {
                 item.insert("last_version".into(), n(version));
                 tx.put(item, Some("attribute_not_exists(pk)"), vec![]);
             }
+            // Queued for the workers or its pool; while it waits for approval, in the
+            // approvals' index by deadline instead, where the reaper finds it.
+            let pending = new.approval.as_ref().filter(|a| a.is_pending());
+            let (gsi1pk, gsi1sk) = match pending {
+                Some(a) => (
+                    AWAITING.to_string(),
+                    format!("{}#{}", pad(to_micros(a.expires_at)), new.id),
+                ),
+                None => (
+                    queued_pk(new.config.spec().agent_pool.as_deref()),
+                    format!("{}#{}", pad(now), new.id),
+                ),
+            };
             let mut d = key(&spk, dep_sk(version));
             for (k, v) in [
                 ("id", s(new.id.to_string())),
@@ -218,11 +309,8 @@ impl DeploymentStore for DynamoStore {
                 ("steps", s("[]")),
                 ("step_lines", s("{}")),
                 ("log_seq", n(0)),
-                (
-                    "gsi1pk",
-                    s(queued_pk(new.config.spec().agent_pool.as_deref())),
-                ),
-                ("gsi1sk", s(format!("{}#{}", pad(now), new.id))),
+                ("gsi1pk", s(gsi1pk)),
+                ("gsi1sk", s(gsi1sk)),
                 ("gsi2pk", s(org_deps(&new.stack.org))),
                 ("gsi2sk", s(format!("{}#{}", pad(now), new.id))),
             ] {
@@ -230,6 +318,12 @@ impl DeploymentStore for DynamoStore {
             }
             if let Some(pool) = &new.config.spec().agent_pool {
                 d.insert("agent_pool".into(), s(pool));
+            }
+            if let Some(a) = &new.approval {
+                d.insert("approval".into(), s(serde_json::to_string(a)?));
+            }
+            if pending.is_some() {
+                d.insert("awaiting".into(), b(true));
             }
             tx.put(d, Some("attribute_not_exists(pk)"), vec![]);
             let mut ptr = ptr_key(new.id);
@@ -397,5 +491,32 @@ impl DeploymentStore for DynamoStore {
             }
             _ => Ok(CancelOutcome::AlreadyFinished),
         }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
+    async fn decide_approval(
+        &self,
+        stack: &StackRef,
+        id: Uuid,
+        ballot: &Ballot,
+    ) -> Result<Deployment> {
+        let d = self.get_deployment(stack, id).await?.ok_or_else(|| {
+            Error::not_found(format!("deployment '{id}' not found in stack '{stack}'"))
+        })?;
+        let current = d
+            .approval
+            .as_ref()
+            .ok_or_else(|| Error::conflict(format!("deployment '{id}' needs no approval")))?;
+        if d.status != JobStatus::NotStarted && current.is_pending() {
+            return Err(Error::conflict(format!(
+                "deployment '{id}' is {}: there is nothing to approve",
+                d.status
+            )));
+        }
+        let next = current.decide(ballot, &d.requested_by)?;
+        self.write_approval(&d, current, &next).await?;
+        self.get_deployment(stack, id)
+            .await?
+            .ok_or_else(|| Error::internal("decided deployment vanished"))
     }
 }

@@ -7,6 +7,7 @@
 //! One file per port, with the same names as the SQLite adapter's.
 
 mod audit;
+mod bulk;
 mod deployments;
 mod idempotency;
 mod logs;
@@ -143,6 +144,8 @@ pub(super) fn pool_queue(pool: &str) -> String {
     format!("{QUEUED}#POOL#{pool}")
 }
 pub(super) const LEASED: &str = "LEASED";
+/// The `gsi1` partition of deployments waiting for approval, by deadline.
+pub(super) const AWAITING: &str = "AWAITING";
 
 pub(super) fn now_us() -> i64 {
     to_micros(OffsetDateTime::now_utc())

@@ -31,7 +31,7 @@ pub(super) struct RunState {
 }
 
 impl RunState {
-    fn log(&mut self, step: usize, ts: i64, header: Option<&str>, line: Option<&str>) {
+    pub(super) fn log(&mut self, step: usize, ts: i64, header: Option<&str>, line: Option<&str>) {
         self.log_seq += 1;
         let n = if header.is_some() {
             Value::Null
@@ -53,9 +53,11 @@ impl RunState {
 /// Clauses a run-side write adds to the deployment's update, beyond steps and logs.
 #[derive(Default)]
 pub(super) struct Extra<'a> {
-    set: &'a str,
-    remove: &'a str,
-    vals: Vec<(&'a str, AttributeValue)>,
+    pub(super) set: &'a str,
+    pub(super) remove: &'a str,
+    /// A further condition on the deployment item, beside the guard's.
+    pub(super) cond: &'a str,
+    pub(super) vals: Vec<(&'a str, AttributeValue)>,
 }
 
 /// Who may make a run-side write.
@@ -139,14 +141,19 @@ impl DynamoStore {
                 (":status", s(status.as_str())),
             ];
             vals.extend(extra.vals.iter().cloned());
-            let cond = match guard {
+            let mut cond = match guard {
                 Guard::Expired(_, before) => {
                     vals.push((":expired_before", n(before)));
                     "#log_seq = :old_seq AND #status = :status AND #lease_expires < :expired_before"
                 }
                 _ => "#log_seq = :old_seq AND #status = :status",
-            };
-            tx.update(dkey.clone(), &set, Some(cond), vals);
+            }
+            .to_string();
+            if !extra.cond.is_empty() {
+                cond.push_str(" AND ");
+                cond.push_str(extra.cond);
+            }
+            tx.update(dkey.clone(), &set, Some(&cond), vals);
             also(&mut tx, &item);
             Self::put_log_chunks(&mut tx, id, &st.lines)?;
             match self.commit(tx).await? {
@@ -204,8 +211,9 @@ impl DynamoStore {
             guard,
             Extra {
                 set: "#status = :final",
-                remove: "#lease_owner, #lease_expires, #gsi1pk, #gsi1sk",
+                remove: "#lease_owner, #lease_expires, #gsi1pk, #gsi1sk, #awaiting",
                 vals: vec![(":final", s(status.as_str()))],
+                ..Extra::default()
             },
             |tx, item| {
                 // Only a claimed deployment holds the stack's slot.
@@ -221,6 +229,14 @@ impl DynamoStore {
                         Some("#active = :id"),
                         vec![(":id", s(id.to_string()))],
                     );
+                    // No condition: a count that drifted must never keep a run from ending.
+                    let org = get_s(item, "org").unwrap_or_default();
+                    tx.update(
+                        org_key(&org),
+                        "ADD #running :minus_one",
+                        None,
+                        vec![(":minus_one", n(-1))],
+                    );
                 }
             },
             |st, _| {
@@ -233,6 +249,14 @@ impl DynamoStore {
             },
         )
         .await
+    }
+}
+
+/// Whether an org item shows the org running as many deployments as its limit allows.
+fn at_limit(org: &Item) -> bool {
+    match (opt_n(org, "max_concurrent"), opt_n(org, "running")) {
+        (Some(max), Some(running)) => running >= max,
+        _ => false,
     }
 }
 
@@ -276,15 +300,46 @@ impl RunStore for DynamoStore {
             .stack_item(stack)
             .await?
             .ok_or(Error::conflict("stack vanished"))?;
-        let org_paused = self
-            .get(org_key(&stack.org))
-            .await?
-            .is_some_and(|o| get_b(&o, "paused"));
+        let org = self.get(org_key(&stack.org)).await?;
+        let org_paused = org.as_ref().is_some_and(|o| get_b(o, "paused"));
         if get_b(&st, "paused") || org_paused {
             return Ok(ClaimOutcome::Paused);
         }
+        if org.as_ref().is_some_and(at_limit) {
+            return Ok(ClaimOutcome::Busy);
+        }
         // Queued ahead of it, or the slot taken: the stack's order must hold.
         let queued = self.queued_of_stack(&spk).await?;
+        // A head waiting for approval holds the stack's queue, unless a newer deployment of
+        // its operation supersedes it.
+        if let Some(head) = queued.first().filter(|h| get_b(h, "awaiting")) {
+            let op = opt_s(head, "operation");
+            let superseded = get_b(head, "skip_intermediate")
+                && queued.iter().skip(1).any(|i| opt_s(i, "operation") == op);
+            if !superseded {
+                return Ok(ClaimOutcome::AwaitingApproval);
+            }
+            if opt_n(head, "version") != Some(d.version) {
+                let head_id = stored_id(&get_s(head, "id")?)?;
+                let msg = format!(
+                    "Skipped: a newer {} deployment is queued (skipIntermediateDeployments).\n",
+                    op.unwrap_or_default()
+                );
+                match self
+                    .end(
+                        head_id,
+                        Guard::Status(&[JobStatus::NotStarted]),
+                        JobStatus::Skipped,
+                        Some(&msg),
+                    )
+                    .await
+                {
+                    Ok(()) | Err(Error::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                return Box::pin(self.claim(stack, id, lease)).await;
+            }
+        }
         let first = queued.first().and_then(|i| opt_n(i, "version"));
         if opt_s(&st, "active").is_some() || first != Some(d.version) {
             return Ok(ClaimOutcome::Busy);
@@ -337,10 +392,15 @@ impl RunStore for DynamoStore {
             Some("attribute_not_exists(#active) AND #paused = :false"),
             vec![(":id", s(id.to_string())), (":false", b(false))],
         );
-        tx.check(
+        // The org's run count, within its limit: checked and counted in the same write.
+        tx.update(
             org_key(&stack.org),
-            "attribute_not_exists(#paused) OR #paused = :false",
-            vec![(":false", b(false))],
+            "ADD #running :one",
+            Some(
+                "(attribute_not_exists(#paused) OR #paused = :false) AND \
+                 (attribute_not_exists(#max_concurrent) OR attribute_not_exists(#running) OR #running < #max_concurrent)",
+            ),
+            vec![(":false", b(false)), (":one", n(1))],
         );
         match self.commit(tx).await? {
             Ok(()) => {
@@ -391,12 +451,12 @@ impl RunStore for DynamoStore {
             Guard::Lease(lease, &[JobStatus::Accepted]),
             Extra {
                 set: "#status = :running, #started = :now, #lease_expires = :exp, #gsi1sk = :gsk",
-                remove: "",
                 vals: vec![
                     (":running", s(JobStatus::Running.as_str())),
                     (":exp", n(expires)),
                     (":gsk", s(format!("{}#{id}", pad(expires)))),
                 ],
+                ..Extra::default()
             },
             |_, _| {},
             |_, _| Ok(()),
@@ -525,11 +585,11 @@ impl RunStore for DynamoStore {
             Guard::Lease(lease, &[JobStatus::Running]),
             Extra {
                 set: "#update_info = :info, #update_version = :uv",
-                remove: "",
                 vals: vec![
                     (":info", s(serde_json::to_string(&info)?)),
                     (":uv", n(version)),
                 ],
+                ..Extra::default()
             },
             |tx, _| tx.put(pointer.clone(), None, vec![]),
             |_, item| {
@@ -568,8 +628,8 @@ impl RunStore for DynamoStore {
             Guard::Lease(lease, &[JobStatus::Running]),
             Extra {
                 set: "#update_info = :info",
-                remove: "",
                 vals: vec![(":info", s(serde_json::to_string(&info)?))],
+                ..Extra::default()
             },
             |tx, _| {
                 if let Some(count) = count {
@@ -676,6 +736,35 @@ impl RunStore for DynamoStore {
             .collect()
     }
 
+    async fn queue_state(&self, d: &Deployment) -> Result<QueueState> {
+        let spk = stack_pk(&d.stack);
+        let ahead = self
+            .count(
+                Some("gsi1"),
+                "gsi1pk = :pk AND gsi1sk < :sk",
+                vec![
+                    (":pk", s(queued_pk(d.config.spec().agent_pool.as_deref()))),
+                    (":sk", s(format!("{}#{}", pad(to_micros(d.created)), d.id))),
+                ],
+            )
+            .await?;
+        let st = self.stack_item(&d.stack).await?;
+        let first = self
+            .queued_of_stack(&spk)
+            .await?
+            .first()
+            .and_then(|i| opt_n(i, "version"));
+        let org = self.get(org_key(&d.stack.org)).await?;
+        Ok(QueueState {
+            ahead,
+            stack_busy: st.as_ref().is_some_and(|i| opt_s(i, "active").is_some())
+                || first.is_some_and(|v| v < d.version),
+            paused: st.as_ref().is_some_and(|i| get_b(i, "paused"))
+                || org.as_ref().is_some_and(|o| get_b(o, "paused")),
+            org_at_limit: org.as_ref().is_some_and(at_limit),
+        })
+    }
+
     async fn reap(&self, now: OffsetDateTime, queue_expiry: OffsetDateTime) -> Result<Vec<Reaped>> {
         let mut changed = Vec::new();
         let leased = self
@@ -714,6 +803,37 @@ impl RunStore for DynamoStore {
                     stack: stack_of(&cur)?,
                     id,
                     status: JobStatus::Failed,
+                });
+            }
+        }
+        // Approvals past their deadline: the deployment is skipped, saying so.
+        let lapsed = self
+            .query(
+                Some("gsi1"),
+                "gsi1pk = :pk AND gsi1sk < :t",
+                vec![(":pk", s(AWAITING)), (":t", s(pad(to_micros(now))))],
+                true,
+                None,
+            )
+            .await?;
+        for item in lapsed {
+            let (stack, id) = (stack_of(&item)?, stored_id(&get_s(&item, "id")?)?);
+            let Some(d) = self.get_deployment(&stack, id).await? else {
+                continue;
+            };
+            let Some(approval) = d.approval.as_ref().filter(|a| a.is_pending()) else {
+                continue;
+            };
+            // A decision made meanwhile wins.
+            if self
+                .write_approval(&d, approval, &approval.expired())
+                .await
+                .is_ok()
+            {
+                changed.push(Reaped {
+                    stack,
+                    id,
+                    status: JobStatus::Skipped,
                 });
             }
         }

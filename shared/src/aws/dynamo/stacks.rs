@@ -369,6 +369,38 @@ impl OrgStore for DynamoStore {
             .is_some_and(|o| get_b(&o, "paused")))
     }
 
+    async fn org_limit(&self, org: &str) -> Result<OrgLimit> {
+        let item = self.get(org_key(org)).await?;
+        Ok(OrgLimit {
+            max_concurrent: item
+                .as_ref()
+                .and_then(|o| opt_n(o, "max_concurrent"))
+                .map(|m| m as u32),
+            running: item
+                .as_ref()
+                .and_then(|o| opt_n(o, "running"))
+                .unwrap_or(0)
+                .max(0) as u64,
+        })
+    }
+
+    async fn set_org_limit(&self, org: &str, max_concurrent: Option<u32>) -> Result<()> {
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(org_key(org)))
+            .set_expression_attribute_names(names(&["#max_concurrent"]));
+        let req = match max_concurrent {
+            Some(m) => req
+                .update_expression("SET #max_concurrent = :m")
+                .expression_attribute_values(":m", n(i64::from(m))),
+            None => req.update_expression("REMOVE #max_concurrent"),
+        };
+        req.send().await.map_err(|e| aws_err("UpdateItem", e))?;
+        Ok(())
+    }
+
     async fn get_integration(&self, org: &str, kind: &str) -> Result<Option<Value>> {
         let item = self
             .get(key(format!("ORG#{org}"), format!("INTEGRATION#{kind}")))

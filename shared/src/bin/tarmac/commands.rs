@@ -229,6 +229,23 @@ pub(crate) enum DeploymentsCommand {
         #[arg(long)]
         org: Option<String>,
     },
+    /// Approve a deployment that waits for approval (the stack's `approvals` setting).
+    Approve {
+        deployment: String,
+        #[arg(long)]
+        org: Option<String>,
+        /// Why, for the record.
+        #[arg(long, short = 'm')]
+        comment: Option<String>,
+    },
+    /// Reject a deployment that waits for approval: it is skipped.
+    Reject {
+        deployment: String,
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long, short = 'm')]
+        comment: Option<String>,
+    },
 }
 
 pub(crate) async fn deployments(
@@ -299,7 +316,51 @@ pub(crate) async fn deployments(
                         when(&st["lastUpdated"]),
                     ]);
                 }
-                format!("{}\n{}", head.render(), steps.render())
+                let approval = &v["approval"];
+                let approval = if approval.is_object() {
+                    format!(
+                        "Approval: {} ({} of {} given, expires {})\n",
+                        cell(&approval["status"]),
+                        cell(&approval["given"]),
+                        cell(&approval["required"]),
+                        cell(&approval["expiresAt"])
+                    )
+                } else {
+                    String::new()
+                };
+                format!("{}\n{approval}{}", head.render(), steps.render())
+            })?;
+        }
+        DeploymentsCommand::Approve {
+            deployment,
+            org,
+            comment,
+        }
+        | DeploymentsCommand::Reject {
+            deployment,
+            org,
+            comment,
+        } => {
+            let verb = if matches!(cmd, DeploymentsCommand::Approve { .. }) {
+                "approve"
+            } else {
+                "reject"
+            };
+            let (s, id) = crate::run::locate(api, deployment, org.as_deref()).await?;
+            let v = api
+                .post(
+                    &format!("{}/deployments/{id}/{verb}", s.api()),
+                    &json!({ "comment": comment }),
+                )
+                .await?;
+            output::emit_text(format, &v, |v| {
+                format!(
+                    "{s}/{id}: approval {} ({} of {} given); the deployment is {}.",
+                    cell(&v["approval"]["status"]),
+                    cell(&v["approval"]["given"]),
+                    cell(&v["approval"]["required"]),
+                    cell(&v["status"])
+                )
             })?;
         }
         DeploymentsCommand::Cancel { deployment, org } => {

@@ -77,6 +77,8 @@ pub struct RunSpec {
     pub upstream: Option<Upstream>,
     /// `agentPoolID`: the pool whose agents run it; `None` for the built-in workers.
     pub agent_pool: Option<String>,
+    /// `approvals` (a Tarmac extension): the operations that wait for approval.
+    pub approvals: Option<super::approvals::ApprovalRule>,
 }
 
 #[derive(Deserialize, Default)]
@@ -188,6 +190,7 @@ impl RunSpec {
             trigger: raw.trigger,
             upstream: raw.upstream,
             agent_pool: non_empty(raw.agent_pool_id),
+            approvals: super::approvals::ApprovalRule::from_settings(config)?,
         })
     }
 }
@@ -223,6 +226,7 @@ fn checked(settings: &Value) -> Result<Option<OidcSpec>> {
             "agentPoolID '{pool}' is not an agent pool id (a UUID from /api/orgs/{{org}}/agent-pools)"
         )));
     }
+    super::approvals::ApprovalRule::from_settings(settings)?;
     let options = &settings["operationContext"]["options"];
     if let Some(t) = options["timeout"].as_i64()
         && !(t > 0 && t <= MAX_TIMEOUT_SECS)
