@@ -8,20 +8,12 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-fn parse(t: &str) -> time::OffsetDateTime {
-    use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::parse(t, &Rfc3339)
-        .or_else(|_| time::OffsetDateTime::parse(&format!("{}Z", t.replace(' ', "T")), &Rfc3339))
-        .unwrap()
-}
 
 #[tokio::main]
 async fn main() {
@@ -33,15 +25,7 @@ async fn main() {
         common::arg("--stacks", 100) as usize,
     );
     let work = tempfile::tempdir().unwrap();
-    let bin = work.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let engine = bin.join("terraform");
-    std::fs::write(
-        &engine,
-        "#!/bin/sh\n[ \"$1\" = output ] && echo '{}'\nexit 0\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = common::trivial_engine(work.path());
     let repo = common::repo_with(work.path(), "# trivial\n");
     let data = work.path().join("data");
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
@@ -68,18 +52,13 @@ async fn main() {
     let b_auth = format!("token {}", String::from_utf8(out.stdout).unwrap().trim());
     let client = reqwest::Client::new();
     let settings = json!({"sourceContext": {"git": {"repoUrl": format!("file://{}", repo.display()), "branch": "main", "repoDir": "infra"}}});
-    for s in 0..stacks {
-        let r = client
-            .post(format!(
-                "{url}/api/stacks/default/burst/s{s}/deployments/settings"
-            ))
-            .header("Authorization", &a_auth)
-            .json(&settings)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    }
+    common::put_settings(
+        &client,
+        &a_auth,
+        (0..stacks).map(|s| format!("{url}/api/stacks/default/burst/s{s}")),
+        &settings,
+    )
+    .await;
 
     // A's burst, as fast as 32 clients can create it.
     let started = Instant::now();
@@ -135,8 +114,8 @@ async fn main() {
     for d in &b_runs {
         let d = common::wait_succeeded(&client, d, &b_auth, Duration::from_millis(100)).await;
         waits.push(
-            (parse(d["jobs"][0]["started"].as_str().unwrap())
-                - parse(d["created"].as_str().unwrap()))
+            (common::parse_time(d["jobs"][0]["started"].as_str().unwrap())
+                - common::parse_time(d["created"].as_str().unwrap()))
             .as_seconds_f64(),
         );
     }

@@ -10,19 +10,11 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-fn parse(t: &str) -> time::OffsetDateTime {
-    use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::parse(t, &Rfc3339)
-        .or_else(|_| time::OffsetDateTime::parse(&format!("{}Z", t.replace(' ', "T")), &Rfc3339))
-        .unwrap()
-}
 
 #[tokio::main]
 async fn main() {
@@ -34,15 +26,7 @@ async fn main() {
         common::arg("--in-flight", 64) as usize,
     );
     let work = tempfile::tempdir().unwrap();
-    let bin = work.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let engine = bin.join("terraform");
-    std::fs::write(
-        &engine,
-        "#!/bin/sh\n[ \"$1\" = output ] && echo '{}'\nexit 0\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = common::trivial_engine(work.path());
     let repo = common::repo_with(work.path(), "# trivial\n");
 
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
@@ -55,18 +39,13 @@ async fn main() {
     let client = reqwest::Client::new();
     let auth = server.auth.clone();
     let settings = json!({"sourceContext": {"git": {"repoUrl": format!("file://{}", repo.display()), "branch": "main", "repoDir": "infra"}}});
-    for s in 0..stacks {
-        let r = client
-            .post(format!(
-                "{url}/api/stacks/default/tput/s{s}/deployments/settings"
-            ))
-            .header("Authorization", &auth)
-            .json(&settings)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    }
+    common::put_settings(
+        &client,
+        &auth,
+        (0..stacks).map(|s| format!("{url}/api/stacks/default/tput/s{s}")),
+        &settings,
+    )
+    .await;
 
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);
@@ -110,8 +89,8 @@ async fn main() {
     let mut waits: Vec<f64> = done
         .iter()
         .map(|d| {
-            (parse(d["jobs"][0]["started"].as_str().unwrap())
-                - parse(d["created"].as_str().unwrap()))
+            (common::parse_time(d["jobs"][0]["started"].as_str().unwrap())
+                - common::parse_time(d["created"].as_str().unwrap()))
             .as_seconds_f64()
                 * 1000.0
         })

@@ -97,18 +97,13 @@ async fn main() {
         "sourceContext": {"git": {"repoUrl": format!("file://{}", repo.display()), "branch": "main", "repoDir": "infra"}},
         "operationContext": {"environmentVariables": {"TRACE_FILE": trace.display().to_string()}},
     });
-    for s in 0..args.stacks {
-        let r = client
-            .post(format!(
-                "{url}/api/stacks/default/bench/s{s}/deployments/settings"
-            ))
-            .header("Authorization", format!("token {token}"))
-            .json(&settings)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    }
+    common::put_settings(
+        &client,
+        &format!("token {token}"),
+        (0..args.stacks).map(|s| format!("{url}/api/stacks/default/bench/s{s}")),
+        &settings,
+    )
+    .await;
 
     let started = Instant::now();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -129,3 +129,46 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
+
+/// A `bin` directory under `dir` whose `terraform` does nothing (and outputs `{}`): for the
+/// benchmarks that measure everything but the engine. Put it first on the server's `PATH`.
+pub(crate) fn trivial_engine(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let engine = bin.join("terraform");
+    std::fs::write(
+        &engine,
+        "#!/bin/sh\n[ \"$1\" = output ] && echo '{}'\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// A deployment's time, in either of the API's forms (RFC 3339, or Pulumi's `created`).
+pub(crate) fn parse_time(t: &str) -> time::OffsetDateTime {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::parse(t, &Rfc3339)
+        .or_else(|_| time::OffsetDateTime::parse(&format!("{}Z", t.replace(' ', "T")), &Rfc3339))
+        .unwrap()
+}
+
+/// Writes `settings` to each stack (`{url}/api/stacks/{org}/{project}/{stack}`).
+pub(crate) async fn put_settings(
+    client: &reqwest::Client,
+    auth: &str,
+    stacks: impl IntoIterator<Item = String>,
+    settings: &serde_json::Value,
+) {
+    for stack in stacks {
+        let r = client
+            .post(format!("{stack}/deployments/settings"))
+            .header("Authorization", auth)
+            .json(settings)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{stack}: {}", r.status());
+    }
+}

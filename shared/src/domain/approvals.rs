@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{Operation, Role};
+use super::{JobStatus, Operation, Role};
 use crate::error::{Error, Result};
 
 /// The most approvals a rule may require.
@@ -261,6 +261,24 @@ impl Approval {
             }
         }
         Ok(next)
+    }
+
+    /// The next approval of a stored deployment (`status`, asked for by `requested_by`) after
+    /// `ballot`: 409 if it has none to decide, or is no longer queued.
+    pub fn decide_stored(
+        current: Option<&Self>,
+        status: JobStatus,
+        requested_by: &str,
+        ballot: &Ballot,
+    ) -> Result<Self> {
+        let current =
+            current.ok_or_else(|| Error::conflict("this deployment needs no approval"))?;
+        if status != JobStatus::NotStarted && current.is_pending() {
+            return Err(Error::conflict(format!(
+                "this deployment is {status}: there is nothing to approve"
+            )));
+        }
+        current.decide(ballot, requested_by)
     }
 
     /// The line a deployment's log gets when its approval ends it.

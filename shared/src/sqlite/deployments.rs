@@ -197,15 +197,14 @@ impl DeploymentStore for SqliteStore {
                     )
                     .optional()?
                     .ok_or_else(|| Error::not_found(format!("deployment '{id}' not found in stack '{stack}'")))?;
-                let current: Approval = serde_json::from_str(&approval.ok_or_else(|| {
-                    Error::conflict(format!("deployment '{id}' needs no approval"))
-                })?)?;
-                if status != JobStatus::NotStarted.as_str() && current.is_pending() {
-                    return Err(Error::conflict(format!(
-                        "deployment '{id}' is {status}: there is nothing to approve"
-                    )));
-                }
-                let next = current.decide(&ballot, &requested_by)?;
+                let current: Option<Approval> =
+                    approval.map(|a| serde_json::from_str(&a)).transpose()?;
+                let next = Approval::decide_stored(
+                    current.as_ref(),
+                    status.parse()?,
+                    &requested_by,
+                    &ballot,
+                )?;
                 let expires = next.is_pending().then(|| to_micros(next.expires_at));
                 tx.execute(
                     "UPDATE deployments SET approval = ?2, approval_expires = ?3, modified = ?4 WHERE seq = ?1",

@@ -503,17 +503,11 @@ impl DeploymentStore for DynamoStore {
         let d = self.get_deployment(stack, id).await?.ok_or_else(|| {
             Error::not_found(format!("deployment '{id}' not found in stack '{stack}'"))
         })?;
+        let next = Approval::decide_stored(d.approval.as_ref(), d.status, &d.requested_by, ballot)?;
         let current = d
             .approval
             .as_ref()
-            .ok_or_else(|| Error::conflict(format!("deployment '{id}' needs no approval")))?;
-        if d.status != JobStatus::NotStarted && current.is_pending() {
-            return Err(Error::conflict(format!(
-                "deployment '{id}' is {}: there is nothing to approve",
-                d.status
-            )));
-        }
-        let next = current.decide(ballot, &d.requested_by)?;
+            .ok_or_else(|| Error::internal("a decided approval vanished"))?;
         self.write_approval(&d, current, &next).await?;
         self.get_deployment(stack, id)
             .await?
