@@ -122,6 +122,22 @@ impl Api {
         (status, resp.json().await.unwrap_or(Value::Null), replayed)
     }
 
+    /// Writes `stack`'s settings: the source in `remote` (with its basic auth), and `extra`.
+    async fn configure(&self, stack: &str, remote: &GitServer, mut extra: Value) {
+        extra["sourceContext"] = json!({"git": {
+            "repoUrl": remote.url, "branch": "main",
+            "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
+        }});
+        let (status, v) = self
+            .call(
+                "POST",
+                &format!("/api/stacks/{stack}/deployments/settings"),
+                Some(extra),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+
     /// Waits for the deployment to end and returns it.
     async fn finished(&self, stack: &str, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(180);
@@ -321,21 +337,15 @@ async fn the_agent_runs_a_pools_deployment(api: &Api, remote: &GitServer) {
             .unwrap(),
     );
     let stack = "acme/site/agent";
-    let (status, v) = api
-        .call(
-            "POST",
-            &format!("/api/stacks/{stack}/deployments/settings"),
-            Some(json!({
-                "agentPoolID": pool["id"],
-                "sourceContext": {"git": {
-                    "repoUrl": remote.url, "branch": "main",
-                    "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
-                }},
-                "operationContext": {"preRunCommands": [outlast_the_worker("agent run")]},
-            })),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
+    api.configure(
+        stack,
+        remote,
+        json!({
+            "agentPoolID": pool["id"],
+            "operationContext": {"preRunCommands": [outlast_the_worker("agent run")]}
+        }),
+    )
+    .await;
     let started = Instant::now();
     let run = api.deploy(stack).await;
     let took = started.elapsed();
@@ -376,20 +386,14 @@ async fn the_agent_runs_a_pools_deployment(api: &Api, remote: &GitServer) {
 /// The same long run on the worker: the invocation's end stops it, and it fails, saying why.
 async fn the_worker_fails_a_run_longer_than_its_invocation(api: &Api, remote: &GitServer) {
     let stack = "acme/site/long";
-    let (status, v) = api
-        .call(
-            "POST",
-            &format!("/api/stacks/{stack}/deployments/settings"),
-            Some(json!({
-                "sourceContext": {"git": {
-                    "repoUrl": remote.url, "branch": "main",
-                    "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
-                }},
-                "operationContext": {"preRunCommands": [outlast_the_worker("worker run")]},
-            })),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
+    api.configure(
+        stack,
+        remote,
+        json!({
+            "operationContext": {"preRunCommands": [outlast_the_worker("worker run")]}
+        }),
+    )
+    .await;
     let (status, v) = api
         .call(
             "POST",
@@ -408,20 +412,14 @@ async fn the_worker_fails_a_run_longer_than_its_invocation(api: &Api, remote: &G
 
 async fn the_gate_holds_a_deployment_until_approved(api: &Api, remote: &GitServer) {
     let stack = "acme/site/gated";
-    let (status, v) = api
-        .call(
-            "POST",
-            &format!("/api/stacks/{stack}/deployments/settings"),
-            Some(json!({
-                "sourceContext": {"git": {
-                    "repoUrl": remote.url, "branch": "main",
-                    "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
-                }},
-                "approvals": {"operations": ["update"], "required": 1, "approvers": ["admin"]},
-            })),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
+    api.configure(
+        stack,
+        remote,
+        json!({
+            "approvals": {"operations": ["update"], "required": 1, "approvers": ["admin"]}
+        }),
+    )
+    .await;
     let (status, approver) = api
         .call(
             "POST",
@@ -598,17 +596,7 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     git(repo.path(), &["commit", "-q", "-m", "site"]);
     let remote = GitServer::start(repo.path(), "deployer", "git-pass");
     let stack = "acme/site/prod";
-    let (status, v) = api
-        .call(
-            "POST",
-            &format!("/api/stacks/{stack}/deployments/settings"),
-            Some(json!({"sourceContext": {"git": {
-                "repoUrl": remote.url, "branch": "main",
-                "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
-            }}})),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
+    api.configure(stack, &remote, json!({})).await;
 
     // api → SQS FIFO → worker (event source mapping) → DynamoDB; state saved to S3.
     let first = api.deploy(stack).await;
@@ -652,27 +640,16 @@ async fn the_bundle_deploys_itself_runs_deployments_and_is_destroyed() {
     // gets those credentials, and the token verifies against the JWKS that the api serves for
     // the issuer the stack reports.
     let oidc_stack = "acme/site/oidc";
-    let (status, v) = api
-        .call(
-            "POST",
-            &format!("/api/stacks/{oidc_stack}/deployments/settings"),
-            Some(json!({
-                "sourceContext": {"git": {
-                    "repoUrl": remote.url, "branch": "main",
-                    "gitAuth": {"basicAuth": {"userName": {"secret": "deployer"}, "password": {"secret": "git-pass"}}}
-                }},
-                "operationContext": {
-                    "oidc": {"aws": {"roleArn": "arn:aws:iam::123456789012:role/deployer", "sessionName": "tarmac-run"}},
-                    // The run is sandboxed (it may write nothing outside its directory) and
-                    // the token is masked in the log: it prints it encoded, for the test.
-                    "preRunCommands": [
-                        "test -n \"$AWS_SESSION_TOKEN\" && echo \"token-b64: $(base64 -w0 < \"$PULUMI_OIDC_TOKEN_FILE\")\""
-                    ]
-                }
-            })),
-        )
+    let oidc = json!({
+        "oidc": {"aws": {"roleArn": "arn:aws:iam::123456789012:role/deployer", "sessionName": "tarmac-run"}},
+        // The run is sandboxed (it may write nothing outside its directory) and the token is
+        // masked in the log: it prints it encoded, for the test.
+        "preRunCommands": [
+            "test -n \"$AWS_SESSION_TOKEN\" && echo \"token-b64: $(base64 -w0 < \"$PULUMI_OIDC_TOKEN_FILE\")\""
+        ]
+    });
+    api.configure(oidc_stack, &remote, json!({ "operationContext": oidc }))
         .await;
-    assert_eq!(status, 200, "{v}");
     let run = api.deploy(oidc_stack).await;
     let logs = api.logs(oidc_stack, run["id"].as_str().unwrap()).await;
     assert!(logs.contains("assumed-role/deployer/tarmac-run"), "{logs}");
