@@ -246,10 +246,9 @@ async fn start_dependent(
             .as_str()
             .and_then(|i| uuid::Uuid::parse_str(i).ok())
             .ok_or_else(|| Error::invalid("the event names no deployment"))?;
-        let upstream = deps
-            .deployments
-            .get_deployment(&source, source_id)
-            .await?
+        let source_deployment = deps.deployments.get_deployment(&source, source_id).await?;
+        let upstream = source_deployment
+            .as_ref()
             .and_then(|d| d.config.spec().upstream.clone());
         let mut chain = upstream.map(|u| u.stacks).unwrap_or_default();
         chain.push(source.to_string());
@@ -268,7 +267,11 @@ async fn start_dependent(
         let key = format!("{}:{}", source_id, hook_target(scope, &hook.name));
         let id = crate::crypto::derived_uuid(&[b"tarmac-dependent:", key.as_bytes()]);
         let body = serde_json::json!({"operation": "update", "inheritSettings": true});
-        let requested_by = format!("webhook:{}", hook.name);
+        // Requested by whoever asked for the deployment that set it off, so that they cannot
+        // approve it where the target stack gates updates.
+        let requested_by = source_deployment
+            .map(|d| d.requested_by)
+            .unwrap_or_else(|| format!("webhook:{}", hook.name));
         let request = crate::service::CreateRequest {
             id: Some(id),
             upstream: Some(crate::domain::spec::Upstream {

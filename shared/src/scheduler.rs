@@ -63,6 +63,17 @@ pub async fn tick(
                     crate::webhooks::events::deployment(deps, &d, Event::DeploymentFailed).await;
                 }
             }
+            // A skipped one (an approval that expired, say) may have held its stack's queue,
+            // whose messages were dropped meanwhile: where the queue is separate, they go now.
+            let mut stacks: Vec<&StackRef> = ended
+                .iter()
+                .filter(|r| r.status == JobStatus::Skipped)
+                .map(|r| &r.stack)
+                .collect();
+            stacks.dedup();
+            for stack in stacks {
+                crate::service::resend_stack(deps, stack).await;
+            }
             ended.len()
         }
         Err(e) => {
@@ -146,7 +157,11 @@ pub async fn fire_due(deps: &Arc<Deps>, now: OffsetDateTime) -> Result<(usize, u
             }
             let f = firing(&s.when, expected, now)?;
             let body = s.definition.get("request").cloned().unwrap_or_default();
-            let request = CreateRequest::new(&s.stack, &body, "schedule", "scheduler");
+            // Requested by the token that set the schedule (older schedules: "scheduler").
+            let by = s.definition[crate::domain::schedule::REQUESTED_BY]
+                .as_str()
+                .unwrap_or("scheduler");
+            let request = CreateRequest::new(&s.stack, &body, "schedule", by);
             // A refused request (settings gone, or a pool deleted since they named it) uses up
             // its slot, and the history says why.
             let deployment = prepare(deps, &request, settings[&s.stack].as_ref())

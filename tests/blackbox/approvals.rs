@@ -333,6 +333,57 @@ async fn gated_deployments_wait_for_approvers_and_run_or_are_skipped() {
         "{log}"
     );
 
+    // A deployment a schedule starts is requested by the token that set the schedule, which
+    // cannot approve it either.
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (status, v) = call(
+        &app,
+        &deployer,
+        Method::POST,
+        &format!("/api/stacks/{s}/deployments/schedules"),
+        json!({"scheduleOnce": now, "request": {"operation": "update"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let scheduled = loop {
+        let (_, list) = app.get(&format!("/api/stacks/{s}/deployments")).await;
+        if let Some(d) = list["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["initiator"] == "schedule")
+        {
+            break d.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the schedule never fired: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(scheduled["requestedBy"]["name"], "deployer", "{scheduled}");
+    assert_eq!(scheduled["approval"]["status"], "pending", "{scheduled}");
+    let sid = scheduled["id"].as_str().unwrap();
+    let (status, v) = call(
+        &app,
+        &deployer,
+        Method::POST,
+        &path("approve", sid),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    let (status, v) = app
+        .post(
+            &format!("/api/stacks/{s}/deployments/{sid}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+
     // Expired: the deadline passes and the ticker skips it, saying so.
     let (status, v) = app
         .post(

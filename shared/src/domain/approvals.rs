@@ -85,6 +85,14 @@ impl ApprovalRule {
                 "approvals.approvers: names must not be empty",
             ));
         }
+        // Each token votes once: named tokens alone must be enough to approve.
+        let roles = approvers.iter().any(|a| a == "admin" || a == "write");
+        if !approvers.is_empty() && !roles && (approvers.len() as i64) < required {
+            return Err(Error::invalid(format!(
+                "approvals.required is {required} but approvals.approvers names only {} token(s), each of which votes once",
+                approvers.len()
+            )));
+        }
         if operations.is_empty() {
             return Ok(None);
         }

@@ -286,6 +286,16 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// Since when it has been queued to run: its creation, or its approval if it needed one
+    /// (the queue's age limit and order count from then).
+    pub fn queued_since(&self) -> OffsetDateTime {
+        if self.approval.is_some() {
+            self.modified
+        } else {
+            self.created
+        }
+    }
+
     /// Queued, and waiting for approval before it may start.
     pub fn awaiting_approval(&self) -> bool {
         self.status == JobStatus::NotStarted
@@ -384,8 +394,9 @@ wire_enum!(
 /// What the store knows of a queued deployment's place.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueState {
-    /// Deployments of its queue (the workers', or its agent pool's) queued before it, not
-    /// counting those waiting for approval.
+    /// Its org's deployments in its queue (the workers', or its agent pool's) queued before
+    /// it, not counting those waiting for approval. Other orgs' are not counted: one tenant
+    /// learns nothing of another's queue.
     pub ahead: u64,
     /// Its stack has a run in progress, or an older deployment queued.
     pub stack_busy: bool,

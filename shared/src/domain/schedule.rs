@@ -11,6 +11,10 @@ use uuid::Uuid;
 use super::StackRef;
 use crate::error::{Error, Result};
 
+/// Where a schedule's stored definition names the token that set it: its deployments are
+/// requested by that token, which therefore cannot approve them.
+pub const REQUESTED_BY: &str = "requestedBy";
+
 /// The parser for standard cron: minute to day of week, no seconds or years.
 fn five_fields() -> CronParser {
     CronParser::builder()

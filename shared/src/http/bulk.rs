@@ -28,6 +28,14 @@ use crate::error::{Error, Result};
 /// Deployments created, or read, at once.
 const PARALLEL: usize = 16;
 
+/// The longest `project/stack` name.
+const MAX_NAME: usize = 201;
+
+/// Where an API call has a hard time limit (API Gateway's 29 s before a Lambda), the creation
+/// stops after this long: the stacks not reached are refused with 503, to be sent again, and
+/// the request is still recorded and answered.
+const AWS_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The stacks a bulk request names, in its order: each parsed, or refused with why.
 async fn selected(
     state: &AppState,
@@ -50,15 +58,23 @@ async fn selected(
                     list.len()
                 )));
             }
+            // Entries no stack could have are refused whole, before anything is created (and
+            // never echoed back at length).
+            if let Some(bad) = list
+                .iter()
+                .find(|v| v.as_str().is_none_or(|n| n.len() > MAX_NAME))
+            {
+                let shown: String = bad.to_string().chars().take(60).collect();
+                return Err(Error::invalid(format!(
+                    "stacks must be \"project/stack\" names of at most {MAX_NAME} characters; {shown} is not"
+                )));
+            }
             let mut seen = HashSet::new();
             Ok(list
                 .iter()
                 .map(|v| {
                     let name = v.as_str().unwrap_or_default().to_string();
                     let parsed = match name.split_once('/') {
-                        _ if v.as_str().is_none() => Err(Error::invalid(format!(
-                            "{v} is not a stack name: use \"project/stack\""
-                        ))),
                         Some((project, stack)) => StackRef::new(org, project, stack),
                         None => Err(Error::invalid(format!(
                             "'{name}' is not a stack name: use \"project/stack\""
@@ -166,13 +182,26 @@ pub(super) async fn create(
 
     let requested_by = ctx.principal.token_name.clone();
     let request = Arc::new(request);
+    // The AWS backend answers through API Gateway (the queue is its marker).
+    let deadline = state
+        .deps
+        .queue
+        .is_some()
+        .then(|| std::time::Instant::now() + AWS_BUDGET);
     let items: Vec<BulkItem> = stream::iter(stacks)
         .map(|(name, parsed)| {
             let (deps, request, requested_by) =
                 (state.deps.clone(), request.clone(), requested_by.clone());
             async move {
+                let late = deadline.is_some_and(|d| std::time::Instant::now() >= d);
                 let outcome = match parsed {
                     Err(e) => refused(&e),
+                    Ok(_) if late => BulkOutcome::Refused {
+                        code: 503,
+                        message:
+                            "not attempted: the request ran out of time; send this stack again"
+                                .into(),
+                    },
                     Ok(stack) => match one(&deps, &stack, &request, &requested_by).await {
                         Ok(d) => BulkOutcome::Created {
                             deployment_id: d.id,

@@ -163,10 +163,18 @@ async fn list_body(
     page: crate::domain::Page<Deployment>,
     req: PageRequest,
 ) -> Result<Json<Value>> {
-    let mut items = Vec::with_capacity(page.items.len());
-    for d in &page.items {
-        items.push(with_queue(state, d, wire::snapshot(d)).await?);
-    }
+    // Each queued one's place, read concurrently; a list is still answered without it if a
+    // read fails.
+    let items: Vec<Value> =
+        futures_util::future::join_all(page.items.iter().map(|d| async move {
+            with_queue(state, d, wire::snapshot(d))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(deployment_id = %d.id, error = %e.chain(), "could not read a queued deployment's place");
+                    wire::snapshot(d)
+                })
+        }))
+        .await;
     Ok(Json(
         json!({ "deployments": items, "itemsPerPage": req.page_size, "total": page.total }),
     ))

@@ -29,7 +29,7 @@ fn action(s: &Schedule) -> Value {
         "paused": s.paused,
         "kind": "deployment",
         // Secrets in a stored request are sealed; they show as settings show them.
-        "definition": crate::settings::render(&s.definition),
+        "definition": crate::settings::render(&json!({ "request": s.definition["request"] })),
         "created": pulumi_datetime(s.created),
         "modified": pulumi_datetime(s.modified),
         "lastExecuted": s.last_executed.map(pulumi_datetime).unwrap_or_default(),
@@ -125,13 +125,20 @@ fn ttl_parts(body: &Value) -> Result<(When, Value)> {
     Ok((when, request))
 }
 
+/// A schedule's stored definition: the request, and the token that set it, which its
+/// deployments are requested by (so that the token cannot approve them).
+fn definition(ctx: &StackCtx, request: Value) -> Value {
+    json!({ "request": request, crate::domain::schedule::REQUESTED_BY: ctx.principal.token_name })
+}
+
 async fn create(
     state: &AppState,
-    stack: &StackRef,
+    ctx: &StackCtx,
     purpose: Purpose,
     when: When,
     request: Value,
 ) -> Result<Json<Value>> {
+    let stack = &ctx.stack;
     require_settings(state, stack).await?;
     let now = OffsetDateTime::now_utc();
     let s = Schedule {
@@ -140,7 +147,7 @@ async fn create(
         purpose,
         next_execution: Schedule::first_slot(&when, now)?,
         when,
-        definition: json!({ "request": request }),
+        definition: definition(ctx, request),
         paused: false,
         created: now,
         modified: now,
@@ -152,13 +159,13 @@ async fn create(
 
 async fn update(
     state: &AppState,
-    stack: &StackRef,
+    ctx: &StackCtx,
     raw_id: &str,
     when: When,
     request: Value,
 ) -> Result<Json<Value>> {
-    let definition = json!({ "request": request });
-    let s = modify(state, stack, raw_id, |s, now| {
+    let definition = definition(ctx, request);
+    let s = modify(state, &ctx.stack, raw_id, |s, now| {
         s.next_execution = Schedule::first_slot(&when, now)?;
         s.when = when.clone();
         s.definition = definition.clone();
@@ -219,7 +226,7 @@ pub(super) async fn create_custom(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
     let (when, request) = custom_parts(&state, &ctx.stack, &body).await?;
-    create(&state, &ctx.stack, Purpose::Custom, when, request).await
+    create(&state, &ctx, Purpose::Custom, when, request).await
 }
 
 pub(super) async fn update_custom(
@@ -229,7 +236,7 @@ pub(super) async fn update_custom(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
     let (when, request) = custom_parts(&state, &ctx.stack, &body).await?;
-    update(&state, &ctx.stack, &param(&p, "id"), when, request).await
+    update(&state, &ctx, &param(&p, "id"), when, request).await
 }
 
 pub(super) async fn create_drift(
@@ -238,7 +245,7 @@ pub(super) async fn create_drift(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
     let (when, request) = drift_parts(&body)?;
-    create(&state, &ctx.stack, Purpose::Drift, when, request).await
+    create(&state, &ctx, Purpose::Drift, when, request).await
 }
 
 pub(super) async fn update_drift(
@@ -248,7 +255,7 @@ pub(super) async fn update_drift(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
     let (when, request) = drift_parts(&body)?;
-    update(&state, &ctx.stack, &param(&p, "id"), when, request).await
+    update(&state, &ctx, &param(&p, "id"), when, request).await
 }
 
 pub(super) async fn create_ttl(
@@ -257,7 +264,7 @@ pub(super) async fn create_ttl(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
     let (when, request) = ttl_parts(&body)?;
-    create(&state, &ctx.stack, Purpose::Ttl, when, request).await
+    create(&state, &ctx, Purpose::Ttl, when, request).await
 }
 
 pub(super) async fn update_ttl(
@@ -267,7 +274,7 @@ pub(super) async fn update_ttl(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>> {
     let (when, request) = ttl_parts(&body)?;
-    update(&state, &ctx.stack, &param(&p, "id"), when, request).await
+    update(&state, &ctx, &param(&p, "id"), when, request).await
 }
 
 pub(super) async fn read(

@@ -433,9 +433,20 @@ pub(super) async fn put_limits(
     if !body.is_object() {
         return Err(Error::invalid("the request body must be a JSON object"));
     }
-    let max = match crate::json::member(&body, "maxConcurrent") {
-        None => None,
-        Some(v) => match v.as_i64() {
+    // The key is required (null removes the limit): a misspelt one must not lift it.
+    let given = body
+        .as_object()
+        .and_then(|o| {
+            o.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("maxConcurrent"))
+        })
+        .map(|(_, v)| v)
+        .ok_or_else(|| {
+            Error::invalid("maxConcurrent is required: a number, or null for no limit")
+        })?;
+    let max = match given {
+        Value::Null => None,
+        v => match v.as_i64() {
             Some(n) if (1..=crate::domain::MAX_ORG_CONCURRENCY).contains(&n) => Some(n as u32),
             _ => {
                 return Err(Error::invalid(format!(

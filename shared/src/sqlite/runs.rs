@@ -506,8 +506,8 @@ impl RunStore for SqliteStore {
                 let row = c
                     .prepare_cached(
                         "SELECT \
-                         (SELECT COUNT(*) FROM deployments q WHERE q.status = 'not-started' AND q.agent_pool IS d.agent_pool \
-                            AND q.seq < d.seq AND q.approval_expires IS NULL), \
+                         (SELECT COUNT(*) FROM deployments q WHERE q.status = 'not-started' AND q.org = d.org \
+                            AND q.agent_pool IS d.agent_pool AND q.seq < d.seq AND q.approval_expires IS NULL), \
                          s.active IS NOT NULL OR EXISTS (SELECT 1 FROM deployments o WHERE o.stack_id = d.stack_id \
                             AND o.status = 'not-started' AND o.seq < d.seq), \
                          s.paused OR EXISTS (SELECT 1 FROM orgs o WHERE o.name = s.org AND o.paused = 1), \
@@ -556,7 +556,8 @@ impl RunStore for SqliteStore {
                 let stale: Vec<(i64, String, StackRef)> = tx
                     .prepare_cached(
                         "SELECT d.seq, d.id, s.org, s.project, s.name FROM deployments d JOIN stacks s ON s.id = d.stack_id \
-                         WHERE d.status = 'not-started' AND d.created < ?1",
+                         WHERE d.status = 'not-started' AND d.approval_expires IS NULL \
+                           AND (CASE WHEN d.approval IS NULL THEN d.created ELSE d.modified END) < ?1",
                     )?
                     .query_map([expiry], row)?
                     .collect::<rusqlite::Result<_>>()?;

@@ -206,7 +206,8 @@ impl DynamoStore {
                         ":queue",
                         s(queued_pk(d.config.spec().agent_pool.as_deref())),
                     ),
-                    (":queued", s(format!("{}#{id}", pad(to_micros(d.created))))),
+                    // Queued from now: the queue's age limit counts from the approval.
+                    (":queued", s(format!("{}#{id}", pad(now_us())))),
                 ]);
                 Extra {
                     set: "#approval = :approval, #gsi1pk = :queue, #gsi1sk = :queued",

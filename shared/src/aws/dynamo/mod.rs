@@ -371,6 +371,17 @@ impl DynamoStore {
         cond: &str,
         vals: Vec<(&str, AttributeValue)>,
     ) -> Result<u64> {
+        self.count_where(index, cond, None, vals).await
+    }
+
+    /// `count`, of the items that also pass `filter`.
+    pub(super) async fn count_where(
+        &self,
+        index: Option<&str>,
+        cond: &str,
+        filter: Option<&str>,
+        vals: Vec<(&str, AttributeValue)>,
+    ) -> Result<u64> {
         let mut total = 0u64;
         let mut start = None;
         let vals = values(vals);
@@ -381,7 +392,10 @@ impl DynamoStore {
                 .table_name(&self.table)
                 .set_index_name(index.map(str::to_string))
                 .key_condition_expression(cond)
-                .set_expression_attribute_names(names(&[cond]))
+                .set_filter_expression(filter.map(str::to_string))
+                .set_expression_attribute_names(names(
+                    &std::iter::once(cond).chain(filter).collect::<Vec<_>>(),
+                ))
                 .set_expression_attribute_values(vals.clone())
                 .select(Select::Count)
                 .consistent_read(index.is_none())

@@ -229,14 +229,17 @@ impl DynamoStore {
                         Some("#active = :id"),
                         vec![(":id", s(id.to_string()))],
                     );
-                    // No condition: a count that drifted must never keep a run from ending.
-                    let org = get_s(item, "org").unwrap_or_default();
-                    tx.update(
-                        org_key(&org),
-                        "ADD #running :minus_one",
-                        None,
-                        vec![(":minus_one", n(-1))],
-                    );
+                    // Counted in at its claim, counted out now. No condition: a count that
+                    // drifted must never keep a run from ending.
+                    if get_b(item, "counted") {
+                        let org = get_s(item, "org").unwrap_or_default();
+                        tx.update(
+                            org_key(&org),
+                            "ADD #running :minus_one",
+                            None,
+                            vec![(":minus_one", n(-1))],
+                        );
+                    }
                 }
             },
             |st, _| {
@@ -371,10 +374,16 @@ impl RunStore for DynamoStore {
             };
         }
         let expires = now_us() + lease.ttl.as_micros() as i64;
+        // Where the org has a limit, its run count is checked and counted in this same write,
+        // and the deployment marked `counted`, so that its end counts it out (and a run claimed
+        // before the limit was set is never counted out). Orgs without one share no item.
+        let limited = org
+            .as_ref()
+            .is_some_and(|o| opt_n(o, "max_concurrent").is_some());
         let mut tx = self.tx();
         tx.update(
             key(&spk, dep_sk(d.version)),
-            "SET #status = :accepted, #lease_owner = :owner, #lease_expires = :exp, #modified = :now, #gsi1pk = :leased, #gsi1sk = :gsk",
+            "SET #status = :accepted, #lease_owner = :owner, #lease_expires = :exp, #modified = :now, #gsi1pk = :leased, #gsi1sk = :gsk, #counted = :counted",
             Some("#status = :ns"),
             vec![
                 (":accepted", s(JobStatus::Accepted.as_str())),
@@ -384,6 +393,7 @@ impl RunStore for DynamoStore {
                 (":leased", s(LEASED)),
                 (":gsk", s(format!("{}#{id}", pad(expires)))),
                 (":ns", s(JobStatus::NotStarted.as_str())),
+                (":counted", b(limited)),
             ],
         );
         tx.update(
@@ -392,16 +402,24 @@ impl RunStore for DynamoStore {
             Some("attribute_not_exists(#active) AND #paused = :false"),
             vec![(":id", s(id.to_string())), (":false", b(false))],
         );
-        // The org's run count, within its limit: checked and counted in the same write.
-        tx.update(
-            org_key(&stack.org),
-            "ADD #running :one",
-            Some(
-                "(attribute_not_exists(#paused) OR #paused = :false) AND \
-                 (attribute_not_exists(#max_concurrent) OR attribute_not_exists(#running) OR #running < #max_concurrent)",
-            ),
-            vec![(":false", b(false)), (":one", n(1))],
-        );
+        if limited {
+            tx.update(
+                org_key(&stack.org),
+                "ADD #running :one",
+                Some(
+                    "(attribute_not_exists(#paused) OR #paused = :false) AND \
+                     (attribute_not_exists(#max_concurrent) OR attribute_not_exists(#running) OR #running < #max_concurrent)",
+                ),
+                vec![(":false", b(false)), (":one", n(1))],
+            );
+        } else {
+            // A limit set meanwhile makes this claim look again.
+            tx.check(
+                org_key(&stack.org),
+                "(attribute_not_exists(#paused) OR #paused = :false) AND attribute_not_exists(#max_concurrent)",
+                vec![(":false", b(false))],
+            );
+        }
         match self.commit(tx).await? {
             Ok(()) => {
                 let deployment = self
@@ -738,16 +756,26 @@ impl RunStore for DynamoStore {
 
     async fn queue_state(&self, d: &Deployment) -> Result<QueueState> {
         let spk = stack_pk(&d.stack);
-        let ahead = self
-            .count(
-                Some("gsi1"),
-                "gsi1pk = :pk AND gsi1sk < :sk",
-                vec![
-                    (":pk", s(queued_pk(d.config.spec().agent_pool.as_deref()))),
-                    (":sk", s(format!("{}#{}", pad(to_micros(d.created)), d.id))),
-                ],
-            )
-            .await?;
+        // Ahead of it: its org's entries in its queue before its own (none while it waits for
+        // approval).
+        let item = self.get(key(&spk, dep_sk(d.version))).await?;
+        let ahead = match item.as_ref().and_then(|i| opt_s(i, "gsi1sk")) {
+            Some(own) if !d.awaiting_approval() => {
+                self.count_where(
+                    Some("gsi1"),
+                    "gsi1pk = :pk AND gsi1sk < :sk",
+                    // Its own org's only: other tenants' queues are not its business.
+                    Some("#org = :org"),
+                    vec![
+                        (":pk", s(queued_pk(d.config.spec().agent_pool.as_deref()))),
+                        (":sk", s(own)),
+                        (":org", s(&d.stack.org)),
+                    ],
+                )
+                .await?
+            }
+            _ => 0,
+        };
         let st = self.stack_item(&d.stack).await?;
         let first = self
             .queued_of_stack(&spk)
