@@ -311,4 +311,29 @@ pub(crate) async fn rejection_expiry_cancel_and_supersession_end_a_wait(b: Backe
             .unwrap()
             .awaiting_approval()
     );
+    // Or a decision on the superseded one finds it so: it is skipped, and the decision refused.
+    let st = stack("superseded-decided");
+    let old = b
+        .deployments
+        .create_deployment(gated(&st, Operation::Update, 3600, true))
+        .await
+        .unwrap();
+    let new = b
+        .deployments
+        .create_deployment(gated(&st, Operation::Update, 3600, true))
+        .await
+        .unwrap();
+    let err = b
+        .deployments
+        .decide_approval(&st, old.id, &ballot("bob", Decision::Approve))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("supersedes this one"), "{err}");
+    assert_eq!(status(&b, &st, old.id).await, JobStatus::Skipped);
+    let approved = b
+        .deployments
+        .decide_approval(&st, new.id, &ballot("bob", Decision::Approve))
+        .await
+        .unwrap();
+    assert_eq!(approved.approval.unwrap().approved_by.len(), 1);
 }

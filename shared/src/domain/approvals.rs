@@ -318,6 +318,14 @@ impl Approval {
     }
 }
 
+/// Why a decision on a deployment that a newer one of its `operation` supersedes (with
+/// `skipIntermediateDeployments`) is refused: it was skipped instead.
+pub fn superseded(operation: &str) -> Error {
+    Error::conflict(format!(
+        "a newer {operation} deployment is queued and supersedes this one (skipIntermediateDeployments): it was skipped; decide on the newer one"
+    ))
+}
+
 /// An approver's comment: at most 1000 characters, no control characters but newlines.
 pub fn validate_comment(comment: &str) -> Result<()> {
     if comment.chars().count() > MAX_COMMENT_CHARS {

@@ -188,15 +188,25 @@ impl DeploymentStore for SqliteStore {
             .db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let (dseq, status, requested_by, approval): (i64, String, String, Option<String>) = tx
+                type Row = (i64, String, String, Option<String>, i64, bool, String);
+                let (dseq, status, requested_by, approval, sid, skip_intermediate, operation): Row = tx
                     .query_row(
-                        "SELECT d.seq, d.status, d.requested_by, d.approval FROM deployments d JOIN stacks s ON s.id = d.stack_id \
+                        "SELECT d.seq, d.status, d.requested_by, d.approval, d.stack_id, d.skip_intermediate, d.operation \
+                         FROM deployments d JOIN stacks s ON s.id = d.stack_id \
                          WHERE d.id = ?1 AND s.org = ?2 AND s.project = ?3 AND s.name = ?4",
                         params![id.to_string(), stack.org, stack.project, stack.stack],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
                     )
                     .optional()?
                     .ok_or_else(|| Error::not_found(format!("deployment '{id}' not found in stack '{stack}'")))?;
+                // One a newer deployment supersedes would be skipped when claimed: it is now.
+                if status == JobStatus::NotStarted.as_str()
+                    && skip_intermediate
+                    && super::runs::skip_if_superseded(&tx, dseq, sid, &operation)?
+                {
+                    tx.commit()?;
+                    return Err(crate::domain::approvals::superseded(&operation));
+                }
                 let current: Option<Approval> =
                     approval.map(|a| serde_json::from_str(&a)).transpose()?;
                 let next = Approval::decide_stored(

@@ -504,6 +504,28 @@ impl DeploymentStore for DynamoStore {
         let d = self.get_deployment(stack, id).await?.ok_or_else(|| {
             Error::not_found(format!("deployment '{id}' not found in stack '{stack}'"))
         })?;
+        // One a newer deployment supersedes would be skipped when claimed: it is now.
+        if d.status == JobStatus::NotStarted && d.config.spec().skip_intermediate {
+            let queued = self.queued_of_stack(&stack_pk(stack)).await?;
+            let newer = queued.iter().any(|i| {
+                opt_n(i, "version").is_some_and(|v| v > d.version)
+                    && opt_s(i, "operation").as_deref() == Some(d.operation.as_str())
+            });
+            if newer {
+                let msg = format!(
+                    "Skipped: a newer {} deployment is queued (skipIntermediateDeployments).\n",
+                    d.operation
+                );
+                self.end(
+                    id,
+                    Guard::Status(&[JobStatus::NotStarted]),
+                    JobStatus::Skipped,
+                    Some(&msg),
+                )
+                .await?;
+                return Err(crate::domain::approvals::superseded(d.operation.as_str()));
+            }
+        }
         let next = Approval::decide_stored(d.approval.as_ref(), d.status, &d.requested_by, ballot)?;
         let current = d
             .approval
