@@ -130,18 +130,13 @@ async fn main() {
     let mut ship = Vec::new();
     for _ in 0..deployments {
         let t0 = common::now_ns();
-        let r = client
-            .post(format!("{stack}/deployments"))
-            .header("Authorization", &server.auth)
-            .json(&json!({"operation": "update"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        let id = r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = common::create_deployment(
+            &client,
+            &stack,
+            &server.auth,
+            &json!({"operation": "update"}),
+        )
+        .await;
         // Follows the log as a client would, every 5 ms, noting when each line arrives.
         let mut token = String::new();
         loop {

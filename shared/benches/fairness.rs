@@ -72,17 +72,9 @@ async fn main() {
                 if i >= burst {
                     break;
                 }
-                let r = client
-                    .post(format!(
-                        "{url}/api/stacks/default/burst/s{}/deployments",
-                        i % stacks
-                    ))
-                    .header("Authorization", &auth)
-                    .json(&json!({"operation": "update"}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 202);
+                let stack = format!("{url}/api/stacks/default/burst/s{}", i % stacks);
+                common::create_deployment(&client, &stack, &auth, &json!({"operation": "update"}))
+                    .await;
             }
         });
     }
@@ -94,18 +86,7 @@ async fn main() {
         let mut body = settings.clone();
         body["operation"] = json!("update");
         let stack = format!("{url}/api/stacks/b/single/s{i}");
-        let r = client
-            .post(format!("{stack}/deployments"))
-            .header("Authorization", &b_auth)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        let id = r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = common::create_deployment(&client, &stack, &b_auth, &body).await;
         b_runs.push(format!("{stack}/deployments/{id}"));
     }
     creators.join_all().await;

@@ -58,18 +58,13 @@ async fn main() {
             while Instant::now() < until {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let stack = format!("{url}/api/stacks/default/tput/s{}", i % stacks);
-                let r = client
-                    .post(format!("{stack}/deployments"))
-                    .header("Authorization", &auth)
-                    .json(&json!({"operation": "update"}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 202);
-                let id = r.json::<Value>().await.unwrap()["id"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
+                let id = common::create_deployment(
+                    &client,
+                    &stack,
+                    &auth,
+                    &json!({"operation": "update"}),
+                )
+                .await;
                 // Each client keeps one deployment in flight: it waits for it to end.
                 let d = common::wait_succeeded(
                     &client,

@@ -120,18 +120,13 @@ async fn main() {
                 }
                 let stack = format!("{url}/api/stacks/default/bench/s{}", i % stacks);
                 let t0 = common::now_ns();
-                let r = client
-                    .post(format!("{stack}/deployments"))
-                    .header("Authorization", format!("token {token}"))
-                    .json(&json!({"operation": "update"}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 202);
-                let id = r.json::<Value>().await.unwrap()["id"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
+                let id = common::create_deployment(
+                    &client,
+                    &stack,
+                    &format!("token {token}"),
+                    &json!({"operation": "update"}),
+                )
+                .await;
                 // Closed loop: the next trigger waits for this run to end, so the figure is the
                 // platform's own latency, not time spent queued behind other runs.
                 let auth = format!("token {token}");

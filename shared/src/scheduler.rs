@@ -65,12 +65,11 @@ pub async fn tick(
             }
             // A skipped one (an approval that expired, say) may have held its stack's queue,
             // whose messages were dropped meanwhile: where the queue is separate, they go now.
-            let mut stacks: Vec<&StackRef> = ended
+            let stacks: std::collections::HashSet<&StackRef> = ended
                 .iter()
                 .filter(|r| r.status == JobStatus::Skipped)
                 .map(|r| &r.stack)
                 .collect();
-            stacks.dedup();
             for stack in stacks {
                 crate::service::resend_stack(deps, stack).await;
             }

@@ -220,7 +220,7 @@ pub(crate) async fn decide(
 }
 
 /// Where the queue is separate from the store, sends a stack's queued deployments again: those
-/// that waited behind an approval had their messages dropped. Its newest 100 are enough: the
+/// that waited behind an approval, or while the stack was paused, had their messages dropped. Its newest 100 are enough: the
 /// reconciler covers the rest, and any failure here.
 pub(crate) async fn resend_stack(deps: &Deps, stack: &StackRef) {
     if deps.queue.is_none() {

@@ -11,18 +11,6 @@ use serde_json::{Value, json};
 use crate::fakes::FakeServer;
 use crate::support::{TestApp, TestRepo, stack};
 
-/// A token of the app's org, made through the API: (name, value).
-async fn token(app: &TestApp, name: &str, role: &str) -> (String, String) {
-    let (status, v) = app
-        .post(
-            "/api/orgs/default/tokens",
-            json!({"name": name, "role": role}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{v}");
-    (name.into(), v["tokenValue"].as_str().unwrap().into())
-}
-
 async fn call(
     app: &TestApp,
     token: &str,
@@ -55,10 +43,10 @@ async fn gated_deployments_wait_for_approvers_and_run_or_are_skipped() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
-    let (_, deployer) = token(&app, "deployer", "write").await;
-    let (_, alice) = token(&app, "alice", "write").await;
-    let (_, bob) = token(&app, "bob", "admin").await;
-    let (_, reader) = token(&app, "reader", "read").await;
+    let deployer = app.create_named_token("default", "write", "deployer");
+    let alice = app.create_named_token("default", "write", "alice");
+    let bob = app.create_named_token("default", "admin", "bob");
+    let reader = app.create_named_token("default", "read", "reader");
 
     // A writer may set the source, but not the gate: that is an admin's.
     let (status, v) = call(

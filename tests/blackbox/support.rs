@@ -110,6 +110,12 @@ impl TestApp {
 
     /// Mints a token with the real CLI.
     pub(crate) fn create_token(&self, org: &str, role: &str) -> String {
+        self.create_named_token(org, role, "api-token")
+    }
+
+    /// Mints a token with the real CLI, under a name of its own (what its deployments and
+    /// approvals are recorded as).
+    pub(crate) fn create_named_token(&self, org: &str, role: &str, name: &str) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_tarmac"))
             .args([
                 "token",
@@ -118,6 +124,8 @@ impl TestApp {
                 org,
                 "--role",
                 role,
+                "--name",
+                name,
                 "--data-dir",
             ])
             .arg(self.data())

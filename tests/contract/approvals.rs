@@ -53,6 +53,33 @@ fn ballot(name: &str, decision: Decision) -> Ballot {
     }
 }
 
+/// Stores a gated deployment (see `gated`).
+async fn queue(
+    b: &Backend,
+    st: &StackRef,
+    op: Operation,
+    expires_after: i64,
+    skip_intermediate: bool,
+) -> Deployment {
+    b.deployments
+        .create_deployment(gated(st, op, expires_after, skip_intermediate))
+        .await
+        .unwrap()
+}
+
+/// `name`'s decision on a deployment, as the store records it.
+async fn decide(
+    b: &Backend,
+    st: &StackRef,
+    id: Uuid,
+    name: &str,
+    decision: Decision,
+) -> tarmac::Result<Deployment> {
+    b.deployments
+        .decide_approval(st, id, &ballot(name, decision))
+        .await
+}
+
 async fn log_text(b: &Backend, id: Uuid) -> String {
     b.logs
         .read_logs(
@@ -72,19 +99,11 @@ async fn log_text(b: &Backend, id: Uuid) -> String {
 pub(crate) async fn a_deployment_waiting_for_approval_holds_its_stack_until_approved(b: Backend) {
     let st = stack("gated");
     let l = lease("w", 60_000);
-    let waiting = b
-        .deployments
-        .create_deployment(gated(&st, Operation::Update, 3600, false))
-        .await
-        .unwrap();
+    let waiting = queue(&b, &st, Operation::Update, 3600, false).await;
     assert!(waiting.awaiting_approval());
     assert_eq!(waiting.approval.as_ref().unwrap().required, 2);
     // A refresh behind it is not gated, but waits its turn.
-    let behind = b
-        .deployments
-        .create_deployment(gated(&st, Operation::Refresh, 3600, false))
-        .await
-        .unwrap();
+    let behind = queue(&b, &st, Operation::Refresh, 3600, false).await;
     assert!(behind.approval.is_none());
     assert!(matches!(
         claim(&b, &st, waiting.id, &l).await,
@@ -112,22 +131,16 @@ pub(crate) async fn a_deployment_waiting_for_approval_holds_its_stack_until_appr
     );
 
     // Checked decisions: the requester, a second vote of one token, a missing deployment.
-    let err = b
-        .deployments
-        .decide_approval(&st, waiting.id, &ballot("ci", Decision::Approve))
+    let err = decide(&b, &st, waiting.id, "ci", Decision::Approve)
         .await
         .unwrap_err();
     assert!(matches!(err, tarmac::Error::Forbidden(_)), "{err}");
-    let once = b
-        .deployments
-        .decide_approval(&st, waiting.id, &ballot("alice", Decision::Approve))
+    let once = decide(&b, &st, waiting.id, "alice", Decision::Approve)
         .await
         .unwrap();
     assert_eq!(once.approval.as_ref().unwrap().approved_by.len(), 1);
     assert!(once.awaiting_approval());
-    let err = b
-        .deployments
-        .decide_approval(&st, waiting.id, &ballot("alice", Decision::Approve))
+    let err = decide(&b, &st, waiting.id, "alice", Decision::Approve)
         .await
         .unwrap_err();
     assert!(matches!(err, tarmac::Error::Conflict(_)), "{err}");
@@ -137,17 +150,13 @@ pub(crate) async fn a_deployment_waiting_for_approval_holds_its_stack_until_appr
         .await
         .unwrap_err();
     assert!(matches!(err, tarmac::Error::NotFound(_)), "{err}");
-    let err = b
-        .deployments
-        .decide_approval(&st, behind.id, &ballot("bob", Decision::Approve))
+    let err = decide(&b, &st, behind.id, "bob", Decision::Approve)
         .await
         .unwrap_err();
     assert!(matches!(err, tarmac::Error::Conflict(_)), "{err}");
 
     // The second approval: it is claimed, then the refresh after it.
-    let approved = b
-        .deployments
-        .decide_approval(&st, waiting.id, &ballot("bob", Decision::Approve))
+    let approved = decide(&b, &st, waiting.id, "bob", Decision::Approve)
         .await
         .unwrap();
     assert_eq!(
@@ -183,19 +192,9 @@ pub(crate) async fn rejection_expiry_cancel_and_supersession_end_a_wait(b: Backe
     let l = lease("w", 60_000);
     // Rejected: skipped at once, the reason in its log; the stack moves on.
     let st = stack("rejected");
-    let d = b
-        .deployments
-        .create_deployment(gated(&st, Operation::Update, 3600, false))
-        .await
-        .unwrap();
-    let after = b
-        .deployments
-        .create_deployment(gated(&st, Operation::Refresh, 3600, false))
-        .await
-        .unwrap();
-    let rejected = b
-        .deployments
-        .decide_approval(&st, d.id, &ballot("bob", Decision::Reject))
+    let d = queue(&b, &st, Operation::Update, 3600, false).await;
+    let after = queue(&b, &st, Operation::Refresh, 3600, false).await;
+    let rejected = decide(&b, &st, d.id, "bob", Decision::Reject)
         .await
         .unwrap();
     assert_eq!(rejected.status, JobStatus::Skipped);
@@ -208,9 +207,7 @@ pub(crate) async fn rejection_expiry_cancel_and_supersession_end_a_wait(b: Backe
             .await
             .contains("Skipped: rejected by 'bob': bob says so.")
     );
-    let err = b
-        .deployments
-        .decide_approval(&st, d.id, &ballot("carol", Decision::Approve))
+    let err = decide(&b, &st, d.id, "carol", Decision::Approve)
         .await
         .unwrap_err();
     assert!(matches!(err, tarmac::Error::Conflict(_)), "{err}");
@@ -218,11 +215,7 @@ pub(crate) async fn rejection_expiry_cancel_and_supersession_end_a_wait(b: Backe
 
     // Expired: the reaper skips it, saying so.
     let st = stack("expiring");
-    let d = b
-        .deployments
-        .create_deployment(gated(&st, Operation::Update, 1, false))
-        .await
-        .unwrap();
+    let d = queue(&b, &st, Operation::Update, 1, false).await;
     let far = OffsetDateTime::now_utc() - time::Duration::days(30);
     assert!(
         b.runs
@@ -263,19 +256,13 @@ pub(crate) async fn rejection_expiry_cancel_and_supersession_end_a_wait(b: Backe
 
     // Cancelled while waiting: skipped, and nothing is left to decide.
     let st = stack("cancelled");
-    let d = b
-        .deployments
-        .create_deployment(gated(&st, Operation::Update, 3600, false))
-        .await
-        .unwrap();
+    let d = queue(&b, &st, Operation::Update, 3600, false).await;
     assert_eq!(
         b.deployments.cancel_deployment(&st, d.id).await.unwrap(),
         CancelOutcome::Dequeued
     );
     assert_eq!(status(&b, &st, d.id).await, JobStatus::Skipped);
-    let err = b
-        .deployments
-        .decide_approval(&st, d.id, &ballot("bob", Decision::Approve))
+    let err = decide(&b, &st, d.id, "bob", Decision::Approve)
         .await
         .unwrap_err();
     assert!(matches!(err, tarmac::Error::Conflict(_)), "{err}");
@@ -283,16 +270,8 @@ pub(crate) async fn rejection_expiry_cancel_and_supersession_end_a_wait(b: Backe
     // Superseded: with skipIntermediateDeployments, a newer update skips the waiting one,
     // and waits for approval in its turn.
     let st = stack("superseded");
-    let old = b
-        .deployments
-        .create_deployment(gated(&st, Operation::Update, 3600, true))
-        .await
-        .unwrap();
-    let new = b
-        .deployments
-        .create_deployment(gated(&st, Operation::Update, 3600, true))
-        .await
-        .unwrap();
+    let old = queue(&b, &st, Operation::Update, 3600, true).await;
+    let new = queue(&b, &st, Operation::Update, 3600, true).await;
     assert!(matches!(
         claim(&b, &st, new.id, &l).await,
         ClaimOutcome::AwaitingApproval
@@ -313,26 +292,14 @@ pub(crate) async fn rejection_expiry_cancel_and_supersession_end_a_wait(b: Backe
     );
     // Or a decision on the superseded one finds it so: it is skipped, and the decision refused.
     let st = stack("superseded-decided");
-    let old = b
-        .deployments
-        .create_deployment(gated(&st, Operation::Update, 3600, true))
-        .await
-        .unwrap();
-    let new = b
-        .deployments
-        .create_deployment(gated(&st, Operation::Update, 3600, true))
-        .await
-        .unwrap();
-    let err = b
-        .deployments
-        .decide_approval(&st, old.id, &ballot("bob", Decision::Approve))
+    let old = queue(&b, &st, Operation::Update, 3600, true).await;
+    let new = queue(&b, &st, Operation::Update, 3600, true).await;
+    let err = decide(&b, &st, old.id, "bob", Decision::Approve)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("supersedes this one"), "{err}");
     assert_eq!(status(&b, &st, old.id).await, JobStatus::Skipped);
-    let approved = b
-        .deployments
-        .decide_approval(&st, new.id, &ballot("bob", Decision::Approve))
+    let approved = decide(&b, &st, new.id, "bob", Decision::Approve)
         .await
         .unwrap();
     assert_eq!(approved.approval.unwrap().approved_by.len(), 1);

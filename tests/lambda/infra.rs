@@ -187,7 +187,8 @@ impl Api {
             .collect()
     }
 
-    async fn deploy(&self, stack: &str) -> Value {
+    /// Starts an update of `stack` and returns its id.
+    async fn start(&self, stack: &str) -> String {
         let (status, v) = self
             .call(
                 "POST",
@@ -196,12 +197,17 @@ impl Api {
             )
             .await;
         assert_eq!(status, 202, "{v}");
-        let d = self.finished(stack, v["id"].as_str().unwrap()).await;
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    async fn deploy(&self, stack: &str) -> Value {
+        let id = self.start(stack).await;
+        let d = self.finished(stack, &id).await;
         assert_eq!(
             d["status"],
             "succeeded",
             "{d}\n{}",
-            self.logs(stack, v["id"].as_str().unwrap()).await
+            self.logs(stack, &id).await
         );
         d
     }
@@ -394,17 +400,9 @@ async fn the_worker_fails_a_run_longer_than_its_invocation(api: &Api, remote: &G
         }),
     )
     .await;
-    let (status, v) = api
-        .call(
-            "POST",
-            &format!("/api/stacks/{stack}/deployments"),
-            Some(json!({"operation": "update"})),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["id"].as_str().unwrap();
-    let run = api.finished(stack, id).await;
-    let logs = api.logs(stack, id).await;
+    let id = api.start(stack).await;
+    let run = api.finished(stack, &id).await;
+    let logs = api.logs(stack, &id).await;
     assert_eq!(run["status"], "failed", "{run}\n{logs}");
     assert!(logs.contains("worker run in"), "{logs}");
     assert!(logs.contains(tarmac::lambda::INVOCATION_ENDING), "{logs}");
@@ -428,15 +426,7 @@ async fn the_gate_holds_a_deployment_until_approved(api: &Api, remote: &GitServe
         )
         .await;
     assert_eq!(status, 200, "{approver}");
-    let (status, v) = api
-        .call(
-            "POST",
-            &format!("/api/stacks/{stack}/deployments"),
-            Some(json!({"operation": "update"})),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["id"].as_str().unwrap().to_string();
+    let id = api.start(stack).await;
     // Long enough for a worker to have run it, had it been sent.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let path = format!("/api/stacks/{stack}/deployments/{id}");

@@ -172,3 +172,25 @@ pub(crate) async fn put_settings(
         assert!(r.status().is_success(), "{stack}: {}", r.status());
     }
 }
+
+/// Creates a deployment of `stack` (its URL) with `body`, and returns its id; panics unless
+/// the answer is 202.
+pub(crate) async fn create_deployment(
+    client: &reqwest::Client,
+    stack: &str,
+    auth: &str,
+    body: &serde_json::Value,
+) -> String {
+    let r = client
+        .post(format!("{stack}/deployments"))
+        .header("Authorization", auth)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

@@ -107,19 +107,6 @@ impl ApprovalRule {
     pub fn gates(&self, op: Operation) -> bool {
         self.operations.contains(&op)
     }
-
-    /// Whether `voter` is one of the rule's approvers. Reading tokens never are.
-    pub fn admits(&self, voter: &Voter) -> bool {
-        if voter.role < Role::Write {
-            return false;
-        }
-        self.approvers.is_empty()
-            || self.approvers.iter().any(|a| match a.as_str() {
-                "admin" => voter.role >= Role::Admin,
-                "write" => voter.role >= Role::Write,
-                name => name == voter.token_name,
-            })
-    }
 }
 
 wire_enum!(
@@ -148,6 +135,22 @@ pub struct Vote {
 pub struct Voter {
     pub token_name: String,
     pub role: Role,
+}
+
+impl Voter {
+    /// Whether this token is one of `approvers` (roles, or token names; none: any token that
+    /// may write). Reading tokens never are.
+    pub fn is_among(&self, approvers: &[String]) -> bool {
+        if self.role < Role::Write {
+            return false;
+        }
+        approvers.is_empty()
+            || approvers.iter().any(|a| match a.as_str() {
+                "admin" => self.role >= Role::Admin,
+                "write" => self.role >= Role::Write,
+                name => name == self.token_name,
+            })
+    }
 }
 
 /// A deployment's approval, as stored with it. The rule it was made under is kept in it, so a
@@ -227,13 +230,7 @@ impl Approval {
                 "the token that asked for a deployment cannot approve or reject it".into(),
             ));
         }
-        let rule = ApprovalRule {
-            operations: vec![],
-            required: self.required,
-            approvers: self.approvers.clone(),
-            expires_after_secs: 0,
-        };
-        if !rule.admits(voter) {
+        if !voter.is_among(&self.approvers) {
             return Err(Error::Forbidden(format!(
                 "token '{}' is not one of this stack's approvers ({})",
                 voter.token_name,
@@ -410,13 +407,13 @@ mod tests {
         let r = rule(json!({"operations": ["update"], "approvers": ["admin", "release-bot"]}))
             .unwrap()
             .unwrap();
-        assert!(r.admits(&voter("alice", Role::Admin)));
-        assert!(r.admits(&voter("release-bot", Role::Write)));
-        assert!(!r.admits(&voter("bob", Role::Write)));
-        assert!(!r.admits(&voter("release-bot", Role::Read)));
+        assert!(voter("alice", Role::Admin).is_among(&r.approvers));
+        assert!(voter("release-bot", Role::Write).is_among(&r.approvers));
+        assert!(!voter("bob", Role::Write).is_among(&r.approvers));
+        assert!(!voter("release-bot", Role::Read).is_among(&r.approvers));
         let anyone = rule(json!({"operations": ["update"]})).unwrap().unwrap();
-        assert!(anyone.admits(&voter("bob", Role::Write)));
-        assert!(!anyone.admits(&voter("reader", Role::Read)));
+        assert!(voter("bob", Role::Write).is_among(&anyone.approvers));
+        assert!(!voter("reader", Role::Read).is_among(&anyone.approvers));
     }
 
     #[test]

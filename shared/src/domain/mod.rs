@@ -286,16 +286,6 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Since when it has been queued to run: its creation, or its approval if it needed one
-    /// (the queue's age limit and order count from then).
-    pub fn queued_since(&self) -> OffsetDateTime {
-        if self.approval.is_some() {
-            self.modified
-        } else {
-            self.created
-        }
-    }
-
     /// Queued, and waiting for approval before it may start.
     pub fn awaiting_approval(&self) -> bool {
         self.status == JobStatus::NotStarted
@@ -427,7 +417,8 @@ impl QueueState {
 pub struct OrgLimit {
     /// The most deployments the org may run at once; `None`: no limit.
     pub max_concurrent: Option<u32>,
-    /// Deployments claimed and not finished.
+    /// Deployments claimed and not finished. In AWS mode, those claimed while the limit was
+    /// set: they are the ones the limit counts.
     pub running: u64,
 }
 

@@ -11,7 +11,6 @@ use super::wire;
 use crate::domain::stacks::{StackInfo, Tags, validate_tags};
 use crate::domain::{JobStatus, Role, StackRef};
 use crate::error::{Error, Result};
-use crate::ports::QueueMessage;
 
 /// The caller: a token stands for a user named after it, in its one org. The Pulumi CLI
 /// needs every `githubLogin` non-empty.
@@ -328,18 +327,15 @@ pub(super) async fn resume_stack(
     ctx: StackCtx,
 ) -> Result<StatusCode> {
     set_stack_paused(&state, &ctx.stack, false).await?;
-    let stack = ctx.stack.to_string();
-    resend_queued(&state, |m| {
-        format!("{}/{}/{}", m.org, m.project, m.stack) == stack
-    })
-    .await;
+    // Its deployments' messages were dropped while it was paused.
+    crate::service::resend_stack(&state.deps, &ctx.stack).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Where the queue is separate from the store (AWS), a paused stack's deployments had their
+/// Where the queue is separate from the store (AWS), a paused org's deployments had their
 /// messages dropped; resuming sends them again now rather than at the reconciler's next look.
-/// Best effort: the reconciler covers a failure here.
-async fn resend_queued(state: &AppState, select: impl Fn(&QueueMessage) -> bool) {
+/// Best effort: the reconciler covers a failure here. (A stack's: `service::resend_stack`.)
+async fn resend_org(state: &AppState, org: &str) {
     let Some(queue) = &state.deps.queue else {
         return;
     };
@@ -351,7 +347,7 @@ async fn resend_queued(state: &AppState, select: impl Fn(&QueueMessage) -> bool)
         }
     };
     let attempt = now.unix_timestamp_nanos() as u64;
-    for m in queued.iter().filter(|m| select(m)) {
+    for m in queued.iter().filter(|m| m.org == org) {
         if let Err(e) = queue.send(m, attempt).await {
             tracing::warn!(deployment_id = %m.deployment_id, error = %e.chain(), "could not re-send on resume");
         }
@@ -406,7 +402,7 @@ pub(super) async fn pause_org(State(state): State<AppState>, ctx: OrgCtx) -> Res
 pub(super) async fn resume_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
     ctx.require_admin()?;
     state.deps.orgs.set_org_paused(&ctx.org, false).await?;
-    resend_queued(&state, |m| m.org == ctx.org).await;
+    resend_org(&state, &ctx.org).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
