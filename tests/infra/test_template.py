@@ -196,3 +196,18 @@ def test_production_defaults(resources):
         logs = resources[function]["Properties"]["LoggingConfig"]["LogGroup"]
         group = resources[logs["Ref"]]["Properties"]
         assert "RetentionInDays" in group, function
+
+
+def test_every_sender_groups_the_queue_alike_and_leaves_workers_to_other_orgs(resources):
+    """A stack's messages must land in one group whichever function sends them, and one org's
+    groups must not take every worker by default."""
+    parameters = yaml_parse(TEMPLATE.read_text())["Parameters"]
+    senders = [f for f in FUNCTIONS
+               if "TARMAC_QUEUE_URL" in resources[f]["Properties"]["Environment"]["Variables"]]
+    assert len(senders) >= 4, senders
+    for f in senders:
+        env = resources[f]["Properties"]["Environment"]["Variables"]
+        assert env["TARMAC_QUEUE_GROUPS_PER_ORG"] == {"Ref": "QueueGroupsPerOrg"}, f
+    groups = parameters["QueueGroupsPerOrg"]
+    assert groups["Default"] < parameters["WorkerMaxConcurrency"]["Default"]
+    assert (groups["MinValue"], groups["MaxValue"]) == (1, 1000)

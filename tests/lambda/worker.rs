@@ -18,12 +18,13 @@ async fn a_deployment_goes_api_to_sqs_to_worker_and_back_exactly_once() {
         "https://tarmac.example.com/acme/web/dev/deployments/1"
     );
 
-    // The message is on the FIFO queue, grouped by stack.
+    // The message is on the FIFO queue, in one of its org's groups.
     let event = env.receive().await;
     assert_eq!(event.records.len(), 1);
-    assert_eq!(
-        event.records[0].attributes["MessageGroupId"],
-        "acme/web/dev"
+    assert!(
+        event.records[0].attributes["MessageGroupId"].starts_with("acme/"),
+        "{:?}",
+        event.records[0].attributes
     );
     let delivered_twice = event.clone();
 
@@ -216,7 +217,7 @@ async fn the_fifo_queue_keeps_each_stack_in_order_and_one_in_flight_per_stack() 
     require!(Emulator, Tools);
     use tarmac::ports::{Queue, QueueMessage};
     let env = Env::new().await;
-    let queue = tarmac::aws::SqsQueue::new(env.sqs.clone(), &env.queue_url);
+    let queue = &env.app.queue;
     let (a, b) = (
         tarmac::domain::StackRef::new("acme", "web", "a").unwrap(),
         tarmac::domain::StackRef::new("acme", "web", "b").unwrap(),
@@ -276,6 +277,66 @@ async fn the_fifo_queue_keeps_each_stack_in_order_and_one_in_flight_per_stack() 
     assert_eq!(
         of(vec![ids[1], ids[3], ids[5]]),
         vec![ids[1], ids[3], ids[5]]
+    );
+}
+
+#[tokio::test]
+async fn one_orgs_burst_leaves_the_next_worker_to_another_orgs_run() {
+    require!(Emulator, Tools);
+    use tarmac::ports::{Queue, QueueMessage};
+    let env = Env::with(&[("TARMAC_QUEUE_GROUPS_PER_ORG", "4")]).await;
+    let stack = |org: &str, name: String| tarmac::domain::StackRef::new(org, "web", &name).unwrap();
+    // Org A queues 40 deployments over 40 stacks, then org B queues one.
+    for i in 0..40 {
+        let m = QueueMessage::new(&stack("a", format!("s{i}")), uuid::Uuid::new_v4());
+        env.app.queue.send(&m, 0).await.unwrap();
+    }
+    let b = uuid::Uuid::new_v4();
+    env.app
+        .queue
+        .send(&QueueMessage::new(&stack("b", "signup".into()), b), 0)
+        .await
+        .unwrap();
+
+    // Workers ask one message at a time, as the event source mapping's batches of one, and
+    // hold what they get. A's messages fill its four groups, and then the next worker gets B's:
+    // with a group per stack it would come after all 40 of A's.
+    let mut a_first = vec![];
+    loop {
+        let got = env
+            .sqs
+            .receive_message()
+            .queue_url(&env.queue_url)
+            .max_number_of_messages(1)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let m = got
+            .messages
+            .unwrap_or_default()
+            .pop()
+            .expect("a message for the worker");
+        let group =
+            m.attributes.unwrap_or_default()[&MessageSystemAttributeName::MessageGroupId].clone();
+        let body: QueueMessage = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        if body.deployment_id == b {
+            assert!(group.starts_with("b/"), "{group}");
+            break;
+        }
+        assert!(group.starts_with("a/"), "{group}");
+        a_first.push(group);
+    }
+    let groups: std::collections::HashSet<&String> = a_first.iter().collect();
+    assert!(
+        a_first.len() <= 4,
+        "B's run waited behind {} of A's",
+        a_first.len()
+    );
+    assert_eq!(
+        groups.len(),
+        a_first.len(),
+        "one in flight per group: {a_first:?}"
     );
 }
 
@@ -358,7 +419,7 @@ async fn r2_triple_delivery_runs_each_deployment_once() {
     let env = Env::new().await;
     env.api("apigw-v2-patch-settings.json", "").await;
     let stack = tarmac::domain::StackRef::new("acme", "web", "dev").unwrap();
-    let queue = tarmac::aws::SqsQueue::new(env.sqs.clone(), &env.queue_url);
+    let queue = &env.app.queue;
     let mut ids = vec![];
     for _ in 0..n {
         let (_, created) = env.api("apigw-v2-create-deployment.json", "").await;

@@ -47,7 +47,11 @@ impl App {
             )),
             None => Arc::new(NoCredentials),
         };
-        let sqs = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &cfg.queue_url));
+        let sqs = Arc::new(SqsQueue::new(
+            aws_sdk_sqs::Client::new(sdk),
+            &cfg.queue_url,
+            cfg.queue_groups_per_org,
+        ));
         // No run sees another's directory or another stack's state. Engines are found without
         // running them: a cold start has no time to spare.
         let found: Vec<std::path::PathBuf> = ["git", "terraform", "tofu", "pulumi"]

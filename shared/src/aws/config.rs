@@ -15,6 +15,7 @@
 //! | `TARMAC_SAFETY_MARGIN_SECS` | 60 | the worker takes no new message with less time left, and stops a run this long before the invocation ends |
 //! | `TARMAC_VISIBILITY_SECS` | 300 | how far each heartbeat pushes the message's visibility |
 //! | `TARMAC_QUEUE_MAX_DAYS` | 7 | queued deployments older than this are skipped |
+//! | `TARMAC_QUEUE_GROUPS_PER_ORG` | 10 | the queue's message groups per org (1 to 1000): the most deployments one org runs at once on the workers; below the workers' concurrency, it leaves room to other orgs whatever one org has queued |
 //! | `TARMAC_WORK_DIR` | `/tmp/tarmac/work` | per-run working directories |
 //! | `TARMAC_STATE_DIR` | `/tmp/tarmac/state` | engine state when the program has no backend of its own |
 //! | `TARMAC_CHILD_PATH` | this process's `PATH` | `PATH` for deployments |
@@ -33,6 +34,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::sandbox::{SandboxConfig, SandboxMode};
 
+/// The template's default too: half the workers' default concurrency (20).
+const DEFAULT_GROUPS_PER_ORG: u16 = 10;
+
 #[derive(Debug, Clone)]
 pub struct AwsConfig {
     pub table: String,
@@ -48,6 +52,7 @@ pub struct AwsConfig {
     pub safety_margin: Duration,
     pub visibility: Duration,
     pub queue_max_age: Duration,
+    pub queue_groups_per_org: u16,
     pub work_dir: PathBuf,
     pub state_dir: PathBuf,
     pub child_path: String,
@@ -126,6 +131,18 @@ impl AwsConfig {
             safety_margin: secs("TARMAC_SAFETY_MARGIN_SECS", 60)?,
             visibility: secs("TARMAC_VISIBILITY_SECS", 300)?,
             queue_max_age: secs("TARMAC_QUEUE_MAX_DAYS", 7)? * 86_400,
+            queue_groups_per_org: match get("TARMAC_QUEUE_GROUPS_PER_ORG") {
+                None => DEFAULT_GROUPS_PER_ORG,
+                Some(v) => v
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "TARMAC_QUEUE_GROUPS_PER_ORG must be a number from 1 to 1000, not '{v}'"
+                        ))
+                    })?,
+            },
             work_dir: get("TARMAC_WORK_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "/tmp/tarmac/work".into()),
@@ -183,6 +200,7 @@ mod tests {
         let cfg = AwsConfig::from_lookup(lookup(BASE)).unwrap();
         assert_eq!(cfg.lease_ttl, Duration::from_secs(60));
         assert_eq!(cfg.queue_max_age, Duration::from_secs(7 * 86_400));
+        assert_eq!(cfg.queue_groups_per_org, 10);
         assert_eq!(cfg.child_path, "/bin");
         assert!(!cfg.allow_local_repos);
         assert_eq!(cfg.sandbox.mode, SandboxMode::BestEffort);
@@ -201,6 +219,16 @@ mod tests {
                 "TARMAC_LEASE_SECS must be a positive number",
             ),
             ("TARMAC_LEASE_SECS", "1", "at least 3"),
+            (
+                "TARMAC_QUEUE_GROUPS_PER_ORG",
+                "0",
+                "TARMAC_QUEUE_GROUPS_PER_ORG must be a number from 1 to 1000, not '0'",
+            ),
+            (
+                "TARMAC_QUEUE_GROUPS_PER_ORG",
+                "1001",
+                "TARMAC_QUEUE_GROUPS_PER_ORG must be a number from 1 to 1000",
+            ),
             (
                 "TARMAC_BOOTSTRAP_SHA256",
                 "secret",

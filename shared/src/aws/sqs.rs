@@ -1,5 +1,11 @@
-//! The SQS adapter of the `Queue` port: a FIFO queue with one message group per stack, so a
-//! stack's deployments arrive in order while stacks proceed in parallel.
+//! The SQS adapter of the `Queue` port: a FIFO queue whose message groups share the workers
+//! fairly between orgs.
+//!
+//! Each org's deployments spread over a fixed number of message groups, `{org}/{shard}`, a
+//! stack always in the same shard. SQS keeps one message of a group in flight at a time and
+//! delivers a stack's deployments in order; and since an org has no more groups than its
+//! share, once its groups are all in flight the next free worker takes another org's message,
+//! however many the first has queued. The claim's transaction adds each org's own limit.
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -10,23 +16,24 @@ use crate::ports::{Queue, QueueMessage};
 pub struct SqsQueue {
     client: Client,
     url: String,
+    groups_per_org: u16,
 }
 
-/// SQS allows 128 characters in a group id; longer stack paths are hashed.
-pub fn group_id(m: &QueueMessage) -> String {
-    let path = format!("{}/{}/{}", m.org, m.project, m.stack);
-    if path.len() <= 128 {
-        path
-    } else {
-        crate::crypto::sha256_hex(path.as_bytes())
-    }
+/// The message group of a deployment: its org and the shard of its stack, one of
+/// `groups_per_org`. An org name has at most 100 characters, well within SQS's 128.
+pub fn group_id(m: &QueueMessage, groups_per_org: u16) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{}/{}", m.project, m.stack).as_bytes());
+    let hash = u64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 has 32 bytes"));
+    format!("{}/{}", m.org, hash % u64::from(groups_per_org.max(1)))
 }
 
 impl SqsQueue {
-    pub fn new(client: Client, url: impl Into<String>) -> Self {
+    pub fn new(client: Client, url: impl Into<String>, groups_per_org: u16) -> Self {
         Self {
             client,
             url: url.into(),
+            groups_per_org,
         }
     }
 
@@ -55,7 +62,7 @@ impl Queue for SqsQueue {
             .send_message()
             .queue_url(&self.url)
             .message_body(serde_json::to_string(message)?)
-            .message_group_id(group_id(message))
+            .message_group_id(group_id(message, self.groups_per_org))
             // Within SQS's five-minute window a second send with one id is dropped; the
             // conditional claim makes any duplicate that does arrive harmless.
             .message_deduplication_id(dedup)
@@ -70,17 +77,26 @@ impl Queue for SqsQueue {
 mod tests {
     use super::*;
 
-    #[test]
-    fn group_ids_fit_sqs_limits() {
-        let m = |stack: &str| QueueMessage {
-            deployment_id: uuid::Uuid::nil(),
-            org: "o".into(),
+    fn message(org: &str, stack: &str) -> QueueMessage {
+        QueueMessage {
+            deployment_id: uuid::Uuid::new_v4(),
+            org: org.into(),
             project: "p".into(),
             stack: stack.into(),
-        };
-        assert_eq!(group_id(&m("dev")), "o/p/dev");
-        let long = group_id(&m(&"x".repeat(200)));
-        assert_eq!(long.len(), 64);
-        assert_ne!(long, group_id(&m(&"y".repeat(200))));
+        }
+    }
+
+    #[test]
+    fn an_orgs_stacks_share_its_groups_and_a_stack_keeps_one() {
+        let groups: std::collections::HashSet<String> = (0..500)
+            .map(|i| group_id(&message("acme", &format!("s{i}")), 8))
+            .collect();
+        // 500 stacks fill all eight shards and no more.
+        assert_eq!(groups.len(), 8);
+        assert!(groups.iter().all(|g| g.starts_with("acme/")));
+        let dev = group_id(&message("acme", "dev"), 8);
+        assert_eq!(dev, group_id(&message("acme", "dev"), 8));
+        assert_eq!(group_id(&message("acme", "dev"), 1), "acme/0");
+        assert!(group_id(&message(&"o".repeat(100), "dev"), 1000).len() <= 128);
     }
 }
