@@ -136,6 +136,10 @@ async fn gated_deployments_wait_for_approvers_and_run_or_are_skipped() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    // Cancelled undecided, its approval is no longer pending.
+    let cancelled = app.deployment(&s, &uninherited).await;
+    assert_eq!(cancelled["status"], "skipped", "{cancelled}");
+    assert_eq!(cancelled["approval"]["status"], "withdrawn", "{cancelled}");
 
     // A preview never waits.
     let (status, v) = call(

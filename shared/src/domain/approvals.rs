@@ -116,6 +116,9 @@ wire_enum!(
         Approved = "approved",
         Rejected = "rejected",
         Expired = "expired",
+        /// Never decided: its deployment ended first (cancelled, or skipped by a newer one).
+        /// Only ever reported, not stored: see `Deployment::approval_now`.
+        Withdrawn = "withdrawn",
     }
 );
 

@@ -291,6 +291,16 @@ impl Deployment {
         self.status == JobStatus::NotStarted
             && self.approval.as_ref().is_some_and(|a| a.is_pending())
     }
+
+    /// Its approval as it stands now: one still pending on a deployment that has ended
+    /// (cancelled, or skipped by a newer one) was withdrawn.
+    pub fn approval_now(&self) -> Option<approvals::Approval> {
+        let mut a = self.approval.clone()?;
+        if a.is_pending() && self.status != JobStatus::NotStarted {
+            a.status = approvals::ApprovalStatus::Withdrawn;
+        }
+        Some(a)
+    }
 }
 
 /// What the API hands the store to create a deployment.

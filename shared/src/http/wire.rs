@@ -82,8 +82,8 @@ fn approval(a: &Approval) -> Value {
 
 /// Adds the extensions a deployment has (`approval`) to its wire form.
 fn with_extensions(mut v: Value, d: &Deployment) -> Value {
-    if let Some(a) = &d.approval {
-        v["approval"] = approval(a);
+    if let Some(a) = d.approval_now() {
+        v["approval"] = approval(&a);
     }
     v
 }

@@ -216,7 +216,8 @@ impl DynamoStore {
                     vals,
                 }
             }
-            ApprovalStatus::Rejected | ApprovalStatus::Expired => {
+            // (A decision never withdraws; any end but approval ends the deployment.)
+            ApprovalStatus::Rejected | ApprovalStatus::Expired | ApprovalStatus::Withdrawn => {
                 vals.push((":final", s(JobStatus::Skipped.as_str())));
                 Extra {
                     set: "#approval = :approval, #status = :final",
