@@ -49,8 +49,10 @@ pub trait StackStore: Send + Sync {
     /// `Error::Conflict`; the caller re-reads and retries.
     async fn put_settings(&self, stack: &StackRef, settings: &Value, expected: i64) -> Result<i64>;
 
-    /// Removes the settings. Returns whether there were any. `Error::NotFound` if no stack.
-    async fn delete_settings(&self, stack: &StackRef) -> Result<bool>;
+    /// Removes the settings if they are still at version `expected` (as the caller read them;
+    /// 0 for none): a concurrent change makes this `Error::Conflict`, and the caller re-reads.
+    /// Returns whether there were any. `Error::NotFound` if no stack.
+    async fn delete_settings(&self, stack: &StackRef, expected: i64) -> Result<bool>;
 
     /// Sets the stack's pause flag. `Error::NotFound` if the stack does not exist.
     async fn set_stack_paused(&self, stack: &StackRef, paused: bool) -> Result<()>;

@@ -38,12 +38,24 @@ pub(crate) async fn settings_writes_are_optimistic(b: Backend) {
         b.stacks.get_settings(&st).await.unwrap().unwrap().settings,
         json!({"a": 2})
     );
-    assert!(b.stacks.delete_settings(&st).await.unwrap());
+    // A delete of settings that changed since they were read (version 1, or none) is refused.
+    for stale in [1, 0] {
+        assert!(matches!(
+            b.stacks.delete_settings(&st, stale).await,
+            Err(Error::Conflict(_))
+        ));
+    }
+    assert!(b.stacks.get_settings(&st).await.unwrap().is_some());
+    assert!(b.stacks.delete_settings(&st, 2).await.unwrap());
     assert!(b.stacks.get_settings(&st).await.unwrap().is_none());
     assert!(
-        !b.stacks.delete_settings(&st).await.unwrap(),
+        !b.stacks.delete_settings(&st, 0).await.unwrap(),
         "nothing left to delete"
     );
+    assert!(matches!(
+        b.stacks.delete_settings(&st, 2).await,
+        Err(Error::Conflict(_))
+    ));
     // Versions keep counting after a delete.
     assert_eq!(
         b.stacks
@@ -53,7 +65,7 @@ pub(crate) async fn settings_writes_are_optimistic(b: Backend) {
         3
     );
     assert!(matches!(
-        b.stacks.delete_settings(&stack("none")).await,
+        b.stacks.delete_settings(&stack("none"), 0).await,
         Err(Error::NotFound(_))
     ));
 }

@@ -32,6 +32,9 @@ pub(super) struct WriteQuery {
     dry_run: bool,
 }
 
+/// How many times a settings write re-reads after losing a race.
+const MAX_ATTEMPTS: usize = 8;
+
 /// Read-modify-write with optimistic concurrency: a concurrent writer makes us re-read. A dry
 /// run stops after the check.
 async fn write(
@@ -41,7 +44,7 @@ async fn write(
     next: impl Fn(Option<&Value>) -> Value,
 ) -> Result<(Value, i64)> {
     let stack = &ctx.stack;
-    for _ in 0..8 {
+    for _ in 0..MAX_ATTEMPTS {
         let current = state.deps.stacks.get_settings(stack).await?;
         let value = next(current.as_ref().map(|c| &c.settings));
         settings::check_stored(&value)?;
@@ -128,15 +131,23 @@ pub(super) fn check_approvals_change(role: Role, before: &Value, after: &Value) 
 }
 
 pub(super) async fn delete(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
-    if let Some(current) = state.deps.stacks.get_settings(&ctx.stack).await? {
-        check_approvals_change(
-            ctx.principal.role,
-            &current.settings["approvals"],
-            &Value::Null,
-        )?;
+    // Deletes the settings it checked: an approval rule an admin sets meanwhile is not lifted
+    // by a writer's delete.
+    for _ in 0..MAX_ATTEMPTS {
+        let current = state.deps.stacks.get_settings(&ctx.stack).await?;
+        if let Some(c) = &current {
+            check_approvals_change(ctx.principal.role, &c.settings["approvals"], &Value::Null)?;
+        }
+        let version = current.map_or(0, |c| c.version);
+        match state.deps.stacks.delete_settings(&ctx.stack, version).await {
+            Ok(_) => return Ok(StatusCode::NO_CONTENT),
+            Err(Error::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
     }
-    state.deps.stacks.delete_settings(&ctx.stack).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Err(Error::conflict(
+        "the settings are being changed concurrently; retry",
+    ))
 }
 
 /// Encrypts a value for use in settings. Accepts a bare string or any `SecretValue` form.

@@ -118,19 +118,22 @@ impl StackStore for SqliteStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
-    async fn delete_settings(&self, stack: &StackRef) -> Result<bool> {
+    async fn delete_settings(&self, stack: &StackRef, expected: i64) -> Result<bool> {
         let stack = stack.clone();
         self.db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let had: bool = tx
+                let (version, had): (i64, bool) = tx
                     .query_row(
-                        "SELECT settings IS NOT NULL FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3",
+                        "SELECT settings_version, settings IS NOT NULL FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3",
                         params![stack.org, stack.project, stack.stack],
-                        |r| r.get(0),
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?
                     .ok_or_else(|| Error::not_found(format!("stack '{stack}' not found")))?;
+                if (if had { version } else { 0 }) != expected {
+                    return Err(Error::conflict("settings changed concurrently; retry"));
+                }
                 tx.execute(
                     "UPDATE stacks SET settings = NULL WHERE org = ?1 AND project = ?2 AND name = ?3",
                     params![stack.org, stack.project, stack.stack],

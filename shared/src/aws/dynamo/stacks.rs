@@ -205,21 +205,30 @@ impl StackStore for DynamoStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
-    async fn delete_settings(&self, stack: &StackRef) -> Result<bool> {
+    async fn delete_settings(&self, stack: &StackRef, expected: i64) -> Result<bool> {
+        let cond = if expected == 0 {
+            "attribute_exists(pk) AND attribute_not_exists(#settings)"
+        } else {
+            "attribute_exists(pk) AND attribute_exists(#settings) AND #settings_version = :expected"
+        };
+        let vals = (expected != 0).then(|| values(vec![(":expected", n(expected))]));
         let r = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(stack_pk(stack), STACK_SK)))
             .update_expression("REMOVE #settings")
-            .condition_expression("attribute_exists(pk)")
-            .set_expression_attribute_names(names(&["#settings"]))
-            .return_values(ReturnValue::UpdatedOld)
+            .condition_expression(cond)
+            .set_expression_attribute_names(names(&["#settings", cond]))
+            .set_expression_attribute_values(vals.flatten())
             .send()
             .await;
         match checked("UpdateItem", r)? {
-            Some(out) => Ok(out.attributes.is_some_and(|a| a.contains_key("settings"))),
-            None => Err(Error::not_found(format!("stack '{stack}' not found"))),
+            Some(_) => Ok(expected != 0),
+            None if self.stack_item(stack).await?.is_none() => {
+                Err(Error::not_found(format!("stack '{stack}' not found")))
+            }
+            None => Err(Error::conflict("settings changed concurrently; retry")),
         }
     }
 
