@@ -35,6 +35,7 @@ pub mod webhooks;
 mod worker;
 
 pub use error::{Error, Result};
+pub use runner::cache;
 
 /// How Tarmac names itself to the servers it calls (webhook receivers, GitHub).
 pub const USER_AGENT: &str = concat!("tarmac/", env!("CARGO_PKG_VERSION"));

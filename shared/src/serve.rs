@@ -42,6 +42,8 @@ pub struct ServeConfig {
     pub child_path: String,
     /// How deployments' processes are confined (`--sandbox`).
     pub sandbox: SandboxConfig,
+    /// The run cache's size cap, in bytes (`--cache-max-size`).
+    pub cache_max_bytes: u64,
 }
 
 /// The data dir's directory that `--demo` lets deployments clone from.
@@ -103,6 +105,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             heartbeat_every: cfg.heartbeat_every,
             sandbox: cfg.sandbox.clone(),
             agent_lease: cfg.lease_ttl,
+            cache_max_bytes: cfg.cache_max_bytes,
         },
     }))
     .await?;

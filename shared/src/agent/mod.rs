@@ -44,6 +44,9 @@ pub struct AgentConfig {
     pub deployment_timeout: Duration,
     pub stop_grace: Duration,
     pub sandbox: SandboxConfig,
+    /// The run cache's size cap, in bytes (`--cache-max-size`); the cache is the work dir's
+    /// `cache/`, kept across restarts.
+    pub cache_max_bytes: u64,
 }
 
 /// Refuses a URL that would send the pool token in the clear, but to this machine.
@@ -113,6 +116,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             stop_grace: cfg.stop_grace,
             heartbeat_every: Duration::from_secs(1),
             sandbox,
+            cache: Arc::new(crate::runner::cache::Cache::open(
+                &work_dir.join("cache"),
+                cfg.cache_max_bytes,
+            )?),
         },
         state_dir,
     });

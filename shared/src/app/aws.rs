@@ -113,6 +113,11 @@ impl App {
                 stop_grace: cfg.stop_grace,
                 heartbeat_every: (cfg.lease_ttl / 6).min(Duration::from_secs(10)),
                 sandbox: Arc::new(sandbox),
+                // Best-effort across warm invocations of one execution environment.
+                cache: Arc::new(crate::runner::cache::Cache::open(
+                    &cfg.cache_dir,
+                    cfg.cache_max_bytes,
+                )?),
             },
         ));
         Ok(Self {

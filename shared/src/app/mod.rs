@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::oidc::{
     CredentialBroker, ExchangeRequest, Exchanger, ISSUER_PATH, Issuer, LocalSigner, RunCredentials,
 };
+use crate::runner::cache::Cache;
 use crate::runner::{Runner, RunnerConfig};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::sqlite::SqliteStore;
@@ -48,7 +49,12 @@ pub struct RunSettings {
     pub sandbox: SandboxConfig,
     /// The lease an agent holds on the deployment it runs.
     pub agent_lease: Duration,
+    /// The run cache's size cap (see `runner::cache`), in bytes.
+    pub cache_max_bytes: u64,
 }
+
+/// The data dir's run cache (git mirrors, plugins, dependency caches).
+pub const CACHE_DIR: &str = "cache";
 
 /// Agents' lease on a deployment, where it is not configured: an agent heartbeats every third
 /// of it, so a dead agent's run fails within a minute.
@@ -85,6 +91,7 @@ impl EmbeddedConfig {
                 heartbeat_every: Duration::from_secs(1),
                 sandbox: SandboxConfig::default(),
                 agent_lease: AGENT_LEASE,
+                cache_max_bytes: crate::runner::cache::DEFAULT_MAX_BYTES,
             },
         }
     }
@@ -228,6 +235,10 @@ impl App {
                 stop_grace: cfg.run.stop_grace,
                 heartbeat_every: cfg.run.heartbeat_every,
                 sandbox: Arc::new(sandbox),
+                cache: Arc::new(Cache::open(
+                    &data_dir.join(CACHE_DIR),
+                    cfg.run.cache_max_bytes,
+                )?),
             },
         ));
         Ok(Self {

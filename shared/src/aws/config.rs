@@ -17,6 +17,8 @@
 //! | `TARMAC_QUEUE_MAX_DAYS` | 7 | queued deployments older than this are skipped |
 //! | `TARMAC_QUEUE_GROUPS_PER_ORG` | 10 | the queue's message groups per org (1 to 1000): the most deployments one org runs at once on the workers; below the workers' concurrency, it leaves room to other orgs whatever one org has queued |
 //! | `TARMAC_WORK_DIR` | `/tmp/tarmac/work` | per-run working directories |
+//! | `TARMAC_CACHE_DIR` | `/tmp/tarmac/cache` | git mirrors, plugins and dependency caches, kept across warm invocations |
+//! | `TARMAC_CACHE_MAX_SIZE` | `2G` | the cache's size cap (`K`, `M`, `G` suffixes) |
 //! | `TARMAC_STATE_DIR` | `/tmp/tarmac/state` | engine state when the program has no backend of its own |
 //! | `TARMAC_CHILD_PATH` | this process's `PATH` | `PATH` for deployments |
 //! | `TARMAC_ALLOW_LOCAL_REPOS` | false | allow `file://` repositories (tests) |
@@ -54,6 +56,8 @@ pub struct AwsConfig {
     pub queue_max_age: Duration,
     pub queue_groups_per_org: u16,
     pub work_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub cache_max_bytes: u64,
     pub state_dir: PathBuf,
     pub child_path: String,
     pub allow_local_repos: bool,
@@ -146,6 +150,17 @@ impl AwsConfig {
             work_dir: get("TARMAC_WORK_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "/tmp/tarmac/work".into()),
+            cache_dir: get("TARMAC_CACHE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/tmp/tarmac/cache".into()),
+            cache_max_bytes: match get("TARMAC_CACHE_MAX_SIZE") {
+                None => 2 << 30,
+                Some(v) => crate::runner::cache::parse_size(&v).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "TARMAC_CACHE_MAX_SIZE must be a size such as 2G or 500M, not '{v}'"
+                    ))
+                })?,
+            },
             state_dir: get("TARMAC_STATE_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "/tmp/tarmac/state".into()),

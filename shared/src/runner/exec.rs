@@ -24,6 +24,8 @@ pub(crate) struct CommandSpec {
     /// What the command may read beyond what every command of the run may (a local repository
     /// it clones, say).
     pub read_only: Vec<PathBuf>,
+    /// What it may write beyond that (the git mirror it fetches into).
+    pub read_write: Vec<PathBuf>,
 }
 
 impl CommandSpec {
@@ -39,6 +41,7 @@ impl CommandSpec {
             cwd,
             env,
             read_only: vec![],
+            read_write: vec![],
         }
     }
 }

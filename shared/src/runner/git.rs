@@ -1,4 +1,4 @@
-//! Getting the source: which URLs may be cloned, the clone commands, and credentials passed
+//! Getting the source: which URLs may be fetched, what a run wants of them, and credentials passed
 //! through the environment (never on a command line, where other users could read them).
 
 use base64::Engine as _;
@@ -36,55 +36,93 @@ fn short_ref<'a>(r: &'a str, prefix: &str) -> &'a str {
     r.strip_prefix(prefix).unwrap_or(r)
 }
 
-/// The git invocations that put the source into `dest`, in order.
-pub(crate) fn clone_commands(spec: &GitSource, dest: &str) -> Vec<Vec<String>> {
-    let url = spec.repo_url.clone();
-    let args = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
-    if let Some(commit) = &spec.commit {
-        // A commit may not be at any ref's tip, so fetch the history and check it out. A pull
-        // request's head (perhaps from a fork) is only under its `refs/pull/<n>/head`.
-        let mut cmds = vec![args(&[
-            "clone",
-            "--quiet",
-            "--no-checkout",
-            "--",
-            &url,
-            dest,
-        ])];
-        if let Some(pull) = spec
+/// What a run checks out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// A commit, pinned: no round trip when the mirror has it. `fetch` is the ref to fetch it
+    /// by when it does not (a branch, or a pull request's `refs/pull/<n>/head`).
+    Commit { sha: String, fetch: Option<String> },
+    /// A branch's or tag's head (a full ref name), or the default branch's (`HEAD`), asked of
+    /// the remote each run, since it may have moved.
+    Head(String),
+}
+
+impl Want {
+    pub(crate) fn of(spec: &GitSource) -> Self {
+        let branch = spec
             .branch
             .as_deref()
-            .filter(|b| b.starts_with("refs/pull/"))
-        {
-            cmds.push(args(&["-C", dest, "fetch", "--quiet", "origin", pull]));
+            .map(|b| match b.starts_with("refs/") {
+                true => b.to_string(),
+                false => format!("refs/heads/{b}"),
+            });
+        if let Some(sha) = &spec.commit {
+            return Want::Commit {
+                sha: sha.clone(),
+                fetch: branch,
+            };
         }
-        cmds.push(args(&[
-            "-C", dest, "checkout", "--quiet", "--detach", commit,
-        ]));
-        return cmds;
+        match (&spec.tag, branch) {
+            (Some(t), _) => Want::Head(format!("refs/tags/{}", short_ref(t, "refs/tags/"))),
+            (None, Some(b)) => Want::Head(b),
+            (None, None) => Want::Head("HEAD".into()),
+        }
     }
-    let reference = spec
-        .tag
-        .as_deref()
-        .map(|t| short_ref(t, "refs/tags/"))
-        .or(spec.branch.as_deref().map(|b| short_ref(b, "refs/heads/")));
-    match reference {
-        Some(r) => vec![args(&[
-            "clone",
-            "--quiet",
-            "--depth",
-            "1",
-            "--single-branch",
-            "--branch",
-            r,
-            "--",
-            &url,
-            dest,
-        ])],
-        None => vec![args(&[
-            "clone", "--quiet", "--depth", "1", "--", &url, dest,
-        ])],
+}
+
+/// The commit `ls-remote` output names for `reference`: an annotated tag's peeled commit
+/// (`^{}`) over the tag object itself.
+pub(crate) fn remote_head(ls_remote: &str, reference: &str) -> Option<String> {
+    let peeled = format!("{reference}^{{}}");
+    let mut found = None;
+    for line in ls_remote.lines() {
+        let Some((sha, name)) = line.split_once('\t') else {
+            continue;
+        };
+        if name == peeled {
+            return Some(sha.to_string());
+        }
+        if name == reference {
+            found = Some(sha.to_string());
+        }
     }
+    found
+}
+
+/// The refspecs that bring a commit into a mirror, tried in order until it has it: its own
+/// ref, then the commit itself (servers that allow it), then every branch and tag.
+pub(crate) fn fetch_refspecs(want: &Want) -> Vec<Vec<String>> {
+    let spec = |r: &str| vec![format!("+{r}:{}", mirror_ref(r))];
+    match want {
+        Want::Head(r) => vec![spec(r)],
+        Want::Commit { sha, fetch } => {
+            let mut out = vec![];
+            if let Some(r) = fetch {
+                out.push(spec(r));
+            }
+            out.push(vec![sha.clone()]);
+            out.push(vec![
+                "+refs/heads/*:refs/heads/*".into(),
+                "+refs/tags/*:refs/tags/*".into(),
+            ]);
+            out
+        }
+    }
+}
+
+/// Where a mirror keeps a fetched ref: branches and tags under their own names, anything else
+/// (`HEAD`, pull requests) under `refs/tarmac/`.
+fn mirror_ref(r: &str) -> String {
+    if r.starts_with("refs/heads/") || r.starts_with("refs/tags/") {
+        r.to_string()
+    } else {
+        format!("refs/tarmac/{}", r.trim_start_matches("refs/"))
+    }
+}
+
+/// Whether `s` can only be a full commit id (what a mirror's trees are named by).
+pub(crate) fn is_full_sha(s: &str) -> bool {
+    matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Credentials for HTTP remotes, as git config passed through the environment (not the command
@@ -120,18 +158,38 @@ mod tests {
     }
 
     #[test]
-    fn clone_follows_commit_then_tag_then_branch() {
+    fn a_run_wants_its_commit_then_tag_then_branch_then_the_default() {
         let mut spec = GitSource {
             repo_url: "https://h/r.git".into(),
-            branch: Some("refs/heads/main".into()),
+            branch: Some("main".into()),
             ..Default::default()
         };
-        assert!(clone_commands(&spec, "src")[0].contains(&"main".to_string()));
+        assert_eq!(Want::of(&spec), Want::Head("refs/heads/main".into()));
         spec.tag = Some("refs/tags/v1".into());
-        assert!(clone_commands(&spec, "src")[0].contains(&"v1".to_string()));
+        assert_eq!(Want::of(&spec), Want::Head("refs/tags/v1".into()));
         spec.commit = Some("abc123".into());
-        let cmds = clone_commands(&spec, "src");
-        assert_eq!(cmds.len(), 2);
-        assert_eq!(cmds[1].last().unwrap(), "abc123");
+        spec.branch = Some("refs/pull/7/head".into());
+        let want = Want::of(&spec);
+        assert_eq!(
+            want,
+            Want::Commit {
+                sha: "abc123".into(),
+                fetch: Some("refs/pull/7/head".into())
+            }
+        );
+        let specs = fetch_refspecs(&want);
+        assert_eq!(specs[0], ["+refs/pull/7/head:refs/tarmac/pull/7/head"]);
+        assert_eq!(specs[1], ["abc123"]);
+        assert_eq!(specs.len(), 3);
+        assert_eq!(Want::of(&GitSource::default()), Want::Head("HEAD".into()));
+    }
+
+    #[test]
+    fn remote_heads_prefer_a_tags_commit() {
+        let out = "1111\trefs/heads/main\n2222\trefs/tags/v1\n3333\trefs/tags/v1^{}\n4444\trefs/heads/main-old\n";
+        assert_eq!(remote_head(out, "refs/heads/main").as_deref(), Some("1111"));
+        assert_eq!(remote_head(out, "refs/tags/v1").as_deref(), Some("3333"));
+        assert_eq!(remote_head(out, "refs/heads/gone"), None);
+        assert!(is_full_sha(&"a".repeat(40)) && !is_full_sha("abc123"));
     }
 }

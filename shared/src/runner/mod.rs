@@ -3,6 +3,7 @@
 //!
 //! The same runner serves every backend; it only talks to the `RunStore` port.
 
+pub mod cache;
 mod credentials;
 pub(crate) mod engine;
 mod events;
@@ -70,6 +71,8 @@ pub struct RunnerConfig {
     pub heartbeat_every: Duration,
     /// Confines every child process.
     pub sandbox: Arc<Sandbox>,
+    /// Git mirrors, engines' plugins and stacks' dependency caches, shared by runs.
+    pub cache: Arc<cache::Cache>,
 }
 
 /// What executing a run needs from the platform. On a worker these are the stores
@@ -310,11 +313,54 @@ struct Run<'a> {
     steps: Mutex<Vec<String>>,
     /// The run's secrets, opened.
     opened: Opened,
+    /// What every command of the run may read or write beyond its directory and its stack's
+    /// state: its caches, and the mirror its `.git` borrows from.
+    grants: Mutex<Grants>,
+    /// The cache entries the run uses, kept from eviction until it ends.
+    held: Mutex<Vec<cache::Held>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Grants {
+    read_only: Vec<PathBuf>,
+    read_write: Vec<PathBuf>,
 }
 
 impl Run<'_> {
     fn env(&self) -> Vec<(String, String)> {
         self.env.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn grant_read(&self, path: PathBuf) {
+        self.grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_only
+            .push(path);
+    }
+
+    fn grants(&self) -> Grants {
+        self.grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn hold(&self, held: cache::Held) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(held);
+    }
+
+    /// Sets variables the run has not set itself.
+    fn set_default_env(&self, vars: Vec<(String, String)>) {
+        let mut env = self.env.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in vars {
+            if !env.iter().any(|(name, _)| *name == k) {
+                env.push((k, v));
+            }
+        }
     }
 
     /// Sets variables, replacing any of the same name.
@@ -575,6 +621,8 @@ impl Executor {
             workdir: workdir.clone(),
             steps: Mutex::new(Vec::new()),
             opened: opened.as_ref().ok().cloned().unwrap_or_default(),
+            grants: Mutex::default(),
+            held: Mutex::default(),
         };
         let outcome = match &opened {
             Err(msg) => Err(Failure::Failed(msg.clone())),
@@ -589,6 +637,8 @@ impl Executor {
         watchdog.abort();
         let workdir_clone = workdir.clone();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workdir_clone)).await;
+        drop(run.held.into_inner());
+        self.cfg.cache.trim_soon(false);
 
         let reason = *reason.lock().unwrap_or_else(|p| p.into_inner());
         let drift = outcome.as_ref().ok().and_then(|o| o.drift);
@@ -710,9 +760,19 @@ impl Executor {
         ok_codes: &[i32],
     ) -> StepResult<(i32, Vec<u8>)> {
         let groups = run.workdir.join(exec::GROUPS_FILE);
-        // Each command may write in the run's directory and its stack's state, nowhere else.
+        // Each command may write in the run's directory, its stack's state and its caches,
+        // nowhere else.
         let state = self.state_dir(run.d);
-        let read_only: Vec<&Path> = spec.read_only.iter().map(PathBuf::as_path).collect();
+        let grants = run.grants();
+        let read_only: Vec<&Path> = (spec.read_only.iter())
+            .chain(&grants.read_only)
+            .map(PathBuf::as_path)
+            .collect();
+        let read_write: Vec<&Path> = [run.workdir.as_path(), state.as_path()]
+            .into_iter()
+            .chain(spec.read_write.iter().map(PathBuf::as_path))
+            .chain(grants.read_write.iter().map(PathBuf::as_path))
+            .collect();
         let launch = self
             .cfg
             .sandbox
@@ -720,7 +780,7 @@ impl Executor {
                 &spec.program,
                 &spec.args,
                 &spec.env,
-                &[&run.workdir, &state],
+                &read_write,
                 &read_only,
             )
             .await
@@ -756,6 +816,7 @@ impl Executor {
                 })?;
         }
 
+        self.use_caches(run).await?;
         let idx = self.begin(run, "Get source").await?;
         let result = self.get_source(run, idx, spec).await;
         let program_dir = self.end(run, idx, result).await?;
@@ -812,6 +873,59 @@ impl Executor {
             self.end(run, idx, result).await?;
         }
         Ok(outcome)
+    }
+
+    /// Gives the run its org's plugin caches and its stack's dependency cache: writable to all
+    /// its commands, named in its environment (unless the run names its own), and kept from
+    /// eviction until it ends. Tenants share nothing: every entry is per org or per stack.
+    async fn use_caches(&self, run: &Run<'_>) -> StepResult<()> {
+        let cache = &self.cfg.cache;
+        let stack = cache.stack(&run.d.stack);
+        let terraform = cache.plugins(&run.d.stack.org, "terraform");
+        let pulumi = cache.plugins(&run.d.stack.org, "pulumi");
+        let failed = |e: std::io::Error| Failure::Failed(format!("the run cache failed: {e}"));
+        for entry in [&stack, &terraform, &pulumi] {
+            run.hold(
+                cache::Cache::hold_fresh(entry, false)
+                    .await
+                    .map_err(failed)?,
+            );
+        }
+        let dirs = [
+            ("TF_PLUGIN_CACHE_DIR", terraform.join("cache")),
+            ("npm_config_cache", stack.join("npm")),
+            ("PIP_CACHE_DIR", stack.join("pip")),
+            ("GOMODCACHE", stack.join("go/mod")),
+            ("GOCACHE", stack.join("go/build")),
+            ("TARMAC_CACHE_DIR", stack.join("data")),
+        ];
+        let plugins = pulumi.join("plugins");
+        let home_pulumi = run.workdir.join("home/.pulumi");
+        let made = {
+            let (dirs, plugins, home_pulumi) = (dirs.clone(), plugins.clone(), home_pulumi.clone());
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                for (_, dir) in &dirs {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::create_dir_all(&plugins)?;
+                std::fs::create_dir_all(&home_pulumi)?;
+                // Pulumi has no variable for its plugin directory alone.
+                std::os::unix::fs::symlink(&plugins, home_pulumi.join("plugins"))
+            })
+            .await
+        };
+        made.map_err(|e| Failure::Failed(format!("the run cache failed: {e}")))?
+            .map_err(failed)?;
+        {
+            let mut grants = run.grants.lock().unwrap_or_else(|p| p.into_inner());
+            grants.read_write.extend([stack, terraform, pulumi]);
+        }
+        run.set_default_env(
+            dirs.into_iter()
+                .map(|(k, v)| (k.to_string(), v.display().to_string()))
+                .collect(),
+        );
+        Ok(())
     }
 
     /// The engine's environment: the run's, plus what keeps the stack's state in its state
@@ -940,7 +1054,23 @@ impl Executor {
                 ));
                 (done, task)
             });
+            // Terraform's plugin cache takes one `init` at a time (the org's runs queue here).
+            let serial = match (engine, i) {
+                (Engine::Terraform | Engine::Tofu, 0) => Some(
+                    cache::Cache::serialise(
+                        &self
+                            .cfg
+                            .cache
+                            .plugins(&run.d.stack.org, "terraform")
+                            .join(".init.lock"),
+                    )
+                    .await
+                    .map_err(|e| Failure::Failed(format!("the run cache failed: {e}")))?,
+                ),
+                _ => None,
+            };
             let result = self.command(run, idx, &cmd, mode, &ok).await;
+            drop(serial);
             if let Some((done, task)) = tail {
                 done.cancel();
                 let _ = task.await;

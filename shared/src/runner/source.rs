@@ -1,10 +1,29 @@
-//! The "Get source" step: the git checkout, with credentials through the environment.
+//! The "Get source" step, through the host's cache of git mirrors.
+//!
+//! A run asks the remote where its branch or tag points (one `ls-remote`; none for a pinned
+//! commit), fetches into its mirror only if the mirror lacks that commit, and copies the
+//! commit's files, extracted once per commit, into its own directory, with a `.git` that
+//! borrows the mirror's objects. Every git process runs in the run's sandbox, with the run's
+//! credentials in its environment.
+//!
+//! A mirror that fails (a corrupt object store, a half-deleted directory) is deleted and
+//! fetched afresh, once; a commit the remote no longer has fails the run, saying so.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::cache::{Cache, Held, copy_tree, remove_dir_all_quiet};
 use super::exec::{CommandSpec, Stdout};
-use super::{Executor, Failure, GitCredentials, Run, StepResult, git};
+use super::git::{self, Want};
+use super::{Executor, Failure, GitCredentials, Run, StepResult};
 use crate::domain::spec::{LocalRepos, RunSpec};
+
+/// A git invocation's environment and grants, shared by the step's commands.
+struct Git {
+    env: Vec<(String, String)>,
+    url: String,
+    /// A local repository the commands may read.
+    local: Option<PathBuf>,
+}
 
 impl Executor {
     pub(super) async fn get_source(
@@ -13,6 +32,278 @@ impl Executor {
         idx: usize,
         spec: &RunSpec,
     ) -> StepResult<PathBuf> {
+        let source = &spec.source;
+        let git = Git {
+            env: self.git_env(run)?,
+            url: source.repo_url.clone(),
+            local: self.local_grant(&source.repo_url)?,
+        };
+        run.log
+            .line(
+                idx,
+                &format!("Fetching {} at {}", source.repo_url, source.describe_ref()),
+            )
+            .await;
+        let want = Want::of(source);
+        let sha = match &want {
+            Want::Head(reference) => self.remote_head(run, idx, &git, reference).await?,
+            Want::Commit { sha, .. } => sha.clone(),
+        };
+        let cache = &self.cfg.cache;
+        let entry = cache.mirror(&run.d.stack.org, &source.repo_url, run.opened.git.as_ref());
+        let src = run.workdir.join("src");
+        let cached = entry.join("repo.git").join("HEAD").exists();
+        let (sha, held) = match self
+            .checkout(run, idx, &git, &entry, &want, &sha, &src)
+            .await
+        {
+            Ok(done) => done,
+            // A mirror that was there and failed may be damaged: never used again as it is.
+            Err(Failure::Failed(why)) if cached => {
+                run.log
+                    .line(
+                        idx,
+                        &format!("The cached mirror could not be used ({why}); fetching the repository afresh."),
+                    )
+                    .await;
+                let _wipe = Cache::hold_fresh(&entry, true).await.map_err(cache_error)?;
+                remove_dir_all_quiet(&entry.join("repo.git")).map_err(cache_error)?;
+                remove_dir_all_quiet(&entry.join("trees")).map_err(cache_error)?;
+                drop(_wipe);
+                let _ = tokio::fs::remove_dir_all(&src).await;
+                self.checkout(run, idx, &git, &entry, &want, &sha, &src)
+                    .await?
+            }
+            Err(e) => return Err(e),
+        };
+        // The run keeps its mirror (whose objects its `.git` borrows) until it ends.
+        run.grant_read(entry.join("repo.git").join("objects"));
+        run.hold(held);
+        run.log.line(idx, &format!("Checked out {sha}")).await;
+        let program_dir = match &source.repo_dir {
+            Some(dir) => src.join(dir),
+            None => src,
+        };
+        if !program_dir.is_dir() {
+            return Err(Failure::Failed(format!(
+                "repoDir '{}' does not exist in the repository",
+                source.repo_dir.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok(program_dir)
+    }
+
+    /// Puts commit `sha` (the remote head `want` resolved to, or the pinned one) into `src`,
+    /// fetching into the mirror and extracting the commit first if need be. Returns the full
+    /// commit id and the mirror, held shared.
+    #[allow(clippy::too_many_arguments)]
+    async fn checkout(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        git: &Git,
+        entry: &Path,
+        want: &Want,
+        sha: &str,
+        src: &Path,
+    ) -> StepResult<(String, Held)> {
+        // The common case, a commit extracted before: no git at all.
+        if git::is_full_sha(sha) {
+            let held = Cache::hold_fresh(entry, false).await.map_err(cache_error)?;
+            if entry.join("trees").join(sha).join("tree").is_dir() {
+                materialise(entry, sha, src).await?;
+                return Ok((sha.to_string(), held));
+            }
+        }
+        let held = Cache::hold_fresh(entry, true).await.map_err(cache_error)?;
+        let repo = entry.join("repo.git");
+        if !repo.join("HEAD").is_file() || !repo.join("objects").is_dir() {
+            remove_dir_all_quiet(&repo).map_err(cache_error)?;
+            self.git(
+                run,
+                idx,
+                git,
+                entry,
+                vec![
+                    "init".into(),
+                    "--quiet".into(),
+                    "--bare".into(),
+                    repo.display().to_string(),
+                ],
+            )
+            .await?;
+        }
+        let full = match self.commit_in(run, idx, git, entry, sha).await? {
+            Some(full) => full,
+            None => {
+                let mut found = None;
+                for refspecs in git::fetch_refspecs(want) {
+                    let mut args = vec![
+                        "--git-dir".into(),
+                        repo.display().to_string(),
+                        "fetch".into(),
+                        "--quiet".into(),
+                        "--no-tags".into(),
+                        "--no-write-fetch-head".into(),
+                        "--".into(),
+                        git.url.clone(),
+                    ];
+                    args.extend(refspecs);
+                    // A refspec the server refuses (a bare commit id, say) is no failure yet:
+                    // the next one may bring the commit.
+                    let _ = self.git_quiet(run, idx, git, entry, args).await?;
+                    found = self.commit_in(run, idx, git, entry, sha).await?;
+                    if found.is_some() {
+                        break;
+                    }
+                }
+                found.ok_or_else(|| {
+                    Failure::Failed(format!(
+                        "commit {sha} is not in {}: it does not exist there, or the branch's history was rewritten and no longer holds it",
+                        git.url
+                    ))
+                })?
+            }
+        };
+        let trees = entry.join("trees");
+        if !trees.join(&full).join("tree").is_dir() {
+            // Extracted aside and renamed into place: a reader never sees half a tree.
+            let tmp = trees.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+            tokio::fs::create_dir_all(tmp.join("tree"))
+                .await
+                .map_err(cache_error)?;
+            let mut env = git.env.clone();
+            env.push((
+                "GIT_INDEX_FILE".into(),
+                tmp.join("index").display().to_string(),
+            ));
+            let extract = Git {
+                env,
+                url: git.url.clone(),
+                local: None,
+            };
+            let args = vec![
+                "--git-dir".into(),
+                repo.display().to_string(),
+                "--work-tree".into(),
+                tmp.join("tree").display().to_string(),
+                "checkout".into(),
+                "--quiet".into(),
+                full.clone(),
+                "--".into(),
+                ".".into(),
+            ];
+            let done = self.git(run, idx, &extract, entry, args).await;
+            if let Err(e) = done {
+                let _ = tokio::fs::remove_dir_all(&tmp).await;
+                return Err(e);
+            }
+            tokio::fs::rename(&tmp, trees.join(&full))
+                .await
+                .map_err(cache_error)?;
+            self.cfg.cache.trim_soon(true);
+        }
+        materialise(entry, &full, src).await?;
+        drop(held);
+        let shared = Cache::hold_fresh(entry, false).await.map_err(cache_error)?;
+        Ok((full, shared))
+    }
+
+    /// The full id of commit `sha` if the mirror has it.
+    async fn commit_in(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        git: &Git,
+        entry: &Path,
+        sha: &str,
+    ) -> StepResult<Option<String>> {
+        let args = vec![
+            "--git-dir".into(),
+            entry.join("repo.git").display().to_string(),
+            "rev-parse".into(),
+            "--quiet".into(),
+            "--verify".into(),
+            format!("{sha}^{{commit}}"),
+        ];
+        let out = self.git_quiet(run, idx, git, entry, args).await?;
+        Ok(out.map(|o| String::from_utf8_lossy(&o).trim().to_string()))
+    }
+
+    /// Where `reference` points on the remote: one round trip, with the run's credentials.
+    async fn remote_head(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        git: &Git,
+        reference: &str,
+    ) -> StepResult<String> {
+        let mut args = vec![
+            "ls-remote".into(),
+            "--".into(),
+            git.url.clone(),
+            reference.into(),
+        ];
+        if reference.starts_with("refs/tags/") {
+            args.push(format!("{reference}^{{}}"));
+        }
+        let mut cmd = CommandSpec::new("git", args, run.workdir.clone(), git.env.clone());
+        cmd.read_only.extend(git.local.clone());
+        let (_, out) = self.command(run, idx, &cmd, Stdout::Capture, &[]).await?;
+        git::remote_head(&String::from_utf8_lossy(&out), reference).ok_or_else(|| {
+            Failure::Failed(format!(
+                "{} has no {}",
+                git.url,
+                reference
+                    .replace("refs/heads/", "branch ")
+                    .replace("refs/tags/", "tag ")
+            ))
+        })
+    }
+
+    /// Runs git on the mirror; a non-zero exit fails the step.
+    async fn git(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        git: &Git,
+        entry: &Path,
+        args: Vec<String>,
+    ) -> StepResult<Vec<u8>> {
+        let mut cmd = CommandSpec::new("git", args, run.workdir.clone(), git.env.clone());
+        cmd.read_only.extend(git.local.clone());
+        cmd.read_write.push(entry.to_path_buf());
+        let (_, out) = self.command(run, idx, &cmd, Stdout::Capture, &[]).await?;
+        Ok(out)
+    }
+
+    /// Runs git on the mirror; its stdout if it exits 0, `None` for any other exit.
+    async fn git_quiet(
+        &self,
+        run: &Run<'_>,
+        idx: usize,
+        git: &Git,
+        entry: &Path,
+        args: Vec<String>,
+    ) -> StepResult<Option<Vec<u8>>> {
+        let mut cmd = CommandSpec::new("git", args, run.workdir.clone(), git.env.clone());
+        cmd.read_only.extend(git.local.clone());
+        cmd.read_write.push(entry.to_path_buf());
+        let (code, out) = self
+            .command(
+                run,
+                idx,
+                &cmd,
+                Stdout::Capture,
+                &(1..=255).collect::<Vec<_>>(),
+            )
+            .await?;
+        Ok((code == 0).then_some(out))
+    }
+
+    /// Git's environment for this run: no system config, no prompt, the allowed protocols, and
+    /// the run's git credentials (never on a command line).
+    fn git_env(&self, run: &Run<'_>) -> StepResult<Vec<(String, String)>> {
         let mut env = vec![
             ("PATH".to_string(), self.cfg.path_env.clone()),
             (
@@ -29,7 +320,6 @@ impl Executor {
                 git::allowed_protocols(&self.ctx.local_repos).to_string(),
             ),
         ];
-        let source = &spec.source;
         match &run.opened.git {
             Some(GitCredentials::Ssh { private_key }) => {
                 let key_path = run.workdir.join("ssh-key");
@@ -56,50 +346,21 @@ impl Executor {
             }
             None => {}
         }
-        // Checked again here: the server's policy may have changed since the deployment was made.
-        let url = source.repo_url.to_ascii_lowercase();
-        let mut local = None;
-        if url.starts_with("file://") || url.starts_with('/') {
-            self.ctx
-                .local_repos
-                .check_path(&source.repo_url)
-                .map_err(|e| Failure::Failed(e.to_string()))?;
-            local = Some(self.local_repo_grant(&source.repo_url)?);
+        Ok(env)
+    }
+
+    /// A local repository's path, if `url` names one the policy allows (checked again here:
+    /// the server's policy may have changed since the deployment was made).
+    fn local_grant(&self, url: &str) -> StepResult<Option<PathBuf>> {
+        let lower = url.to_ascii_lowercase();
+        if !(lower.starts_with("file://") || lower.starts_with('/')) {
+            return Ok(None);
         }
-        let what = source.describe_ref();
-        run.log
-            .line(idx, &format!("Cloning {} at {what}", source.repo_url))
-            .await;
-        for args in git::clone_commands(source, "src") {
-            let mut cmd = CommandSpec::new("git", args, run.workdir.clone(), env.clone());
-            cmd.read_only.extend(local.clone());
-            self.command(run, idx, &cmd, Stdout::Log, &[]).await?;
-        }
-        let src = run.workdir.join("src");
-        let rev = CommandSpec::new(
-            "git",
-            vec!["rev-parse".into(), "HEAD".into()],
-            src.clone(),
-            env,
-        );
-        let (_, sha) = self.command(run, idx, &rev, Stdout::Capture, &[]).await?;
-        run.log
-            .line(
-                idx,
-                &format!("Checked out {}", String::from_utf8_lossy(&sha).trim()),
-            )
-            .await;
-        let program_dir = match &source.repo_dir {
-            Some(dir) => src.join(dir),
-            None => src,
-        };
-        if !program_dir.is_dir() {
-            return Err(Failure::Failed(format!(
-                "repoDir '{}' does not exist in the repository",
-                source.repo_dir.as_deref().unwrap_or_default()
-            )));
-        }
-        Ok(program_dir)
+        self.ctx
+            .local_repos
+            .check_path(url)
+            .map_err(|e| Failure::Failed(e.to_string()))?;
+        self.local_repo_grant(url).map(Some)
     }
 
     /// A local repository the clone may read, inside the sandbox: one the policy allows, and
@@ -118,4 +379,42 @@ impl Executor {
             )))
         }
     }
+}
+
+fn cache_error(e: std::io::Error) -> Failure {
+    Failure::Failed(format!("the source cache failed: {e}"))
+}
+
+/// Copies commit `sha`'s extracted files into `src`, with a `.git` whose objects are the
+/// mirror's (read-only to the run): `git log`, `git status` and `git describe` work as in a
+/// clone.
+async fn materialise(entry: &Path, sha: &str, src: &Path) -> StepResult<()> {
+    let (tree, src) = (entry.join("trees").join(sha), src.to_path_buf());
+    let objects = entry.join("repo.git").join("objects");
+    let sha = sha.to_string();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        copy_tree(&tree.join("tree"), &src)?;
+        let dot_git = src.join(".git");
+        for dir in ["objects/info", "refs/heads", "refs/tags"] {
+            std::fs::create_dir_all(dot_git.join(dir))?;
+        }
+        std::fs::write(dot_git.join("HEAD"), format!("{sha}\n"))?;
+        std::fs::write(
+            dot_git.join("config"),
+            "[core]\n\trepositoryformatversion = 0\n\tbare = false\n",
+        )?;
+        std::fs::write(
+            dot_git.join("objects/info/alternates"),
+            format!("{}\n", objects.display()),
+        )?;
+        std::fs::copy(tree.join("index"), dot_git.join("index"))?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| Failure::Failed(format!("the checkout failed: {e}")))?
+    .map_err(|e| {
+        Failure::Failed(format!(
+            "cannot copy the source into the run's directory: {e}"
+        ))
+    })
 }

@@ -79,6 +79,7 @@ async fn fixture() -> Fixture {
                 ..Default::default()
             },
             agent_lease: crate::app::AGENT_LEASE,
+            cache_max_bytes: crate::runner::cache::DEFAULT_MAX_BYTES,
         },
         ..EmbeddedConfig::new(&dir.path().join("data"))
     };

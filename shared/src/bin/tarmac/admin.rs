@@ -94,9 +94,20 @@ pub(crate) struct RunArgs {
     /// work dir.
     #[arg(long = "sandbox-rw", env = "TARMAC_SANDBOX_RW", value_delimiter = ':')]
     sandbox_rw: Vec<PathBuf>,
+    /// The run cache's size cap (git mirrors, engine plugins, stacks' dependency caches),
+    /// e.g. 10G or 500M; least recently used entries go first.
+    #[arg(long, env = "TARMAC_CACHE_MAX_SIZE", default_value = "10G", value_parser = size)]
+    cache_max_size: u64,
     /// Log as JSON lines.
     #[arg(long, env = "TARMAC_LOG_JSON")]
     log_json: bool,
+}
+
+/// A size such as 10G, 500M or 4096.
+pub(crate) fn size(v: &str) -> Result<u64, String> {
+    tarmac::cache::parse_size(v).ok_or_else(|| {
+        format!("'{v}' is not a size: use a number of bytes, or one with K, M, G or T")
+    })
 }
 
 impl RunArgs {
@@ -158,6 +169,7 @@ pub(crate) async fn agent(a: AgentArgs, url: Option<String>) -> tarmac::Result<(
         child_path: a.runs.child_path(),
         deployment_timeout: Duration::from_secs(a.deployment_timeout),
         stop_grace: Duration::from_secs(a.stop_grace),
+        cache_max_bytes: a.runs.cache_max_size,
         sandbox: a.runs.sandbox(),
     })
     .await
@@ -200,6 +212,7 @@ pub(crate) async fn serve(a: ServeArgs) -> tarmac::Result<()> {
         stop_grace: Duration::from_secs(a.stop_grace),
         queue_max_age: Duration::from_secs(a.queue_max_days * 86_400),
         child_path: a.runs.child_path(),
+        cache_max_bytes: a.runs.cache_max_size,
         sandbox: a.runs.sandbox(),
     };
     tarmac::serve::serve(cfg).await
