@@ -37,4 +37,5 @@ mod readme;
 mod sandbox;
 mod schedules;
 mod serve;
+mod source_cache;
 mod webhooks;

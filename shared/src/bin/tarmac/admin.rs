@@ -25,6 +25,23 @@ pub(crate) enum OidcCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub(crate) enum CacheCommand {
+    /// Evict entries, least recently used first, down to a size (entries a run is using are
+    /// left). Safe while the server or agent runs.
+    Prune {
+        /// The server's data dir (its cache is `cache/` there).
+        #[arg(long, env = "TARMAC_DATA_DIR", default_value = "./.tarmac")]
+        data_dir: PathBuf,
+        /// The cache directory itself, instead (an agent's is its work dir's `cache/`).
+        #[arg(long, conflicts_with = "data_dir")]
+        dir: Option<PathBuf>,
+        /// Keep at most this much, e.g. 5G.
+        #[arg(long, default_value = "0", value_parser = size)]
+        max_size: u64,
+    },
+}
+
 #[derive(clap::Args)]
 pub(crate) struct ServeArgs {
     /// Where the database, secret key, engine state and working directories live.
@@ -230,6 +247,35 @@ pub(crate) async fn token(command: TokenCommand) -> tarmac::Result<()> {
     tarmac::serve::create_token(&data_dir, &org, role, &name)
         .await
         .map(|token| println!("{token}"))
+}
+
+pub(crate) fn cache(command: CacheCommand) -> tarmac::Result<()> {
+    let CacheCommand::Prune {
+        data_dir,
+        dir,
+        max_size,
+    } = command;
+    let dir = dir.unwrap_or_else(|| data_dir.join(tarmac::app::CACHE_DIR));
+    if !dir.join(".key").is_file() {
+        return Err(tarmac::Error::invalid(format!(
+            "{} is not a Tarmac run cache",
+            dir.display()
+        )));
+    }
+    let cache = tarmac::cache::Cache::open(&dir, max_size)?;
+    let r = cache.prune(max_size)?;
+    println!(
+        "evicted {} of {} entries: {} bytes before, {} after{}",
+        r.evicted,
+        r.entries,
+        r.bytes_before,
+        r.bytes_after,
+        match r.busy {
+            0 => String::new(),
+            n => format!(" ({n} in use, left)"),
+        }
+    );
+    Ok(())
 }
 
 pub(crate) async fn oidc(command: OidcCommand) -> tarmac::Result<()> {

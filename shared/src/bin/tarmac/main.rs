@@ -107,6 +107,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::TokenCommand,
     },
+    /// The run cache on this machine: git mirrors, engine plugins, stacks' dependency caches.
+    Cache {
+        #[command(subcommand)]
+        command: admin::CacheCommand,
+    },
     /// Manage the OIDC issuer's signing keys.
     Oidc {
         #[command(subcommand)]
@@ -133,6 +138,7 @@ async fn run() -> ExitCode {
         Command::Agent(a) => Some(admin::agent(a, cli.url.clone()).await),
         Command::Token { command } => Some(admin::token(command).await),
         Command::Oidc { command } => Some(admin::oidc(command).await),
+        Command::Cache { command } => Some(admin::cache(command)),
         command => {
             return match client(
                 command,
@@ -209,7 +215,11 @@ async fn client(
         Command::Schedules(c) => commands::schedules(&api()?, &c, format).await,
         Command::Tags(c) => commands::tags(&api()?, &c, format).await,
         Command::Tokens(c) => commands::tokens(&api()?, &c, format).await,
-        Command::Serve(_) | Command::Agent(_) | Command::Token { .. } | Command::Oidc { .. } => {
+        Command::Serve(_)
+        | Command::Agent(_)
+        | Command::Token { .. }
+        | Command::Oidc { .. }
+        | Command::Cache { .. } => {
             unreachable!("handled in main")
         }
     }
