@@ -11,6 +11,7 @@ pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod git;
 pub(crate) mod logs;
+mod remote;
 mod source;
 mod state;
 #[cfg(test)]
@@ -156,6 +157,8 @@ pub(crate) fn seal_outputs(deps: &Deps, org: &str, outputs: &[Output]) -> serde_
 pub(crate) struct Executor {
     ctx: RunContext,
     cfg: RunnerConfig,
+    /// Asks git remotes over HTTP(S) where branches point (kept-alive connections).
+    http: reqwest::Client,
 }
 
 /// The server's side of a run: it starts it (webhooks), opens its secrets, has the executor
@@ -554,7 +557,11 @@ async fn after(
 
 impl Executor {
     pub(crate) fn new(ctx: RunContext, cfg: RunnerConfig) -> Self {
-        Self { ctx, cfg }
+        let http = reqwest::Client::builder()
+            .user_agent(crate::USER_AGENT)
+            .build()
+            .unwrap_or_default();
+        Self { ctx, cfg, http }
     }
 
     /// The sandbox every child of every run is started in.

@@ -230,7 +230,8 @@ impl Executor {
         Ok(out.map(|o| String::from_utf8_lossy(&o).trim().to_string()))
     }
 
-    /// Where `reference` points on the remote: one round trip, with the run's credentials.
+    /// Where `reference` points on the remote: one round trip, with the run's credentials;
+    /// in-process where it can be (see `remote`), else `git ls-remote`.
     async fn remote_head(
         &self,
         run: &Run<'_>,
@@ -238,6 +239,29 @@ impl Executor {
         git: &Git,
         reference: &str,
     ) -> StepResult<String> {
+        let missing = || {
+            Failure::Failed(format!(
+                "{} has no {}",
+                git.url,
+                reference
+                    .replace("refs/heads/", "branch ")
+                    .replace("refs/tags/", "tag ")
+            ))
+        };
+        let asked = super::remote::head(
+            &self.http,
+            &git.url,
+            run.opened.git.as_ref(),
+            reference,
+            git.local.as_deref(),
+        )
+        .await
+        .map_err(Failure::Failed)?;
+        match asked {
+            super::remote::Lookup::Found(sha) => return Ok(sha),
+            super::remote::Lookup::Missing => return Err(missing()),
+            super::remote::Lookup::Git => {}
+        }
         let mut args = vec![
             "ls-remote".into(),
             "--".into(),
@@ -250,15 +274,7 @@ impl Executor {
         let mut cmd = CommandSpec::new("git", args, run.workdir.clone(), git.env.clone());
         cmd.read_only.extend(git.local.clone());
         let (_, out) = self.command(run, idx, &cmd, Stdout::Capture, &[]).await?;
-        git::remote_head(&String::from_utf8_lossy(&out), reference).ok_or_else(|| {
-            Failure::Failed(format!(
-                "{} has no {}",
-                git.url,
-                reference
-                    .replace("refs/heads/", "branch ")
-                    .replace("refs/tags/", "tag ")
-            ))
-        })
+        git::remote_head(&String::from_utf8_lossy(&out), reference).ok_or_else(missing)
     }
 
     /// Runs git on the mirror; a non-zero exit fails the step.
