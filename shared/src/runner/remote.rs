@@ -124,17 +124,17 @@ async fn http_head(
             return Ok(Lookup::Git);
         }
     }
-    Ok(match advertised(&body, reference) {
-        Some(Some(sha)) => Lookup::Found(sha),
-        Some(None) => Lookup::Missing,
-        None => Lookup::Git,
-    })
+    Ok(advertised(&body, reference))
 }
 
-/// The commit a ref advertisement (protocol v0/v1) names for `reference`: `Some(None)` if it
-/// lacks it, `None` if it cannot be read (another protocol, a malformed line). `HEAD`, when
-/// the remote advertises it, is its first line.
-fn advertised(body: &[u8], reference: &str) -> Option<Option<String>> {
+/// The commit a ref advertisement (protocol v0/v1) names for `reference`; `Git` if it cannot
+/// be read (another protocol, a malformed line). `HEAD`, when the remote advertises it, is its
+/// first line.
+fn advertised(body: &[u8], reference: &str) -> Lookup {
+    parse_advertisement(body, reference).unwrap_or(Lookup::Git)
+}
+
+fn parse_advertisement(body: &[u8], reference: &str) -> Option<Lookup> {
     let mut rest = body;
     let mut found = None;
     let mut lines = 0;
@@ -166,7 +166,10 @@ fn advertised(body: &[u8], reference: &str) -> Option<Option<String>> {
         }
     }
     // A v2 server's capability advertisement has no ref lines at all.
-    (lines > 0 || found.is_some()).then_some(found)
+    match found {
+        Some(sha) => Some(Lookup::Found(sha)),
+        None => (lines > 0).then_some(Lookup::Missing),
+    }
 }
 
 /// A local repository's ref, read from its files.
@@ -187,9 +190,8 @@ fn local_head(repo: &Path, reference: &str) -> Lookup {
             None => {}
         }
         return match packed(&git_dir, &name) {
-            Some(Some(sha)) => Lookup::Found(sha),
-            Some(None) if name.starts_with("refs/heads/") => Lookup::Missing,
-            _ => Lookup::Git,
+            Lookup::Missing if !name.starts_with("refs/heads/") => Lookup::Git,
+            found => found,
         };
     }
     Lookup::Git
@@ -233,23 +235,28 @@ fn loose(git_dir: &Path, name: &str) -> Option<Ref> {
     })
 }
 
-/// The ref in `packed-refs`: `Some(None)` if the file lacks it, `None` if it cannot be read.
-fn packed(git_dir: &Path, name: &str) -> Option<Option<String>> {
+/// The ref in `packed-refs`.
+fn packed(git_dir: &Path, name: &str) -> Lookup {
     let text = match super::files::read_to_string(&git_dir.join("packed-refs")) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(None),
-        Err(_) => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
+        Err(_) => return Lookup::Git,
     };
     for line in text.lines() {
         if line.starts_with('#') || line.starts_with('^') {
             continue;
         }
-        let (sha, ref_name) = line.split_once(' ')?;
+        let Some((sha, ref_name)) = line.split_once(' ') else {
+            return Lookup::Git;
+        };
         if ref_name == name {
-            return super::git::is_full_sha(sha).then(|| Some(sha.to_ascii_lowercase()));
+            return match super::git::is_full_sha(sha) {
+                true => Lookup::Found(sha.to_ascii_lowercase()),
+                false => Lookup::Git,
+            };
         }
     }
-    Some(None)
+    Lookup::Missing
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -313,18 +320,18 @@ mod tests {
             pkt(&format!("{b} refs/heads/next\n")),
         );
         let got = |r: &str| advertised(body.as_bytes(), r);
-        assert_eq!(got("HEAD"), Some(Some(a.clone())));
-        assert_eq!(got("refs/heads/next"), Some(Some(b)));
-        assert_eq!(got("refs/heads/gone"), Some(None));
+        assert_eq!(got("HEAD"), Lookup::Found(a.clone()));
+        assert_eq!(got("refs/heads/next"), Lookup::Found(b));
+        assert_eq!(got("refs/heads/gone"), Lookup::Missing);
         // Garbage, or a v2 capability list, is left to git.
-        assert_eq!(advertised(b"zzzz", "HEAD"), None);
+        assert_eq!(advertised(b"zzzz", "HEAD"), Lookup::Git);
         let v2 = format!(
             "{}0000{}{}0000",
             pkt("# service=git-upload-pack\n"),
             pkt("version 2\n"),
             pkt("ls-refs\n")
         );
-        assert_eq!(advertised(v2.as_bytes(), "HEAD"), None);
+        assert_eq!(advertised(v2.as_bytes(), "HEAD"), Lookup::Git);
     }
 
     #[test]

@@ -200,13 +200,26 @@ pub(crate) struct Launch {
 #[derive(Debug)]
 pub struct Sandbox {
     mode: SandboxMode,
-    helper: Option<PathBuf>,
+    /// The helpers to try, in order: the small `tarmac-sandbox` beside this executable, then
+    /// this executable itself. The probe picks the first that answers.
+    helpers: Vec<PathBuf>,
     read_only: Vec<PathBuf>,
     read_write: Vec<PathBuf>,
     /// What no run may see: the data dir, or every run's and stack's directories.
     protected: Vec<PathBuf>,
-    probed: OnceCell<std::result::Result<Option<Report>, String>>,
+    probed: OnceCell<std::result::Result<Option<Probed>, String>>,
 }
+
+/// The helper that answered the probe, and what it said.
+#[derive(Debug)]
+struct Probed {
+    helper: PathBuf,
+    report: Report,
+}
+
+/// The helper alone, built beside `tarmac` (`src/bin/tarmac-sandbox.rs`): a child started
+/// through it maps a small executable, not the whole server.
+const SMALL_HELPER: &str = "tarmac-sandbox";
 
 /// System directories every run reads: programs, libraries, `/proc` and `/sys`. `/etc`, `/dev`
 /// and `/run` only in part (see `SYSTEM_FILES`): as root, a run could read `/etc/shadow`, SSH
@@ -423,15 +436,23 @@ impl Sandbox {
         dedup(&mut read_only);
         dedup(&mut read_write);
 
-        let helper = match (&cfg.helper, cfg.mode) {
-            (_, SandboxMode::Off) => None,
-            (Some(h), _) => Some(h.clone()),
-            (None, _) if helper::installed() => std::env::current_exe().ok(),
-            (None, _) => None,
+        let helpers = match (&cfg.helper, cfg.mode) {
+            (_, SandboxMode::Off) => vec![],
+            (Some(h), _) => vec![h.clone()],
+            (None, _) if helper::installed() => std::env::current_exe()
+                .map(|exe| {
+                    let small = exe.with_file_name(SMALL_HELPER);
+                    let mut found: Vec<PathBuf> =
+                        small.is_file().then_some(small).into_iter().collect();
+                    found.push(exe);
+                    found
+                })
+                .unwrap_or_default(),
+            (None, _) => vec![],
         };
         Ok(Self {
             mode: cfg.mode,
-            helper,
+            helpers,
             read_only,
             read_write,
             protected,
@@ -443,7 +464,7 @@ impl Sandbox {
     pub fn off() -> Self {
         Self {
             mode: SandboxMode::Off,
-            helper: None,
+            helpers: vec![],
             read_only: vec![],
             read_write: vec![],
             protected: vec![],
@@ -464,44 +485,59 @@ impl Sandbox {
 
     /// The probe's report; none when children are started directly.
     async fn report(&self) -> Result<Option<&Report>> {
+        Ok(self.probed().await?.map(|p| &p.report))
+    }
+
+    async fn probed(&self) -> Result<Option<&Probed>> {
         match self.probed.get_or_init(|| self.probe()).await {
-            Ok(report) => Ok(report.as_ref()),
+            Ok(probed) => Ok(probed.as_ref()),
             Err(e) => Err(Error::invalid(e.clone())),
         }
     }
 
-    async fn probe(&self) -> std::result::Result<Option<Report>, String> {
+    async fn probe(&self) -> std::result::Result<Option<Probed>, String> {
         if self.mode == SandboxMode::Off {
             tracing::warn!(
                 "the sandbox is off: deployments' processes can read and write whatever this OS user can"
             );
             return Ok(None);
         }
-        let Some(helper) = &self.helper else {
+        if self.helpers.is_empty() {
             let why = "this program cannot start the sandbox helper (its main does not call tarmac::sandbox::trampoline)";
             if self.mode == SandboxMode::Required {
                 return Err(format!("--sandbox required: {why}"));
             }
             tracing::warn!("sandbox (best-effort): {why}; runs are started unconfined");
             return Ok(None);
-        };
+        }
         let mut args: Vec<OsString> = vec![helper::HELPER_ARG.into(), "--best-effort".into()];
         for dir in &self.read_only {
             args.extend(["--ro".into(), dir.into()]);
         }
         args.push("--probe".into());
-        let out = tokio::process::Command::new(helper)
-            .args(&args)
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await;
-        let report = match &out {
-            Ok(o) if o.status.success() => Report::parse(String::from_utf8_lossy(&o.stdout).trim()),
-            _ => None,
-        };
-        let Some(report) = report else {
+        let mut why = String::new();
+        // A small helper left from another build that does not answer is passed over.
+        for helper in &self.helpers {
+            let out = tokio::process::Command::new(helper)
+                .args(&args)
+                .env_clear()
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await;
+            let report = match &out {
+                Ok(o) if o.status.success() => {
+                    Report::parse(String::from_utf8_lossy(&o.stdout).trim())
+                }
+                _ => None,
+            };
+            if let Some(report) = report {
+                decide(self.mode, &report)?;
+                return Ok(Some(Probed {
+                    helper: helper.clone(),
+                    report,
+                }));
+            }
             let detail = match out {
                 Ok(o) => format!(
                     "{}: {}",
@@ -510,18 +546,16 @@ impl Sandbox {
                 ),
                 Err(e) => e.to_string(),
             };
-            let why = format!(
+            why = format!(
                 "the sandbox helper {} did not answer its probe ({detail})",
                 helper.display()
             );
-            if self.mode == SandboxMode::Required {
-                return Err(format!("--sandbox required: {why}"));
-            }
-            tracing::warn!("sandbox (best-effort): {why}");
-            return Ok(None);
-        };
-        decide(self.mode, &report)?;
-        Ok(Some(report))
+        }
+        if self.mode == SandboxMode::Required {
+            return Err(format!("--sandbox required: {why}"));
+        }
+        tracing::warn!("sandbox (best-effort): {why}");
+        Ok(None)
     }
 
     /// Whether a run may be given `path` (a local repository to clone, say): nothing that
@@ -555,10 +589,7 @@ impl Sandbox {
             return Ok(direct());
         }
         // Best-effort without a working helper: the probe said so in the log, once.
-        let (Some(_), Some(helper)) = (
-            self.report().await.map_err(|e| e.to_string())?,
-            &self.helper,
-        ) else {
+        let Some(Probed { helper, .. }) = self.probed().await.map_err(|e| e.to_string())? else {
             return Ok(direct());
         };
         let mut hargs: Vec<OsString> = vec![helper::HELPER_ARG.into()];
@@ -833,12 +864,15 @@ mod tests {
         assert_eq!(l.program, "sh");
 
         let s = Sandbox {
-            probed: OnceCell::new_with(Some(Ok(Some(Report {
-                landlock: Enforcement::Full,
-                abi: 6,
-                scoped: true,
-                no_new_privs: true,
-                capabilities_dropped: true,
+            probed: OnceCell::new_with(Some(Ok(Some(Probed {
+                helper: "/nonexistent/tarmac".into(),
+                report: Report {
+                    landlock: Enforcement::Full,
+                    abi: 6,
+                    scoped: true,
+                    no_new_privs: true,
+                    capabilities_dropped: true,
+                },
             })))),
             ..Sandbox::new(&cfg, "/usr/bin", &[], &["/nonexistent/data".into()]).unwrap()
         };
