@@ -327,3 +327,97 @@ async fn the_cache_stays_under_its_cap_least_recently_used_first() {
     let id = app.deploy(&a, json!({"operation": "update"})).await;
     app.wait_for(&a, &id, Some("succeeded")).await;
 }
+
+#[tokio::test]
+async fn plugin_caches_are_the_orgs_and_dependency_caches_the_stacks() {
+    require!(Tools);
+    let app = TestApp::spawn().await;
+    let repo = TestRepo::new();
+    let show = "echo \"dirs: tf=$TF_PLUGIN_CACHE_DIR npm=$npm_config_cache pip=$PIP_CACHE_DIR go=$GOMODCACHE\"; \
+                ls \"$npm_config_cache\"; touch \"$npm_config_cache/from-$TARMAC_STACK\"; \
+                touch \"$TF_PLUGIN_CACHE_DIR/from-$TARMAC_STACK\"; ls -d \"$HOME/.pulumi/plugins/\"";
+    let run = |org_token: Option<String>, s: String| {
+        let app = &app;
+        let body = json!({"operation": "update", "inheritSettings": false,
+            "sourceContext": repo.settings()["sourceContext"].clone(),
+            "operationContext": {"preRunCommands": [show]}});
+        async move {
+            let token = org_token.unwrap_or_else(|| app.token.clone());
+            let (status, created) = app
+                .request(
+                    reqwest::Method::POST,
+                    &format!("/api/stacks/{s}/deployments"),
+                    Some(&token),
+                    Some(body.to_string().into_bytes()),
+                )
+                .await;
+            assert_eq!(status, 202, "{created}");
+            let id = created["id"].as_str().unwrap().to_string();
+            loop {
+                let (_, d) = app
+                    .request(
+                        reqwest::Method::GET,
+                        &format!("/api/stacks/{s}/deployments/{id}"),
+                        Some(&token),
+                        None,
+                    )
+                    .await;
+                match d["status"].as_str() {
+                    Some("succeeded") => break,
+                    Some("failed") => panic!("{d}"),
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            }
+            let (_, logs) = app
+                .request(
+                    reqwest::Method::GET,
+                    &format!("/api/stacks/{s}/deployments/{id}/logs"),
+                    Some(&token),
+                    None,
+                )
+                .await;
+            logs["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|l| l["line"].as_str())
+                .collect::<String>()
+        }
+    };
+    let value = |log: &str, key: &str| -> String {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("dirs: "))
+            .unwrap_or_else(|| panic!("no dirs in {log}"));
+        let at = line.find(&format!(" {key}=")).unwrap() + key.len() + 2;
+        line[at..].split(' ').next().unwrap().to_string()
+    };
+    let first = run(None, stack("caches-a")).await;
+    let again = run(None, stack("caches-a")).await;
+    let sibling = run(None, stack("caches-b")).await;
+    let other_org = run(
+        Some(app.create_token("elsewhere", "admin")),
+        "elsewhere/proj/caches-a".into(),
+    )
+    .await;
+
+    // A stack's dependency cache outlives its runs, and is its own.
+    assert_eq!(value(&first, "npm"), value(&again, "npm"));
+    assert!(again.contains("from-caches-a"), "{again}");
+    assert_ne!(value(&first, "npm"), value(&sibling, "npm"));
+    assert!(!sibling.contains("from-caches-a\n"), "{sibling}");
+    for key in ["pip", "go"] {
+        assert_eq!(value(&first, key), value(&again, key));
+        assert_ne!(value(&first, key), value(&sibling, key));
+    }
+    // The plugin cache is shared by the org's stacks, and by no other org.
+    assert_eq!(value(&first, "tf"), value(&sibling, "tf"));
+    assert_ne!(value(&first, "tf"), value(&other_org, "tf"));
+    for log in [&first, &again, &sibling, &other_org] {
+        assert!(log.contains(".pulumi/plugins/"), "{log}");
+        assert!(
+            value(log, "tf").starts_with(app.data().join("cache").to_str().unwrap()),
+            "{log}"
+        );
+    }
+}
