@@ -1,5 +1,5 @@
 //! P3: sustained deployments per second through API, queue and worker, with a trivial engine
-//! (a `terraform` script that does nothing) and the real git clone of a local repository.
+//! (a `terraform` script that does nothing) and the source cache over a local repository.
 //!
 //! Clients create deployments over `--stacks` stacks (default 100) for `--seconds` (default
 //! 60), keeping at most `--in-flight` (default 64) unfinished; `tarmac serve` runs
@@ -93,7 +93,7 @@ async fn main() {
     waits.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| waits[((p / 100.0) * (waits.len() - 1) as f64).round() as usize];
     println!(
-        "P3: trivial engine, real git clone, {stacks} stacks, {in_flight} deployments in flight, --workers {workers}, {seconds} s"
+        "P3: trivial engine, source cache, {stacks} stacks, {in_flight} deployments in flight, --workers {workers}, {seconds} s"
     );
     println!("| completed | rate | queue wait p50 | p99 |");
     println!("|---|---|---|---|");

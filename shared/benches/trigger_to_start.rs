@@ -7,7 +7,10 @@
 //! starts. The source comes from a local git repository through the source cache: its branch
 //! is looked up each run, and the commit extracted once.
 //!
-//! cargo bench --bench trigger_to_start -- [--deployments 200] [--stacks 20] [--clients 2] [--workers 2]
+//! `--cold` empties the cache before each deployment (use `--clients 1`: a run in progress keeps
+//! its entries), for the first-run figure.
+//!
+//! cargo bench --bench trigger_to_start -- [--deployments 200] [--stacks 20] [--clients 2] [--workers 2] [--cold]
 
 mod common;
 
@@ -22,6 +25,9 @@ struct Args {
     stacks: usize,
     clients: usize,
     workers: usize,
+    /// Empty the run cache before each deployment (`tarmac cache prune`), outside the timed
+    /// span: every run fetches and extracts, as the first run of a repository does.
+    cold: bool,
 }
 
 fn parse_args() -> Args {
@@ -30,6 +36,7 @@ fn parse_args() -> Args {
         stacks: 20,
         clients: 2,
         workers: 2,
+        cold: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -44,6 +51,11 @@ fn parse_args() -> Args {
             "--stacks" => a.stacks = value(),
             "--clients" => a.clients = value(),
             "--workers" => a.workers = value(),
+            "--cold" => {
+                a.cold = true;
+                i += 1;
+                continue;
+            }
             _ => {} // cargo bench passes --bench
         }
         i += if argv[i].starts_with("--") && argv[i] != "--bench" {
@@ -77,8 +89,9 @@ async fn main() {
     let repo = common::repo_with(work.path(), "# trivial\n");
 
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let data = work.path().join("data");
     let server = common::Server::start(
-        &work.path().join("data"),
+        &data,
         &[
             "--allow-local-repos",
             "--workers",
@@ -111,7 +124,7 @@ async fn main() {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.clients {
         let (client, url, token, next) = (client.clone(), url.clone(), token.clone(), next.clone());
-        let (n, stacks) = (args.deployments, args.stacks);
+        let (n, stacks, cold, data) = (args.deployments, args.stacks, args.cold, data.clone());
         tasks.spawn(async move {
             let mut sent = Vec::new();
             loop {
@@ -120,6 +133,14 @@ async fn main() {
                     return sent;
                 }
                 let stack = format!("{url}/api/stacks/default/bench/s{}", i % stacks);
+                if cold {
+                    let pruned = std::process::Command::new(env!("CARGO_BIN_EXE_tarmac"))
+                        .args(["cache", "prune", "--data-dir"])
+                        .arg(&data)
+                        .output()
+                        .unwrap();
+                    assert!(pruned.status.success());
+                }
                 let t0 = common::now_ns();
                 let id = common::create_deployment(
                     &client,
