@@ -56,6 +56,50 @@ async fn deploy_printing_marker(
     (d["status"].as_str().unwrap().to_string(), log)
 }
 
+/// Creates a deployment on `s` with `token` (another org's, say), waits for its end, and
+/// returns it with its log.
+async fn deploy_as(
+    app: &TestApp,
+    token: &str,
+    s: &str,
+    body: &serde_json::Value,
+) -> (serde_json::Value, String) {
+    let call = |method: reqwest::Method, path: String, body: Option<Vec<u8>>| async move {
+        app.request(method, &path, Some(token), body).await
+    };
+    let (status, created) = call(
+        reqwest::Method::POST,
+        format!("/api/stacks/{s}/deployments"),
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let d = loop {
+        let (_, d) = call(
+            reqwest::Method::GET,
+            format!("/api/stacks/{s}/deployments/{id}"),
+            None,
+        )
+        .await;
+        if matches!(d["status"].as_str(), Some("succeeded" | "failed")) {
+            break d;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let (_, logs) = call(
+        reqwest::Method::GET,
+        format!("/api/stacks/{s}/deployments/{id}/logs"),
+        None,
+    )
+    .await;
+    let log = logs["lines"]
+        .as_array()
+        .map(|lines| lines.iter().filter_map(|l| l["line"].as_str()).collect())
+        .unwrap_or_default();
+    (d, log)
+}
+
 fn commit_all(repo: &TestRepo, files: &[(&str, String)], message: &str) -> String {
     let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
     repo.commit(&files, message)
@@ -191,30 +235,7 @@ async fn another_org_cannot_read_a_private_repository_through_the_cache() {
             body["operation"] = json!("update");
             body["inheritSettings"] = json!(false);
             body["operationContext"] = json!({"preRunCommands": ["cat marker.txt"]});
-            let (status, created) = app
-                .request(
-                    reqwest::Method::POST,
-                    &format!("/api/stacks/{b}/deployments"),
-                    Some(&other),
-                    Some(body.to_string().into_bytes()),
-                )
-                .await;
-            assert_eq!(status, 202, "{created}");
-            let id = created["id"].as_str().unwrap();
-            let d = loop {
-                let (_, d) = app
-                    .request(
-                        reqwest::Method::GET,
-                        &format!("/api/stacks/{b}/deployments/{id}"),
-                        Some(&other),
-                        None,
-                    )
-                    .await;
-                if matches!(d["status"].as_str(), Some("succeeded" | "failed")) {
-                    break d;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            };
+            let (d, _) = deploy_as(&app, &other, b, &body).await;
             assert_eq!(
                 d["status"], "failed",
                 "org B read org A's private repository with {auth} at {git}"
@@ -343,45 +364,9 @@ async fn plugin_caches_are_the_orgs_and_dependency_caches_the_stacks() {
             "operationContext": {"preRunCommands": [show]}});
         async move {
             let token = org_token.unwrap_or_else(|| app.token.clone());
-            let (status, created) = app
-                .request(
-                    reqwest::Method::POST,
-                    &format!("/api/stacks/{s}/deployments"),
-                    Some(&token),
-                    Some(body.to_string().into_bytes()),
-                )
-                .await;
-            assert_eq!(status, 202, "{created}");
-            let id = created["id"].as_str().unwrap().to_string();
-            loop {
-                let (_, d) = app
-                    .request(
-                        reqwest::Method::GET,
-                        &format!("/api/stacks/{s}/deployments/{id}"),
-                        Some(&token),
-                        None,
-                    )
-                    .await;
-                match d["status"].as_str() {
-                    Some("succeeded") => break,
-                    Some("failed") => panic!("{d}"),
-                    _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-                }
-            }
-            let (_, logs) = app
-                .request(
-                    reqwest::Method::GET,
-                    &format!("/api/stacks/{s}/deployments/{id}/logs"),
-                    Some(&token),
-                    None,
-                )
-                .await;
-            logs["lines"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|l| l["line"].as_str())
-                .collect::<String>()
+            let (d, log) = deploy_as(app, &token, &s, &body).await;
+            assert_eq!(d["status"], "succeeded", "{log}");
+            log
         }
     };
     let value = |log: &str, key: &str| -> String {

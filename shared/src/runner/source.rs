@@ -25,6 +25,16 @@ struct Git {
     local: Option<PathBuf>,
 }
 
+impl Git {
+    /// A git command that may write the mirror `entry` (and read a local repository).
+    fn on_mirror(&self, run: &Run<'_>, entry: &Path, args: Vec<String>) -> CommandSpec {
+        let mut cmd = CommandSpec::new("git", args, run.workdir.clone(), self.env.clone());
+        cmd.read_only.extend(self.local.clone());
+        cmd.read_write.push(entry.to_path_buf());
+        cmd
+    }
+}
+
 impl Executor {
     pub(super) async fn get_source(
         &self,
@@ -286,9 +296,7 @@ impl Executor {
         entry: &Path,
         args: Vec<String>,
     ) -> StepResult<Vec<u8>> {
-        let mut cmd = CommandSpec::new("git", args, run.workdir.clone(), git.env.clone());
-        cmd.read_only.extend(git.local.clone());
-        cmd.read_write.push(entry.to_path_buf());
+        let cmd = git.on_mirror(run, entry, args);
         let (_, out) = self.command(run, idx, &cmd, Stdout::Capture, &[]).await?;
         Ok(out)
     }
@@ -302,18 +310,9 @@ impl Executor {
         entry: &Path,
         args: Vec<String>,
     ) -> StepResult<Option<Vec<u8>>> {
-        let mut cmd = CommandSpec::new("git", args, run.workdir.clone(), git.env.clone());
-        cmd.read_only.extend(git.local.clone());
-        cmd.read_write.push(entry.to_path_buf());
-        let (code, out) = self
-            .command(
-                run,
-                idx,
-                &cmd,
-                Stdout::Capture,
-                &(1..=255).collect::<Vec<_>>(),
-            )
-            .await?;
+        let cmd = git.on_mirror(run, entry, args);
+        let any: Vec<i32> = (1..=255).collect();
+        let (code, out) = self.command(run, idx, &cmd, Stdout::Capture, &any).await?;
         Ok((code == 0).then_some(out))
     }
 
