@@ -77,6 +77,9 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
         (Method::POST, format!("{dep}/settings"), "{\"operationContext\": {\"preRunCommands\": \"ls\"}}".into(), None, 400, "array of strings"),
         (Method::POST, format!("{dep}/settings"), "{\"sourceContext\": {\"git\": {\"repoUrl\": 42}}}".into(), None, 400, "sourceContext.git.repoUrl must be a string"),
         (Method::POST, dep.clone(), "{\"operation\": \"update\", \"sourceContext\": {\"git\": {\"repoUrl\": \"ext::sh -c id\"}}}".into(), None, 400, "unsupported scheme"),
+        // Git takes these as arguments.
+        (Method::POST, dep.clone(), "{\"operation\": \"update\", \"sourceContext\": {\"git\": {\"commit\": \"--output=/tmp/x\"}}}".into(), None, 400, "is not a commit id"),
+        (Method::POST, format!("{dep}/settings"), "{\"sourceContext\": {\"git\": {\"branch\": \"--upload-pack=touch /tmp/x\"}}}".into(), None, 400, "is not a git ref name"),
         (Method::POST, dep.clone(), big, None, 413, "larger than"),
         (Method::POST, dep.clone(), "{\"operation\": \"update\"}".into(), Some(other_org.clone()), 404, "not found"),
         (Method::GET, format!("{dep}/{id}"), "".into(), Some(other_org.clone()), 404, "not found"),

@@ -406,3 +406,51 @@ async fn plugin_caches_are_the_orgs_and_dependency_caches_the_stacks() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_long_run_does_not_hold_up_another_stacks_fetch_of_a_new_commit() {
+    require!(Tools);
+    let app = TestApp::spawn_with(&["--workers", "2"]).await;
+    let repo = TestRepo::new();
+    let (slow, quick) = (stack("holds-mirror"), stack("needs-fetch"));
+    for s in [&slow, &quick] {
+        app.post(
+            &format!("/api/stacks/{s}/deployments/settings"),
+            repo.settings(),
+        )
+        .await;
+    }
+    let long = app
+        .deploy(
+            &slow,
+            json!({"operation": "update", "operationContext": {"preRunCommands": ["sleep 20"]}}),
+        )
+        .await;
+    // The slow run is using the mirror...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.deployment(&slow, &long).await["status"] != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow run never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // ...when a new commit needs fetching into it for another stack.
+    let newer = commit_all(&repo, &marked("newer"), "newer");
+    let started = std::time::Instant::now();
+    let (status, log) = deploy_printing_marker(&app, &quick, json!({"operation": "update"})).await;
+    assert_eq!(status, "succeeded", "{log}");
+    assert!(log.contains(&format!("Checked out {newer}")), "{log}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the fetch waited for the other run: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.deployment(&slow, &long).await["status"], "running");
+    app.post(
+        &format!("/api/stacks/{slow}/deployments/{long}/cancel"),
+        json!({}),
+    )
+    .await;
+    app.wait_for(&slow, &long, Some("failed")).await;
+}

@@ -10,8 +10,10 @@
 //! ```
 //!
 //! Each of the last three kinds is an *entry*: the unit of eviction, with a `.lock` file
-//! (shared while a run uses it, exclusive to change or delete it) and a `.used` file whose
-//! modification time says when a run last used it.
+//! (held shared by every run using it; the evictor takes it exclusively, and skips the entry
+//! if it cannot) and a `.used` file whose modification time says when a run last used it. A
+//! mirror also has `.fetch.lock`, held by the one run fetching into it or extracting from it:
+//! runs that only copy a commit already extracted never wait for it.
 //!
 //! A mirror's name is an HMAC of the org, the URL and the credentials, so a tenant reaches only
 //! mirrors its own credentials filled, and no credential can be guessed from a name. Nothing
@@ -46,6 +48,7 @@ pub fn parse_size(v: &str) -> Option<u64> {
 
 /// Files of an entry that are the cache's own, not its content.
 const LOCK: &str = ".lock";
+pub(crate) const FETCH_LOCK: &str = ".fetch.lock";
 const USED: &str = ".used";
 
 /// The cache root and its size cap.
@@ -75,7 +78,7 @@ pub struct PruneReport {
     pub busy: usize,
 }
 
-/// An entry held by a run: shared (using it) or exclusive (changing it). Released on drop.
+/// An entry (or a lock file) held by a run. Released on drop.
 #[derive(Debug)]
 pub(crate) struct Held {
     _file: File,
@@ -137,8 +140,8 @@ impl Cache {
         self.root.join(&stack.org).join("stacks").join(&name[..32])
     }
 
-    /// Takes `entry` (creating it): shared to use it, exclusive to change it. Marks it used.
-    pub(crate) async fn hold(entry: &Path, exclusive: bool) -> io::Result<Held> {
+    /// Takes `entry` (creating it) for a run's use, keeping it from eviction. Marks it used.
+    pub(crate) async fn hold(entry: &Path) -> io::Result<Held> {
         let entry = entry.to_path_buf();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&entry)?;
@@ -148,11 +151,7 @@ impl Cache {
                 .write(true)
                 .mode(0o600)
                 .open(entry.join(LOCK))?;
-            if exclusive {
-                file.lock()?;
-            } else {
-                file.lock_shared()?;
-            }
+            file.lock_shared()?;
             // An evictor that took the entry first has unlinked this lock file: ours must still
             // be the one at the path.
             use std::os::unix::fs::MetadataExt;
@@ -169,10 +168,10 @@ impl Cache {
     }
 
     /// Takes `entry`, retrying once if an eviction removed it under us.
-    pub(crate) async fn hold_fresh(entry: &Path, exclusive: bool) -> io::Result<Held> {
-        match Self::hold(entry, exclusive).await {
+    pub(crate) async fn hold_fresh(entry: &Path) -> io::Result<Held> {
+        match Self::hold(entry).await {
             Ok(h) => Ok(h),
-            Err(_) => Self::hold(entry, exclusive).await,
+            Err(_) => Self::hold(entry).await,
         }
     }
 
@@ -206,8 +205,8 @@ impl Cache {
         });
     }
 
-    /// Holds `file` exclusively (creating it) until the guard drops: Terraform's plugin cache
-    /// is not safe for two `init`s at once.
+    /// Holds `file` exclusively (creating it) until the guard drops: one fetch into a mirror at
+    /// a time, and one Terraform `init` per plugin cache (it is not safe for two).
     pub(crate) async fn serialise(file: &Path) -> io::Result<Held> {
         let file = file.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -412,7 +411,7 @@ mod tests {
         assert_eq!((r.entries, r.evicted, r.busy), (3, 1, 0));
         assert!(!old.exists() && mid.exists() && new.exists());
         // An entry in use is skipped, and the next oldest goes instead.
-        let held = Cache::hold(&mid, false).await.unwrap();
+        let held = Cache::hold(&mid).await.unwrap();
         let r = cache.prune(1000).unwrap();
         assert_eq!((r.evicted, r.busy), (1, 1));
         assert!(mid.exists() && !new.exists());

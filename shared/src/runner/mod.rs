@@ -892,11 +892,7 @@ impl Executor {
         let pulumi = cache.plugins(&run.d.stack.org, "pulumi");
         let failed = |e: std::io::Error| Failure::Failed(format!("the run cache failed: {e}"));
         for entry in [&stack, &terraform, &pulumi] {
-            run.hold(
-                cache::Cache::hold_fresh(entry, false)
-                    .await
-                    .map_err(failed)?,
-            );
+            run.hold(cache::Cache::hold_fresh(entry).await.map_err(failed)?);
         }
         let dirs = [
             ("TF_PLUGIN_CACHE_DIR", terraform.join("cache")),

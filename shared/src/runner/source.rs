@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::cache::{Cache, Held, copy_tree, remove_dir_all_quiet};
+use super::cache::{Cache, FETCH_LOCK, Held, copy_tree, remove_dir_all_quiet};
 use super::exec::{CommandSpec, Stdout};
 use super::git::{self, Want};
 use super::{Executor, Failure, GitCredentials, Run, StepResult};
@@ -76,10 +76,14 @@ impl Executor {
                         &format!("The cached mirror could not be used ({why}); fetching the repository afresh."),
                     )
                     .await;
-                let _wipe = Cache::hold_fresh(&entry, true).await.map_err(cache_error)?;
-                remove_dir_all_quiet(&entry.join("repo.git")).map_err(cache_error)?;
-                remove_dir_all_quiet(&entry.join("trees")).map_err(cache_error)?;
-                drop(_wipe);
+                {
+                    let _using = Cache::hold_fresh(&entry).await.map_err(cache_error)?;
+                    let _fetching = Cache::serialise(&entry.join(FETCH_LOCK))
+                        .await
+                        .map_err(cache_error)?;
+                    remove_dir_all_quiet(&entry.join("repo.git")).map_err(cache_error)?;
+                    remove_dir_all_quiet(&entry.join("trees")).map_err(cache_error)?;
+                }
                 let _ = tokio::fs::remove_dir_all(&src).await;
                 self.checkout(run, idx, &git, &entry, &want, &sha, &src)
                     .await?
@@ -104,8 +108,8 @@ impl Executor {
     }
 
     /// Puts commit `sha` (the remote head `want` resolved to, or the pinned one) into `src`,
-    /// fetching into the mirror and extracting the commit first if need be. Returns the full
-    /// commit id and the mirror, held shared.
+    /// fetching into the mirror and extracting the commit first if need be (one run at a time
+    /// per mirror). Returns the full commit id and the mirror, held for the run.
     #[allow(clippy::too_many_arguments)]
     async fn checkout(
         &self,
@@ -117,15 +121,16 @@ impl Executor {
         sha: &str,
         src: &Path,
     ) -> StepResult<(String, Held)> {
+        let held = Cache::hold_fresh(entry).await.map_err(cache_error)?;
+        let extracted = |sha: &str| entry.join("trees").join(sha).join("tree").is_dir();
         // The common case, a commit extracted before: no git at all.
-        if git::is_full_sha(sha) {
-            let held = Cache::hold_fresh(entry, false).await.map_err(cache_error)?;
-            if entry.join("trees").join(sha).join("tree").is_dir() {
-                materialise(entry, sha, src).await?;
-                return Ok((sha.to_string(), held));
-            }
+        if git::is_full_sha(sha) && extracted(sha) {
+            materialise(entry, sha, src).await?;
+            return Ok((sha.to_string(), held));
         }
-        let held = Cache::hold_fresh(entry, true).await.map_err(cache_error)?;
+        let fetching = Cache::serialise(&entry.join(FETCH_LOCK))
+            .await
+            .map_err(cache_error)?;
         let repo = entry.join("repo.git");
         if !repo.join("HEAD").is_file() || !repo.join("objects").is_dir() {
             remove_dir_all_quiet(&repo).map_err(cache_error)?;
@@ -176,7 +181,8 @@ impl Executor {
             }
         };
         let trees = entry.join("trees");
-        if !trees.join(&full).join("tree").is_dir() {
+        // Another run may have extracted it while this one waited for the fetch lock.
+        if !extracted(&full) {
             // Extracted aside and renamed into place: a reader never sees half a tree.
             let tmp = trees.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
             tokio::fs::create_dir_all(tmp.join("tree"))
@@ -213,10 +219,9 @@ impl Executor {
                 .map_err(cache_error)?;
             self.cfg.cache.trim_soon(true);
         }
+        drop(fetching);
         materialise(entry, &full, src).await?;
-        drop(held);
-        let shared = Cache::hold_fresh(entry, false).await.map_err(cache_error)?;
-        Ok((full, shared))
+        Ok((full, held))
     }
 
     /// The full id of commit `sha` if the mirror has it.

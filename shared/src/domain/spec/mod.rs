@@ -217,6 +217,25 @@ fn checked(settings: &Value) -> Result<Option<OidcSpec>> {
             )));
         }
     }
+    // Git takes these as arguments: a commit is a commit id, and no ref looks like an option.
+    if let Some(c) = git["commit"].as_str().filter(|c| !c.trim().is_empty())
+        && (!(4..=64).contains(&c.len()) || !c.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(Error::invalid(format!(
+            "sourceContext.git.commit '{c}' is not a commit id (4 to 64 hexadecimal digits)"
+        )));
+    }
+    for key in ["branch", "tag"] {
+        if let Some(r) = git[key]
+            .as_str()
+            .filter(|r| r.starts_with('-') || r.contains(['\0', '\n', ' ']))
+        {
+            return Err(Error::invalid(format!(
+                "sourceContext.git.{key} '{}' is not a git ref name",
+                r.escape_debug()
+            )));
+        }
+    }
     if let Some(pool) = settings["agentPoolID"]
         .as_str()
         .filter(|p| !p.trim().is_empty())
