@@ -356,7 +356,8 @@ async fn plugin_caches_are_the_orgs_and_dependency_caches_the_stacks() {
     let repo = TestRepo::new();
     let show = "echo \"dirs: tf=$TF_PLUGIN_CACHE_DIR npm=$npm_config_cache pip=$PIP_CACHE_DIR go=$GOMODCACHE\"; \
                 ls \"$npm_config_cache\"; touch \"$npm_config_cache/from-$TARMAC_STACK\"; \
-                touch \"$TF_PLUGIN_CACHE_DIR/from-$TARMAC_STACK\"; ls -d \"$HOME/.pulumi/plugins/\"";
+                touch \"$TF_PLUGIN_CACHE_DIR/from-$TARMAC_STACK\"; ls -d \"$HOME/.pulumi/plugins/\"; \
+                (: > \"$TF_PLUGIN_CACHE_DIR/../.init.lock\") 2>/dev/null && echo lock=writable || echo lock=refused";
     let run = |org_token: Option<String>, s: String| {
         let app = &app;
         let body = json!({"operation": "update", "inheritSettings": false,
@@ -400,6 +401,8 @@ async fn plugin_caches_are_the_orgs_and_dependency_caches_the_stacks() {
     assert_ne!(value(&first, "tf"), value(&other_org, "tf"));
     for log in [&first, &again, &sibling, &other_org] {
         assert!(log.contains(".pulumi/plugins/"), "{log}");
+        // The cache's own lock files are out of the run's reach.
+        assert!(log.lines().any(|l| l == "lock=refused"), "{log}");
         assert!(
             value(log, "tf").starts_with(app.data().join("cache").to_str().unwrap()),
             "{log}"

@@ -145,12 +145,7 @@ impl Cache {
         let entry = entry.to_path_buf();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&entry)?;
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(entry.join(LOCK))?;
+            let file = lock_file(&entry.join(LOCK))?;
             file.lock_shared()?;
             // An evictor that took the entry first has unlinked this lock file: ours must still
             // be the one at the path.
@@ -210,12 +205,7 @@ impl Cache {
     pub(crate) async fn serialise(file: &Path) -> io::Result<Held> {
         let file = file.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&file)?;
+            let f = lock_file(&file)?;
             f.lock()?;
             Ok(Held { _file: f })
         })
@@ -238,7 +228,7 @@ impl Cache {
             if total <= max_bytes {
                 break;
             }
-            let Ok(file) = OpenOptions::new().write(true).open(e.path.join(LOCK)) else {
+            let Ok(file) = lock_file(&e.path.join(LOCK)) else {
                 continue;
             };
             match file.try_lock() {
@@ -305,13 +295,19 @@ fn size_of(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn touch(path: &Path) -> io::Result<()> {
-    let f = OpenOptions::new()
+/// Opens (creating) one of the cache's own files, never through a link.
+fn lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(path)?;
-    f.set_modified(SystemTime::now())
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+}
+
+fn touch(path: &Path) -> io::Result<()> {
+    lock_file(path)?.set_modified(SystemTime::now())
 }
 
 pub(crate) fn remove_dir_all_quiet(path: &Path) -> io::Result<()> {

@@ -904,6 +904,13 @@ impl Executor {
         ];
         let plugins = pulumi.join("plugins");
         let home_pulumi = run.workdir.join("home/.pulumi");
+        // Runs get the entries' contents, never the entries themselves, whose lock and use
+        // files are the server's.
+        let contents: Vec<PathBuf> = dirs
+            .iter()
+            .map(|(_, d)| d.clone())
+            .chain([plugins.clone()])
+            .collect();
         let made = {
             let (dirs, plugins, home_pulumi) = (dirs.clone(), plugins.clone(), home_pulumi.clone());
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -919,10 +926,11 @@ impl Executor {
         };
         made.map_err(|e| Failure::Failed(format!("the run cache failed: {e}")))?
             .map_err(failed)?;
-        {
-            let mut grants = run.grants.lock().unwrap_or_else(|p| p.into_inner());
-            grants.read_write.extend([stack, terraform, pulumi]);
-        }
+        run.grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_write
+            .extend(contents);
         run.set_default_env(
             dirs.into_iter()
                 .map(|(k, v)| (k.to_string(), v.display().to_string()))
