@@ -62,7 +62,11 @@ impl App {
             &cfg.sandbox,
             &cfg.child_path,
             &found,
-            &[cfg.work_dir.clone(), cfg.state_dir.clone()],
+            &[
+                cfg.work_dir.clone(),
+                cfg.state_dir.clone(),
+                cfg.cache_dir.clone(),
+            ],
         )?;
         let deps = Arc::new(Deps {
             stacks: store.clone(),
