@@ -60,6 +60,7 @@ impl Env {
         );
         let work_dir = work.path().join("work").display().to_string();
         let state_dir = work.path().join("state").display().to_string();
+        let cache_dir = work.path().join("cache").display().to_string();
         // Where runs write what tests read (the trace of runs): the one place outside its own
         // directory a run may write.
         let out = work.path().join("out");
@@ -72,6 +73,7 @@ impl Env {
             ("TARMAC_SAFETY_MARGIN_SECS", "30"),
             ("TARMAC_WORK_DIR", work_dir.as_str()),
             ("TARMAC_STATE_DIR", state_dir.as_str()),
+            ("TARMAC_CACHE_DIR", cache_dir.as_str()),
             ("TARMAC_SANDBOX_RW", out.as_str()),
         ];
         let vars: Vec<(&str, &str)> = extra.iter().copied().chain(vars).collect();

@@ -154,6 +154,7 @@ def one_run():
         "TARMAC_PUBLIC_URL": "https://tarmac.example.com", "TARMAC_ALLOW_LOCAL_REPOS": "true",
         "TARMAC_CHILD_PATH": f"{tools_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "TARMAC_WORK_DIR": os.path.join(work, "work"), "TARMAC_STATE_DIR": os.path.join(work, "state"),
+        "TARMAC_CACHE_DIR": os.path.join(work, "cache"),
         "TARMAC_SAFETY_MARGIN_SECS": "30", "RUST_LOG": "warn",
     }
     subs = {"__TOKEN__": token, "__REPO_URL__": "file://" + repo,
