@@ -30,6 +30,10 @@ pub enum Error {
     Unprocessable(String),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// A request beyond what the server reads: too long a URL (414), too many header bytes
+    /// (431), a body that does not arrive in time (408).
+    #[error("{1}")]
+    Limit(StatusCode, String),
     /// A system we depend on failed: the database, an AWS service. Its cause is kept for the
     /// logs; `retryable` says whether trying again later may succeed (a timeout, throttling, a
     /// busy database) or not (a missing table, a refused permission).
@@ -97,6 +101,7 @@ impl Error {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Limit(status, _) => *status,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Backend {
                 retryable: true, ..

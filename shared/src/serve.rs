@@ -42,6 +42,10 @@ pub struct ServeConfig {
     pub child_path: String,
     /// How deployments' processes are confined (`--sandbox`).
     pub sandbox: SandboxConfig,
+    /// Connections served at once (`--max-connections`); more are closed as they come.
+    pub max_connections: usize,
+    /// How long a request's headers, and then its JSON body, may take to arrive.
+    pub request_timeout: Duration,
     /// The run cache's size cap, in bytes (`--cache-max-size`).
     pub cache_max_bytes: u64,
 }
@@ -171,15 +175,16 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
 
     let app = crate::http::router(Arc::clone(&deps));
     let shutting_down = stop_claiming.clone();
-    // The peer's address, for the audit log.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            crate::worker::shutdown_signal().await;
-            tracing::info!("shutting down: no new work is taken; running deployments may finish");
-            shutting_down.cancel();
-        })
-        .await?;
+    let limits = ConnectionLimits {
+        max_connections: cfg.max_connections,
+        request_timeout: cfg.request_timeout,
+    };
+    serve_http(listener, app, limits, async move {
+        crate::worker::shutdown_signal().await;
+        tracing::info!("shutting down: no new work is taken; running deployments may finish");
+        shutting_down.cancel();
+    })
+    .await;
 
     stop_claiming.cancel();
     ticker.abort();
@@ -199,6 +204,95 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What one server's connections may take.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    max_connections: usize,
+    request_timeout: Duration,
+}
+
+/// hyper's read buffer: a request head (request line and headers) that does not fit gets its
+/// bare 431 and the end of the connection; smaller ones reach `http::limits`, which answers
+/// 414 and 431 itself.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Serves `app` on `listener` until `shutdown`, then lets open connections finish their
+/// requests (for at most a few seconds). Each connection gets the request timeout for its
+/// headers (hyper closes it when they do not arrive in time: slow clients) and for its JSON
+/// bodies (`http::limits`); connections past the cap are closed as they are accepted.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.request_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let mut refused_logged = tokio::time::Instant::now() - Duration::from_secs(60);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, say: wait a little rather than spin.
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            if refused_logged.elapsed() > Duration::from_secs(10) {
+                refused_logged = tokio::time::Instant::now();
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection refused: the server has as many as --max-connections allows"
+                );
+            }
+            continue;
+        };
+        let timeout = crate::http::limits::RequestTimeout(limits.request_timeout);
+        // The peer's address is for the audit log.
+        let service = app
+            .clone()
+            .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req.extensions_mut().insert(timeout);
+                req
+            });
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 5 s of shutdown were dropped");
+    }
 }
 
 /// Says which engines (and git) deployments will find, and how to fix it when none is there.

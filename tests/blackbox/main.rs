@@ -30,6 +30,7 @@ mod git_server;
 mod github;
 mod idempotency;
 mod lifecycle;
+mod limits;
 mod oidc;
 mod queue;
 mod quickstart;

@@ -22,13 +22,26 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge(super::BODY_LIMIT)
-            } else {
-                Error::invalid(format!("could not read the request body: {rejection}"))
-            }
-        })?;
+        // A body trickled in byte by byte must not hold a connection and a task for ever.
+        let timeout = super::limits::request_timeout(&req);
+        let bytes = tokio::time::timeout(timeout, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                Error::Limit(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        timeout.as_secs()
+                    ),
+                )
+            })?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::PayloadTooLarge(super::BODY_LIMIT)
+                } else {
+                    Error::invalid(format!("could not read the request body: {rejection}"))
+                }
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(Value::Object(Default::default())));
         }

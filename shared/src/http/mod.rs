@@ -14,6 +14,7 @@ mod github;
 mod hooks;
 mod idempotency;
 mod legacy;
+pub mod limits;
 mod oidc;
 mod pools;
 mod schedules;
@@ -233,6 +234,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
             },
             extract::identify,
         ))
+        .layer(axum::middleware::from_fn(limits::check))
         .layer(axum::middleware::from_fn(console::security_headers))
         .with_state(AppState { deps })
 }

@@ -86,6 +86,15 @@ pub(crate) struct ServeArgs {
     /// Queued deployments older than this many days are skipped.
     #[arg(long, env = "TARMAC_QUEUE_MAX_DAYS", default_value_t = 7)]
     queue_max_days: u64,
+    /// Connections served at once; more are closed as they are accepted.
+    #[arg(long, env = "TARMAC_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_connections: u32,
+    /// Seconds a request's headers, and then its JSON body, may take to arrive; a slower
+    /// client's connection is closed (headers) or refused with 408 (body).
+    #[arg(long, env = "TARMAC_REQUEST_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    request_timeout: u64,
     #[command(flatten)]
     runs: RunArgs,
 }
@@ -230,6 +239,8 @@ pub(crate) async fn serve(a: ServeArgs) -> tarmac::Result<()> {
         queue_max_age: Duration::from_secs(a.queue_max_days * 86_400),
         child_path: a.runs.child_path(),
         cache_max_bytes: a.runs.cache_max_size,
+        max_connections: a.max_connections as usize,
+        request_timeout: Duration::from_secs(a.request_timeout),
         sandbox: a.runs.sandbox(),
     };
     tarmac::serve::serve(cfg).await
