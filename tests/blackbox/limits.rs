@@ -22,7 +22,7 @@ async fn until_closed(conn: &mut TcpStream, within: Duration) -> Option<String> 
     loop {
         match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
             Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(0) | Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
         }
     }
