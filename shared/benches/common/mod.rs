@@ -49,6 +49,16 @@ impl Server {
             auth: format!("token {token}"),
         }
     }
+
+    /// The server's resident memory (`VmRSS`), in KiB.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
 }
 
 impl Drop for Server {
