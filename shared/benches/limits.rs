@@ -33,7 +33,10 @@ async fn main() {
     let client = reqwest::Client::new();
     let answers = || async {
         client
-            .get(format!("{}/api/orgs/default/deployments/metadata", server.url))
+            .get(format!(
+                "{}/api/orgs/default/deployments/metadata",
+                server.url
+            ))
             .header("Authorization", &server.auth)
             .send()
             .await
@@ -43,7 +46,10 @@ async fn main() {
     println!("| moment | server VmRSS | API answers |");
     println!("|---|---|---|");
     let row = |moment: &str, status: u16| {
-        println!("| {moment} | {:.1} MiB | {status} |", server.rss_kib() as f64 / 1024.0);
+        println!(
+            "| {moment} | {:.1} MiB | {status} |",
+            server.rss_kib() as f64 / 1024.0
+        );
     };
     row("idle", answers().await);
 
@@ -72,7 +78,10 @@ async fn main() {
         worst as f64 / 1024.0
     );
     tokio::time::sleep(Duration::from_secs(timeout / 2 + 2)).await;
-    row(&format!("{slow} slow clients, past the {timeout} s timeout"), answers().await);
+    row(
+        &format!("{slow} slow clients, past the {timeout} s timeout"),
+        answers().await,
+    );
     drop(conns);
 
     // A flood: many connections at once, each sending nothing.

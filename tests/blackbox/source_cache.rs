@@ -235,10 +235,20 @@ async fn another_org_cannot_read_a_private_repository_through_the_cache() {
             body["operation"] = json!("update");
             body["inheritSettings"] = json!(false);
             body["operationContext"] = json!({"preRunCommands": ["cat marker.txt"]});
-            let (d, _) = deploy_as(&app, &other, b, &body).await;
+            let (d, log) = deploy_as(&app, &other, b, &body).await;
             assert_eq!(
                 d["status"], "failed",
                 "org B read org A's private repository with {auth} at {git}"
+            );
+            // And the run says why: the remote refused it.
+            let why = match git.get("commit") {
+                Some(_) => "could not fetch from",
+                None => "refused the run's git credentials (HTTP 401)",
+            };
+            assert!(log.contains(why), "{log}");
+            assert!(
+                !log.contains(secret_marker) && !log.contains("ghp_wrong"),
+                "{log}"
             );
         }
     }

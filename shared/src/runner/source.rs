@@ -151,7 +151,7 @@ impl Executor {
         let full = match self.commit_in(run, idx, git, entry, sha).await? {
             Some(full) => full,
             None => {
-                let mut found = None;
+                let (mut found, mut fetched) = (None, false);
                 for refspecs in git::fetch_refspecs(want) {
                     let mut args = vec![
                         "--git-dir".into(),
@@ -166,17 +166,24 @@ impl Executor {
                     args.extend(refspecs);
                     // A refspec the server refuses (a bare commit id, say) is no failure yet:
                     // the next one may bring the commit.
-                    let _ = self.git_quiet(run, idx, git, entry, args).await?;
+                    fetched |= self.git_quiet(run, idx, git, entry, args).await?.is_some();
                     found = self.commit_in(run, idx, git, entry, sha).await?;
                     if found.is_some() {
                         break;
                     }
                 }
                 found.ok_or_else(|| {
-                    Failure::Failed(format!(
-                        "commit {sha} is not in {}: it does not exist there, or the branch's history was rewritten and no longer holds it",
-                        git.url
-                    ))
+                    Failure::Failed(match fetched {
+                        true => format!(
+                            "commit {sha} is not in {}: it does not exist there, or the branch's history was rewritten and no longer holds it",
+                            git.url
+                        ),
+                        // Every fetch failed: the repository, not the commit, is the matter.
+                        false => format!(
+                            "could not fetch from {} (git's messages are above: the URL, the credentials or the network)",
+                            git.url
+                        ),
+                    })
                 })?
             }
         };
