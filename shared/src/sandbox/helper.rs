@@ -30,6 +30,21 @@ use super::{Enforcement, Report};
 /// The first argument that makes an executable the sandbox helper.
 pub(crate) const HELPER_ARG: &str = "__tarmac-sandbox";
 
+/// This helper's code, as a fingerprint of its source: the probe reports it, and the server
+/// uses only a helper whose code is its own (never a `tarmac-sandbox` left by another build).
+pub(crate) const HELPER_ID: u64 = fnv1a(include_bytes!("helper.rs"));
+
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
 /// The run's environment reaches the helper as `TARMAC_SANDBOX_ENV_<n>=<NAME>=<value>`, and
 /// nothing else: the dynamic loader and the C library act on none of these names.
 pub(crate) const ENV_PREFIX: &str = "TARMAC_SANDBOX_ENV_";
@@ -179,7 +194,7 @@ fn helper(args: Vec<OsString>) -> i32 {
         None => unconfined(capabilities.is_ok(), no_new_privs),
     };
     if o.probe {
-        println!("{}", report.line());
+        println!("{} helper={HELPER_ID:016x}", report.line());
         for f in &failures {
             eprintln!("tarmac sandbox: {f}");
         }

@@ -525,9 +525,13 @@ impl Sandbox {
                 .kill_on_drop(true)
                 .output()
                 .await;
+            let own = format!("helper={:016x}", helper::HELPER_ID);
             let report = match &out {
                 Ok(o) if o.status.success() => {
-                    Report::parse(String::from_utf8_lossy(&o.stdout).trim())
+                    let line = String::from_utf8_lossy(&o.stdout);
+                    // Another build's helper may confine differently: not ours to use.
+                    let same = line.split_whitespace().any(|w| w == own);
+                    Report::parse(line.trim()).filter(|_| same)
                 }
                 _ => None,
             };
@@ -539,6 +543,7 @@ impl Sandbox {
                 }));
             }
             let detail = match out {
+                Ok(o) if o.status.success() => "it is another build's helper".to_string(),
                 Ok(o) => format!(
                     "{}: {}",
                     o.status,
@@ -840,6 +845,43 @@ mod tests {
             .unwrap();
         assert_eq!(l.program, "git");
         assert_eq!(l.env, [("A".into(), "1".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_helper_from_another_build_is_passed_over() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let report = "landlock=full abi=6 scoped=yes no_new_privs=yes capabilities_dropped=yes";
+        let fake = |name: &str, line: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\necho '{line}'\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        };
+        // An older build's helper answers without its code's fingerprint, or with another.
+        let stale = fake("stale", report.to_string());
+        let other = fake("other", format!("{report} helper=0000000000000000"));
+        let ours = fake(
+            "ours",
+            format!("{report} helper={:016x}", helper::HELPER_ID),
+        );
+        let cfg = SandboxConfig {
+            mode: SandboxMode::BestEffort,
+            ..Default::default()
+        };
+        let s = Sandbox {
+            helpers: vec![stale.clone(), other, ours.clone()],
+            ..Sandbox::new(&cfg, "/usr/bin", &[], &["/nonexistent/data".into()]).unwrap()
+        };
+        assert_eq!(s.probed().await.unwrap().unwrap().helper, ours);
+        let s = Sandbox {
+            helpers: vec![stale],
+            ..Sandbox::new(&cfg, "/usr/bin", &[], &["/nonexistent/data".into()]).unwrap()
+        };
+        assert!(
+            s.probed().await.unwrap().is_none(),
+            "best-effort runs unconfined"
+        );
     }
 
     #[tokio::test]
