@@ -155,7 +155,7 @@ async fn bare_server() {
     use std::io::Read;
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body).unwrap();
-    let body = bytes_of(body);
+    let body = axum::body::Bytes::from(body);
     let app = axum::Router::new().fallback(move || {
         let body = body.clone();
         async move { ([("content-type", "application/json")], body) }
@@ -165,8 +165,4 @@ async fn bare_server() {
     use std::io::Write;
     std::io::stdout().flush().unwrap();
     axum::serve(listener, app).await.unwrap();
-}
-
-fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
-    axum::body::Bytes::from(v)
 }

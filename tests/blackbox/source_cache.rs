@@ -2,7 +2,6 @@
 //! pushes, vanished commits, private repositories, corruption and eviction.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::json;
 
@@ -338,17 +337,7 @@ async fn the_cache_stays_under_its_cap_least_recently_used_first() {
     assert_eq!(now.len(), 1, "{now:?}");
 
     // `tarmac cache prune` empties it, the server running.
-    let out = Command::new(env!("CARGO_BIN_EXE_tarmac"))
-        .args(["cache", "prune", "--data-dir"])
-        .arg(app.data())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = app.admin(&["cache", "prune"]);
     assert!(
         said.contains("evicted") && said.contains("0 after"),
         "{said}"
@@ -440,14 +429,7 @@ async fn a_long_run_does_not_hold_up_another_stacks_fetch_of_a_new_commit() {
         )
         .await;
     // The slow run is using the mirror...
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while app.deployment(&slow, &long).await["status"] != "running" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slow run never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    app.wait_for(&slow, &long, Some("running")).await;
     // ...when a new commit needs fetching into it for another stack.
     let newer = commit_all(&repo, &marked("newer"), "newer");
     let started = std::time::Instant::now();

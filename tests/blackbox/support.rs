@@ -116,27 +116,28 @@ impl TestApp {
     /// Mints a token with the real CLI, under a name of its own (what its deployments and
     /// approvals are recorded as).
     pub(crate) fn create_named_token(&self, org: &str, role: &str, name: &str) -> String {
+        self.admin(&[
+            "token", "create", "--org", org, "--role", role, "--name", name,
+        ])
+        .trim()
+        .to_string()
+    }
+
+    /// Runs one of the real CLI's commands on this server's machine, against its data dir;
+    /// its stdout. It must succeed.
+    pub(crate) fn admin(&self, args: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_tarmac"))
-            .args([
-                "token",
-                "create",
-                "--org",
-                org,
-                "--role",
-                role,
-                "--name",
-                name,
-                "--data-dir",
-            ])
+            .args(args)
+            .arg("--data-dir")
             .arg(self.data())
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "token create failed: {}",
+            "tarmac {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        String::from_utf8(out.stdout).unwrap()
     }
 
     pub(crate) async fn request(

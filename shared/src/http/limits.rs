@@ -35,7 +35,8 @@ pub(crate) fn request_timeout(req: &Request) -> Duration {
 }
 
 pub(crate) async fn check(req: Request, next: Next) -> Result<Response, Error> {
-    let uri = req.uri().to_string().len();
+    // Counted, not rendered: this runs on every request.
+    let uri = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri > MAX_URI_BYTES {
         return Err(Error::Limit(
             StatusCode::URI_TOO_LONG,

@@ -143,8 +143,16 @@ impl Cache {
     /// Takes `entry` (creating it) for a run's use, keeping it from eviction. Marks it used.
     pub(crate) async fn hold(entry: &Path) -> io::Result<Held> {
         let entry = entry.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&entry)?;
+        tokio::task::spawn_blocking(move || Self::hold_blocking(&entry))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// `hold`, on the calling thread; tried twice, since an eviction may remove the entry
+    /// between its creation and its lock.
+    pub(crate) fn hold_blocking(entry: &Path) -> io::Result<Held> {
+        let once = || -> io::Result<Held> {
+            std::fs::create_dir_all(entry)?;
             let file = lock_file(&entry.join(LOCK))?;
             file.lock_shared()?;
             // An evictor that took the entry first has unlinked this lock file: ours must still
@@ -157,17 +165,8 @@ impl Cache {
             }
             touch(&entry.join(USED))?;
             Ok(Held { _file: file })
-        })
-        .await
-        .map_err(io::Error::other)?
-    }
-
-    /// Takes `entry`, retrying once if an eviction removed it under us.
-    pub(crate) async fn hold_fresh(entry: &Path) -> io::Result<Held> {
-        match Self::hold(entry).await {
-            Ok(h) => Ok(h),
-            Err(_) => Self::hold(entry).await,
-        }
+        };
+        once().or_else(|_| once())
     }
 
     /// Brings the cache under its cap, in the background: now if it has just `grown` by a

@@ -128,15 +128,20 @@ pub(crate) fn is_full_sha(s: &str) -> bool {
 /// Credentials for HTTP remotes, as git config passed through the environment (not the command
 /// line, where other users of the machine could read them).
 pub(crate) fn http_auth_env(user: &str, password: &str) -> Vec<(String, String)> {
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     vec![
         ("GIT_CONFIG_COUNT".into(), "1".into()),
         ("GIT_CONFIG_KEY_0".into(), "http.extraHeader".into()),
         (
             "GIT_CONFIG_VALUE_0".into(),
-            format!("Authorization: Basic {basic}"),
+            format!("Authorization: {}", basic_auth(user, password)),
         ),
     ]
+}
+
+/// An HTTP Basic `Authorization` value, as git sends it and as Tarmac's own ref lookup does.
+pub(crate) fn basic_auth(user: &str, password: &str) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
 }
 
 #[cfg(test)]

@@ -199,6 +199,16 @@ pub enum GitCredentials {
 }
 
 impl GitCredentials {
+    /// The user and password an HTTP remote gets (a token goes as GitHub's `x-access-token`);
+    /// none for an SSH key.
+    fn http_basic(&self) -> Option<(&str, &str)> {
+        match self {
+            GitCredentials::Token { token } => Some(("x-access-token", token)),
+            GitCredentials::Basic { user, password } => Some((user, password)),
+            GitCredentials::Ssh { .. } => None,
+        }
+    }
+
     fn secrets(&self) -> Vec<String> {
         match self {
             GitCredentials::Ssh { private_key } => vec![private_key.clone()],
@@ -890,10 +900,6 @@ impl Executor {
         let stack = cache.stack(&run.d.stack);
         let terraform = cache.plugins(&run.d.stack.org, "terraform");
         let pulumi = cache.plugins(&run.d.stack.org, "pulumi");
-        let failed = |e: std::io::Error| Failure::Failed(format!("the run cache failed: {e}"));
-        for entry in [&stack, &terraform, &pulumi] {
-            run.hold(cache::Cache::hold_fresh(entry).await.map_err(failed)?);
-        }
         let dirs = [
             ("TF_PLUGIN_CACHE_DIR", terraform.join("cache")),
             ("npm_config_cache", stack.join("npm")),
@@ -911,21 +917,31 @@ impl Executor {
             .map(|(_, d)| d.clone())
             .chain([plugins.clone()])
             .collect();
+        // One trip to the blocking pool: this is on every run's way to its engine.
+        let entries = [stack, terraform, pulumi];
         let made = {
-            let (dirs, plugins, home_pulumi) = (dirs.clone(), plugins.clone(), home_pulumi.clone());
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                for (_, dir) in &dirs {
+            let (contents, plugins) = (contents.clone(), plugins.clone());
+            tokio::task::spawn_blocking(move || -> std::io::Result<Vec<cache::Held>> {
+                let held = entries
+                    .iter()
+                    .map(|e| cache::Cache::hold_blocking(e))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                for dir in contents.iter().chain([&home_pulumi]) {
                     std::fs::create_dir_all(dir)?;
                 }
-                std::fs::create_dir_all(&plugins)?;
-                std::fs::create_dir_all(&home_pulumi)?;
                 // Pulumi has no variable for its plugin directory alone.
-                std::os::unix::fs::symlink(&plugins, home_pulumi.join("plugins"))
+                std::os::unix::fs::symlink(&plugins, home_pulumi.join("plugins"))?;
+                Ok(held)
             })
             .await
         };
-        made.map_err(|e| Failure::Failed(format!("the run cache failed: {e}")))?
-            .map_err(failed)?;
+        let held = made
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| Failure::Failed(format!("the run cache failed: {e}")))?;
+        for h in held {
+            run.hold(h);
+        }
         run.grants
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -11,8 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine as _;
-
 use super::GitCredentials;
 
 /// What the lookup found.
@@ -67,18 +65,19 @@ async fn http_head(
     // Credentials in the URL, as git takes them; the settings' own win, as git's header does.
     let mut auth = match (parsed.username(), parsed.password()) {
         ("", None) => None,
-        (user, password) => Some(basic(
+        (user, password) => Some(super::git::basic_auth(
             &percent_decode(user),
             &percent_decode(password.unwrap_or_default()),
         )),
     };
     let _ = parsed.set_username("");
     let _ = parsed.set_password(None);
-    match creds {
-        Some(GitCredentials::Token { token }) => auth = Some(basic("x-access-token", token)),
-        Some(GitCredentials::Basic { user, password }) => auth = Some(basic(user, password)),
-        Some(GitCredentials::Ssh { .. }) => return Ok(Lookup::Git),
-        None => {}
+    if let Some(c) = creds {
+        match c.http_basic() {
+            Some((user, password)) => auth = Some(super::git::basic_auth(user, password)),
+            // An SSH key for an HTTP URL: git decides what to do with it.
+            None => return Ok(Lookup::Git),
+        }
     }
     let shown = parsed.to_string();
     let base = shown.trim_end_matches('/');
@@ -257,11 +256,6 @@ fn packed(git_dir: &Path, name: &str) -> Lookup {
         }
     }
     Lookup::Missing
-}
-
-fn basic(user: &str, password: &str) -> String {
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Basic {token}")
 }
 
 fn percent_decode(s: &str) -> String {

@@ -77,7 +77,7 @@ impl Executor {
                     )
                     .await;
                 {
-                    let _using = Cache::hold_fresh(&entry).await.map_err(cache_error)?;
+                    let _using = Cache::hold(&entry).await.map_err(cache_error)?;
                     let _fetching = Cache::serialise(&entry.join(FETCH_LOCK))
                         .await
                         .map_err(cache_error)?;
@@ -121,7 +121,7 @@ impl Executor {
         sha: &str,
         src: &Path,
     ) -> StepResult<(String, Held)> {
-        let held = Cache::hold_fresh(entry).await.map_err(cache_error)?;
+        let held = Cache::hold(entry).await.map_err(cache_error)?;
         let extracted = |sha: &str| entry.join("trees").join(sha).join("tree").is_dir();
         // The common case, a commit extracted before: no git at all.
         if git::is_full_sha(sha) && extracted(sha) {
@@ -145,6 +145,7 @@ impl Executor {
                     "--bare".into(),
                     repo.display().to_string(),
                 ],
+                true,
             )
             .await?;
         }
@@ -166,7 +167,7 @@ impl Executor {
                     args.extend(refspecs);
                     // A refspec the server refuses (a bare commit id, say) is no failure yet:
                     // the next one may bring the commit.
-                    fetched |= self.git_quiet(run, idx, git, entry, args).await?.is_some();
+                    fetched |= self.git(run, idx, git, entry, args, false).await?.is_some();
                     found = self.commit_in(run, idx, git, entry, sha).await?;
                     if found.is_some() {
                         break;
@@ -216,7 +217,7 @@ impl Executor {
                 "--".into(),
                 ".".into(),
             ];
-            let done = self.git(run, idx, &extract, entry, args).await;
+            let done = self.git(run, idx, &extract, entry, args, true).await;
             if let Err(e) = done {
                 let _ = tokio::fs::remove_dir_all(&tmp).await;
                 return Err(e);
@@ -248,7 +249,7 @@ impl Executor {
             "--verify".into(),
             format!("{sha}^{{commit}}"),
         ];
-        let out = self.git_quiet(run, idx, git, entry, args).await?;
+        let out = self.git(run, idx, git, entry, args, false).await?;
         Ok(out.map(|o| String::from_utf8_lossy(&o).trim().to_string()))
     }
 
@@ -299,7 +300,8 @@ impl Executor {
         git::remote_head(&String::from_utf8_lossy(&out), reference).ok_or_else(missing)
     }
 
-    /// Runs git on the mirror; a non-zero exit fails the step.
+    /// Runs git on the mirror: its stdout if it exits 0. Another exit fails the step if the
+    /// command is `required`, and is `None` if not.
     async fn git(
         &self,
         run: &Run<'_>,
@@ -307,24 +309,16 @@ impl Executor {
         git: &Git,
         entry: &Path,
         args: Vec<String>,
-    ) -> StepResult<Vec<u8>> {
-        let cmd = git.on_mirror(run, entry, args);
-        let (_, out) = self.command(run, idx, &cmd, Stdout::Capture, &[]).await?;
-        Ok(out)
-    }
-
-    /// Runs git on the mirror; its stdout if it exits 0, `None` for any other exit.
-    async fn git_quiet(
-        &self,
-        run: &Run<'_>,
-        idx: usize,
-        git: &Git,
-        entry: &Path,
-        args: Vec<String>,
+        required: bool,
     ) -> StepResult<Option<Vec<u8>>> {
         let cmd = git.on_mirror(run, entry, args);
-        let any: Vec<i32> = (1..=255).collect();
-        let (code, out) = self.command(run, idx, &cmd, Stdout::Capture, &any).await?;
+        let tolerated: Vec<i32> = match required {
+            true => vec![],
+            false => (1..=255).collect(),
+        };
+        let (code, out) = self
+            .command(run, idx, &cmd, Stdout::Capture, &tolerated)
+            .await?;
         Ok((code == 0).then_some(out))
     }
 
@@ -365,11 +359,10 @@ impl Executor {
                     ),
                 ));
             }
-            Some(GitCredentials::Token { token }) => {
-                env.extend(git::http_auth_env("x-access-token", token));
-            }
-            Some(GitCredentials::Basic { user, password }) => {
-                env.extend(git::http_auth_env(user, password));
+            Some(http) => {
+                if let Some((user, password)) = http.http_basic() {
+                    env.extend(git::http_auth_env(user, password));
+                }
             }
             None => {}
         }
