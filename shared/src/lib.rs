@@ -15,6 +15,7 @@ pub mod deps;
 pub mod domain;
 pub mod error;
 pub mod github;
+pub mod gitsync;
 pub mod http;
 mod json;
 #[cfg(feature = "aws")]

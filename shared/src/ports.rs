@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::domain::approvals::Ballot;
 use crate::domain::bulk::BulkOperation;
+use crate::domain::gitsync::{DueSync, SyncState};
 use crate::domain::hooks::{Hook, HookScope};
 use crate::domain::keys::SigningKey;
 use crate::domain::pools::{AgentInfo, AgentPool, ClaimQueue, PoolDeleted};
@@ -47,12 +48,35 @@ pub trait StackStore: Send + Sync {
     /// Stores `settings` if the current settings version is `expected` (0: none stored yet),
     /// creating the stack if needed, and returns the new version. A lost race returns
     /// `Error::Conflict`; the caller re-reads and retries.
+    ///
+    /// In the same write, the stack's git sync follows `gitSync.enabled`: turned on, its first
+    /// check is due now (a sync already on keeps its state and next check); turned off, its
+    /// state is forgotten.
     async fn put_settings(&self, stack: &StackRef, settings: &Value, expected: i64) -> Result<i64>;
 
     /// Removes the settings if they are still at version `expected` (as the caller read them;
     /// 0 for none): a concurrent change makes this `Error::Conflict`, and the caller re-reads.
-    /// Returns whether there were any. `Error::NotFound` if no stack.
+    /// Returns whether there were any. `Error::NotFound` if no stack. The git sync goes with
+    /// them.
     async fn delete_settings(&self, stack: &StackRef, expected: i64) -> Result<bool>;
+
+    /// Stacks whose git sync is on and due at `now`, earliest first, at most `limit`, each
+    /// with its settings. The cost follows what is due, not what is stored.
+    async fn due_syncs(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<DueSync>>;
+
+    /// Records a sync check's outcome and when the next is due, only if the sync is still on
+    /// and its next check is still `expected` (as `due_syncs` read it): of two ticks racing
+    /// over one check, one records. Returns whether this call did.
+    async fn record_sync(
+        &self,
+        stack: &StackRef,
+        expected: OffsetDateTime,
+        state: &SyncState,
+        next: OffsetDateTime,
+    ) -> Result<bool>;
+
+    /// A stack's sync state and its next check; `None` if its sync is off.
+    async fn get_sync(&self, stack: &StackRef) -> Result<Option<(SyncState, OffsetDateTime)>>;
 
     /// Sets the stack's pause flag. `Error::NotFound` if the stack does not exist.
     async fn set_stack_paused(&self, stack: &StackRef, paused: bool) -> Result<()>;

@@ -31,6 +31,8 @@ pub struct TickReport {
     pub skipped: usize,
     pub reaped: usize,
     pub resent: usize,
+    /// Deployments git sync created.
+    pub synced: usize,
 }
 
 /// Due schedules are read in batches of this many.
@@ -80,6 +82,13 @@ pub async fn tick(
             0
         }
     };
+    let synced = match crate::gitsync::check_due(deps, now).await {
+        Ok(r) => r.deployed,
+        Err(e) => {
+            keep(e, "git sync");
+            0
+        }
+    };
     let resent = reconcile(deps, now).await.unwrap_or_else(|e| {
         keep(e, "reconciling");
         0
@@ -87,8 +96,8 @@ pub async fn tick(
     if let Err(e) = deps.outbox.prune_done(now - DELIVERY_LOG_RETENTION).await {
         keep(e, "pruning the delivery log");
     }
-    if fired + skipped + reaped + resent > 0 {
-        tracing::info!(fired, skipped, reaped, resent, "tick");
+    if fired + skipped + reaped + resent + synced > 0 {
+        tracing::info!(fired, skipped, reaped, resent, synced, "tick");
     }
     match first_error {
         Some(e) => Err(e),
@@ -97,6 +106,7 @@ pub async fn tick(
             skipped,
             reaped,
             resent,
+            synced,
         }),
     }
 }

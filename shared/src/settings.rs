@@ -61,7 +61,7 @@ const VCS_FIELDS: &[(&str, Shape)] = &[
 ];
 
 /// `DeploymentSettingsRequest`, plus Tarmac's extensions, which Pulumi clients ignore:
-/// `operationContext.options` `timeout` (seconds) and `engine`, and `approvals`.
+/// `operationContext.options` `timeout` (seconds) and `engine`, `approvals` and `gitSync`.
 pub(crate) const SETTINGS: Shape = Obj(&[
     ("tag", Str),
     ("agentPoolID", Str),
@@ -171,6 +171,15 @@ pub(crate) const SETTINGS: Shape = Obj(&[
         ]),
     ),
     ("cacheOptions", Obj(&[("enable", Bool)])),
+    (
+        "gitSync",
+        Obj(&[
+            ("enabled", Bool),
+            ("interval", Int),
+            ("paths", StrList),
+            ("operation", Str),
+        ]),
+    ),
 ]);
 
 /// Canonicalises a settings body. `null` members are kept: the caller decides what they mean.
@@ -465,7 +474,9 @@ pub(crate) const MAX_SETTINGS_BYTES: usize = 256 * 1024;
 /// Refuses settings that cannot be stored: too large, or with options no run could use.
 pub(crate) fn check_stored(settings: &Value) -> Result<()> {
     check_size(settings)?;
-    crate::domain::spec::check_settings(settings)
+    crate::domain::spec::check_settings(settings)?;
+    // A stack's own setting: a deployment pins its commit whatever `gitSync` says.
+    crate::domain::gitsync::GitSync::from_settings(settings).map(|_| ())
 }
 
 /// Refuses settings too large to store.

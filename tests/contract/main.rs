@@ -10,6 +10,8 @@
 mod require;
 #[path = "../support/emulator.rs"]
 mod emulator;
+#[path = "../support/git_server.rs"]
+mod git_server;
 #[allow(dead_code)]
 #[path = "../support/signing.rs"]
 mod signing;
@@ -18,6 +20,7 @@ mod approvals;
 mod audit;
 mod bulk;
 mod deployments;
+mod gitsync;
 mod idempotency;
 mod notifications;
 mod oidc;
@@ -143,6 +146,8 @@ contract!(
     approvals::rejection_expiry_cancel_and_supersession_end_a_wait,
     bulk::a_bulk_request_is_kept_whole_by_its_org,
     queue::an_org_limit_holds_claims_and_the_queue_state_says_why,
+    gitsync::a_sync_is_due_when_enabled_recorded_once_and_forgotten_when_off,
+    gitsync::polling_costs_one_lookup_per_repository_and_deploys_each_new_head_once,
 );
 
 fn stack(name: &str) -> StackRef {

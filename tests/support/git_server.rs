@@ -45,6 +45,31 @@ impl GitServer {
     }
 }
 
+#[allow(dead_code)]
+impl GitServer {
+    /// The bare repository it serves: push here to move its branches.
+    pub(crate) fn bare(&self) -> std::path::PathBuf {
+        self._root.path().join("repo.git")
+    }
+
+    /// The requests served so far, as "METHOD PATH?QUERY".
+    pub(crate) fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self._root.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How many ref advertisements (`ls-remote`'s round trip) it has served.
+    pub(crate) fn ref_lookups(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.starts_with("GET ") && r.contains("/info/refs"))
+            .count()
+    }
+}
+
 impl Drop for GitServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

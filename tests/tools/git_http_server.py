@@ -2,7 +2,8 @@
 
 usage: git_http_server.py ROOT USER PASSWORD
 Serves the repositories under ROOT, answers 401 to any request without exactly USER:PASSWORD,
-prints the port it listens on, and runs until killed. Standard library only.
+prints the port it listens on, and runs until killed. Each request is appended to
+ROOT/requests.log as "METHOD PATH", so tests can count round trips. Standard library only.
 """
 import base64
 import os
@@ -25,6 +26,8 @@ class Handler(BaseHTTPRequestHandler):
         self.serve_git()
 
     def serve_git(self):
+        with open(os.path.join(ROOT, "requests.log"), "a") as log:
+            log.write(f"{self.command} {self.path}\n")
         if self.headers.get("Authorization") != EXPECTED:
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="git"')

@@ -103,6 +103,7 @@ macro_rules! wire_enum {
 
 pub mod approvals;
 pub mod bulk;
+pub mod gitsync;
 pub mod hooks;
 pub mod keys;
 pub mod pools;

@@ -69,6 +69,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .route("/deployments/pause", post(stacks::pause_stack))
         .route("/deployments/resume", post(stacks::resume_stack))
         .route("/deployments/metadata", get(stacks::stack_metadata))
+        .route("/deployments/sync", get(stacks::git_sync))
         .route(
             "/deployments/cache",
             axum::routing::delete(stacks::clear_cache),

@@ -384,7 +384,25 @@ pub(super) async fn stack_metadata(
         "organizationPaused": org_paused,
         "hasSchedules": super::schedules::has_schedules(&state, &ctx.stack).await?,
         "drift": super::schedules::drift_status_of(&state, &ctx.stack).await?,
+        "gitSync": git_sync_of(&state, &ctx.stack).await?,
     })))
+}
+
+/// `GET S/deployments/sync` (a Tarmac extension): what git sync has seen of the stack's branch,
+/// and when it looks next. 404 if the stack does not exist; `{"enabled": false}` if its sync is
+/// off.
+pub(super) async fn git_sync(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
+    if !state.deps.stacks.stack_exists(&ctx.stack).await? {
+        return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
+    }
+    Ok(Json(git_sync_of(&state, &ctx.stack).await?))
+}
+
+async fn git_sync_of(state: &AppState, stack: &StackRef) -> Result<Value> {
+    Ok(match state.deps.stacks.get_sync(stack).await? {
+        Some((sync, next)) => wire::git_sync(&sync, next),
+        None => json!({"enabled": false}),
+    })
 }
 
 /// There is no dependency cache to clear; accepted for compatibility.

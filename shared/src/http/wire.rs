@@ -170,6 +170,21 @@ pub(crate) fn update_record(d: &Deployment, latest_version: i64) -> Option<Value
 
 /// `GET S`: Pulumi's `Stack` (`activeUpdate` is the deployment holding the stack's run slot,
 /// whose update id is its own).
+/// A stack's git sync, as `GET S/deployments/sync` and the stack's metadata show it.
+pub(crate) fn git_sync(s: &crate::domain::gitsync::SyncState, next: time::OffsetDateTime) -> Value {
+    json!({
+        "enabled": true,
+        "lastSeenHead": s.last_seen_head,
+        "lastSyncedCommit": s.last_synced_commit,
+        "lastAttemptedCommit": s.last_attempted_commit,
+        "pendingDeployment": s.pending.as_ref().map(|p| p.deployment),
+        "lastError": s.last_error,
+        "failures": s.failures,
+        "lastCheck": s.last_check.map(rfc3339),
+        "nextCheck": rfc3339(next),
+    })
+}
+
 pub(crate) fn stack(info: &StackInfo) -> Value {
     let mut v = json!({
         "id": crate::oidc::token::stack_id(&info.stack),

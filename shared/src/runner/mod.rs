@@ -11,7 +11,7 @@ pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod git;
 pub(crate) mod logs;
-mod remote;
+pub(crate) mod remote;
 mod source;
 mod state;
 #[cfg(test)]
@@ -201,7 +201,7 @@ pub enum GitCredentials {
 impl GitCredentials {
     /// The user and password an HTTP remote gets (a token goes as GitHub's `x-access-token`);
     /// none for an SSH key.
-    fn http_basic(&self) -> Option<(&str, &str)> {
+    pub(crate) fn http_basic(&self) -> Option<(&str, &str)> {
         match self {
             GitCredentials::Token { token } => Some(("x-access-token", token)),
             GitCredentials::Basic { user, password } => Some((user, password)),
@@ -209,7 +209,7 @@ impl GitCredentials {
         }
     }
 
-    fn secrets(&self) -> Vec<String> {
+    pub(crate) fn secrets(&self) -> Vec<String> {
         match self {
             GitCredentials::Ssh { private_key } => vec![private_key.clone()],
             GitCredentials::Token { token } => vec![token.clone()],
@@ -248,26 +248,7 @@ pub(crate) fn open(deps: &Deps, d: &Deployment) -> std::result::Result<Opened, S
             }
         }
     }
-    let open = |v: &Option<crate::domain::spec::source::SealedValue>| {
-        v.as_ref().and_then(|v| cipher.open(&v.secret))
-    };
-    let git = match &spec.source.auth {
-        None => None,
-        Some(auth) => {
-            if let Some(ssh) = &auth.ssh_auth {
-                let key = open(&ssh.ssh_private_key)
-                    .ok_or("gitAuth.sshAuth has no usable private key")?;
-                Some(GitCredentials::Ssh { private_key: key })
-            } else if let Some(token) = open(&auth.access_token) {
-                Some(GitCredentials::Token { token })
-            } else {
-                auth.basic_auth.as_ref().map(|basic| GitCredentials::Basic {
-                    user: open(&basic.user_name).unwrap_or_default(),
-                    password: open(&basic.password).unwrap_or_default(),
-                })
-            }
-        }
-    };
+    let git = git_credentials(&cipher, spec.source.auth.as_ref())?;
     let passphrase = deps
         .cipher
         .derive(&format!("pulumi-passphrase:{}", d.stack));
@@ -275,6 +256,30 @@ pub(crate) fn open(deps: &Deps, d: &Deployment) -> std::result::Result<Opened, S
         env,
         git,
         passphrase,
+    })
+}
+
+/// `gitAuth`, opened with the org's key.
+pub(crate) fn git_credentials(
+    cipher: &crate::crypto::OrgCipher<'_>,
+    auth: Option<&crate::domain::spec::source::GitAuth>,
+) -> std::result::Result<Option<GitCredentials>, String> {
+    let open = |v: &Option<crate::domain::spec::source::SealedValue>| {
+        v.as_ref().and_then(|v| cipher.open(&v.secret))
+    };
+    let Some(auth) = auth else {
+        return Ok(None);
+    };
+    Ok(if let Some(ssh) = &auth.ssh_auth {
+        let key = open(&ssh.ssh_private_key).ok_or("gitAuth.sshAuth has no usable private key")?;
+        Some(GitCredentials::Ssh { private_key: key })
+    } else if let Some(token) = open(&auth.access_token) {
+        Some(GitCredentials::Token { token })
+    } else {
+        auth.basic_auth.as_ref().map(|basic| GitCredentials::Basic {
+            user: open(&basic.user_name).unwrap_or_default(),
+            password: open(&basic.password).unwrap_or_default(),
+        })
     })
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::GitCredentials;
 
 /// What the lookup found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Lookup {
     /// The commit the ref points at.
     Found(String),
@@ -36,31 +36,62 @@ pub(crate) async fn head(
     reference: &str,
     local: Option<&Path>,
 ) -> Result<Lookup, String> {
-    if reference.starts_with("refs/tags/") {
-        return Ok(Lookup::Git);
-    }
-    if let Some(path) = local {
-        let path = path.to_path_buf();
-        let reference = reference.to_string();
-        return tokio::task::spawn_blocking(move || Ok(local_head(&path, &reference)))
-            .await
-            .unwrap_or(Ok(Lookup::Git));
-    }
-    let lower = url.to_ascii_lowercase();
-    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
-        return Ok(Lookup::Git);
-    }
-    http_head(http, url, creds, reference).await
+    let mut found = heads(http, url, creds, &[reference], local).await?;
+    Ok(found.pop().unwrap_or(Lookup::Git))
 }
 
-async fn http_head(
+/// `head` for several refs of one repository, in one round trip: a lookup per reference, in
+/// order.
+pub(crate) async fn heads(
     http: &reqwest::Client,
     url: &str,
     creds: Option<&GitCredentials>,
-    reference: &str,
-) -> Result<Lookup, String> {
+    references: &[&str],
+    local: Option<&Path>,
+) -> Result<Vec<Lookup>, String> {
+    let tags = |r: &str| r.starts_with("refs/tags/");
+    if references.iter().all(|r| tags(r)) {
+        return Ok(references.iter().map(|_| Lookup::Git).collect());
+    }
+    let by_ref = |body: Option<Vec<u8>>| {
+        references
+            .iter()
+            .map(|r| match &body {
+                Some(body) if !tags(r) => advertised(body, r),
+                _ => Lookup::Git,
+            })
+            .collect()
+    };
+    if let Some(path) = local {
+        let path = path.to_path_buf();
+        let wanted: Vec<String> = references.iter().map(|r| r.to_string()).collect();
+        return tokio::task::spawn_blocking(move || {
+            Ok(wanted
+                .iter()
+                .map(|r| match tags(r) {
+                    true => Lookup::Git,
+                    false => local_head(&path, r),
+                })
+                .collect())
+        })
+        .await
+        .unwrap_or_else(|_| Ok(references.iter().map(|_| Lookup::Git).collect()));
+    }
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+        return Ok(by_ref(None));
+    }
+    Ok(by_ref(http_refs(http, url, creds).await?))
+}
+
+/// The smart-HTTP ref advertisement of `url`; `None` if it cannot be read here (git must).
+async fn http_refs(
+    http: &reqwest::Client,
+    url: &str,
+    creds: Option<&GitCredentials>,
+) -> Result<Option<Vec<u8>>, String> {
     let Ok(mut parsed) = reqwest::Url::parse(url) else {
-        return Ok(Lookup::Git);
+        return Ok(None);
     };
     // Credentials in the URL, as git takes them; the settings' own win, as git's header does.
     let mut auth = match (parsed.username(), parsed.password()) {
@@ -76,7 +107,7 @@ async fn http_head(
         match c.http_basic() {
             Some((user, password)) => auth = Some(super::git::basic_auth(user, password)),
             // An SSH key for an HTTP URL: git decides what to do with it.
-            None => return Ok(Lookup::Git),
+            None => return Ok(None),
         }
     }
     let shown = parsed.to_string();
@@ -101,7 +132,7 @@ async fn http_head(
             ));
         }
         404 => return Err(format!("{shown} has no repository (HTTP 404)")),
-        _ => return Ok(Lookup::Git),
+        _ => return Ok(None),
     }
     let smart = resp
         .headers()
@@ -109,7 +140,7 @@ async fn http_head(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-git-upload-pack-advertisement"));
     if !smart {
-        return Ok(Lookup::Git);
+        return Ok(None);
     }
     let mut body = Vec::new();
     let mut resp = resp;
@@ -120,10 +151,10 @@ async fn http_head(
     {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_ADVERTISEMENT {
-            return Ok(Lookup::Git);
+            return Ok(None);
         }
     }
-    Ok(advertised(&body, reference))
+    Ok(Some(body))
 }
 
 /// The commit a ref advertisement (protocol v0/v1) names for `reference`; `Git` if it cannot

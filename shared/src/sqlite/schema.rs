@@ -280,6 +280,13 @@ CREATE TABLE bulk_operations (
     PRIMARY KEY (org, id)
 ) WITHOUT ROWID;
 "#,
+    // Git sync: when a stack's next check is due (NULL while its sync is off) and what the
+    // polling has seen (JSON).
+    r#"
+ALTER TABLE stacks ADD COLUMN sync_next INTEGER;
+ALTER TABLE stacks ADD COLUMN sync_state TEXT;
+CREATE INDEX stacks_sync_due ON stacks(sync_next) WHERE sync_next IS NOT NULL;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

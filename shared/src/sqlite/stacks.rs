@@ -4,7 +4,11 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
+use time::OffsetDateTime;
+
+use crate::domain::gitsync::{DueSync, GitSync, SyncState};
 use crate::domain::stacks::{StackInfo, Tags};
+use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
@@ -92,6 +96,8 @@ impl StackStore for SqliteStore {
     async fn put_settings(&self, stack: &StackRef, settings: &Value, expected: i64) -> Result<i64> {
         let stack = stack.clone();
         let raw = serde_json::to_string(settings)?;
+        let sync_on = matches!(GitSync::from_settings(settings), Ok(Some(_)));
+        let now = to_micros(OffsetDateTime::now_utc());
         self.db
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -108,8 +114,10 @@ impl StackStore for SqliteStore {
                 }
                 let version = current + 1;
                 tx.execute(
-                    "UPDATE stacks SET settings = ?2, settings_version = ?3 WHERE id = ?1",
-                    params![id, raw, version],
+                    "UPDATE stacks SET settings = ?2, settings_version = ?3, \
+                     sync_next = CASE WHEN ?4 THEN COALESCE(sync_next, ?5) END, \
+                     sync_state = CASE WHEN ?4 THEN sync_state END WHERE id = ?1",
+                    params![id, raw, version, sync_on, now],
                 )?;
                 tx.commit()?;
                 Ok(version)
@@ -135,11 +143,101 @@ impl StackStore for SqliteStore {
                     return Err(Error::conflict("settings changed concurrently; retry"));
                 }
                 tx.execute(
-                    "UPDATE stacks SET settings = NULL WHERE org = ?1 AND project = ?2 AND name = ?3",
+                    "UPDATE stacks SET settings = NULL, sync_next = NULL, sync_state = NULL \
+                     WHERE org = ?1 AND project = ?2 AND name = ?3",
                     params![stack.org, stack.project, stack.stack],
                 )?;
                 tx.commit()?;
                 Ok(had)
+            })
+            .await
+    }
+
+    async fn due_syncs(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<DueSync>> {
+        let now = to_micros(now);
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT org, project, name, settings, sync_state, sync_next FROM stacks \
+                     WHERE sync_next IS NOT NULL AND sync_next <= ?1 ORDER BY sync_next LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![now, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (org, project, name, settings, state, next) = row?;
+                    out.push(DueSync {
+                        stack: StackRef::new(&org, &project, &name)?,
+                        settings: settings
+                            .map(|s| serde_json::from_str(&s))
+                            .transpose()?
+                            .unwrap_or_default(),
+                        state: state
+                            .map(|s| serde_json::from_str(&s))
+                            .transpose()?
+                            .unwrap_or_default(),
+                        next_check: from_micros(next),
+                    });
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn record_sync(
+        &self,
+        stack: &StackRef,
+        expected: OffsetDateTime,
+        state: &SyncState,
+        next: OffsetDateTime,
+    ) -> Result<bool> {
+        let stack = stack.clone();
+        let raw = serde_json::to_string(state)?;
+        let (expected, next) = (to_micros(expected), to_micros(next));
+        self.db
+            .write(move |c| {
+                let n = c.execute(
+                    "UPDATE stacks SET sync_state = ?4, sync_next = ?5 \
+                     WHERE org = ?1 AND project = ?2 AND name = ?3 AND sync_next = ?6",
+                    params![stack.org, stack.project, stack.stack, raw, next, expected],
+                )?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn get_sync(&self, stack: &StackRef) -> Result<Option<(SyncState, OffsetDateTime)>> {
+        let stack = stack.clone();
+        self.db
+            .read(move |c| {
+                let row: Option<(Option<String>, Option<i64>)> = c
+                    .prepare_cached(
+                        "SELECT sync_state, sync_next FROM stacks WHERE org = ?1 AND project = ?2 AND name = ?3",
+                    )?
+                    .query_row(params![stack.org, stack.project, stack.stack], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                match row {
+                    Some((state, Some(next))) => Ok(Some((
+                        state
+                            .map(|s| serde_json::from_str(&s))
+                            .transpose()?
+                            .unwrap_or_default(),
+                        from_micros(next),
+                    ))),
+                    _ => Ok(None),
+                }
             })
             .await
     }

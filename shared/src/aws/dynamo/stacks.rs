@@ -7,11 +7,31 @@ use serde_json::Value;
 use super::*;
 use crate::aws::item::*;
 use crate::domain::stacks::{StackInfo, Tags};
-use crate::domain::time_fmt::from_micros;
+use time::OffsetDateTime;
+
+use crate::domain::gitsync::{DueSync, GitSync, SyncState};
+use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::ports::*;
 use crate::store_codec::stored_id;
+
+/// The `gsi1` partition of stacks whose git sync is on, sorted by their next check.
+const GIT_SYNC: &str = "GITSYNC";
+
+/// Clearing a stack's settings turns its git sync off.
+const REMOVE_SETTINGS: &str = "REMOVE #settings, #sync_next, #sync_state, #gsi1pk, #gsi1sk";
+
+fn sync_key(next_us: i64, stack: &StackRef) -> String {
+    format!("{}#{stack}", pad(next_us))
+}
+
+fn sync_state(item: &Item) -> Result<SyncState> {
+    Ok(match opt_s(item, "sync_state") {
+        Some(raw) => serde_json::from_str(&raw)?,
+        None => SyncState::default(),
+    })
+}
 
 impl DynamoStore {
     pub(super) async fn stack_item(&self, stack: &StackRef) -> Result<Option<Item>> {
@@ -167,10 +187,21 @@ impl StackStore for DynamoStore {
         } else {
             "attribute_exists(#settings) AND #settings_version = :expected"
         };
-        let set = "SET #settings = :settings, #settings_version = if_not_exists(#settings_version, :zero) + :one, \
-                   #org = :org, #project = :project, #stack = :stack, #created = if_not_exists(#created, :now), \
-                   #last_version = if_not_exists(#last_version, :zero), #paused = if_not_exists(#paused, :false), \
-                   #gsi2pk = :gsi2pk, #gsi2sk = :gsi2sk";
+        // The git sync's index entry (`gsi1`, partition `GITSYNC`) is on while `gitSync` is.
+        let sync_on = matches!(GitSync::from_settings(settings), Ok(Some(_)));
+        let sync = if sync_on {
+            ", #sync_next = if_not_exists(#sync_next, :now), #gsi1pk = :sync_pk, \
+             #gsi1sk = if_not_exists(#gsi1sk, :sync_sk)"
+        } else {
+            " REMOVE #sync_next, #sync_state, #gsi1pk, #gsi1sk"
+        };
+        let set = format!(
+            "SET #settings = :settings, #settings_version = if_not_exists(#settings_version, :zero) + :one, \
+             #org = :org, #project = :project, #stack = :stack, #created = if_not_exists(#created, :now), \
+             #last_version = if_not_exists(#last_version, :zero), #paused = if_not_exists(#paused, :false), \
+             #gsi2pk = :gsi2pk, #gsi2sk = :gsi2sk{sync}"
+        );
+        let now = now_us();
         let mut vals = vec![
             (":settings", s(serde_json::to_string(settings)?)),
             (":zero", n(0)),
@@ -178,11 +209,15 @@ impl StackStore for DynamoStore {
             (":org", s(&stack.org)),
             (":project", s(&stack.project)),
             (":stack", s(&stack.stack)),
-            (":now", n(now_us())),
+            (":now", n(now)),
             (":false", b(false)),
             (":gsi2pk", s(org_stacks(&stack.org))),
             (":gsi2sk", s(format!("{}/{}", stack.project, stack.stack))),
         ];
+        if sync_on {
+            vals.push((":sync_pk", s(GIT_SYNC)));
+            vals.push((":sync_sk", s(sync_key(now, stack))));
+        }
         if expected != 0 {
             vals.push((":expected", n(expected)));
         }
@@ -191,9 +226,9 @@ impl StackStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(stack_pk(stack), STACK_SK)))
-            .update_expression(set)
+            .update_expression(&set)
             .condition_expression(cond)
-            .set_expression_attribute_names(names(&[set, cond]))
+            .set_expression_attribute_names(names(&[&set, cond]))
             .set_expression_attribute_values(values(vals))
             .return_values(ReturnValue::UpdatedNew)
             .send()
@@ -217,9 +252,9 @@ impl StackStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(stack_pk(stack), STACK_SK)))
-            .update_expression("REMOVE #settings")
+            .update_expression(REMOVE_SETTINGS)
             .condition_expression(cond)
-            .set_expression_attribute_names(names(&["#settings", cond]))
+            .set_expression_attribute_names(names(&[REMOVE_SETTINGS, cond]))
             .set_expression_attribute_values(vals.flatten())
             .send()
             .await;
@@ -229,6 +264,75 @@ impl StackStore for DynamoStore {
                 Err(Error::not_found(format!("stack '{stack}' not found")))
             }
             None => Err(Error::conflict("settings changed concurrently; retry")),
+        }
+    }
+
+    async fn due_syncs(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<DueSync>> {
+        // '~' sorts after every stack character, so checks due exactly at `now` are included.
+        let upto = format!("{}#~", pad(to_micros(now)));
+        let items = self
+            .query(
+                Some("gsi1"),
+                "gsi1pk = :pk AND gsi1sk <= :t",
+                vec![(":pk", s(GIT_SYNC)), (":t", s(upto))],
+                true,
+                Some(limit),
+            )
+            .await?;
+        items
+            .iter()
+            .take(limit)
+            .map(|item| {
+                Ok(DueSync {
+                    stack: Self::stack_info(item)?.stack,
+                    settings: match opt_s(item, "settings") {
+                        Some(raw) => serde_json::from_str(&raw)?,
+                        None => Value::Null,
+                    },
+                    state: sync_state(item)?,
+                    next_check: from_micros(get_n(item, "sync_next")?),
+                })
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn record_sync(
+        &self,
+        stack: &StackRef,
+        expected: OffsetDateTime,
+        state: &SyncState,
+        next: OffsetDateTime,
+    ) -> Result<bool> {
+        let set = "SET #sync_state = :state, #sync_next = :next, #gsi1sk = :sk";
+        let cond = "#sync_next = :expected";
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(stack_pk(stack), STACK_SK)))
+            .update_expression(set)
+            .condition_expression(cond)
+            .set_expression_attribute_names(names(&[set, cond]))
+            .set_expression_attribute_values(values(vec![
+                (":state", s(serde_json::to_string(state)?)),
+                (":next", n(to_micros(next))),
+                (":sk", s(sync_key(to_micros(next), stack))),
+                (":expected", n(to_micros(expected))),
+            ]))
+            .send()
+            .await;
+        Ok(checked("UpdateItem", r)?.is_some())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(stack = %stack))]
+    async fn get_sync(&self, stack: &StackRef) -> Result<Option<(SyncState, OffsetDateTime)>> {
+        let Some(item) = self.stack_item(stack).await? else {
+            return Ok(None);
+        };
+        match opt_n(&item, "sync_next") {
+            Some(next) => Ok(Some((sync_state(&item)?, from_micros(next)))),
+            None => Ok(None),
         }
     }
 
