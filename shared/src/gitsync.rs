@@ -375,7 +375,7 @@ async fn record(deps: &Deps, mut c: Check, now: OffsetDateTime) {
             c.state.failures = 0;
         }
     }
-    let next = c.sync.next_check(now, c.state.failures);
+    let next = c.sync.next_check(c.due.next_check, now, c.state.failures);
     let stack: &StackRef = &c.due.stack;
     if let Err(e) = deps
         .stacks

@@ -76,7 +76,12 @@ impl Pool {
     }
 }
 
-/// Runs the shared `scheduler::tick` every `every` until `stop`.
+/// How often the embedded ticker looks for git syncs due between its ticks: a sync's check
+/// starts within a second of its slot, so a push is deployed within one interval.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs the shared `scheduler::tick` every `every` until `stop`, and the git syncs that fall
+/// due between ticks every `SYNC_EVERY` (one indexed read when none is due).
 pub(crate) fn spawn_ticker(
     deps: Arc<Deps>,
     every: Duration,
@@ -86,15 +91,23 @@ pub(crate) fn spawn_ticker(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sync = tokio::time::interval(SYNC_EVERY.min(every));
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick() => {
+                    if let Err(e) =
+                        crate::scheduler::tick(&deps, OffsetDateTime::now_utc(), queue_max_age).await
+                    {
+                        tracing::error!(error = %e.chain(), "tick failed");
+                    }
+                }
+                _ = sync.tick() => {
+                    if let Err(e) = crate::gitsync::check_due(&deps, OffsetDateTime::now_utc()).await {
+                        tracing::error!(error = %e.chain(), "git sync failed");
+                    }
+                }
                 _ = stop.cancelled() => return,
-            }
-            if let Err(e) =
-                crate::scheduler::tick(&deps, OffsetDateTime::now_utc(), queue_max_age).await
-            {
-                tracing::error!(error = %e.chain(), "tick failed");
             }
         }
     })

@@ -28,6 +28,7 @@ mod git_auth;
 #[path = "../support/git_server.rs"]
 mod git_server;
 mod github;
+mod gitsync;
 mod idempotency;
 mod lifecycle;
 mod limits;

@@ -97,9 +97,24 @@ impl GitSync {
         }))
     }
 
-    /// When to look again after a check at `now` that ended in its `failures`th error in a
-    /// row (0: it did not fail): the interval, doubled per failure up to `MAX_BACKOFF`.
-    pub fn next_check(&self, now: OffsetDateTime, failures: u32) -> OffsetDateTime {
+    /// When to look again after the check due at `slot`, made at `now`, that ended in its
+    /// `failures`th error in a row (0: it did not fail). Without failures, one interval after
+    /// the slot (a late tick does not push the next check later), or after `now` if that
+    /// has passed too; after failures, the interval doubled per failure up to `MAX_BACKOFF`.
+    pub fn next_check(
+        &self,
+        slot: OffsetDateTime,
+        now: OffsetDateTime,
+        failures: u32,
+    ) -> OffsetDateTime {
+        if failures == 0 {
+            let next = slot + self.interval;
+            return if next > now {
+                next
+            } else {
+                now + self.interval
+            };
+        }
         let cap = MAX_BACKOFF.max(self.interval);
         let wait = self
             .interval
@@ -215,15 +230,21 @@ mod tests {
     }
 
     #[test]
-    fn failures_back_off_up_to_an_hour() {
+    fn checks_keep_their_slots_and_failures_back_off_up_to_an_hour() {
         let s = GitSync {
             interval: Duration::from_secs(60),
             paths: vec![],
             operation: Operation::Update,
         };
         let t = OffsetDateTime::UNIX_EPOCH;
-        assert_eq!(s.next_check(t, 0) - t, time::Duration::seconds(60));
-        assert_eq!(s.next_check(t, 2) - t, time::Duration::seconds(240));
-        assert_eq!(s.next_check(t, 40) - t, time::Duration::seconds(3600));
+        let late = t + time::Duration::seconds(5);
+        assert_eq!(s.next_check(t, late, 0) - t, time::Duration::seconds(60));
+        let very_late = t + time::Duration::seconds(90);
+        assert_eq!(
+            s.next_check(t, very_late, 0) - very_late,
+            time::Duration::seconds(60)
+        );
+        assert_eq!(s.next_check(t, t, 2) - t, time::Duration::seconds(240));
+        assert_eq!(s.next_check(t, t, 40) - t, time::Duration::seconds(3600));
     }
 }
