@@ -48,6 +48,8 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// The run cache's size cap, in bytes (`--cache-max-size`).
     pub cache_max_bytes: u64,
+    /// `--secrets-with-server-credentials`.
+    pub secrets_with_server_credentials: bool,
 }
 
 /// The data dir's directory that `--demo` lets deployments clone from.
@@ -110,6 +112,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             sandbox: cfg.sandbox.clone(),
             agent_lease: cfg.lease_ttl,
             cache_max_bytes: cfg.cache_max_bytes,
+            secrets_with_server_credentials: cfg.secrets_with_server_credentials,
         },
     }))
     .await?;

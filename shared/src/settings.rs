@@ -21,7 +21,8 @@ pub(crate) enum Shape {
     StrList,
     /// A `SecretValue`: every form it arrives in is sealed.
     Secret,
-    /// An environment variable: a bare string is plain, an object is a `SecretValue`.
+    /// An environment variable: a bare string is plain, an object is a `SecretValue` or a
+    /// reference to a secret store (`fromSecretsManager`, `fromParameterStore`, `fromVault`).
     EnvValue,
     /// A map whose keys are kept verbatim (environment variable names).
     EnvMap,
@@ -228,8 +229,17 @@ fn walk(value: &Value, shape: &Shape, path: &str, cipher: &OrgCipher<'_>) -> Res
         Secret => seal_secret(value, path_or_body, cipher)?,
         EnvValue => match value {
             Value::String(_) => value.clone(),
+            // Read at run time, never stored: see `domain::spec::secrets`.
+            Value::Object(_) if crate::domain::spec::secrets::is_reference(value) => {
+                crate::domain::spec::secrets::canonical(value, path_or_body)?
+            }
             Value::Object(_) => seal_secret(value, path_or_body, cipher)?,
-            _ => return Err(type_error(path_or_body, "a string or a secret object")),
+            _ => {
+                return Err(type_error(
+                    path_or_body,
+                    "a string, a secret object or a secret reference",
+                ));
+            }
         },
         EnvMap => {
             let Value::Object(map) = value else {

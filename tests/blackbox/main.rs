@@ -38,6 +38,7 @@ mod quickstart;
 mod readme;
 mod sandbox;
 mod schedules;
+mod secrets;
 mod serve;
 mod source_cache;
 mod webhooks;

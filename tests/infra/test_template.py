@@ -211,3 +211,21 @@ def test_every_sender_groups_the_queue_alike_and_leaves_workers_to_other_orgs(re
     groups = parameters["QueueGroupsPerOrg"]
     assert groups["Default"] < parameters["WorkerMaxConcurrency"]["Default"]
     assert (groups["MinValue"], groups["MaxValue"]) == (1, 1000)
+
+
+def test_secret_references_are_read_with_the_stacks_role_unless_the_operator_opts_in(resources):
+    """Deployments' secret references use the credentials of their stack's OIDC role: no
+    function's own role may read a secret store, and the opt-in is off by default."""
+    parameters = yaml_parse(TEMPLATE.read_text())["Parameters"]
+    assert parameters["SecretsWithServerCredentials"]["Default"] == "false"
+    for worker in ["WorkerFunction", "WorkerImageFunction"]:
+        env = resources[worker]["Properties"]["Environment"]["Variables"]
+        assert env["TARMAC_SECRETS_WITH_SERVER_CREDENTIALS"] == {"Ref": "SecretsWithServerCredentials"}
+    for name, role in resources.items():
+        if role["Type"] != "AWS::IAM::Role":
+            continue
+        for policy in role["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                for action in actions:
+                    assert not action.lower().startswith(("secretsmanager:", "ssm:")), (name, action)

@@ -47,6 +47,8 @@ pub struct AgentConfig {
     /// The run cache's size cap, in bytes (`--cache-max-size`); the cache is the work dir's
     /// `cache/`, kept across restarts.
     pub cache_max_bytes: u64,
+    /// `--secrets-with-server-credentials`: the agent's own AWS credentials.
+    pub secrets_with_server_credentials: bool,
 }
 
 /// Refuses a URL that would send the pool token in the clear, but to this machine.
@@ -120,6 +122,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 &work_dir.join("cache"),
                 cfg.cache_max_bytes,
             )?),
+            secrets_with_server_credentials: cfg.secrets_with_server_credentials,
         },
         state_dir,
     });

@@ -122,6 +122,7 @@ impl App {
                     &cfg.cache_dir,
                     cfg.cache_max_bytes,
                 )?),
+                secrets_with_server_credentials: cfg.secrets_with_server_credentials,
             },
         ));
         Ok(Self {

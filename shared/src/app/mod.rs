@@ -51,6 +51,9 @@ pub struct RunSettings {
     pub agent_lease: Duration,
     /// The run cache's size cap (see `runner::cache`), in bytes.
     pub cache_max_bytes: u64,
+    /// Whether AWS secret references may be read with the server's own credentials when the
+    /// stack has no OIDC role (see `runner::secrets`).
+    pub secrets_with_server_credentials: bool,
 }
 
 /// The data dir's run cache (git mirrors, plugins, dependency caches).
@@ -92,6 +95,7 @@ impl EmbeddedConfig {
                 sandbox: SandboxConfig::default(),
                 agent_lease: AGENT_LEASE,
                 cache_max_bytes: crate::runner::cache::DEFAULT_MAX_BYTES,
+                secrets_with_server_credentials: false,
             },
         }
     }
@@ -239,6 +243,7 @@ impl App {
                     &data_dir.join(CACHE_DIR),
                     cfg.run.cache_max_bytes,
                 )?),
+                secrets_with_server_credentials: cfg.run.secrets_with_server_credentials,
             },
         ));
         Ok(Self {

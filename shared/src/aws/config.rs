@@ -58,6 +58,9 @@ pub struct AwsConfig {
     pub work_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub cache_max_bytes: u64,
+    /// `TARMAC_SECRETS_WITH_SERVER_CREDENTIALS`: AWS secret references of stacks without an
+    /// OIDC role are read with the worker's own role.
+    pub secrets_with_server_credentials: bool,
     pub state_dir: PathBuf,
     pub child_path: String,
     pub allow_local_repos: bool,
@@ -168,6 +171,7 @@ impl AwsConfig {
                 .or_else(|| get("PATH"))
                 .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
             allow_local_repos: flag("TARMAC_ALLOW_LOCAL_REPOS")?,
+            secrets_with_server_credentials: flag("TARMAC_SECRETS_WITH_SERVER_CREDENTIALS")?,
             oidc_issuer: crate::aws::oidc::issuer_url(&get).ok(),
             oidc_function: optional("TARMAC_OIDC_FUNCTION"),
             sandbox: SandboxConfig {

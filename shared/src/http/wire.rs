@@ -44,6 +44,8 @@ fn configuration(d: &Deployment) -> Value {
         .map(|(name, v)| match v {
             EnvValue::Plain(value) => json!({ "name": name, "value": value, "secret": false }),
             EnvValue::Secret { .. } => json!({ "name": name, "secret": true }),
+            // The reference, never the value it names.
+            EnvValue::Reference(r) => json!({ "name": name, "secret": true, "reference": r }),
         })
         .collect();
     let source = &spec.source;

@@ -29,6 +29,8 @@ impl Executor {
             }
         })?;
         run.log.mask_also(creds.secrets());
+        // For the secret references read next.
+        *run.cloud.lock().unwrap_or_else(|p| p.into_inner()) = Some(creds.clone());
         for note in &creds.notes {
             run.log.line(idx, note).await;
         }

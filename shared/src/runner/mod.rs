@@ -12,6 +12,7 @@ pub(crate) mod files;
 pub(crate) mod git;
 pub(crate) mod logs;
 pub(crate) mod remote;
+mod secrets;
 mod source;
 mod state;
 #[cfg(test)]
@@ -74,6 +75,9 @@ pub struct RunnerConfig {
     pub sandbox: Arc<Sandbox>,
     /// Git mirrors, engines' plugins and stacks' dependency caches, shared by runs.
     pub cache: Arc<cache::Cache>,
+    /// Whether AWS secret references of a run with no OIDC role are read with this process's
+    /// own credentials (an operator's opt-in; see `secrets`).
+    pub secrets_with_server_credentials: bool,
 }
 
 /// What executing a run needs from the platform. On a worker these are the stores
@@ -235,6 +239,13 @@ pub(crate) fn open(deps: &Deps, d: &Deployment) -> std::result::Result<Opened, S
                 name: name.clone(),
                 value: v.clone(),
                 secret: false,
+                reference: None,
+            }),
+            EnvValue::Reference(r) => env.push(EnvVar {
+                name: name.clone(),
+                value: String::new(),
+                secret: true,
+                reference: Some(r.clone()),
             }),
             EnvValue::Secret { secret } => {
                 let plain = cipher.open(secret).ok_or_else(|| {
@@ -244,6 +255,7 @@ pub(crate) fn open(deps: &Deps, d: &Deployment) -> std::result::Result<Opened, S
                     name: name.clone(),
                     value: plain,
                     secret: true,
+                    reference: None,
                 });
             }
         }
@@ -306,8 +318,12 @@ struct Outcome {
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct EnvVar {
     pub name: String,
+    /// Empty for a reference, until the run reads it.
     pub value: String,
     pub secret: bool,
+    /// Where the value is read from when the run starts (its "Resolve secrets" step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::domain::spec::secrets::SecretRef>,
 }
 
 /// Why a run ended early.
@@ -336,6 +352,8 @@ struct Run<'a> {
     grants: Mutex<Grants>,
     /// The cache entries the run uses, kept from eviction until it ends.
     held: Mutex<Vec<cache::Held>>,
+    /// What the OIDC step exchanged the run's token for, for the secret references.
+    cloud: Mutex<Option<crate::oidc::exchange::RunCredentials>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -600,7 +618,7 @@ impl Executor {
             Ok(o) => o
                 .env
                 .iter()
-                .filter(|e| e.secret)
+                .filter(|e| e.secret && e.reference.is_none())
                 .map(|e| e.value.clone())
                 .chain(o.git.iter().flat_map(GitCredentials::secrets))
                 .chain(git::url_credentials(&spec.source.repo_url))
@@ -627,9 +645,11 @@ impl Executor {
 
         let workdir = self.cfg.work_dir.join(d.id.to_string());
         let user_env = match &opened {
+            // References are set by their step, once read.
             Ok(o) => o
                 .env
                 .iter()
+                .filter(|e| e.reference.is_none())
                 .map(|e| (e.name.clone(), e.value.clone()))
                 .collect(),
             Err(_) => vec![],
@@ -645,6 +665,7 @@ impl Executor {
             opened: opened.as_ref().ok().cloned().unwrap_or_default(),
             grants: Mutex::default(),
             held: Mutex::default(),
+            cloud: Mutex::default(),
         };
         let outcome = match &opened {
             Err(msg) => Err(Failure::Failed(msg.clone())),
@@ -848,6 +869,12 @@ impl Executor {
                 .begin(run, "Fetch provider credentials via OIDC")
                 .await?;
             let result = self.fetch_credentials(run, idx).await;
+            self.end(run, idx, result).await?;
+        }
+
+        if run.opened.env.iter().any(|e| e.reference.is_some()) {
+            let idx = self.begin(run, "Resolve secrets").await?;
+            let result = self.resolve_secrets(run, idx).await;
             self.end(run, idx, result).await?;
         }
 

@@ -80,6 +80,7 @@ async fn fixture() -> Fixture {
             },
             agent_lease: crate::app::AGENT_LEASE,
             cache_max_bytes: crate::runner::cache::DEFAULT_MAX_BYTES,
+            secrets_with_server_credentials: false,
         },
         ..EmbeddedConfig::new(&dir.path().join("data"))
     };

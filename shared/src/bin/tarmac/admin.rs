@@ -124,6 +124,11 @@ pub(crate) struct RunArgs {
     /// e.g. 10G or 500M; least recently used entries go first.
     #[arg(long, env = "TARMAC_CACHE_MAX_SIZE", default_value = "10G", value_parser = size)]
     cache_max_size: u64,
+    /// Let deployments' fromSecretsManager and fromParameterStore references be read with this
+    /// machine's own AWS credentials when the stack has no OIDC role. Off by default: with it,
+    /// any tenant could read the secrets this machine's credentials can.
+    #[arg(long, env = "TARMAC_SECRETS_WITH_SERVER_CREDENTIALS")]
+    secrets_with_server_credentials: bool,
     /// Log as JSON lines.
     #[arg(long, env = "TARMAC_LOG_JSON")]
     log_json: bool,
@@ -196,6 +201,7 @@ pub(crate) async fn agent(a: AgentArgs, url: Option<String>) -> tarmac::Result<(
         deployment_timeout: Duration::from_secs(a.deployment_timeout),
         stop_grace: Duration::from_secs(a.stop_grace),
         cache_max_bytes: a.runs.cache_max_size,
+        secrets_with_server_credentials: a.runs.secrets_with_server_credentials,
         sandbox: a.runs.sandbox(),
     })
     .await
@@ -239,6 +245,7 @@ pub(crate) async fn serve(a: ServeArgs) -> tarmac::Result<()> {
         queue_max_age: Duration::from_secs(a.queue_max_days * 86_400),
         child_path: a.runs.child_path(),
         cache_max_bytes: a.runs.cache_max_size,
+        secrets_with_server_credentials: a.runs.secrets_with_server_credentials,
         max_connections: a.max_connections as usize,
         request_timeout: Duration::from_secs(a.request_timeout),
         sandbox: a.runs.sandbox(),

@@ -7,6 +7,7 @@
 //! read back, so nothing downstream parses or validates settings again.
 
 pub mod oidc;
+pub mod secrets;
 pub mod source;
 
 use std::collections::BTreeMap;
@@ -25,7 +26,11 @@ pub use source::{LocalRepos, local_path};
 #[serde(untagged)]
 pub enum EnvValue {
     Plain(String),
-    Secret { secret: String },
+    Secret {
+        secret: String,
+    },
+    /// Read from a secret store when the run starts.
+    Reference(secrets::SecretRef),
 }
 
 /// The GitHub event a deployment came from, kept in its configuration under `trigger`.
