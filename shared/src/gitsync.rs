@@ -73,13 +73,48 @@ fn http() -> &'static reqwest::Client {
     })
 }
 
-/// Checks the syncs due at `now`.
+/// How long one tick spends on syncs, batch after batch; what is left is due at the next.
+const BUDGET: Duration = Duration::from_secs(40);
+
+/// What a cycle learnt of each repository (by repository and credentials): its refs, so that
+/// a stack in a later batch costs no second lookup, and the files changed between two commits,
+/// so that the stacks following one branch list them once.
+#[derive(Default)]
+struct Seen {
+    refs: HashMap<(String, String), HashMap<String, std::result::Result<Lookup, String>>>,
+    changes: HashMap<(String, String, String, String), Changes>,
+}
+
+/// The files changed between two commits; `None` if the first is not in the second's history.
+type Changes = std::result::Result<Option<Vec<String>>, String>;
+
+/// Checks the syncs due at `now`, in batches, for at most `BUDGET`.
 pub async fn check_due(deps: &Arc<Deps>, now: OffsetDateTime) -> Result<SyncReport> {
+    let started = std::time::Instant::now();
+    let mut report = SyncReport::default();
+    let mut seen = Seen::default();
+    loop {
+        let read = check_batch(deps, now, &mut report, &mut seen).await?;
+        if read < BATCH || started.elapsed() > BUDGET {
+            break;
+        }
+    }
+    if report.deployed > 0 {
+        tracing::info!(?report, "git sync");
+    }
+    Ok(report)
+}
+
+/// One batch of due syncs; returns how many were read.
+async fn check_batch(
+    deps: &Arc<Deps>,
+    now: OffsetDateTime,
+    report: &mut SyncReport,
+    seen: &mut Seen,
+) -> Result<usize> {
     let due = deps.stacks.due_syncs(now, BATCH).await?;
-    let mut report = SyncReport {
-        checked: due.len(),
-        ..SyncReport::default()
-    };
+    let read = due.len();
+    report.checked += read;
     let mut checks = Vec::with_capacity(due.len());
     for d in due {
         if let Some(check) = prepare(deps, d, now).await? {
@@ -87,34 +122,47 @@ pub async fn check_due(deps: &Arc<Deps>, now: OffsetDateTime) -> Result<SyncRepo
         }
     }
 
-    // One ref advertisement per repository and credentials.
+    // One ref advertisement per repository and credentials, for the refs not seen yet.
     let mut groups: HashMap<(String, String), Vec<usize>> = HashMap::new();
     for (i, c) in checks.iter().enumerate() {
         if c.done.is_none() {
             groups.entry(group_key(c)).or_default().push(i);
         }
     }
-    for members in groups.values() {
-        let first = &checks[members[0]];
-        let wanted: Vec<&str> = members
+    for (key, members) in groups {
+        let known = seen.refs.entry(key).or_default();
+        let mut wanted: Vec<&str> = members
             .iter()
             .map(|&i| checks[i].reference.as_str())
+            .filter(|r| !known.contains_key(*r))
             .collect();
-        report.lookups += 1;
-        let found = remote::heads(
-            http(),
-            &first.url,
-            first.creds.as_ref(),
-            &wanted,
-            first.local.as_deref(),
-        )
-        .await;
-        for (k, &i) in members.iter().enumerate() {
-            let lookup = match &found {
-                Ok(all) => Ok(all.get(k).cloned().unwrap_or(Lookup::Git)),
-                Err(e) => Err(e.clone()),
-            };
-            if follow(deps, &mut checks[i], lookup).await? {
+        wanted.sort_unstable();
+        wanted.dedup();
+        if !wanted.is_empty() {
+            let first = &checks[members[0]];
+            report.lookups += 1;
+            let found = remote::heads(
+                http(),
+                &first.url,
+                first.creds.as_ref(),
+                &wanted,
+                first.local.as_deref(),
+            )
+            .await;
+            for (k, r) in wanted.iter().enumerate() {
+                let lookup = match &found {
+                    Ok(all) => Ok(all.get(k).cloned().unwrap_or(Lookup::Git)),
+                    Err(e) => Err(e.clone()),
+                };
+                known.insert(r.to_string(), lookup);
+            }
+        }
+        let lookups: Vec<_> = members
+            .iter()
+            .map(|&i| known[&checks[i].reference].clone())
+            .collect();
+        for (i, lookup) in members.into_iter().zip(lookups) {
+            if follow(deps, &mut checks[i], lookup, &mut seen.changes).await? {
                 report.deployed += 1;
             }
         }
@@ -123,10 +171,7 @@ pub async fn check_due(deps: &Arc<Deps>, now: OffsetDateTime) -> Result<SyncRepo
     for c in checks {
         record(deps, c, now).await;
     }
-    if report.deployed > 0 {
-        tracing::info!(?report, "git sync");
-    }
-    Ok(report)
+    Ok(read)
 }
 
 /// Reads a due stack's sync: its settings, the end of the deployment it made last, and its
@@ -263,6 +308,7 @@ async fn follow(
     deps: &Deps,
     c: &mut Check,
     lookup: std::result::Result<Lookup, String>,
+    changes: &mut HashMap<(String, String, String, String), Changes>,
 ) -> Result<bool> {
     let head = match lookup {
         Ok(Lookup::Found(sha)) => sha,
@@ -297,7 +343,13 @@ async fn follow(
         return Ok(false);
     }
     if let (false, Some(base)) = (c.sync.paths.is_empty(), c.state.last_synced_commit.clone()) {
-        match changed_files(deps, c, &base, &head).await {
+        let (url, creds) = group_key(c);
+        let key = (url, creds, base.clone(), head.clone());
+        if !changes.contains_key(&key) {
+            let listed = changed_files(deps, c, &base, &head).await;
+            changes.insert(key.clone(), listed);
+        }
+        match changes[&key].clone() {
             // The base is gone (history rewritten): everything may have changed.
             Ok(None) => {}
             Ok(Some(files)) => {

@@ -462,3 +462,69 @@ async fn r2_triple_delivery_runs_each_deployment_once() {
         "exactly one engine run per deployment"
     );
 }
+
+/// The worker reads a secret reference itself (the same step as the embedded server, whose
+/// tests cover the OIDC role's credentials): refused without a role, read with the worker's own
+/// credentials once the operator allows it, and masked.
+#[tokio::test]
+async fn the_worker_resolves_a_secret_reference_only_as_the_operator_allows() {
+    require!(Emulator, Tools);
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("/tarmac-worker-test/{tag}");
+    let value = format!("param-{tag}");
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    aws_sdk_ssm::Client::new(&sdk)
+        .put_parameter()
+        .name(&name)
+        .value(&value)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    for (allowed, env) in [
+        (false, Env::new().await),
+        (
+            true,
+            Env::with(&[("TARMAC_SECRETS_WITH_SERVER_CREDENTIALS", "true")]).await,
+        ),
+    ] {
+        let copy = env.trace().with_file_name("param");
+        let settings = serde_json::json!({
+            "sourceContext": {"git": {"repoUrl": format!("file://{}", env.repo.path().display()), "repoDir": "infra"}},
+            "operationContext": {
+                "environmentVariables": {"P": {"fromParameterStore": {"name": name}}},
+                "preRunCommands": [format!("printf '%s' \"$P\" > {}; echo \"p=$P\"", copy.display())],
+            },
+        });
+        let (status, v) = env
+            .call(
+                "POST",
+                "/api/stacks/acme/web/dev/deployments/settings",
+                Some(&settings.to_string()),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        let (status, created) = env
+            .call(
+                "POST",
+                "/api/stacks/acme/web/dev/deployments",
+                Some(r#"{"operation": "update"}"#),
+            )
+            .await;
+        assert_eq!(status, 202, "{created}");
+        let id = created["id"].as_str().unwrap();
+        assert!(env.work(env.receive().await).await.is_empty());
+        let log = env.log_text(id).await;
+        assert!(!log.contains(&value), "{log}");
+        if allowed {
+            assert!(log.contains("p=[secret]"), "{log}");
+            assert_eq!(std::fs::read_to_string(&copy).unwrap(), value);
+        } else {
+            assert!(
+                log.contains("the stack has no AWS role to read it with"),
+                "{log}"
+            );
+            assert!(!copy.exists());
+        }
+    }
+}
