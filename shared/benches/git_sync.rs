@@ -10,7 +10,7 @@
 //! cargo bench --bench git_sync -- [--stacks N] [--repos N]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use serde_json::json;
@@ -21,14 +21,11 @@ use tarmac::domain::gitsync::deployment_id;
 use tarmac::domain::{JobStatus, Lease, StackRef};
 use tarmac::ports::ClaimOutcome;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+#[path = "../../tests/support/git_server.rs"]
+mod git_server;
+
+use git_server::GitServer;
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -42,12 +39,10 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// A repository served over smart HTTP; the server is killed on drop.
+/// A repository with `infra/main.tf`, and a git server in front of a copy of it.
 struct Served {
     work: tempfile::TempDir,
-    root: tempfile::TempDir,
-    server: Child,
-    url: String,
+    server: GitServer,
 }
 
 impl Served {
@@ -58,51 +53,15 @@ impl Served {
         std::fs::write(work.path().join("infra/main.tf"), "# one\n").unwrap();
         git(work.path(), &["add", "-A"]);
         git(work.path(), &["commit", "-q", "-m", "init"]);
-        let root = tempfile::tempdir().unwrap();
-        let bare = root.path().join("repo.git");
-        git(
-            work.path(),
-            &["clone", "-q", "--bare", ".", bare.to_str().unwrap()],
-        );
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/tools/git_http_server.py"
-        );
-        let mut server = Command::new("python3")
-            .arg(script)
-            .arg(root.path())
-            .args(["bench", "bench-pass"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut port = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-            &mut port,
-        )
-        .unwrap();
-        let url = format!("http://127.0.0.1:{}/repo.git", port.trim());
-        Self {
-            work,
-            root,
-            server,
-            url,
-        }
-    }
-
-    fn lookups(&self) -> usize {
-        std::fs::read_to_string(self.root.path().join("requests.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with("GET ") && l.contains("/info/refs"))
-            .count()
+        let server = GitServer::start(work.path(), "bench", "bench-pass");
+        Self { work, server }
     }
 
     fn push(&self, file: &str) {
         std::fs::write(self.work.path().join(file), "# two\n").unwrap();
         git(self.work.path(), &["add", "-A"]);
         git(self.work.path(), &["commit", "-q", "-m", file]);
-        let bare = self.root.path().join("repo.git");
+        let bare = self.server.bare();
         git(
             self.work.path(),
             &["push", "-q", bare.to_str().unwrap(), "main"],
@@ -110,17 +69,10 @@ impl Served {
     }
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
-
 #[tokio::main]
 async fn main() {
-    let stacks = arg("--stacks", 1000);
-    let repos = arg("--repos", 20).max(1);
+    let stacks = common::arg("--stacks", 1000) as usize;
+    let repos = (common::arg("--repos", 20) as usize).max(1);
     let dir = tempfile::tempdir().unwrap();
     let app = App::build(Config::Embedded(EmbeddedConfig::new(dir.path())))
         .await
@@ -139,7 +91,7 @@ async fn main() {
         .await
         .unwrap();
     let body = json!({
-        "sourceContext": {"git": {"repoUrl": served[0].url, "branch": "main", "repoDir": "infra",
+        "sourceContext": {"git": {"repoUrl": served[0].server.url, "branch": "main", "repoDir": "infra",
             "gitAuth": {"basicAuth": {"userName": {"secret": "bench"}, "password": {"secret": "bench-pass"}}}}},
         "gitSync": {"enabled": true, "interval": 60, "paths": ["infra/**"]},
     });
@@ -161,11 +113,11 @@ async fn main() {
         let r = i % repos;
         let st = StackRef::new("bench", &format!("p{r}"), &format!("s{i}")).unwrap();
         let mut settings = sealed.settings.clone();
-        settings["sourceContext"]["git"]["repoUrl"] = json!(served[r].url);
+        settings["sourceContext"]["git"]["repoUrl"] = json!(served[r].server.url);
         deps.stacks.put_settings(&st, &settings, 0).await.unwrap();
         all.push((st, r));
     }
-    let lookups = || served.iter().map(Served::lookups).sum::<usize>();
+    let lookups = || served.iter().map(|s| s.server.ref_lookups()).sum::<usize>();
     let t0 = OffsetDateTime::now_utc();
 
     let timed = async |at: OffsetDateTime, what: &str| {

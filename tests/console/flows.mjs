@@ -134,6 +134,30 @@ export function register(s) {
     assert(after.operationContext.environmentVariables.DB_PASSWORD.ciphertext, 'the secret survives a JSON save');
     assert(after.operationContext.preRunCommands[0] === 'sleep 2', 'the rest is kept');
     await noPlaintext();
+
+    // A secret-store reference, written as JSON, reads as what it names, and the form keeps it.
+    await page.getByRole('button', { name: 'Edit as JSON' }).click();
+    const withRef = JSON.parse(await editor.inputValue());
+    withRef.operationContext.environmentVariables.API_TOKEN = { fromParameterStore: { name: '/app/api-token' } };
+    await editor.fill(JSON.stringify(withRef, null, 2));
+    await page.getByRole('button', { name: 'Save JSON' }).click();
+    await page.getByRole('status').filter({ hasText: 'Settings saved.' }).waitFor();
+    await page.locator('.props.env').getByText('from Parameter Store: /app/api-token').waitFor();
+    await page.getByRole('button', { name: 'Edit', exact: true }).click();
+    await page.getByText('from Parameter Store: /app/api-token').waitFor();
+    await page.getByRole('button', { name: 'Save settings' }).click();
+    await page.getByRole('status').filter({ hasText: 'Settings saved.' }).waitFor();
+    const kept = await ctx.api('GET', '/api/stacks/default/web/dev/deployments/settings');
+    assert(kept.operationContext.environmentVariables.API_TOKEN.fromParameterStore.name === '/app/api-token',
+      'a form save keeps the reference as it is');
+    assert(kept.operationContext.environmentVariables.DB_PASSWORD.ciphertext, 'and the secret');
+    // Removed again (the next flow runs this stack, which has no AWS role to read it with).
+    await page.getByRole('button', { name: 'Edit', exact: true }).click();
+    await page.getByRole('button', { name: 'Remove variable API_TOKEN' }).click();
+    await page.getByRole('button', { name: 'Save settings' }).click();
+    await page.getByRole('status').filter({ hasText: 'Settings saved.' }).waitFor();
+    const removed = await ctx.api('GET', '/api/stacks/default/web/dev/deployments/settings');
+    assert(!('API_TOKEN' in removed.operationContext.environmentVariables), 'the reference is removed');
   });
 
   s.test('update: the log streams live until the run succeeds; download and permalink', async (ctx) => {

@@ -186,10 +186,12 @@ fn arn_region(id: &str) -> Option<String> {
     (parts.len() > 4 && parts[0] == "arn" && !parts[3].is_empty()).then(|| parts[3].to_string())
 }
 
-/// An AWS error as the run's log may show it: the service's code and message.
-fn aws_error<E>(e: aws_sdk_secretsmanager::error::SdkError<E>) -> String
+/// An AWS error (Secrets Manager's or SSM's) as the run's log may show it: the service's code
+/// and message.
+fn aws_error<E, R>(e: aws_sdk_secretsmanager::error::SdkError<E, R>) -> String
 where
     E: aws_sdk_secretsmanager::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
 {
     match e.as_service_error() {
         Some(se) => format!(
@@ -245,17 +247,7 @@ async fn parameter(config: aws_config::SdkConfig, r: &ParameterRef) -> Result<Re
         .with_decryption(r.with_decryption)
         .send()
         .await
-        .map_err(|e| match e.as_service_error() {
-            Some(se) => {
-                use aws_sdk_ssm::error::ProvideErrorMetadata;
-                format!(
-                    "{}: {}",
-                    se.code().unwrap_or("error"),
-                    se.message().unwrap_or("no message")
-                )
-            }
-            None => aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
-        })?;
+        .map_err(aws_error)?;
     out.parameter()
         .and_then(|p| p.value())
         .map(|v| Read::whole(v.to_string()))

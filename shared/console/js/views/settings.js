@@ -18,6 +18,14 @@ const FLAGS = [
 const get = (obj, path) => path.split('.').reduce((o, k) => (o && typeof o === 'object' ? o[k] : undefined), obj);
 const isSecret = (v) => v !== null && typeof v === 'object' && ('secret' in v || 'ciphertext' in v);
 const sealedOf = (v) => (v && (v.ciphertext || v.secret)) || '';
+const REFERENCES = { fromSecretsManager: 'Secrets Manager', fromParameterStore: 'Parameter Store', fromVault: 'Vault' };
+/** A value read from a secret store when a run starts: kept as written, never a value. */
+const isReference = (v) => v !== null && typeof v === 'object' && Object.keys(REFERENCES).some((k) => k in v);
+function describeReference(v) {
+  const [kind, r] = Object.entries(v).find(([k]) => k in REFERENCES) || ['', {}];
+  const what = r.secretId || r.name || `${r.path || ''} ${r.key || ''}`.trim();
+  return `from ${REFERENCES[kind]}: ${what}${r.jsonKey ? ` (${r.jsonKey})` : ''}`;
+}
 
 /** The settings as the API returned them, minus response-only keys. */
 function stored(body) {
@@ -87,7 +95,10 @@ function readView(s, show) {
       FLAGS.map(([key, label]) => row(label, options[key] ? 'yes' : 'no'))),
     h('h2', { text: 'Environment variables' }),
     env.length
-      ? h('dl', { class: 'props env' }, env.map(([k, v]) => row(k, isSecret(v) ? badge('set', 'info') : h('code', { text: String(v) }))))
+      ? h('dl', { class: 'props env' }, env.map(([k, v]) => row(k,
+        isSecret(v) ? badge('set', 'info')
+          : isReference(v) ? h('code', { class: 'reference', text: describeReference(v) })
+            : h('code', { text: String(v) }))))
       : empty('None.'),
     Object.keys(rest).length
       ? [h('h2', { text: 'Other settings' }), h('pre', { class: 'json' }, JSON.stringify(maskSecrets(rest), null, 2))]
@@ -303,6 +314,7 @@ function formEditor(S, s, onSaved, onCancel) {
 
 /** One environment variable row. `original` is { name, value } as stored, or null. */
 function envRowEditor(name, value, original, onRemove) {
+  if (isReference(value)) return referenceRow(name, value, onRemove);
   const secret = isSecret(value);
   const nameField = field('Name', { value: name, name: 'envName', attrs: { class: 'env-name' } });
   const secretBox = field('Secret', { type: 'checkbox', name: 'envSecret' });
@@ -350,6 +362,29 @@ function envRowEditor(name, value, original, onRemove) {
         v = valueEditor.value();
       }
       return { name: n, value: v };
+    },
+  };
+}
+
+/** A reference row: its name may change, its reference is edited as JSON, and it is sent back as it is. */
+function referenceRow(name, value, onRemove) {
+  const nameField = field('Name', { value: name, name: 'envName', attrs: { class: 'env-name' } });
+  const error = errorSlot();
+  const shown = h('div', { class: 'env-value' },
+    h('code', { class: 'reference', text: describeReference(value) }),
+    h('p', { class: 'hint', text: 'Read when a run starts; change it with Edit as JSON.' }), error);
+  const remove = h('button', { type: 'button', class: 'btn btn-small', text: 'Remove', 'aria-label': `Remove variable ${name}` });
+  remove.addEventListener('click', onRemove);
+  return {
+    el: h('div', { class: 'env-row', role: 'group', 'aria-label': `Variable ${name}` }, nameField.el, shown, remove),
+    name: nameField,
+    valueError: error,
+    clearErrors() {
+      showError(nameField.error, null);
+      showError(error, null);
+    },
+    read() {
+      return { name: nameField.input.value.trim(), value };
     },
   };
 }

@@ -381,7 +381,8 @@ fn read(path: &Path, default_org: &str) -> CliResult<(String, Vec<Desired>)> {
                 .and_then(Value::as_object)
             {
                 for (k, v) in vars {
-                    if v.is_object() {
+                    // A reference to a secret store is no secret: it belongs in the file.
+                    if v.is_object() && !tarmac::domain::spec::secrets::is_reference(v) {
                         return Err(fail(format!(
                             "settings: environment variable {k} is a secret written in the file; declare it under secrets: with env: or file:"
                         )));
@@ -1079,7 +1080,7 @@ stacks:
     secrets:
       DB: {file: pw}
     settings:
-      operationContext: {environmentVariables: {REGION: us-east-1}}
+      operationContext: {environmentVariables: {REGION: us-east-1, API: {fromParameterStore: {name: /app/api}}}}
 "#,
         );
         std::fs::write(dir.path().join("pw"), "hunter2\n").unwrap();
@@ -1094,6 +1095,10 @@ stacks:
         assert_eq!(
             s["operationContext"]["environmentVariables"]["REGION"],
             "us-east-1"
+        );
+        assert_eq!(
+            s["operationContext"]["environmentVariables"]["API"]["fromParameterStore"]["name"],
+            "/app/api"
         );
         assert_eq!(d.tags["ttl"], "60");
         assert_eq!(d.tags["team"], "platform");

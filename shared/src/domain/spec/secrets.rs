@@ -85,7 +85,7 @@ pub struct VaultJwt {
 const KINDS: [&str; 3] = ["fromSecretsManager", "fromParameterStore", "fromVault"];
 
 /// Whether an environment variable's object is a reference (not a `SecretValue`).
-pub(crate) fn is_reference(value: &Value) -> bool {
+pub fn is_reference(value: &Value) -> bool {
     value.as_object().is_some_and(|m| {
         m.keys()
             .any(|k| KINDS.iter().any(|kind| kind.eq_ignore_ascii_case(k)))
