@@ -519,6 +519,22 @@ async fn the_worker_resolves_a_secret_reference_only_as_the_operator_allows() {
         if allowed {
             assert!(log.contains("p=[secret]"), "{log}");
             assert_eq!(std::fs::read_to_string(&copy).unwrap(), value);
+            // Nowhere in the store: every item of the table, read whole.
+            let items = aws_sdk_dynamodb::Client::new(&sdk)
+                .scan()
+                .table_name(&env.app.cfg.table)
+                .send()
+                .await
+                .unwrap()
+                .items
+                .unwrap_or_default();
+            assert!(!items.is_empty());
+            let dump = format!("{items:?}");
+            assert!(
+                dump.contains("fromParameterStore"),
+                "the reference is stored"
+            );
+            assert!(!dump.contains(&value), "the value is in the store");
         } else {
             assert!(
                 log.contains("the stack has no AWS role to read it with"),

@@ -3,7 +3,6 @@
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
-
 use time::OffsetDateTime;
 
 use crate::domain::gitsync::{DueSync, GitSync, SyncState};

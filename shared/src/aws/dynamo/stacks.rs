@@ -3,13 +3,12 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::ReturnValue;
 use serde_json::Value;
+use time::OffsetDateTime;
 
 use super::*;
 use crate::aws::item::*;
-use crate::domain::stacks::{StackInfo, Tags};
-use time::OffsetDateTime;
-
 use crate::domain::gitsync::{DueSync, GitSync, SyncState};
+use crate::domain::stacks::{StackInfo, Tags};
 use crate::domain::time_fmt::{from_micros, to_micros};
 use crate::domain::*;
 use crate::error::{Error, Result};
