@@ -81,6 +81,8 @@ const BUDGET: Duration = Duration::from_secs(40);
 /// so that the stacks following one branch list them once.
 #[derive(Default)]
 struct Seen {
+    /// The stacks checked: an index read that lags (DynamoDB's) may return one again.
+    stacks: std::collections::HashSet<StackRef>,
     refs: HashMap<(String, String), HashMap<String, std::result::Result<Lookup, String>>>,
     changes: HashMap<(String, String, String, String), Changes>,
 }
@@ -114,7 +116,14 @@ async fn check_batch(
 ) -> Result<usize> {
     let due = deps.stacks.due_syncs(now, BATCH).await?;
     let read = due.len();
-    report.checked += read;
+    let due: Vec<DueSync> = due
+        .into_iter()
+        .filter(|d| seen.stacks.insert(d.stack.clone()))
+        .collect();
+    if due.is_empty() {
+        return Ok(0);
+    }
+    report.checked += due.len();
     let mut checks = Vec::with_capacity(due.len());
     for d in due {
         if let Some(check) = prepare(deps, d, now).await? {
