@@ -11,7 +11,7 @@ use tarmac::domain::gitsync::{SyncState, deployment_id};
 use tarmac::domain::*;
 
 use crate::git_server::GitServer;
-use crate::{Backend, call, claim, claimed, lease, stack};
+use crate::{Backend, call, claim, claimed, deployments_of, lease, stack};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -212,22 +212,6 @@ pub(crate) async fn a_sync_is_due_when_enabled_recorded_once_and_forgotten_when_
     assert!(status < 300, "{status} {v}");
     assert!(sync_of(&b, &st).await.is_none());
     assert!(b.stacks.due_syncs(later, 10).await.unwrap().is_empty());
-}
-
-/// The deployments of a stack, newest first.
-async fn deployments_of(b: &Backend, st: &StackRef) -> Vec<Deployment> {
-    b.deployments
-        .list_stack_deployments(
-            st,
-            PageRequest {
-                page: 1,
-                page_size: 100,
-                ascending: false,
-            },
-        )
-        .await
-        .unwrap()
-        .items
 }
 
 fn commit_of(d: &Deployment) -> String {

@@ -194,6 +194,22 @@ async fn create(b: &Backend, st: &StackRef, op: Operation) -> Uuid {
         .id
 }
 
+/// A stack's deployments, newest first (its first 100).
+async fn deployments_of(b: &Backend, st: &StackRef) -> Vec<Deployment> {
+    b.deployments
+        .list_stack_deployments(
+            st,
+            PageRequest {
+                page: 1,
+                page_size: 100,
+                ascending: false,
+            },
+        )
+        .await
+        .unwrap()
+        .items
+}
+
 async fn status(b: &Backend, st: &StackRef, id: Uuid) -> JobStatus {
     b.deployments
         .get_deployment(st, id)
