@@ -3,8 +3,8 @@
 //!
 //! One tick reads the syncs that are due (the store's index, so the cost follows what is due)
 //! and groups them by repository and credentials: each group costs one ref advertisement
-//! (`ls-remote`'s round trip, in-process, see `runner::remote`), however many stacks and
-//! branches it holds. Only when a head moved and the stack has `paths` is anything more read:
+//! (`ls-remote`'s round trip, in-process, see `runner::remote`; `git ls-remote` for what that
+//! cannot read, such as SSH remotes), however many stacks and branches it holds. Only when a head moved and the stack has `paths` is anything more read:
 //! the commits and trees between the last synced commit and the head (no file contents), in a
 //! private temporary repository, to list the changed files.
 //!
@@ -150,7 +150,7 @@ async fn check_batch(
         if !wanted.is_empty() {
             let first = &checks[members[0]];
             report.lookups += 1;
-            let found = remote::heads(
+            let mut found = remote::heads(
                 http(),
                 &first.url,
                 first.creds.as_ref(),
@@ -158,6 +158,12 @@ async fn check_batch(
                 first.local.as_deref(),
             )
             .await;
+            // What could not be read in-process is asked of git, in the same round.
+            if let Ok(all) = &found
+                && all.iter().any(|l| *l == Lookup::Git)
+            {
+                found = ls_remote(deps, first, &wanted).await;
+            }
             for (k, r) in wanted.iter().enumerate() {
                 let lookup = match &found {
                     Ok(all) => Ok(all.get(k).cloned().unwrap_or(Lookup::Git)),
@@ -330,10 +336,7 @@ async fn follow(
             return Ok(false);
         }
         Ok(Lookup::Git) => {
-            c.done = Some(Err(format!(
-                "git sync reads branch heads over HTTP(S) (the smart protocol) or from an allowed local repository; {} is neither",
-                c.url
-            )));
+            c.done = Some(Err(format!("could not read {}'s branch heads", c.url)));
             return Ok(false);
         }
         Err(e) => {
@@ -458,23 +461,8 @@ async fn changed_files(
 ) -> std::result::Result<Option<Vec<String>>, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("cannot create a directory: {e}"))?;
     let git_dir = dir.path().join("repo.git");
-    let mut env = vec![
-        (
-            "PATH".to_string(),
-            std::env::var("PATH").unwrap_or_default(),
-        ),
-        ("HOME".to_string(), dir.path().display().to_string()),
-        ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
-        ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
-        ("GIT_DIR".to_string(), git_dir.display().to_string()),
-        (
-            "GIT_ALLOW_PROTOCOL".to_string(),
-            crate::runner::git::allowed_protocols(&deps.local_repos).to_string(),
-        ),
-    ];
-    if let Some((user, password)) = c.creds.as_ref().and_then(GitCredentials::http_basic) {
-        env.extend(crate::runner::git::http_auth_env(user, password));
-    }
+    let mut env = git_env(deps, c, dir.path())?;
+    env.push(("GIT_DIR".to_string(), git_dir.display().to_string()));
     let run = |args: Vec<String>| git(dir.path(), &env, args);
     run(vec!["init".into(), "--bare".into(), "-q".into()]).await?;
     run(vec![
@@ -515,6 +503,79 @@ async fn changed_files(
             .map(str::to_string)
             .collect(),
     ))
+}
+
+/// Git's environment for a stack's repository, in the private directory `dir`: nothing of the
+/// server's but `PATH`, no system configuration, no prompt, the allowed protocols, and the
+/// stack's credentials (an HTTP password in git's environment, an SSH key in a file of `dir`;
+/// never on a command line).
+fn git_env(
+    deps: &Deps,
+    c: &Check,
+    dir: &Path,
+) -> std::result::Result<Vec<(String, String)>, String> {
+    let mut env = vec![
+        (
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_default(),
+        ),
+        ("HOME".to_string(), dir.display().to_string()),
+        ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+        ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
+        (
+            "GIT_ALLOW_PROTOCOL".to_string(),
+            crate::runner::git::allowed_protocols(&deps.local_repos).to_string(),
+        ),
+    ];
+    match &c.creds {
+        Some(GitCredentials::Ssh { private_key }) => {
+            let key = dir.join("ssh-key");
+            let mut text = private_key.clone();
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            crate::crypto::write_private(&key, text.as_bytes())
+                .map_err(|e| format!("cannot write the SSH key: {e}"))?;
+            env.push((
+                "GIT_SSH_COMMAND".to_string(),
+                format!(
+                    "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
+                    key.display(),
+                    dir.join("known_hosts").display()
+                ),
+            ));
+        }
+        Some(http) => {
+            if let Some((user, password)) = http.http_basic() {
+                env.extend(crate::runner::git::http_auth_env(user, password));
+            }
+        }
+        None => {}
+    }
+    Ok(env)
+}
+
+/// `git ls-remote` for what the in-process reader leaves to git (SSH remotes, `git://`, a dumb
+/// HTTP server, a repository whose refs are not plain files): one process for the group.
+async fn ls_remote(
+    deps: &Deps,
+    c: &Check,
+    references: &[&str],
+) -> std::result::Result<Vec<Lookup>, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a directory: {e}"))?;
+    let env = git_env(deps, c, dir.path())?;
+    let mut args = vec!["ls-remote".to_string(), "--".to_string(), c.url.clone()];
+    args.extend(references.iter().map(|r| r.to_string()));
+    let out = git(dir.path(), &env, args)
+        .await
+        .map_err(|e| format!("git ls-remote {} failed: {e}", c.url))?;
+    Ok(references
+        .iter()
+        .map(|r| match crate::runner::git::remote_head(&out, r) {
+            Some(sha) => Lookup::Found(sha),
+            None => Lookup::Missing,
+        })
+        .collect())
 }
 
 /// Runs git with exactly `env`; its stdout if it exits 0, else its stderr's last line.

@@ -369,3 +369,49 @@ pub(crate) async fn polling_costs_one_lookup_per_repository_and_deploys_each_new
     assert_eq!(state.failures, 1);
     assert_eq!(next, t6 + time::Duration::seconds(120), "backed off");
 }
+
+pub(crate) async fn a_repository_only_git_can_read_is_followed_through_git_ls_remote(b: Backend) {
+    // A worktree's `.git` is a file, which Tarmac's own ref reader leaves to git.
+    let main = repo();
+    let trees = tempfile::tempdir().unwrap();
+    let worktree = trees.path().join("wt");
+    git(
+        main.path(),
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "-b",
+            "side",
+            worktree.to_str().unwrap(),
+        ],
+    );
+    assert!(worktree.join(".git").is_file());
+    let st = stack("by-git");
+    let body = json!({
+        "sourceContext": {"git": {"repoUrl": format!("file://{}", worktree.display()), "branch": "main", "repoDir": "infra"}},
+        "gitSync": {"enabled": true},
+    });
+    let (status, v) = call(&b, "POST", &settings_path(&st), Some(body)).await;
+    assert_eq!(status, 200, "{v}");
+    let t0 = whole_micros(OffsetDateTime::now_utc());
+    let report = check(&b, t0).await;
+    assert_eq!((report.lookups, report.deployed), (1, 1), "{report:?}");
+    let head = git(main.path(), &["rev-parse", "main"]);
+    let ds = deployments_of(&b, &st).await;
+    assert_eq!(commit_of(&ds[0]), head);
+
+    // The branch moves; once the first run has ended, the next check deploys the new head.
+    let w = lease("worker", 60_000);
+    claimed(claim(&b, &st, ds[0].id, &w).await);
+    b.runs
+        .finish(ds[0].id, &w, JobStatus::Succeeded)
+        .await
+        .unwrap();
+    let moved = commit(main.path(), "infra/main.tf", "# two");
+    let report = check(&b, t0 + time::Duration::seconds(61)).await;
+    assert_eq!(report.deployed, 1, "{report:?}");
+    assert_eq!(commit_of(&deployments_of(&b, &st).await[0]), moved);
+    let (state, _) = sync_of(&b, &st).await.unwrap();
+    assert_eq!(state.last_synced_commit.as_deref(), Some(head.as_str()));
+}

@@ -148,6 +148,7 @@ contract!(
     queue::an_org_limit_holds_claims_and_the_queue_state_says_why,
     gitsync::a_sync_is_due_when_enabled_recorded_once_and_forgotten_when_off,
     gitsync::polling_costs_one_lookup_per_repository_and_deploys_each_new_head_once,
+    gitsync::a_repository_only_git_can_read_is_followed_through_git_ls_remote,
 );
 
 fn stack(name: &str) -> StackRef {
