@@ -160,7 +160,7 @@ async fn check_batch(
             .await;
             // What could not be read in-process is asked of git, in the same round.
             if let Ok(all) = &found
-                && all.iter().any(|l| *l == Lookup::Git)
+                && all.contains(&Lookup::Git)
             {
                 found = ls_remote(deps, first, &wanted).await;
             }
