@@ -63,6 +63,9 @@ pub struct Deps {
     /// The engines and git on the deployments' `PATH`, found at start (embedded); empty where
     /// the runs happen elsewhere (the API function in AWS mode).
     pub tools: Vec<crate::domain::Tool>,
+    /// This machine's run cache, where the API's process is the one that runs deployments
+    /// (embedded): `DELETE S/deployments/cache` clears a stack's entry in it.
+    pub run_cache: Option<Arc<crate::runner::cache::Cache>>,
 }
 
 impl Deps {

@@ -449,3 +449,80 @@ async fn a_long_run_does_not_hold_up_another_stacks_fetch_of_a_new_commit() {
     .await;
     app.wait_for(&slow, &long, Some("failed")).await;
 }
+
+#[tokio::test]
+async fn deleting_a_stacks_cache_empties_its_dependency_cache_for_the_next_run() {
+    require!(Tools);
+    let app = TestApp::spawn().await;
+    let repo = TestRepo::new();
+    let s = stack("cache-cleared");
+    let mut settings = repo.settings();
+    settings["operationContext"] = json!({"preRunCommands": [
+        "state=cold; [ -f \"$TARMAC_CACHE_DIR/marker\" ] && state=warm; echo \"cache-$state\"; touch \"$TARMAC_CACHE_DIR/marker\""
+    ]});
+    let (status, v) = app
+        .post(&format!("/api/stacks/{s}/deployments/settings"), settings)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let run = async || {
+        let id = app.deploy(&s, json!({"operation": "update"})).await;
+        app.wait_for(&s, &id, Some("succeeded")).await;
+        let log = app.log_text(&s, &id).await;
+        match (log.contains("cache-warm"), log.contains("cache-cold")) {
+            (true, false) => "warm",
+            (false, true) => "cold",
+            _ => panic!("{log}"),
+        }
+    };
+    assert_eq!(run().await, "cold");
+    assert_eq!(run().await, "warm");
+
+    // Another org's admin finds no such stack; a read token may not clear it.
+    let path = format!("/api/stacks/{s}/deployments/cache");
+    let other = app.create_token("someone-else", "admin");
+    let (status, _) = app
+        .request(reqwest::Method::DELETE, &path, Some(&other), None)
+        .await;
+    assert_eq!(status, 404);
+    let reader = app.create_token("default", "read");
+    let (status, _) = app
+        .request(reqwest::Method::DELETE, &path, Some(&reader), None)
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(run().await, "warm", "refused clears change nothing");
+
+    // Not while a run uses it.
+    let busy = app
+        .deploy(
+            &s,
+            json!({"operation": "update", "operationContext": {"preRunCommands": ["sleep 3"]}}),
+        )
+        .await;
+    // Its pre-run command has started, so the run holds its cache.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !app.log_text(&s, &busy).await.contains("$ sleep 3") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, v) = app.delete(&path).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("is using its cache"),
+        "{v}"
+    );
+    app.wait_for(&s, &busy, Some("succeeded")).await;
+
+    let (status, v) = app.delete(&path).await;
+    assert_eq!(status, 204, "{v}");
+    assert_eq!(run().await, "cold");
+    let (status, v) = app
+        .delete("/api/stacks/default/proj/no-such-stack/deployments/cache")
+        .await;
+    assert_eq!(status, 404, "{v}");
+}

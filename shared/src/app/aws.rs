@@ -106,6 +106,8 @@ impl App {
             work_signal: None,
             agent_lease: cfg.lease_ttl,
             tools: vec![],
+            // The workers' caches are theirs, in their own /tmp.
+            run_cache: None,
         });
         let runner = Arc::new(Runner::new(
             Arc::clone(&deps),

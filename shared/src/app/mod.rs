@@ -197,6 +197,10 @@ impl App {
             &found,
             std::slice::from_ref(&data_dir),
         )?;
+        let cache = Arc::new(Cache::open(
+            &data_dir.join(CACHE_DIR),
+            cfg.run.cache_max_bytes,
+        )?);
         let deps = Arc::new(Deps {
             stacks: s.clone(),
             orgs: s.clone(),
@@ -228,6 +232,7 @@ impl App {
             work_signal: Some(Arc::clone(&work_signal)),
             agent_lease: cfg.run.agent_lease,
             tools,
+            run_cache: Some(Arc::clone(&cache)),
         });
         let runner = Arc::new(Runner::new(
             Arc::clone(&deps),
@@ -239,10 +244,7 @@ impl App {
                 stop_grace: cfg.run.stop_grace,
                 heartbeat_every: cfg.run.heartbeat_every,
                 sandbox: Arc::new(sandbox),
-                cache: Arc::new(Cache::open(
-                    &data_dir.join(CACHE_DIR),
-                    cfg.run.cache_max_bytes,
-                )?),
+                cache,
                 secrets_with_server_credentials: cfg.run.secrets_with_server_credentials,
             },
         ));

@@ -405,10 +405,31 @@ async fn git_sync_of(state: &AppState, stack: &StackRef) -> Result<Value> {
     })
 }
 
-/// There is no dependency cache to clear; accepted for compatibility.
-pub(super) async fn clear_cache(ctx: StackCtx) -> StatusCode {
-    let _ = ctx;
-    StatusCode::NO_CONTENT
+/// `DELETE S/deployments/cache`: empties the stack's dependency cache (`TARMAC_CACHE_DIR` and
+/// the npm, pip and Go caches its runs use), so the next run starts without it. 409 while a run
+/// of the stack uses it. In AWS mode each worker's cache is its own and short-lived: accepted,
+/// and nothing to do here.
+pub(super) async fn clear_cache(
+    State(state): State<AppState>,
+    ctx: StackCtx,
+) -> Result<StatusCode> {
+    if !state.deps.stacks.stack_exists(&ctx.stack).await? {
+        return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
+    }
+    if let Some(cache) = state.deps.run_cache.clone() {
+        let stack = ctx.stack.clone();
+        let cleared = tokio::task::spawn_blocking(move || cache.clear_stack(&stack))
+            .await
+            .map_err(|e| Error::internal(format!("clearing the cache: {e}")))?
+            .map_err(|e| Error::internal(format!("clearing the cache: {e}")))?;
+        if !cleared {
+            return Err(Error::conflict(format!(
+                "a deployment of '{}' is using its cache; clear it when the run has ended",
+                ctx.stack
+            )));
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) async fn pause_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
