@@ -65,7 +65,7 @@ pub struct Deps {
     pub tools: Vec<crate::domain::Tool>,
     /// This machine's run cache, where the API's process is the one that runs deployments
     /// (embedded): `DELETE S/deployments/cache` clears a stack's entry in it.
-    pub run_cache: Option<Arc<crate::runner::cache::Cache>>,
+    pub run_cache: Option<Arc<dyn StackCache>>,
 }
 
 impl Deps {

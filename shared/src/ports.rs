@@ -29,6 +29,13 @@ pub struct VersionedSettings {
     pub version: i64,
 }
 
+/// This machine's run cache, as far as the API reaches it: a stack's dependency cache can be
+/// emptied (`DELETE S/deployments/cache`).
+pub trait StackCache: Send + Sync {
+    /// Empties the stack's dependency cache; `false` if a run is using it (nothing removed).
+    fn clear_stack(&self, stack: &StackRef) -> std::io::Result<bool>;
+}
+
 /// Stacks, their settings, pause flags and recorded outputs.
 #[async_trait]
 pub trait StackStore: Send + Sync {

@@ -232,7 +232,7 @@ impl App {
             work_signal: Some(Arc::clone(&work_signal)),
             agent_lease: cfg.run.agent_lease,
             tools,
-            run_cache: Some(Arc::clone(&cache)),
+            run_cache: Some(Arc::clone(&cache) as Arc<dyn crate::ports::StackCache>),
         });
         let runner = Arc::new(Runner::new(
             Arc::clone(&deps),

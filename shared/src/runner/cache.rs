@@ -212,22 +212,6 @@ impl Cache {
         .map_err(io::Error::other)?
     }
 
-    /// Empties the stack's dependency cache: `false` if a run is using it (nothing is removed).
-    pub(crate) fn clear_stack(&self, stack: &StackRef) -> io::Result<bool> {
-        let entry = self.stack(stack);
-        if !entry.exists() {
-            return Ok(true);
-        }
-        let file = lock_file(&entry.join(LOCK))?;
-        if file.try_lock().is_err() {
-            return Ok(false);
-        }
-        // The lock file goes first: anyone who opened it and waits finds it gone.
-        let _ = std::fs::remove_file(entry.join(LOCK));
-        remove_dir_all_quiet(&entry)?;
-        Ok(true)
-    }
-
     /// Evicts entries, least recently used first, until the cache holds at most `max_bytes`.
     /// An entry a run is using is skipped. `tarmac cache prune` calls it too.
     pub fn prune(&self, max_bytes: u64) -> io::Result<PruneReport> {
@@ -323,6 +307,23 @@ fn lock_file(path: &Path) -> io::Result<File> {
 
 fn touch(path: &Path) -> io::Result<()> {
     lock_file(path)?.set_modified(SystemTime::now())
+}
+
+impl crate::ports::StackCache for Cache {
+    fn clear_stack(&self, stack: &StackRef) -> io::Result<bool> {
+        let entry = self.stack(stack);
+        if !entry.exists() {
+            return Ok(true);
+        }
+        let file = lock_file(&entry.join(LOCK))?;
+        if file.try_lock().is_err() {
+            return Ok(false);
+        }
+        // The lock file goes first: anyone who opened it and waits finds it gone.
+        let _ = std::fs::remove_file(entry.join(LOCK));
+        remove_dir_all_quiet(&entry)?;
+        Ok(true)
+    }
 }
 
 pub(crate) fn remove_dir_all_quiet(path: &Path) -> io::Result<()> {
