@@ -527,31 +527,10 @@ fn git_env(
             crate::runner::git::allowed_protocols(&deps.local_repos).to_string(),
         ),
     ];
-    match &c.creds {
-        Some(GitCredentials::Ssh { private_key }) => {
-            let key = dir.join("ssh-key");
-            let mut text = private_key.clone();
-            if !text.ends_with('\n') {
-                text.push('\n');
-            }
-            crate::crypto::write_private(&key, text.as_bytes())
-                .map_err(|e| format!("cannot write the SSH key: {e}"))?;
-            env.push((
-                "GIT_SSH_COMMAND".to_string(),
-                format!(
-                    "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
-                    key.display(),
-                    dir.join("known_hosts").display()
-                ),
-            ));
-        }
-        Some(http) => {
-            if let Some((user, password)) = http.http_basic() {
-                env.extend(crate::runner::git::http_auth_env(user, password));
-            }
-        }
-        None => {}
-    }
+    env.extend(
+        crate::runner::git::credentials_env(c.creds.as_ref(), dir)
+            .map_err(|e| format!("cannot write the SSH key: {e}"))?,
+    );
     Ok(env)
 }
 

@@ -138,6 +138,38 @@ pub(crate) fn http_auth_env(user: &str, password: &str) -> Vec<(String, String)>
     ]
 }
 
+/// Git's environment for `creds`: an HTTP user and password (`http_auth_env`), or an SSH key
+/// written to a private file of `dir`, where ssh also keeps the hosts it met. Never on a command
+/// line.
+pub(crate) fn credentials_env(
+    creds: Option<&super::GitCredentials>,
+    dir: &std::path::Path,
+) -> std::io::Result<Vec<(String, String)>> {
+    Ok(match creds {
+        Some(super::GitCredentials::Ssh { private_key }) => {
+            let key = dir.join("ssh-key");
+            let mut text = private_key.clone();
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            crate::crypto::write_private(&key, text.as_bytes()).map_err(std::io::Error::other)?;
+            vec![(
+                "GIT_SSH_COMMAND".to_string(),
+                format!(
+                    "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
+                    key.display(),
+                    dir.join("known_hosts").display()
+                ),
+            )]
+        }
+        Some(http) => match http.http_basic() {
+            Some((user, password)) => http_auth_env(user, password),
+            None => vec![],
+        },
+        None => vec![],
+    })
+}
+
 /// An HTTP Basic `Authorization` value, as git sends it and as Tarmac's own ref lookup does.
 pub(crate) fn basic_auth(user: &str, password: &str) -> String {
     let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use super::cache::{Cache, FETCH_LOCK, Held, copy_tree, remove_dir_all_quiet};
 use super::exec::{CommandSpec, Stdout};
 use super::git::{self, Want};
-use super::{Executor, Failure, GitCredentials, Run, StepResult};
+use super::{Executor, Failure, Run, StepResult};
 use crate::domain::spec::{LocalRepos, RunSpec};
 
 /// A git invocation's environment and grants, shared by the step's commands.
@@ -341,31 +341,10 @@ impl Executor {
                 git::allowed_protocols(&self.ctx.local_repos).to_string(),
             ),
         ];
-        match &run.opened.git {
-            Some(GitCredentials::Ssh { private_key }) => {
-                let key_path = run.workdir.join("ssh-key");
-                let mut key = private_key.clone();
-                if !key.ends_with('\n') {
-                    key.push('\n');
-                }
-                crate::crypto::write_private(&key_path, key.as_bytes())
-                    .map_err(|e| Failure::Failed(format!("cannot write the SSH key: {e}")))?;
-                env.push((
-                    "GIT_SSH_COMMAND".into(),
-                    format!(
-                        "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
-                        key_path.display(),
-                        run.workdir.join("known_hosts").display()
-                    ),
-                ));
-            }
-            Some(http) => {
-                if let Some((user, password)) = http.http_basic() {
-                    env.extend(git::http_auth_env(user, password));
-                }
-            }
-            None => {}
-        }
+        env.extend(
+            git::credentials_env(run.opened.git.as_ref(), &run.workdir)
+                .map_err(|e| Failure::Failed(format!("cannot write the SSH key: {e}")))?,
+        );
         Ok(env)
     }
 
