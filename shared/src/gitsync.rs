@@ -81,6 +81,8 @@ const BUDGET: Duration = Duration::from_secs(40);
 /// so that the stacks following one branch list them once.
 #[derive(Default)]
 struct Seen {
+    /// Whether each org is paused, read once a cycle.
+    org_paused: HashMap<String, bool>,
     /// The stacks checked: an index read that lags (DynamoDB's) may return one again.
     stacks: std::collections::HashSet<StackRef>,
     refs: HashMap<(String, String), HashMap<String, std::result::Result<Lookup, String>>>,
@@ -126,7 +128,15 @@ async fn check_batch(
     report.checked += due.len();
     let mut checks = Vec::with_capacity(due.len());
     for d in due {
-        if let Some(check) = prepare(deps, d, now).await? {
+        let paused = match seen.org_paused.get(&d.stack.org) {
+            Some(&p) => p,
+            None => {
+                let p = deps.orgs.org_paused(&d.stack.org).await?;
+                seen.org_paused.insert(d.stack.org.clone(), p);
+                p
+            }
+        };
+        if let Some(check) = prepare(deps, d, paused, now).await? {
             checks.push(check);
         }
     }
@@ -190,8 +200,14 @@ async fn check_batch(
 }
 
 /// Reads a due stack's sync: its settings, the end of the deployment it made last, and its
-/// credentials. `None` if it is no longer due (its sync was turned off meanwhile).
-async fn prepare(deps: &Deps, due: DueSync, now: OffsetDateTime) -> Result<Option<Check>> {
+/// credentials. `None` if it is no longer due (its sync was turned off meanwhile). A paused
+/// stack, or a stack of a paused org (`org_paused`), is only rescheduled.
+async fn prepare(
+    deps: &Deps,
+    due: DueSync,
+    org_paused: bool,
+    now: OffsetDateTime,
+) -> Result<Option<Check>> {
     let sync = match GitSync::from_settings(&due.settings) {
         Ok(Some(sync)) => sync,
         Ok(None) => return Ok(None),
@@ -235,9 +251,7 @@ async fn prepare(deps: &Deps, due: DueSync, now: OffsetDateTime) -> Result<Optio
         c.state.pending = None;
     }
     let stack = &c.due.stack;
-    if deps.stacks.stack_paused(stack).await? == Some(true)
-        || deps.orgs.org_paused(&stack.org).await?
-    {
+    if c.due.paused || org_paused {
         c.done = Some(Ok(()));
         return Ok(Some(c));
     }

@@ -394,7 +394,17 @@ pub(crate) async fn a_repository_only_git_can_read_is_followed_through_git_ls_re
     });
     let (status, v) = call(&b, "POST", &settings_path(&st), Some(body)).await;
     assert_eq!(status, 200, "{v}");
+    // Paused, the stack is only rescheduled; resumed, it is followed.
+    b.stacks.set_stack_paused(&st, true).await.unwrap();
     let t0 = whole_micros(OffsetDateTime::now_utc());
+    let report = check(&b, t0).await;
+    assert_eq!(
+        (report.checked, report.lookups, report.deployed),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    b.stacks.set_stack_paused(&st, false).await.unwrap();
+    let t0 = t0 + time::Duration::seconds(61);
     let report = check(&b, t0).await;
     assert_eq!((report.lookups, report.deployed), (1, 1), "{report:?}");
     let head = git(main.path(), &["rev-parse", "main"]);

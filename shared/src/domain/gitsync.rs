@@ -160,6 +160,8 @@ pub struct DueSync {
     pub settings: Value,
     pub state: SyncState,
     pub next_check: OffsetDateTime,
+    /// The stack's own pause flag (its org's is read apart).
+    pub paused: bool,
 }
 
 /// The id of the deployment a sync makes of `commit` on `stack`: fixed, so that two checks

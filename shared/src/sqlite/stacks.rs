@@ -157,7 +157,7 @@ impl StackStore for SqliteStore {
         self.db
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT org, project, name, settings, sync_state, sync_next FROM stacks \
+                    "SELECT org, project, name, settings, sync_state, sync_next, paused FROM stacks \
                      WHERE sync_next IS NOT NULL AND sync_next <= ?1 ORDER BY sync_next LIMIT ?2",
                 )?;
                 let rows = stmt.query_map(params![now, limit as i64], |r| {
@@ -168,11 +168,12 @@ impl StackStore for SqliteStore {
                         r.get::<_, Option<String>>(3)?,
                         r.get::<_, Option<String>>(4)?,
                         r.get::<_, i64>(5)?,
+                        r.get::<_, bool>(6)?,
                     ))
                 })?;
                 let mut out = Vec::new();
                 for row in rows {
-                    let (org, project, name, settings, state, next) = row?;
+                    let (org, project, name, settings, state, next, paused) = row?;
                     out.push(DueSync {
                         stack: StackRef::new(&org, &project, &name)?,
                         settings: settings
@@ -184,6 +185,7 @@ impl StackStore for SqliteStore {
                             .transpose()?
                             .unwrap_or_default(),
                         next_check: from_micros(next),
+                        paused,
                     });
                 }
                 Ok(out)

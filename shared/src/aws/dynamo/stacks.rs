@@ -290,6 +290,7 @@ impl StackStore for DynamoStore {
                     },
                     state: sync_state(item)?,
                     next_check: from_micros(get_n(item, "sync_next")?),
+                    paused: get_b(item, "paused"),
                 })
             })
             .collect()
