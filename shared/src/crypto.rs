@@ -189,7 +189,8 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// Bytes from hex; `None` unless it is an even number of hex digits.
 pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
+    // `from_str_radix` alone would also take a sign: "+a" for 0a.
+    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..hex.len())
@@ -266,6 +267,15 @@ mod tests {
         );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn hex_is_pairs_of_hex_digits_and_nothing_else() {
+        assert_eq!(from_hex("0aFf"), Some(vec![0x0a, 0xff]));
+        assert_eq!(from_hex(""), Some(vec![]));
+        for bad in ["+a", "-0", " a", "0x", "a", "é0"] {
+            assert_eq!(from_hex(bad), None, "{bad}");
+        }
     }
 
     #[test]

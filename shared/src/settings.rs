@@ -183,8 +183,13 @@ pub(crate) const SETTINGS: Shape = Obj(&[
     ),
 ]);
 
-/// Canonicalises a settings body. `null` members are kept: the caller decides what they mean.
+/// Canonicalises a settings body, which must be an object. `null` members are kept: the caller
+/// decides what they mean.
 pub(crate) fn canonicalize(value: &Value, cipher: &OrgCipher<'_>) -> Result<Value> {
+    // Not even a `null` body: as a patch it would replace all the settings with `null`.
+    if !value.is_object() {
+        return Err(type_error("the request body", "an object"));
+    }
     walk(value, &SETTINGS, "", cipher)
 }
 
@@ -379,7 +384,19 @@ fn says_nothing(v: &Value) -> bool {
     }
 }
 
-/// Pulumi's merge: objects merge key by key, anything else (arrays included) is replaced.
+/// Whether a settings object is one value, which a patch replaces whole: a secret
+/// (`{"secret": <sealed>}`) or a secret reference. Merged key by key, an environment variable
+/// changed from one to the other would hold both, and a reference would keep the old one's
+/// optional fields (its `jsonKey`, its `region`).
+fn is_one_value(v: &Value) -> bool {
+    let secret = v
+        .as_object()
+        .is_some_and(|m| m.len() == 1 && m.contains_key("secret"));
+    secret || crate::domain::spec::secrets::is_reference(v)
+}
+
+/// Pulumi's merge: objects merge key by key, anything else (arrays included) is replaced, and so
+/// is a secret or a secret reference.
 pub(crate) fn merge(current: &Value, patch: &Value, nulls: Nulls) -> Value {
     match (current, patch) {
         (Value::Object(cur), Value::Object(p)) => {
@@ -395,7 +412,12 @@ pub(crate) fn merge(current: &Value, patch: &Value, nulls: Nulls) -> Value {
                     continue;
                 }
                 let merged = match out.get(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => {
+                    Some(existing)
+                        if existing.is_object()
+                            && v.is_object()
+                            && !is_one_value(existing)
+                            && !is_one_value(v) =>
+                    {
                         merge(existing, v, nulls)
                     }
                     _ => strip_nulls(v),
@@ -578,6 +600,7 @@ mod tests {
                 "template sources are not supported",
             ),
             (json!([1]), "the request body must be an object"),
+            (json!(null), "the request body must be an object"),
         ];
         for (body, want) in cases {
             let err = canonicalize(&body, &c).unwrap_err().to_string();
@@ -622,6 +645,29 @@ mod tests {
         );
         assert_eq!(kept["sourceContext"], current["sourceContext"]);
         assert_eq!(kept["tag"], "t");
+    }
+
+    #[test]
+    fn a_patch_replaces_a_secret_or_a_reference_whole() {
+        let key = cipher();
+        let c = key.for_org("o");
+        let env = |vars: Value| json!({"operationContext": {"environmentVariables": vars}});
+        let stored = env(json!({
+            "A": {"secret": c.seal("a")},
+            "B": {"fromSecretsManager": {"secretId": "s", "jsonKey": "k"}},
+            "C": {"fromParameterStore": {"name": "/p"}},
+        }));
+        let patch = env(json!({
+            "A": {"fromParameterStore": {"name": "/p"}},
+            "B": {"fromSecretsManager": {"secretId": "t"}},
+            "C": {"secret": c.seal("c")},
+        }));
+        for nulls in [Nulls::Delete, Nulls::Ignore] {
+            let merged = merge(&stored, &patch, nulls);
+            assert_eq!(merged, patch);
+            // What is stored reads back as it is.
+            assert_eq!(canonicalize(&merged, &c).unwrap(), merged);
+        }
     }
 
     #[test]

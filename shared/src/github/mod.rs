@@ -145,6 +145,13 @@ mod tests {
         assert!(!signature_valid("s3cret", body, None));
         assert!(!signature_valid("s3cret", body, Some("sha1=abc")));
         assert!(!signature_valid("s3cret", body, Some("sha256=zz")));
+        // A hex digit pair is two hex digits: "+7" is not "07", though Rust's integer parsing
+        // would take it (found by the `signatures` fuzz target).
+        assert!(!signature_valid(
+            "It's a Secret to Everybody",
+            b"Hello, World!",
+            Some("sha256=7571+7ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+        ));
         // GitHub's documented example (docs: "Validating webhook deliveries").
         assert!(signature_valid(
             "It's a Secret to Everybody",

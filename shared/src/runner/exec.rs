@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::logs::RunLog;
+use super::logs::{Cut, RunLog};
 use crate::sandbox::Launch;
 
 /// A command to run. `env` is the child's whole environment: nothing is inherited.
@@ -228,35 +228,109 @@ pub(crate) const GROUPS_FILE: &str = "process-groups";
 /// A longer line is logged in pieces of this size, so no output can grow memory without bound.
 const MAX_LINE: u64 = 64 * 1024;
 
-async fn pump(pipe: impl AsyncRead + Unpin, log: RunLog, step: usize, mode: Stdout) -> Vec<u8> {
-    let mut reader = BufReader::new(pipe);
-    let mut captured = Vec::new();
-    let mut buf = Vec::new();
-    loop {
+/// A child's output, a piece at a time: each line, and a line longer than `max` bytes in pieces
+/// of `max` bytes. However the pipe delivers the bytes, the pieces are the same.
+pub(crate) struct Pieces<R> {
+    reader: BufReader<R>,
+    max: u64,
+    /// Whether the last piece stopped inside its line.
+    cut: bool,
+}
+
+impl<R: AsyncRead + Unpin> Pieces<R> {
+    pub(crate) fn new(pipe: R, max: u64) -> Self {
+        Self {
+            reader: BufReader::new(pipe),
+            max: max.max(1),
+            cut: false,
+        }
+    }
+
+    /// Reads the next piece into `buf` (cleared first), and says where it was cut from the rest
+    /// of its line. `None` at the end of the output, or when it can no longer be read.
+    pub(crate) async fn next(&mut self, buf: &mut Vec<u8>) -> Option<Cut> {
         buf.clear();
-        match (&mut reader)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut buf)
+        match (&mut self.reader)
+            .take(self.max)
+            .read_until(b'\n', buf)
             .await
         {
-            Ok(0) | Err(_) => return captured,
-            Ok(_) => match &mode {
-                Stdout::Capture => captured.extend_from_slice(&buf),
-                Stdout::Log => log.line(step, &String::from_utf8_lossy(&buf)).await,
-                Stdout::TerraformJson(events) => {
-                    let line = String::from_utf8_lossy(&buf);
-                    let (text, made) = events
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .terraform(&line);
-                    if let Some(text) = &text {
-                        log.line(step, text).await;
-                    }
-                    for e in made {
-                        log.event(step, e).await;
-                    }
-                }
-            },
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                let before = self.cut;
+                self.cut = n as u64 == self.max && !buf.ends_with(b"\n");
+                Some(Cut {
+                    before,
+                    after: self.cut,
+                })
+            }
         }
+    }
+}
+
+async fn pump(pipe: impl AsyncRead + Unpin, log: RunLog, step: usize, mode: Stdout) -> Vec<u8> {
+    let mut pieces = Pieces::new(pipe, MAX_LINE);
+    let mut captured = Vec::new();
+    let mut buf = Vec::new();
+    while let Some(cut) = pieces.next(&mut buf).await {
+        match &mode {
+            Stdout::Capture => captured.extend_from_slice(&buf),
+            Stdout::Log => log.piece(step, &String::from_utf8_lossy(&buf), cut).await,
+            Stdout::TerraformJson(events) => {
+                let mut line = String::from_utf8_lossy(&buf);
+                // A piece of an overlong line is no `-json` line: logged and made a message as it
+                // is, where it would be masked as a whole line. Its cut ends are masked first.
+                if cut != Cut::default() {
+                    line = log.mask_piece(&line, cut).into();
+                }
+                let (text, made) = events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .terraform(&line);
+                if let Some(text) = &text {
+                    log.line(step, text).await;
+                }
+                for e in made {
+                    log.event(step, e).await;
+                }
+            }
+        }
+    }
+    captured
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::logs::Masker;
+
+    /// What the log shows of `output`, read in pieces of at most `max` bytes.
+    async fn logged(masker: &Masker, output: &[u8], max: u64) -> String {
+        let mut pieces = Pieces::new(output, max);
+        let mut buf = Vec::new();
+        let mut out = String::new();
+        while let Some(cut) = pieces.next(&mut buf).await {
+            out.push_str(&masker.mask_piece(&String::from_utf8_lossy(&buf), cut));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_secret_across_the_line_limit_is_masked() {
+        let masker = Masker::new(["hunter2".to_string()]);
+        // Pieces of 6 bytes cut the secret after "hun": neither piece holds it whole.
+        assert_eq!(
+            logged(&masker, b"pw=hunter2 ok\nhunter2\n", 6).await,
+            "pw=[secret][secret] ok\n[secret][secret]\n"
+        );
+        // The real limit: a secret across the first 64 KiB of a long line.
+        let mut long = vec![b'x'; MAX_LINE as usize - 3];
+        long.extend(b"hunter2\n");
+        let shown = logged(&masker, &long, MAX_LINE).await;
+        assert!(
+            !shown.contains("hun") && !shown.contains("ter2"),
+            "{}",
+            &shown[shown.len() - 40..]
+        );
     }
 }

@@ -21,6 +21,16 @@ pub(crate) struct Masker {
 
 pub(crate) const MASK: &str = "[secret]";
 
+/// Where a piece of output was cut from the rest of its line (a line too long to read whole is
+/// read in pieces, see `exec::Pieces`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Cut {
+    /// The piece continues the line of the piece before it.
+    pub before: bool,
+    /// The line goes on in the next piece.
+    pub after: bool,
+}
+
 impl Masker {
     /// Secrets of one character are not masked: masking every `1` or `a` would hide the log and
     /// protect nothing.
@@ -55,6 +65,54 @@ impl Masker {
             }
         }
         out
+    }
+
+    /// Masks a piece of a line that `cut` says was cut from the rest of it. A secret split by a
+    /// cut is whole in neither piece, so at a cut the end that could begin a secret, or the start
+    /// that could finish one, is masked too (at worst a little more than the secret).
+    pub(crate) fn mask_piece(&self, piece: &str, cut: Cut) -> String {
+        let out = self.mask(piece);
+        let end = if cut.after { self.open_end(&out) } else { 0 };
+        let start = if cut.before { self.open_start(&out) } else { 0 };
+        if start == 0 && end == 0 {
+            return out;
+        }
+        if start + end >= out.len() {
+            return MASK.to_string();
+        }
+        let mut masked = String::with_capacity(out.len() + 2 * MASK.len());
+        if start > 0 {
+            masked.push_str(MASK);
+        }
+        masked.push_str(&out[start..out.len() - end]);
+        if end > 0 {
+            masked.push_str(MASK);
+        }
+        masked
+    }
+
+    /// The length of the longest end of `text` that a secret begins with (and goes on after).
+    fn open_end(&self, text: &str) -> usize {
+        self.needles
+            .iter()
+            .flat_map(|n| {
+                (1..n.len()).filter(move |k| n.is_char_boundary(*k) && text.ends_with(&n[..*k]))
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The length of the longest start of `text` that a secret ends with (and began before).
+    fn open_start(&self, text: &str) -> usize {
+        self.needles
+            .iter()
+            .flat_map(|n| {
+                (1..n.len()).filter(move |k| {
+                    n.is_char_boundary(n.len() - k) && text.starts_with(&n[n.len() - k..])
+                })
+            })
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -121,6 +179,14 @@ impl RunLog {
         }
     }
 
+    /// `Masker::mask_piece` with what the run knows now.
+    pub(crate) fn mask_piece(&self, text: &str, cut: Cut) -> String {
+        self.masker
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .mask_piece(text, cut)
+    }
+
     /// Masks these too, from the next line on.
     pub(crate) fn mask_also(&self, secrets: impl IntoIterator<Item = String>) {
         self.masker
@@ -131,11 +197,13 @@ impl RunLog {
 
     /// Logs one line of a step, masked. A trailing newline is added if missing.
     pub(crate) async fn line(&self, step: usize, text: &str) {
-        let mut line = self
-            .masker
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .mask(text);
+        self.piece(step, text, Cut::default()).await;
+    }
+
+    /// Logs a piece of a line of a step (a whole line if `cut` says so), masked. A trailing
+    /// newline is added if missing.
+    pub(crate) async fn piece(&self, step: usize, text: &str, cut: Cut) {
+        let mut line = self.mask_piece(text, cut);
         if !line.ends_with('\n') {
             line.push('\n');
         }
@@ -201,5 +269,17 @@ mod tests {
         );
         assert_eq!(m.mask("x marks"), "x marks");
         assert_eq!(m.mask("key line abcdef"), "key line [secret]");
+    }
+
+    #[test]
+    fn a_secret_split_by_a_cut_is_masked_on_both_sides() {
+        let m = Masker::new(["hunter2".to_string(), "ab".into()]);
+        let cut = |before, after| Cut { before, after };
+        assert_eq!(m.mask_piece("pw=hun", cut(false, true)), "pw=[secret]");
+        assert_eq!(m.mask_piece("ter2 ok", cut(true, false)), "[secret] ok");
+        assert_eq!(m.mask_piece("a", cut(true, true)), "[secret]");
+        // Away from a cut, a piece masks as a line does.
+        assert_eq!(m.mask_piece("pw=hun", cut(true, false)), "pw=hun");
+        assert_eq!(m.mask_piece("hunter2 a", cut(false, false)), "[secret] a");
     }
 }
