@@ -97,6 +97,13 @@ pub(crate) async fn every_run_write_is_conditional_on_the_lease(b: Backend) {
         .finish_step(id, &w, step, StepStatus::Succeeded)
         .await
         .unwrap();
+    // A step the run never started is the caller's mistake (an agent's `steps/{step}`): 400.
+    assert!(matches!(
+        b.runs
+            .finish_step(id, &w, step + 7, StepStatus::Succeeded)
+            .await,
+        Err(Error::Invalid(_))
+    ));
     b.runs
         .record_outputs(id, &w, &json!({"url": {"value": "https://x"}}))
         .await

@@ -394,9 +394,9 @@ impl RunStore for SqliteStore {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let dseq = held(&tx, id, &lease, "'running'")?;
                 update_steps(&tx, dseq, |steps| {
-                    let s = steps
-                        .get_mut(step)
-                        .ok_or_else(|| Error::internal(format!("no step {step}")))?;
+                    let s = steps.get_mut(step).ok_or_else(|| {
+                        Error::invalid(format!("the deployment has no step {step}"))
+                    })?;
                     s.status = status.as_str().into();
                     s.updated = Some(now_us());
                     Ok(step)

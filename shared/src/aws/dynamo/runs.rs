@@ -546,7 +546,7 @@ impl RunStore for DynamoStore {
                 let s = st
                     .steps
                     .get_mut(step)
-                    .ok_or_else(|| Error::internal(format!("no step {step}")))?;
+                    .ok_or_else(|| Error::invalid(format!("the deployment has no step {step}")))?;
                 s.status = status.as_str().into();
                 s.updated = Some(now_us());
                 Ok(())
