@@ -33,6 +33,7 @@ mod idempotency;
 mod lifecycle;
 mod limits;
 mod oidc;
+mod openapi;
 mod queue;
 mod quickstart;
 mod readme;

@@ -549,6 +549,16 @@ export function register(s) {
     await page.waitForURL(/\/default\/web\/dev$/);
   });
 
+  s.test('the header links the API\'s OpenAPI description', async (ctx) => {
+    const { page } = ctx.main;
+    const link = page.getByRole('banner').getByRole('link', { name: 'API' });
+    const href = await link.getAttribute('href');
+    assert(href === '/api/openapi.json', `the link is ${href}`);
+    const doc = await page.evaluate(async (h) => (await fetch(h)).json(), href);
+    assert(doc.openapi === '3.1.0', `openapi is ${doc.openapi}`);
+    assert(doc.paths['/api/stacks/{org}/{project}/{stack}/deployments'], 'it describes the deployments route');
+  });
+
   s.test('another org\'s token sees none of this org\'s stacks', async (ctx) => {
     const { page, g } = ctx.main;
     g.expect('GET', /\/api\/stacks\/default\/web\/dev$/, 404);

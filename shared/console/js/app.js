@@ -82,6 +82,8 @@ function shell(org, section) {
       h('div', { class: 'who' },
         h('span', { class: 'who-name', title: 'Signed in with this token' },
           user ? `${user.tokenInfo.name} · ${user.tokenInfo.organization}` : ''),
+        // The API's OpenAPI 3.1 description, for generating a client.
+        h('a', { class: 'btn btn-quiet', href: url('/api/openapi.json'), text: 'API' }),
         signOutButton));
     main = h('main', { id: 'main', tabindex: '-1' });
     replace(root, header, main);

@@ -150,6 +150,18 @@ async fn touch(state: &AppState, pool: &AgentPool, hello: &AgentHello) {
 
 /// `POST P/claim`: the pool's oldest deployment that may start, now `running` under a lease
 /// for this agent, with its secrets opened; 204 if none came within `waitSeconds`.
+#[utoipa::path(
+    post,
+    path = "/api/agent/claim",
+    tag = "agent",
+    request_body = super::schema::agent::AgentClaimRequest,
+    responses(
+        (status = 200, description = "A deployment, now `running` under a lease for this agent", body = super::schema::agent::AgentJob),
+        (status = 204, description = "Nothing to run came within `waitSeconds`"),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn claim(
     State(state): State<AppState>,
     AgentCtx { pool }: AgentCtx,
@@ -254,6 +266,19 @@ async fn held(state: &AppState, ctx: &RunCtx) -> Result<Deployment> {
 }
 
 /// `POST R/heartbeat`.
+#[utoipa::path(
+    post,
+    path = "/heartbeat",
+    tag = "agent",
+    params(("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    responses(
+        (status = 200, description = "The lease is extended", body = super::schema::agent::AgentHeartbeat),
+        (status = 403, description = "No `Tarmac-Lease` header, or a lease of another pool", body = super::openapi::ErrorBody),
+        (status = 409, description = "This agent no longer holds the deployment (its lease was lost or it has ended)", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn heartbeat(
     State(state): State<AppState>,
     ctx: RunCtx,
@@ -276,6 +301,20 @@ pub(super) async fn heartbeat(
 }
 
 /// `POST R/steps`.
+#[utoipa::path(
+    post,
+    path = "/steps",
+    tag = "agent",
+    params(("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    request_body = super::schema::agent::AgentStepStart,
+    responses(
+        (status = 200, description = "The step, started (`running`)", body = super::schema::agent::AgentStepStarted),
+        (status = 403, description = "No `Tarmac-Lease` header, or a lease of another pool", body = super::openapi::ErrorBody),
+        (status = 409, description = "This agent no longer holds the deployment (its lease was lost or it has ended)", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn step_start(
     State(state): State<AppState>,
     ctx: RunCtx,
@@ -291,6 +330,20 @@ pub(super) async fn step_start(
 }
 
 /// `POST R/steps/{step}`.
+#[utoipa::path(
+    post,
+    path = "/steps/{step}",
+    tag = "agent",
+    params(("step" = u64, Path, description = "The step's index, as `POST R/steps` gave it"), ("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    request_body = super::schema::agent::AgentStepEnd,
+    responses(
+        (status = 204, description = "The step's status is set"),
+        (status = 403, description = "No `Tarmac-Lease` header, or a lease of another pool", body = super::openapi::ErrorBody),
+        (status = 409, description = "This agent no longer holds the deployment (its lease was lost or it has ended)", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn step_end(
     State(state): State<AppState>,
     ctx: RunCtx,
@@ -310,6 +363,20 @@ pub(super) async fn step_end(
 }
 
 /// `POST R/logs`.
+#[utoipa::path(
+    post,
+    path = "/logs",
+    tag = "agent",
+    params(("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    request_body = super::schema::agent::AgentLogsRequest,
+    responses(
+        (status = 204, description = "The lines are appended"),
+        (status = 403, description = "No `Tarmac-Lease` header, or a lease of another pool", body = super::openapi::ErrorBody),
+        (status = 409, description = "This agent no longer holds the deployment (its lease was lost or it has ended)", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn logs(
     State(state): State<AppState>,
     ctx: RunCtx,
@@ -335,6 +402,20 @@ pub(super) async fn logs(
 }
 
 /// `POST R/update`.
+#[utoipa::path(
+    post,
+    path = "/update",
+    tag = "agent",
+    params(("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    request_body = super::schema::agent::AgentUpdateStart,
+    responses(
+        (status = 200, description = "The update is started", body = super::schema::agent::AgentUpdateStarted),
+        (status = 403, description = "No `Tarmac-Lease` header, or a lease of another pool", body = super::openapi::ErrorBody),
+        (status = 409, description = "The lease was lost, or the deployment has started its update already", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn update_start(
     State(state): State<AppState>,
     ctx: RunCtx,
@@ -350,6 +431,20 @@ pub(super) async fn update_start(
 }
 
 /// `POST R/update/finish`.
+#[utoipa::path(
+    post,
+    path = "/update/finish",
+    tag = "agent",
+    params(("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    request_body = super::schema::agent::AgentUpdateOutcome,
+    responses(
+        (status = 204, description = "The update's end is recorded (404 if it was never started)"),
+        (status = 403, description = "No `Tarmac-Lease` header, or a lease of another pool", body = super::openapi::ErrorBody),
+        (status = 409, description = "This agent no longer holds the deployment (its lease was lost or it has ended)", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn update_finish(
     State(state): State<AppState>,
     ctx: RunCtx,
@@ -365,6 +460,20 @@ pub(super) async fn update_finish(
 }
 
 /// `POST R/outputs`: the secret ones are sealed here, with the org's key.
+#[utoipa::path(
+    post,
+    path = "/outputs",
+    tag = "agent",
+    params(("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    request_body = super::schema::agent::AgentOutputsRequest,
+    responses(
+        (status = 204, description = "The stack's outputs are recorded, the secret ones sealed"),
+        (status = 403, description = "No `Tarmac-Lease` header, or a lease of another pool", body = super::openapi::ErrorBody),
+        (status = 409, description = "This agent no longer holds the deployment (its lease was lost or it has ended)", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn outputs(
     State(state): State<AppState>,
     ctx: RunCtx,
@@ -385,6 +494,19 @@ pub(super) async fn outputs(
 }
 
 /// `GET R/state`.
+#[utoipa::path(
+    get,
+    path = "/state",
+    tag = "agent",
+    params(("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    responses(
+        (status = 200, description = "The stack's state files and their manifest", body = super::schema::agent::AgentStateFiles),
+        (status = 403, description = "No `Tarmac-Lease` header, or a lease of another pool", body = super::openapi::ErrorBody),
+        (status = 409, description = "This agent no longer holds the deployment (its lease was lost or it has ended)", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn state_get(
     State(state): State<AppState>,
     ctx: RunCtx,
@@ -405,6 +527,20 @@ pub(super) async fn state_get(
 /// `POST R/state`: makes the stored state the body's files, each write conditional on the
 /// manifest the run started from (409 if another run changed the state meanwhile, and the
 /// stack is paused so that no run starts from the older state).
+#[utoipa::path(
+    post,
+    path = "/state",
+    tag = "agent",
+    params(("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    request_body = super::schema::agent::AgentStateSave,
+    responses(
+        (status = 200, description = "The stored state is now the body's files", body = super::schema::agent::AgentStateSaved),
+        (status = 403, description = "No `Tarmac-Lease` header, or a lease of another pool", body = super::openapi::ErrorBody),
+        (status = 409, description = "The lease was lost, or another run changed the state since this one read it (the stack is then paused)", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn state_save(
     State(state): State<AppState>,
     ctx: RunCtx,
@@ -498,6 +634,18 @@ async fn already_saved(state: &AppState, stack: &StackRef, dir: &std::path::Path
 }
 
 /// `POST R/credentials`: the run's OIDC token and the cloud credentials it was exchanged for.
+#[utoipa::path(
+    post,
+    path = "/credentials",
+    tag = "agent",
+    params(("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    responses(
+        (status = 200, description = "The run's OIDC token and the cloud credentials it was exchanged for", body = super::schema::agent::AgentRunCredentials),
+        (status = 403, description = "No `Tarmac-Lease` header, a lease of another pool, or the deployment is not running under this lease", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn credentials(State(state): State<AppState>, ctx: RunCtx) -> Result<Response> {
     let request = ExchangeRequest {
         org: ctx.stack.org.clone(),
@@ -511,6 +659,20 @@ pub(super) async fn credentials(State(state): State<AppState>, ctx: RunCtx) -> R
 }
 
 /// `POST R/complete`: the run is over; the server records its end as for any run.
+#[utoipa::path(
+    post,
+    path = "/complete",
+    tag = "agent",
+    params(("Tarmac-Lease" = String, Header, description = "The run's lease, as the claim gave it")),
+    request_body = super::schema::agent::AgentRunEnded,
+    responses(
+        (status = 204, description = "The run's end is recorded"),
+        (status = 403, description = "No `Tarmac-Lease` header, or a lease of another pool", body = super::openapi::ErrorBody),
+        (status = 409, description = "The lease was lost, or the run's end could not be recorded", body = super::openapi::ErrorBody),
+    ),
+    security(("poolToken" = [])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn complete(
     State(state): State<AppState>,
     ctx: RunCtx,

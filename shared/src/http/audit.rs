@@ -83,13 +83,19 @@ pub(super) async fn record(
     response
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// The oldest time, unix seconds or RFC 3339 (default: 7 days ago).
     start_time: Option<String>,
+    /// The newest time, unix seconds or RFC 3339 (default: now).
     end_time: Option<String>,
+    /// `startTime`'s other name (`startTime` wins).
     since: Option<String>,
+    /// `endTime`'s other name (`endTime` wins).
     until: Option<String>,
+    /// The previous page's `continuationToken`.
     continuation_token: Option<String>,
 }
 
@@ -111,6 +117,15 @@ fn instant(name: &str, v: &str) -> Result<OffsetDateTime> {
 /// `{auditLogEvents: [{timestamp, sourceIP, event, description, user, tokenID, tokenName,
 /// reqOrgAdmin, reqStackAdmin, authFailure}], continuationToken}`; Tarmac adds `method`,
 /// `path`, `status` and `userAgent` to each.
+#[utoipa::path(
+    get,
+    path = "/api/orgs/{org}/auditlogs",
+    tag = "audit",
+    params(ListQuery),
+    responses((status = 200, description = "A page of the org's audit log, newest first, 100 a page", body = super::schema::orgs::AuditLogPage)),
+    security(("token" = ["admin"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     ctx: OrgCtx,

@@ -19,6 +19,18 @@ use crate::error::{Error, Result};
 use crate::json::member;
 
 /// `{"secret", "organization", "tokenName"?}` → 201 `{"token", "organization", "role", "name"}`.
+#[utoipa::path(
+    post,
+    path = "/api/bootstrap",
+    tag = "bootstrap",
+    request_body = super::schema::meta::BootstrapRequest,
+    responses(
+        (status = 201, description = "The org's first admin token, shown this once", body = super::schema::meta::BootstrapToken),
+        (status = 401, description = "Wrong bootstrap secret", body = super::openapi::ErrorBody),
+        (status = 409, description = "This bootstrap secret has been used already", body = super::openapi::ErrorBody),
+    ),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn redeem(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,

@@ -161,6 +161,15 @@ fn refused(e: &Error) -> BulkOutcome {
 }
 
 /// `POST /api/orgs/{org}/deployments/bulk`.
+#[utoipa::path(
+    post,
+    path = "/api/orgs/{org}/deployments/bulk",
+    tag = "bulk",
+    request_body = super::schema::bulk::BulkRequest,
+    responses((status = 202, description = "A deployment queued on each stack that could have one; the others refused, each with why", body = super::schema::bulk::BulkCreated)),
+    security(("token" = ["write"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     ctx: OrgCtx,
@@ -346,6 +355,15 @@ async fn progress(state: &AppState, op: &BulkOperation) -> Result<Value> {
 }
 
 /// `GET /api/orgs/{org}/deployments/bulk/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/orgs/{org}/deployments/bulk/{id}",
+    tag = "bulk",
+    params(("id" = uuid::Uuid, Path, description = "The bulk request's id")),
+    responses((status = 200, description = "Its progress: each deployment's status now", body = super::schema::bulk::BulkProgress)),
+    security(("token" = ["read"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     ctx: OrgCtx,
@@ -357,6 +375,15 @@ pub(super) async fn get(
 
 /// `POST /api/orgs/{org}/deployments/bulk/{id}/cancel`: queued deployments are skipped,
 /// running ones stopped; answers the progress after, with how many of each.
+#[utoipa::path(
+    post,
+    path = "/api/orgs/{org}/deployments/bulk/{id}/cancel",
+    tag = "bulk",
+    params(("id" = uuid::Uuid, Path, description = "The bulk request's id")),
+    responses((status = 200, description = "Queued deployments skipped, running ones asked to stop; its progress after, with how many of each", body = super::schema::bulk::BulkCancelResult)),
+    security(("token" = ["write"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     ctx: OrgCtx,

@@ -16,6 +16,18 @@ use crate::error::{Error, Result};
 use crate::ports::LogQuery;
 
 /// Queues a deployment (see `service::create`).
+#[utoipa::path(
+    post,
+    path = "/deployments",
+    tag = "deployments",
+    params(("x-pulumi-deployment-initiator" = Option<String>, Header, description = "Who started it (up to 64 characters; default `api`)")),
+    request_body = super::schema::deployments::CreateDeploymentRequest,
+    responses(
+        (status = 202, description = "Queued", body = super::schema::deployments::CreateDeploymentResponse),
+        (status = 409, description = "The stack is being deleted, or the idempotency key was used for another request", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -65,6 +77,14 @@ pub(super) async fn find(state: &AppState, stack: &StackRef, id: Uuid) -> Result
         .ok_or_else(|| Error::not_found(format!("deployment '{id}' not found in stack '{stack}'")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/{id}",
+    tag = "deployments",
+    params(("id" = uuid::Uuid, Path, description = "The deployment's id")),
+    responses((status = 200, description = "The deployment", body = super::schema::deployments::Deployment)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn get_by_id(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -91,6 +111,14 @@ pub(super) async fn with_queue(state: &AppState, d: &Deployment, mut v: Value) -
     Ok(v)
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/version/{version}",
+    tag = "deployments",
+    params(("version" = i64, Path, minimum = 1, description = "The deployment's version in its stack")),
+    responses((status = 200, description = "The deployment", body = super::schema::deployments::Deployment)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn get_by_version(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -116,12 +144,19 @@ pub(super) async fn get_by_version(
     Ok(Json(with_queue(&state, &d, wire::deployment(&d)).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// From 1.
+    #[param(minimum = 1)]
     page: Option<i64>,
+    /// 1 to 100 (default 10).
+    #[param(minimum = 1, maximum = 100)]
     page_size: Option<i64>,
+    /// Oldest first.
     asc: Option<bool>,
+    /// Accepted for Pulumi's clients; the order is by version.
     #[allow(dead_code)]
     sort: Option<String>,
 }
@@ -180,6 +215,14 @@ async fn list_body(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments",
+    tag = "deployments",
+    params(ListQuery),
+    responses((status = 200, description = "A page of the stack's deployments, newest first unless `asc`", body = super::schema::deployments::DeploymentList)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn list_stack(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -197,6 +240,14 @@ pub(super) async fn list_stack(
     list_body(&state, page, req).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/orgs/{org}/deployments",
+    tag = "deployments",
+    params(ListQuery),
+    responses((status = 200, description = "A page of the organization's deployments", body = super::schema::deployments::DeploymentList)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn list_org(
     State(state): State<AppState>,
     ctx: OrgCtx,
@@ -211,8 +262,9 @@ pub(super) async fn list_org(
     list_body(&state, page, req).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogsQuery {
     continuation_token: Option<String>,
     count: Option<i64>,
@@ -227,6 +279,14 @@ const STREAM_LIMIT: usize = 500;
 /// Logs in streaming mode (`continuationToken`) or step mode (`job`, `step`, `offset`,
 /// `count`). The deployment is read before its logs, so a terminal status seen here means every
 /// line is already stored and an absent `nextToken`/`nextOffset` really is the end.
+#[utoipa::path(
+    get,
+    path = "/deployments/{id}/logs",
+    tag = "deployments",
+    params(("id" = uuid::Uuid, Path, description = "The deployment's id"), LogsQuery),
+    responses((status = 200, description = "Log lines, in streaming mode (`continuationToken`) or step mode (`job`, `step`)", body = super::schema::deployments::Logs)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn logs(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -326,6 +386,17 @@ pub(super) async fn logs(
 }
 
 /// A queued deployment becomes `skipped`; a running one is stopped and ends `failed`.
+#[utoipa::path(
+    post,
+    path = "/deployments/{id}/cancel",
+    tag = "deployments",
+    params(("id" = uuid::Uuid, Path, description = "The deployment's id")),
+    responses(
+        (status = 204, description = "Dequeued (now `skipped`), or asked to stop (ends `failed`)"),
+        (status = 409, description = "It has already finished", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -379,6 +450,19 @@ async fn decide(
     Ok(Json(wire::deployment(&d)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/{id}/approve",
+    tag = "approvals",
+    params(("id" = uuid::Uuid, Path, description = "The deployment's id")),
+    request_body(content = super::schema::deployments::Decision, description = "An optional comment"),
+    responses(
+        (status = 200, description = "The deployment, with its approval", body = super::schema::deployments::Deployment),
+        (status = 409, description = "It is not waiting for approval, or this token already voted", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn approve(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -388,6 +472,19 @@ pub(super) async fn approve(
     decide(&state, &ctx, &param(&p, "id"), &body, Decision::Approve).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/{id}/reject",
+    tag = "approvals",
+    params(("id" = uuid::Uuid, Path, description = "The deployment's id")),
+    request_body(content = super::schema::deployments::Decision, description = "An optional comment"),
+    responses(
+        (status = 200, description = "The deployment, with its approval", body = super::schema::deployments::Deployment),
+        (status = 409, description = "It is not waiting for approval, or this token already voted", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn reject(
     State(state): State<AppState>,
     ctx: StackCtx,

@@ -27,6 +27,15 @@ async fn stored(state: &AppState, org: &str) -> Result<Option<Integration>> {
     }
 }
 
+/// The org's GitHub integration, without its secrets; 404 if it has none.
+#[utoipa::path(
+    get,
+    path = "/api/orgs/{org}/integrations/github",
+    tag = "github",
+    responses((status = 200, description = "The integration, without its secrets", body = super::schema::orgs::GitHubIntegration)),
+    security(("token" = ["read"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn get(State(state): State<AppState>, ctx: OrgCtx) -> Result<Json<Value>> {
     let i = stored(&state, &ctx.org)
         .await?
@@ -34,6 +43,16 @@ pub(super) async fn get(State(state): State<AppState>, ctx: OrgCtx) -> Result<Js
     Ok(Json(i.render()))
 }
 
+/// Sets the org's GitHub integration, replacing any: its secrets are sealed with the org's key.
+#[utoipa::path(
+    put,
+    path = "/api/orgs/{org}/integrations/github",
+    tag = "github",
+    request_body = super::schema::orgs::GitHubIntegrationRequest,
+    responses((status = 200, description = "The integration, without its secrets", body = super::schema::orgs::GitHubIntegration)),
+    security(("token" = ["admin"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn put(
     State(state): State<AppState>,
     ctx: OrgCtx,
@@ -49,6 +68,15 @@ pub(super) async fn put(
     Ok(Json(i.render()))
 }
 
+/// Removes the org's GitHub integration (204 whether or not it had one).
+#[utoipa::path(
+    delete,
+    path = "/api/orgs/{org}/integrations/github",
+    tag = "github",
+    responses((status = 204, description = "Removed")),
+    security(("token" = ["admin"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn delete(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
     ctx.require_admin()?;
     state
@@ -75,6 +103,24 @@ fn deployment_id(body: &[u8], stack: &StackRef) -> uuid::Uuid {
 }
 
 /// `POST /api/orgs/{org}/integrations/github/webhook`.
+#[utoipa::path(
+    post,
+    path = "/api/orgs/{org}/integrations/github/webhook",
+    tag = "github",
+    params(
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=<hex HMAC-SHA256 of the raw body>` with the integration's webhook secret"),
+        ("X-GitHub-Event" = String, Header, description = "The event: `push` and `pull_request` (opened, synchronize, reopened) make deployments, `ping` is answered, others are ignored"),
+        ("X-GitHub-Delivery" = String, Header, max_length = 100, description = "The delivery's id; required for every event but `ping`"),
+    ),
+    request_body(content = Object, description = "The event's payload, as GitHub sends it (up to 25 MB)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "`ping`: pong", body = super::schema::orgs::GitHubPong),
+        (status = 202, description = "The deployments the event's triggers made (none made twice for one event), or why it was ignored", body = super::schema::orgs::GitHubWebhookResult),
+        (status = 401, description = "The signature does not match, or the org has no GitHub integration", body = super::openapi::ErrorBody),
+        (status = 409, description = "A conflict creating a deployment (a burst of creates on the stack): GitHub's log shows the delivery failed", body = super::openapi::ErrorBody),
+    ),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn webhook(
     State(state): State<AppState>,
     Params(params): Params,

@@ -75,6 +75,17 @@ async fn existing(state: &AppState, scope: &HookScope, name: &str) -> Result<Hoo
         .ok_or_else(|| Error::not_found(format!("webhook '{name}' not found")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/",
+    tag = "hooks",
+    request_body = super::schema::hooks::WebhookCreateRequest,
+    responses(
+        (status = 201, description = "Created (an organization's hooks need an admin token; a stack's, a write token)", body = super::schema::hooks::Webhook),
+        (status = 409, description = "A webhook of that name exists in this scope", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     HookCtx { scope, .. }: HookCtx,
@@ -86,6 +97,13 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(render(&hook, &scope))).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "hooks",
+    responses((status = 200, description = "The organization's or the stack's webhooks (not the organization's under a stack)", body = Vec<super::schema::hooks::Webhook>)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     HookCtx { scope, .. }: HookCtx,
@@ -100,6 +118,14 @@ pub(super) async fn list(
     Ok(Json(all).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/{name}",
+    tag = "hooks",
+    params(("name" = String, Path, description = "The webhook's name")),
+    responses((status = 200, description = "The webhook", body = super::schema::hooks::Webhook)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn read(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
@@ -107,6 +133,15 @@ pub(super) async fn read(
     Ok(Json(render(&existing(&state, &scope, &name).await?, &scope)).into_response())
 }
 
+#[utoipa::path(
+    patch,
+    path = "/{name}",
+    tag = "hooks",
+    params(("name" = String, Path, description = "The webhook's name")),
+    request_body = super::schema::hooks::WebhookUpdateRequest,
+    responses((status = 200, description = "The webhook, changed (an organization's hooks need an admin token; a stack's, a write token)", body = super::schema::hooks::Webhook)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn update(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
@@ -124,6 +159,14 @@ pub(super) async fn update(
     Ok(Json(render(&hook, &scope)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/{name}",
+    tag = "hooks",
+    params(("name" = String, Path, description = "The webhook's name")),
+    responses((status = 204, description = "Deleted (an organization's hooks need an admin token; a stack's, a write token)")),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn delete(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
@@ -135,6 +178,14 @@ pub(super) async fn delete(
 
 /// Sends a ping now, past the queue, and answers with the delivery (200 whatever the receiver
 /// answered: its code is in `responseCode`).
+#[utoipa::path(
+    post,
+    path = "/{name}/ping",
+    tag = "hooks",
+    params(("name" = String, Path, description = "The webhook's name")),
+    responses((status = 200, description = "The ping's delivery, whatever the receiver answered (its status is `responseCode`) (an organization's hooks need an admin token; a stack's, a write token)", body = super::schema::hooks::WebhookDelivery)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn ping(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
@@ -157,6 +208,14 @@ pub(super) async fn ping(
     Ok(Json(render_delivery(&m, &attempt, 1)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/{name}/deliveries",
+    tag = "hooks",
+    params(("name" = String, Path, description = "The webhook's name")),
+    responses((status = 200, description = "The webhook's latest 100 delivery attempts", body = Vec<super::schema::hooks::WebhookDelivery>)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn deliveries(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,
@@ -173,6 +232,17 @@ pub(super) async fn deliveries(
 }
 
 /// Sends a past message again, now, with its original id.
+#[utoipa::path(
+    post,
+    path = "/{name}/deliveries/{event}/redeliver",
+    tag = "hooks",
+    params(
+        ("name" = String, Path, description = "The webhook's name"),
+        ("event" = String, Path, description = "The message's id (a delivery's `id`)"),
+    ),
+    responses((status = 200, description = "The new attempt, sent now with the message's original id (an organization's hooks need an admin token; a stack's, a write token)", body = super::schema::hooks::WebhookDelivery)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn redeliver(
     State(state): State<AppState>,
     HookCtx { scope, name }: HookCtx,

@@ -34,7 +34,7 @@ const HOLD: Duration = Duration::from_secs(60);
 /// Larger responses are not kept (creating requests answer a few hundred bytes); sealed and
 /// encoded, a kept body grows by about 1.8 times, and a DynamoDB item holds 400 KB.
 const MAX_KEPT: usize = 160 * 1024;
-const MAX_KEY: usize = 255;
+pub(super) const MAX_KEY: usize = 255;
 
 /// The key, if the request carries a valid one.
 fn key(headers: &HeaderMap) -> Result<Option<String>, Error> {

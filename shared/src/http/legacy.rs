@@ -16,6 +16,14 @@ use crate::domain::PageRequest;
 use crate::error::{Error, Result};
 
 /// `POST /api/preview/.../deployments`: 202 `{id, consoleUrl, version}`.
+#[utoipa::path(
+    post,
+    path = "/deployments",
+    tag = "legacy",
+    request_body = super::schema::deployments::CreateDeploymentRequest,
+    responses((status = 202, description = "Queued", body = super::schema::deployments::CreateDeploymentResponse)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -28,6 +36,14 @@ pub(super) async fn create(
 /// `GET /api/preview/.../deployments?page=N`: a bare array of the page's deployments, oldest
 /// first, empty past the last page (the drivers page until an empty page, and take the last
 /// item as the newest).
+#[utoipa::path(
+    get,
+    path = "/deployments",
+    tag = "legacy",
+    params(ListQuery),
+    responses((status = 200, description = "A page of the stack's deployments, oldest first", body = Vec<super::schema::deployments::DeploymentSnapshot>)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -48,4 +64,37 @@ pub(super) async fn list(
     Ok(Json(Value::Array(
         deployments.items.iter().map(wire::snapshot).collect(),
     )))
+}
+
+/// `GET /api/preview/.../deployment/settings` (singular): the stack's settings.
+#[utoipa::path(
+    get,
+    path = "/deployment/settings",
+    tag = "legacy",
+    responses((status = 200, description = "The stack's deployment settings", body = super::schema::stacks::Settings)),
+    security(("token" = ["read"])),
+)]
+pub(super) async fn settings_get(
+    state: State<AppState>,
+    ctx: StackCtx,
+) -> Result<axum::response::Response> {
+    super::settings::get(state, ctx).await
+}
+
+/// `POST /api/preview/.../deployment/settings` (singular): merges a patch into the settings.
+#[utoipa::path(
+    post,
+    path = "/deployment/settings",
+    tag = "legacy",
+    request_body = super::schema::stacks::Settings,
+    responses((status = 200, description = "The merged settings", body = super::schema::stacks::Settings)),
+    security(("token" = ["write"])),
+)]
+pub(super) async fn settings_patch(
+    state: State<AppState>,
+    ctx: StackCtx,
+    query: Query<super::settings::WriteQuery>,
+    body: JsonBody,
+) -> Result<axum::response::Response> {
+    super::settings::patch(state, ctx, query, body).await
 }

@@ -16,8 +16,10 @@ mod idempotency;
 mod legacy;
 pub mod limits;
 mod oidc;
+mod openapi;
 mod pools;
 mod schedules;
+mod schema;
 mod settings;
 mod stacks;
 mod stream;
@@ -35,7 +37,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
-use axum::routing::{get, post};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 use crate::deps::Deps;
 use crate::error::error_body;
@@ -50,230 +53,175 @@ pub struct AppState {
     pub deps: Arc<Deps>,
 }
 
+/// The API with its middleware, fallback and state: what `tarmac serve` and Lambda serve.
 pub fn router(deps: Arc<Deps>) -> Router {
+    let (api, _) = api().split_for_parts();
+    api.route_layer(axum::middleware::from_fn_with_state(
+        AppState {
+            deps: Arc::clone(&deps),
+        },
+        audit::record,
+    ))
+    .route_layer(axum::middleware::from_fn(trace::trace_request))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    .layer(axum::middleware::from_fn_with_state(
+        AppState {
+            deps: Arc::clone(&deps),
+        },
+        idempotency::idempotent,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        AppState {
+            deps: Arc::clone(&deps),
+        },
+        extract::identify,
+    ))
+    .layer(axum::middleware::from_fn(limits::check))
+    .layer(axum::middleware::from_fn(console::security_headers))
+    .with_state(AppState { deps })
+}
+
+/// The OpenAPI document (see [`openapi`]).
+pub fn openapi_document() -> &'static serde_json::Value {
+    openapi::document()
+}
+
+/// Every API route, each registered with its OpenAPI entry: only through `routes!`, never
+/// `.route`, so the document describes exactly what is served (a test probes both ways).
+fn api() -> OpenApiRouter<AppState> {
     const S: &str = "/api/stacks/{org}/{project}/{stack}";
-    let stack_routes = Router::new()
-        .route("/export", get(stacks::export))
-        .route(
-            "/deployments",
-            get(deployments::list_stack).post(deployments::create),
-        )
-        .route(
-            "/deployments/settings",
-            get(settings::get)
-                .post(settings::patch)
-                .put(settings::replace)
-                .delete(settings::delete),
-        )
-        .route("/deployments/settings/encrypt", post(settings::encrypt))
-        .route("/deployments/pause", post(stacks::pause_stack))
-        .route("/deployments/resume", post(stacks::resume_stack))
-        .route("/deployments/metadata", get(stacks::stack_metadata))
-        .route("/deployments/sync", get(stacks::git_sync))
-        .route(
-            "/deployments/cache",
-            axum::routing::delete(stacks::clear_cache),
-        )
-        .route(
-            "/deployments/schedules",
-            get(schedules::list).post(schedules::create_custom),
-        )
-        .route(
-            "/deployments/schedules/{id}",
-            get(schedules::read)
-                .post(schedules::update_custom)
-                .delete(schedules::delete),
-        )
-        .route("/deployments/schedules/{id}/pause", post(schedules::pause))
-        .route(
-            "/deployments/schedules/{id}/resume",
-            post(schedules::resume),
-        )
-        .route(
-            "/deployments/schedules/{id}/history",
-            get(schedules::history),
-        )
-        .route(
-            "/deployments/drift/schedules",
-            post(schedules::create_drift),
-        )
-        .route(
-            "/deployments/drift/schedules/{id}",
-            post(schedules::update_drift),
-        )
-        .route("/deployments/ttl/schedules", post(schedules::create_ttl))
-        .route(
-            "/deployments/ttl/schedules/{id}",
-            post(schedules::update_ttl),
-        )
-        .route("/drift/runs", get(schedules::drift_runs))
-        .route("/drift/runs/{id}", get(schedules::drift_run))
-        .route("/drift/status", get(schedules::drift_status))
-        .route(
-            "/deployments/version/{version}",
-            get(deployments::get_by_version),
-        )
-        .route("/deployments/{id}", get(deployments::get_by_id))
-        .route("/deployments/{id}/logs", get(deployments::logs))
-        .route("/deployments/{id}/stream", get(stream::stream))
-        .route("/deployments/{id}/updates", get(updates::of_deployment))
-        .route("/deployments/{id}/cancel", post(deployments::cancel))
-        .route("/deployments/{id}/approve", post(deployments::approve))
-        .route("/deployments/{id}/reject", post(deployments::reject))
-        .route("/update/{id}/events", get(updates::events))
-        .route("/update/{id}/cancel", post(updates::cancel))
-        .route("/updates", get(updates::history))
-        .route("/updates/latest", get(updates::latest))
-        .route("/updates/{version}", get(updates::at_version))
-        .route("/tags", post(tags::add).patch(tags::replace))
-        .route(
-            "/tags/{name}",
-            axum::routing::patch(tags::update).delete(tags::delete),
-        )
+    let stack_routes = OpenApiRouter::new()
+        .routes(routes!(stacks::export))
+        .routes(routes!(deployments::list_stack, deployments::create))
+        .routes(routes!(
+            settings::get,
+            settings::patch,
+            settings::replace,
+            settings::delete
+        ))
+        .routes(routes!(settings::encrypt))
+        .routes(routes!(stacks::pause_stack))
+        .routes(routes!(stacks::resume_stack))
+        .routes(routes!(stacks::stack_metadata))
+        .routes(routes!(stacks::git_sync))
+        .routes(routes!(stacks::clear_cache))
+        .routes(routes!(schedules::list, schedules::create_custom))
+        .routes(routes!(
+            schedules::read,
+            schedules::update_custom,
+            schedules::delete
+        ))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
+        .routes(routes!(schedules::history))
+        .routes(routes!(schedules::create_drift))
+        .routes(routes!(schedules::update_drift))
+        .routes(routes!(schedules::create_ttl))
+        .routes(routes!(schedules::update_ttl))
+        .routes(routes!(schedules::drift_runs))
+        .routes(routes!(schedules::drift_run))
+        .routes(routes!(schedules::drift_status))
+        .routes(routes!(deployments::get_by_version))
+        .routes(routes!(deployments::get_by_id))
+        .routes(routes!(deployments::logs))
+        .routes(routes!(stream::stream))
+        .routes(routes!(updates::of_deployment))
+        .routes(routes!(deployments::cancel))
+        .routes(routes!(deployments::approve))
+        .routes(routes!(deployments::reject))
+        .routes(routes!(updates::events))
+        .routes(routes!(updates::cancel))
+        .routes(routes!(updates::history))
+        .routes(routes!(updates::latest))
+        .routes(routes!(updates::at_version))
+        .routes(routes!(tags::add, tags::replace))
+        .routes(routes!(tags::update, tags::delete))
         .nest("/hooks", hook_routes());
     // Pulumi's first Deployments API, still called by the REST drivers in its docs.
-    let legacy_routes = Router::new()
-        .route(
-            "/deployment/settings",
-            get(settings::get).post(settings::patch),
-        )
-        .route("/deployments", get(legacy::list).post(legacy::create))
-        .route("/deployments/{id}", get(deployments::get_by_id))
-        .route("/deployments/{id}/logs", get(deployments::logs))
-        .route("/deployments/{id}/updates", get(updates::of_deployment))
-        .route("/deployments/{id}/cancel", post(deployments::cancel));
-    Router::new()
-        .route(
-            "/oidc/.well-known/openid-configuration",
-            get(oidc::discovery),
-        )
-        .route("/oidc/.well-known/jwks.json", get(oidc::jwks))
-        .route("/api/user", get(stacks::current_user))
-        .route("/api/user/organizations/default", get(stacks::default_org))
-        .route("/api/user/stacks", get(stacks::user_stacks))
-        .route("/api/capabilities", get(stacks::capabilities))
-        .route("/api/bootstrap", post(bootstrap::redeem))
-        .route(
-            "/api/stacks/{org}/{project}",
-            post(stacks::create_stack).head(stacks::head_project),
-        )
-        .route(S, get(stacks::get_stack).delete(stacks::delete_stack))
+    let legacy_routes = OpenApiRouter::new()
+        .routes(routes!(legacy::settings_get, legacy::settings_patch))
+        .routes(routes!(legacy::list, legacy::create))
+        .routes(routes!(deployments::get_by_id))
+        .routes(routes!(deployments::logs))
+        .routes(routes!(updates::of_deployment))
+        .routes(routes!(deployments::cancel));
+    OpenApiRouter::new()
+        .routes(routes!(openapi::serve))
+        .routes(routes!(oidc::discovery))
+        .routes(routes!(oidc::jwks))
+        .routes(routes!(stacks::current_user))
+        .routes(routes!(stacks::default_org))
+        .routes(routes!(stacks::user_stacks))
+        .routes(routes!(stacks::capabilities))
+        .routes(routes!(bootstrap::redeem))
+        .routes(routes!(stacks::create_stack, stacks::head_project))
+        .routes(routes!(stacks::get_stack, stacks::delete_stack))
         .nest(S, stack_routes)
         .nest("/api/preview/{org}/{project}/{stack}", legacy_routes)
-        .route("/api/orgs/{org}/deployments", get(deployments::list_org))
-        .route("/api/orgs/{org}/stacks", get(stacks::org_stacks))
-        .route(
-            "/api/orgs/{org}/tokens",
-            get(tokens::list).post(tokens::create),
-        )
-        .route(
-            "/api/orgs/{org}/tokens/{id}",
-            axum::routing::delete(tokens::revoke),
-        )
-        .route("/api/orgs/{org}/deployments/pause", post(stacks::pause_org))
-        .route(
-            "/api/orgs/{org}/deployments/resume",
-            post(stacks::resume_org),
-        )
-        .route(
-            "/api/orgs/{org}/deployments/metadata",
-            get(stacks::org_metadata),
-        )
-        .route(
-            "/api/orgs/{org}/deployments/limits",
-            get(stacks::get_limits).put(stacks::put_limits),
-        )
-        .route("/api/orgs/{org}/deployments/bulk", post(bulk::create))
-        .route("/api/orgs/{org}/deployments/bulk/{id}", get(bulk::get))
-        .route(
-            "/api/orgs/{org}/deployments/bulk/{id}/cancel",
-            post(bulk::cancel),
-        )
-        .route(
-            "/api/orgs/{org}/agent-pools",
-            get(pools::list).post(pools::create),
-        )
-        .route(
-            "/api/orgs/{org}/agent-pools/{poolId}",
-            get(pools::get).patch(pools::patch).delete(pools::delete),
-        )
-        .route("/api/agent/claim", post(agent::claim))
+        .routes(routes!(deployments::list_org))
+        .routes(routes!(stacks::org_stacks))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(stacks::pause_org))
+        .routes(routes!(stacks::resume_org))
+        .routes(routes!(stacks::org_metadata))
+        .routes(routes!(stacks::get_limits, stacks::put_limits))
+        .routes(routes!(bulk::create))
+        .routes(routes!(bulk::get))
+        .routes(routes!(bulk::cancel))
+        .routes(routes!(pools::list, pools::create))
+        .routes(routes!(pools::get, pools::patch, pools::delete))
+        .routes(routes!(agent::claim))
         .nest(
             "/api/agent/stacks/{org}/{project}/{stack}/deployments/{id}",
             agent_run_routes(),
         )
         .nest("/api/orgs/{org}/hooks", hook_routes())
-        .route(
-            "/api/orgs/{org}/integrations/github",
-            get(github::get).put(github::put).delete(github::delete),
-        )
-        .route(
-            "/api/orgs/{org}/integrations/github/webhook",
-            // GitHub sends payloads of up to 25 MB (a push of many commits).
-            post(github::webhook).layer(DefaultBodyLimit::max(GITHUB_BODY_LIMIT)),
-        )
-        .route("/api/orgs/{org}/auditlogs", get(audit::list))
-        .route_layer(axum::middleware::from_fn_with_state(
-            AppState {
-                deps: Arc::clone(&deps),
-            },
-            audit::record,
+        .routes(routes!(github::get, github::put, github::delete))
+        // GitHub sends payloads of up to 25 MB (a push of many commits).
+        .routes(with_layer(
+            routes!(github::webhook),
+            DefaultBodyLimit::max(GITHUB_BODY_LIMIT),
         ))
-        .route_layer(axum::middleware::from_fn(trace::trace_request))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(
-            AppState {
-                deps: Arc::clone(&deps),
-            },
-            idempotency::idempotent,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            AppState {
-                deps: Arc::clone(&deps),
-            },
-            extract::identify,
-        ))
-        .layer(axum::middleware::from_fn(limits::check))
-        .layer(axum::middleware::from_fn(console::security_headers))
-        .with_state(AppState { deps })
+        .routes(routes!(audit::list))
+}
+
+/// `routes` with a layer on their method router (a body limit of their own).
+fn with_layer(
+    (schemas, paths, methods): UtoipaMethodRouter<AppState>,
+    layer: DefaultBodyLimit,
+) -> UtoipaMethodRouter<AppState> {
+    (schemas, paths, methods.layer(layer))
 }
 
 /// An agent's calls about the run it holds (see `crate::agent::protocol`).
-fn agent_run_routes() -> Router<AppState> {
-    Router::new()
-        .route("/heartbeat", post(agent::heartbeat))
-        .route("/steps", post(agent::step_start))
-        .route("/steps/{step}", post(agent::step_end))
-        .route("/logs", post(agent::logs))
-        .route("/update", post(agent::update_start))
-        .route("/update/finish", post(agent::update_finish))
-        .route("/outputs", post(agent::outputs))
-        .route(
-            "/state",
-            get(agent::state_get)
-                .post(agent::state_save)
-                .layer(DefaultBodyLimit::max(agent::STATE_BODY_LIMIT)),
-        )
-        .route("/credentials", post(agent::credentials))
-        .route("/complete", post(agent::complete))
+fn agent_run_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(agent::heartbeat))
+        .routes(routes!(agent::step_start))
+        .routes(routes!(agent::step_end))
+        .routes(routes!(agent::logs))
+        .routes(routes!(agent::update_start))
+        .routes(routes!(agent::update_finish))
+        .routes(routes!(agent::outputs))
+        .routes(with_layer(
+            routes!(agent::state_get, agent::state_save),
+            DefaultBodyLimit::max(agent::STATE_BODY_LIMIT),
+        ))
+        .routes(routes!(agent::credentials))
+        .routes(routes!(agent::complete))
 }
 
 /// The webhook routes, the same under an org and under a stack.
-fn hook_routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(hooks::list).post(hooks::create))
-        .route(
-            "/{name}",
-            get(hooks::read).patch(hooks::update).delete(hooks::delete),
-        )
-        .route("/{name}/ping", post(hooks::ping))
-        .route("/{name}/deliveries", get(hooks::deliveries))
-        .route(
-            "/{name}/deliveries/{event}/redeliver",
-            post(hooks::redeliver),
-        )
+fn hook_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(hooks::list, hooks::create))
+        .routes(routes!(hooks::read, hooks::update, hooks::delete))
+        .routes(routes!(hooks::ping))
+        .routes(routes!(hooks::deliveries))
+        .routes(routes!(hooks::redeliver))
 }
 
 /// What no API route matched: the console's files and pages, else a Pulumi-shaped 404.
@@ -338,6 +286,24 @@ mod tests {
             status,
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    /// A route reaches the router only with its OpenAPI entry (`routes!`): a bare `.route`
+    /// would serve what the document does not describe. The black-box test
+    /// `openapi::the_document_..._describes_exactly_the_routes_served` probes every documented
+    /// path with every method, both ways.
+    #[test]
+    fn every_route_is_registered_with_its_openapi_entry() {
+        let source = include_str!("mod.rs");
+        let start = source.find("fn api()").unwrap();
+        let end = source.find("/// What no API route matched").unwrap();
+        let api = &source[start..end];
+        for bare in [".route(", ".route_service(", ".nest_service(", ".merge("] {
+            assert!(!api.contains(bare), "fn api() calls {bare}");
+        }
+        let doc = openapi_document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert!(doc["paths"].as_object().unwrap().len() > 60);
     }
 
     #[tokio::test]

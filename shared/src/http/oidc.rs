@@ -21,10 +21,22 @@ fn issuer(state: &AppState) -> Result<&Issuer> {
 /// refetch when they meet an unknown `kid`.
 const CACHE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "public, max-age=300");
 
+#[utoipa::path(
+    get,
+    path = "/oidc/.well-known/openid-configuration",
+    tag = "oidc",
+    responses((status = 200, description = "The issuer's OpenID Provider configuration (404 if this server is not an OIDC issuer)", body = super::schema::meta::OidcDiscovery, headers(("Cache-Control" = String, description = "`public, max-age=300`")))),
+)]
 pub(super) async fn discovery(State(state): State<AppState>) -> Result<Response> {
     Ok(([CACHE], Json(issuer(&state)?.discovery())).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/oidc/.well-known/jwks.json",
+    tag = "oidc",
+    responses((status = 200, description = "The issuer's published signing keys (404 if this server is not an OIDC issuer)", body = super::schema::meta::OidcJwks, headers(("Cache-Control" = String, description = "`public, max-age=300`")))),
+)]
 pub(super) async fn jwks(State(state): State<AppState>) -> Result<Response> {
     Ok(([CACHE], Json(issuer(&state)?.jwks().await?)).into_response())
 }

@@ -49,6 +49,13 @@ fn text(body: &Value, key: &str) -> Result<Option<String>> {
 
 /// `GET`: `{"agentPools": [{created, id, name, description, lastSeen, status, isDefault}]}`,
 /// oldest first; `lastSeen` and `status` are those of the pool's most recently seen agent.
+#[utoipa::path(
+    get,
+    path = "/api/orgs/{org}/agent-pools",
+    tag = "agent-pools",
+    responses((status = 200, description = "The org's agent pools, oldest first", body = super::schema::orgs::AgentPoolList)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn list(State(state): State<AppState>, ctx: OrgCtx) -> Result<Json<Value>> {
     let now = OffsetDateTime::now_utc();
     let mut pools = Vec::new();
@@ -69,6 +76,14 @@ pub(super) async fn list(State(state): State<AppState>, ctx: OrgCtx) -> Result<J
 }
 
 /// `POST` `{"name", "description"}`: 200 `{id, tokenValue}`. The token is shown this once.
+#[utoipa::path(
+    post,
+    path = "/api/orgs/{org}/agent-pools",
+    tag = "agent-pools",
+    request_body = super::schema::orgs::PoolCreateRequest,
+    responses((status = 200, description = "Created; its token is shown this once", body = super::schema::orgs::PoolCreated)),
+    security(("token" = ["admin"])),
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     ctx: OrgCtx,
@@ -98,6 +113,14 @@ pub(super) async fn create(
 
 /// `GET /{poolId}`: `{created, id, name, description, agents: [{version, platform, hostname,
 /// ip, pid, lastSeen, status}]}`.
+#[utoipa::path(
+    get,
+    path = "/api/orgs/{org}/agent-pools/{poolId}",
+    tag = "agent-pools",
+    params(("poolId" = uuid::Uuid, Path, description = "The agent pool's id")),
+    responses((status = 200, description = "The pool, with its agents", body = super::schema::orgs::AgentPoolDetail)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     ctx: OrgCtx,
@@ -134,6 +157,15 @@ pub(super) async fn get(
 
 /// `PATCH /{poolId}` `{"name"?, "description"?}`: only what is given changes. 200 `{name,
 /// description}`.
+#[utoipa::path(
+    patch,
+    path = "/api/orgs/{org}/agent-pools/{poolId}",
+    tag = "agent-pools",
+    params(("poolId" = uuid::Uuid, Path, description = "The agent pool's id")),
+    request_body = super::schema::orgs::PoolPatchRequest,
+    responses((status = 200, description = "Renamed or redescribed", body = super::schema::orgs::PoolPatched)),
+    security(("token" = ["admin"])),
+)]
 pub(super) async fn patch(
     State(state): State<AppState>,
     ctx: OrgCtx,
@@ -163,8 +195,11 @@ pub(super) async fn patch(
     ))
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DeleteQuery {
+    /// Delete even with queued or running deployments: the queued ones fail, the running ones
+    /// are stopped.
     #[serde(default)]
     force: bool,
 }
@@ -172,6 +207,17 @@ pub(super) struct DeleteQuery {
 /// `DELETE /{poolId}[?force=true]`: 204. A pool with queued or running deployments is 409
 /// unless `force`, which fails the queued ones (saying why in their log) and stops the running
 /// ones. Its token authenticates nothing from then on.
+#[utoipa::path(
+    delete,
+    path = "/api/orgs/{org}/agent-pools/{poolId}",
+    tag = "agent-pools",
+    params(("poolId" = uuid::Uuid, Path, description = "The agent pool's id"), DeleteQuery),
+    responses(
+        (status = 204, description = "Deleted, with its token and agents"),
+        (status = 409, description = "The pool has queued or running deployments, and `force` is not set", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["admin"])),
+)]
 pub(super) async fn delete(
     State(state): State<AppState>,
     ctx: OrgCtx,

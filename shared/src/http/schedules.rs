@@ -210,6 +210,13 @@ async fn find(state: &AppState, stack: &StackRef, raw_id: &str) -> Result<Schedu
         .ok_or_else(|| Error::not_found(format!("schedule '{id}' not found")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/schedules",
+    tag = "schedules",
+    responses((status = 200, description = "The stack's custom, drift and TTL schedules", body = super::schema::schedules::ScheduledActionList)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn list(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
     if !state.deps.stacks.stack_exists(&ctx.stack).await? {
         return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
@@ -220,6 +227,14 @@ pub(super) async fn list(State(state): State<AppState>, ctx: StackCtx) -> Result
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/schedules",
+    tag = "schedules",
+    request_body = super::schema::schedules::CustomScheduleRequest,
+    responses((status = 200, description = "The new schedule (the stack needs deployment settings)", body = super::schema::schedules::ScheduledAction)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn create_custom(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -229,6 +244,18 @@ pub(super) async fn create_custom(
     create(&state, &ctx, Purpose::Custom, when, request).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/schedules/{id}",
+    tag = "schedules",
+    params(("id" = uuid::Uuid, Path, description = "The schedule's id")),
+    request_body = super::schema::schedules::CustomScheduleRequest,
+    responses(
+        (status = 200, description = "The schedule, changed", body = super::schema::schedules::ScheduledAction),
+        (status = 409, description = "The schedule kept changing under this request; retry", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn update_custom(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -239,6 +266,14 @@ pub(super) async fn update_custom(
     update(&state, &ctx, &param(&p, "id"), when, request).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/drift/schedules",
+    tag = "drift",
+    request_body = super::schema::schedules::DriftScheduleRequest,
+    responses((status = 200, description = "The new drift-detection schedule (the stack needs deployment settings)", body = super::schema::schedules::ScheduledAction)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn create_drift(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -248,6 +283,18 @@ pub(super) async fn create_drift(
     create(&state, &ctx, Purpose::Drift, when, request).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/drift/schedules/{id}",
+    tag = "drift",
+    params(("id" = uuid::Uuid, Path, description = "The schedule's id")),
+    request_body = super::schema::schedules::DriftScheduleRequest,
+    responses(
+        (status = 200, description = "The schedule, changed", body = super::schema::schedules::ScheduledAction),
+        (status = 409, description = "The schedule kept changing under this request; retry", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn update_drift(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -258,6 +305,14 @@ pub(super) async fn update_drift(
     update(&state, &ctx, &param(&p, "id"), when, request).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/ttl/schedules",
+    tag = "ttl",
+    request_body = super::schema::schedules::TtlScheduleRequest,
+    responses((status = 200, description = "The new one-time destroy schedule (the stack needs deployment settings)", body = super::schema::schedules::ScheduledAction)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn create_ttl(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -267,6 +322,18 @@ pub(super) async fn create_ttl(
     create(&state, &ctx, Purpose::Ttl, when, request).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/ttl/schedules/{id}",
+    tag = "ttl",
+    params(("id" = uuid::Uuid, Path, description = "The schedule's id")),
+    request_body = super::schema::schedules::TtlScheduleRequest,
+    responses(
+        (status = 200, description = "The schedule, changed", body = super::schema::schedules::ScheduledAction),
+        (status = 409, description = "The schedule kept changing under this request; retry", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn update_ttl(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -277,6 +344,14 @@ pub(super) async fn update_ttl(
     update(&state, &ctx, &param(&p, "id"), when, request).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/schedules/{id}",
+    tag = "schedules",
+    params(("id" = uuid::Uuid, Path, description = "The schedule's id")),
+    responses((status = 200, description = "The schedule (custom, drift or TTL)", body = super::schema::schedules::ScheduledAction)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn read(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -287,6 +362,14 @@ pub(super) async fn read(
     )))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/deployments/schedules/{id}",
+    tag = "schedules",
+    params(("id" = uuid::Uuid, Path, description = "The schedule's id")),
+    responses((status = 204, description = "Deleted")),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn delete(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -301,6 +384,17 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/schedules/{id}/pause",
+    tag = "schedules",
+    params(("id" = uuid::Uuid, Path, description = "The schedule's id")),
+    responses(
+        (status = 204, description = "Paused (already paused: unchanged)"),
+        (status = 409, description = "The schedule kept changing under this request; retry", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn pause(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -309,6 +403,17 @@ pub(super) async fn pause(
     set_paused(&state, &ctx.stack, &param(&p, "id"), true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/schedules/{id}/resume",
+    tag = "schedules",
+    params(("id" = uuid::Uuid, Path, description = "The schedule's id")),
+    responses(
+        (status = 204, description = "Resumed; a cron schedule moves on to its next slot, skipping those missed while paused"),
+        (status = 409, description = "The schedule kept changing under this request; retry", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn resume(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -336,6 +441,14 @@ async fn set_paused(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/schedules/{id}/history",
+    tag = "schedules",
+    params(("id" = uuid::Uuid, Path, description = "The schedule's id")),
+    responses((status = 200, description = "The schedule's latest 100 firings, skips and refusals, newest first", body = super::schema::schedules::ScheduleHistory)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn history(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -395,6 +508,14 @@ async fn drift_json(state: &AppState, run: &DriftRun) -> Result<Value> {
     Ok(v)
 }
 
+#[utoipa::path(
+    get,
+    path = "/drift/runs",
+    tag = "drift",
+    params(super::deployments::ListQuery),
+    responses((status = 200, description = "A page of the stack's drift runs", body = super::schema::schedules::DriftRunList)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn drift_runs(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -414,6 +535,14 @@ pub(super) async fn drift_runs(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/drift/runs/{id}",
+    tag = "drift",
+    params(("id" = uuid::Uuid, Path, description = "The drift run's id")),
+    responses((status = 200, description = "The drift run", body = super::schema::schedules::DriftRun)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn drift_run(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -471,6 +600,13 @@ pub(super) async fn drift_status_of(state: &AppState, stack: &StackRef) -> Resul
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/drift/status",
+    tag = "drift",
+    responses((status = 200, description = "Whether the stack has drifted, by its latest drift run", body = super::schema::schedules::StackDriftStatus)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn drift_status(
     State(state): State<AppState>,
     ctx: StackCtx,

@@ -25,9 +25,11 @@ fn respond(stored: &Value, version: i64) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(super) struct WriteQuery {
+    /// Check and answer the settings it would make; write nothing.
     #[serde(default)]
     dry_run: bool,
 }
@@ -75,6 +77,13 @@ async fn write(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/settings",
+    tag = "settings",
+    responses((status = 200, description = "The stack's settings", body = super::schema::stacks::Settings)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn get(State(state): State<AppState>, ctx: StackCtx) -> Result<Response> {
     let s = state
         .deps
@@ -89,6 +98,15 @@ pub(super) async fn get(State(state): State<AppState>, ctx: StackCtx) -> Result<
 
 /// Merges the body into the settings (creating them, and the stack, if needed). `null`
 /// deletes a key; arrays are replaced.
+#[utoipa::path(
+    post,
+    path = "/deployments/settings",
+    tag = "settings",
+    params(WriteQuery),
+    request_body = super::schema::stacks::Settings,
+    responses((status = 200, description = "The merged settings (with `dryRun`, what they would be)", body = super::schema::stacks::Settings), (status = 409, description = "Changed concurrently; retry", body = super::openapi::ErrorBody)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn patch(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -105,6 +123,15 @@ pub(super) async fn patch(
 }
 
 /// Replaces the settings with the body; anything missing or null is removed.
+#[utoipa::path(
+    put,
+    path = "/deployments/settings",
+    tag = "settings",
+    params(WriteQuery),
+    request_body = super::schema::stacks::Settings,
+    responses((status = 200, description = "The new settings (with `dryRun`, what they would be)", body = super::schema::stacks::Settings), (status = 409, description = "Changed concurrently; retry", body = super::openapi::ErrorBody)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn replace(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -130,6 +157,13 @@ pub(super) fn check_approvals_change(role: Role, before: &Value, after: &Value) 
     Ok(())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/deployments/settings",
+    tag = "settings",
+    responses((status = 204, description = "Deleted"), (status = 409, description = "Changed concurrently; retry", body = super::openapi::ErrorBody)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn delete(State(state): State<AppState>, ctx: StackCtx) -> Result<StatusCode> {
     // Deletes the settings it checked: an approval rule an admin sets meanwhile is not lifted
     // by a writer's delete.
@@ -151,6 +185,14 @@ pub(super) async fn delete(State(state): State<AppState>, ctx: StackCtx) -> Resu
 }
 
 /// Encrypts a value for use in settings. Accepts a bare string or any `SecretValue` form.
+#[utoipa::path(
+    post,
+    path = "/deployments/settings/encrypt",
+    tag = "settings",
+    request_body = super::schema::stacks::EncryptRequest,
+    responses((status = 200, description = "The sealed value", body = super::schema::stacks::Encrypted)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn encrypt(
     State(state): State<AppState>,
     ctx: StackCtx,

@@ -14,6 +14,13 @@ use crate::error::{Error, Result};
 
 /// The caller: a token stands for a user named after it, in its one org. The Pulumi CLI
 /// needs every `githubLogin` non-empty.
+#[utoipa::path(
+    get,
+    path = "/api/user",
+    tag = "user",
+    responses((status = 200, description = "The caller", body = super::schema::stacks::User)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn current_user(Auth(p): Auth) -> Json<Value> {
     // Pulumi's org roles: an admin token is an org admin, any other a member.
     let role = if p.role == Role::Admin {
@@ -38,6 +45,13 @@ pub(super) async fn current_user(Auth(p): Auth) -> Json<Value> {
 
 /// `GET /api/user/organizations/default`: the token's org, in the (untagged, PascalCase) shape
 /// the Pulumi CLI reads when no default org is configured.
+#[utoipa::path(
+    get,
+    path = "/api/user/organizations/default",
+    tag = "user",
+    responses((status = 200, description = "The token's organization", body = super::schema::stacks::DefaultOrg)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn default_org(Auth(p): Auth) -> Json<Value> {
     Json(json!({ "GitHubLogin": p.org, "Messages": [] }))
 }
@@ -45,6 +59,12 @@ pub(super) async fn default_org(Auth(p): Auth) -> Json<Value> {
 /// `GET /api/capabilities`: none of Pulumi Cloud's (delta checkpoints, batch encryption...),
 /// and Tarmac's own under `tarmac`, which Pulumi clients ignore: its version, and the engines
 /// and git its deployments find (empty where this process does not run them).
+#[utoipa::path(
+    get,
+    path = "/api/capabilities",
+    tag = "user",
+    responses((status = 200, description = "Capabilities", body = super::schema::stacks::Capabilities)),
+)]
 pub(super) async fn capabilities(State(state): State<AppState>) -> Json<Value> {
     let engines: Vec<Value> = state
         .deps
@@ -65,6 +85,13 @@ pub(super) async fn capabilities(State(state): State<AppState>) -> Json<Value> {
 
 /// `GET S`: the stack resource, as the Pulumi CLI, Automation API and the Service provider
 /// read it.
+#[utoipa::path(
+    get,
+    path = "/api/stacks/{org}/{project}/{stack}",
+    tag = "stacks",
+    responses((status = 200, description = "The stack", body = super::schema::stacks::Stack)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn get_stack(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
     let info = state
         .deps
@@ -76,6 +103,13 @@ pub(super) async fn get_stack(State(state): State<AppState>, ctx: StackCtx) -> R
 }
 
 /// `HEAD /api/stacks/{org}/{project}`: whether the project has a stack (200) or not (404).
+#[utoipa::path(
+    head,
+    path = "/api/stacks/{org}/{project}",
+    tag = "stacks",
+    responses((status = 200, description = "The project has a stack")),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn head_project(
     State(state): State<AppState>,
     Auth(p): Auth,
@@ -93,8 +127,9 @@ pub(super) async fn head_project(
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(super) struct UserStacksQuery {
     organization: Option<String>,
     project: Option<String>,
@@ -106,6 +141,14 @@ pub(super) struct UserStacksQuery {
 
 /// `GET /api/user/stacks`: the caller's org's stacks (`pulumi stack ls`), filtered by
 /// project and tag, paged by an opaque continuation token.
+#[utoipa::path(
+    get,
+    path = "/api/user/stacks",
+    tag = "stacks",
+    params(UserStacksQuery),
+    responses((status = 200, description = "The organization's stacks", body = super::schema::stacks::UserStacks)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn user_stacks(
     State(state): State<AppState>,
     Auth(p): Auth,
@@ -163,6 +206,14 @@ pub(super) async fn user_stacks(
 }
 
 /// `POST /api/stacks/{org}/{project}` with `{"stackName"}`: 200, or 409 if it exists.
+#[utoipa::path(
+    post,
+    path = "/api/stacks/{org}/{project}",
+    tag = "stacks",
+    request_body = super::schema::stacks::CreateStackRequest,
+    responses((status = 200, description = "Created (and its first deployment queued, if asked)", body = super::schema::stacks::CreatedStack), (status = 409, description = "The stack exists", body = super::openapi::ErrorBody)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn create_stack(
     State(state): State<AppState>,
     Auth(p): Auth,
@@ -275,8 +326,9 @@ impl Provision {
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(super) struct DeleteQuery {
     force: Option<bool>,
     /// The Pulumi Service provider's spelling.
@@ -286,6 +338,14 @@ pub(super) struct DeleteQuery {
 /// Deletes the stack, its settings, deployments, logs and engine state. Without `force` (the
 /// CLI's) or `forceDestroy` (the Service provider's), a stack whose last update left resources
 /// is kept: deleting its state would orphan them.
+#[utoipa::path(
+    delete,
+    path = "/api/stacks/{org}/{project}/{stack}",
+    tag = "stacks",
+    params(DeleteQuery),
+    responses((status = 204, description = "Deleted, with its settings, deployments, logs and state")),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn delete_stack(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -305,6 +365,13 @@ pub(super) async fn delete_stack(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/export",
+    tag = "stacks",
+    responses((status = 200, description = "The stack's outputs", body = super::schema::stacks::Export)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn export(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
     let outputs = state
         .deps
@@ -315,6 +382,14 @@ pub(super) async fn export(State(state): State<AppState>, ctx: StackCtx) -> Resu
     Ok(Json(wire::export(&ctx.stack, &outputs)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/pause",
+    tag = "pause",
+    responses((status = 204, description = "Paused: its queued deployments wait")),
+    security(("token" = ["write"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn pause_stack(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -322,6 +397,14 @@ pub(super) async fn pause_stack(
     set_stack_paused(&state, &ctx.stack, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/deployments/resume",
+    tag = "pause",
+    responses((status = 204, description = "Resumed")),
+    security(("token" = ["write"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn resume_stack(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -367,6 +450,14 @@ async fn set_stack_paused(state: &AppState, stack: &StackRef, paused: bool) -> R
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/metadata",
+    tag = "pause",
+    responses((status = 200, description = "Pause flags, schedules, drift and git sync", body = super::schema::stacks::StackMetadata)),
+    security(("token" = ["read"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn stack_metadata(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -391,6 +482,14 @@ pub(super) async fn stack_metadata(
 /// `GET S/deployments/sync` (a Tarmac extension): what git sync has seen of the stack's branch,
 /// and when it looks next. 404 if the stack does not exist; `{"enabled": false}` if its sync is
 /// off.
+#[utoipa::path(
+    get,
+    path = "/deployments/sync",
+    tag = "git-sync",
+    responses((status = 200, description = "The stack's git sync", body = super::schema::stacks::GitSync)),
+    security(("token" = ["read"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn git_sync(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
     if !state.deps.stacks.stack_exists(&ctx.stack).await? {
         return Err(Error::not_found(format!("stack '{}' not found", ctx.stack)));
@@ -409,6 +508,13 @@ async fn git_sync_of(state: &AppState, stack: &StackRef) -> Result<Value> {
 /// the npm, pip and Go caches its runs use), so the next run starts without it. 409 while a run
 /// of the stack uses it. In AWS mode each worker's cache is its own and short-lived: accepted,
 /// and nothing to do here.
+#[utoipa::path(
+    delete,
+    path = "/deployments/cache",
+    tag = "stacks",
+    responses((status = 204, description = "Emptied"), (status = 409, description = "A run of the stack is using it", body = super::openapi::ErrorBody)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn clear_cache(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -432,12 +538,28 @@ pub(super) async fn clear_cache(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/orgs/{org}/deployments/pause",
+    tag = "pause",
+    responses((status = 204, description = "Paused")),
+    security(("token" = ["admin"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn pause_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
     ctx.require_admin()?;
     state.deps.orgs.set_org_paused(&ctx.org, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/orgs/{org}/deployments/resume",
+    tag = "pause",
+    responses((status = 204, description = "Resumed")),
+    security(("token" = ["admin"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn resume_org(State(state): State<AppState>, ctx: OrgCtx) -> Result<StatusCode> {
     ctx.require_admin()?;
     state.deps.orgs.set_org_paused(&ctx.org, false).await?;
@@ -451,6 +573,14 @@ fn limit_body(l: &crate::domain::OrgLimit) -> Value {
 
 /// `GET /api/orgs/{org}/deployments/limits` (Tarmac's): the org's concurrency limit and what it
 /// runs now.
+#[utoipa::path(
+    get,
+    path = "/api/orgs/{org}/deployments/limits",
+    tag = "limits",
+    responses((status = 200, description = "The limit and what runs now", body = super::schema::stacks::OrgLimit)),
+    security(("token" = ["read"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn get_limits(State(state): State<AppState>, ctx: OrgCtx) -> Result<Json<Value>> {
     Ok(Json(limit_body(
         &state.deps.orgs.org_limit(&ctx.org).await?,
@@ -459,6 +589,15 @@ pub(super) async fn get_limits(State(state): State<AppState>, ctx: OrgCtx) -> Re
 
 /// `PUT /api/orgs/{org}/deployments/limits` `{"maxConcurrent": N | null}` (admins): at most N
 /// of the org's deployments run at once; the rest wait, `queue.waitingFor: "org-limit"`.
+#[utoipa::path(
+    put,
+    path = "/api/orgs/{org}/deployments/limits",
+    tag = "limits",
+    request_body = super::schema::stacks::OrgLimitRequest,
+    responses((status = 200, description = "The new limit", body = super::schema::stacks::OrgLimit)),
+    security(("token" = ["admin"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn put_limits(
     State(state): State<AppState>,
     ctx: OrgCtx,
@@ -499,6 +638,14 @@ pub(super) async fn put_limits(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/orgs/{org}/deployments/metadata",
+    tag = "pause",
+    responses((status = 200, description = "Pause flags and deployment counts", body = super::schema::stacks::OrgMetadata)),
+    security(("token" = ["read"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn org_metadata(
     State(state): State<AppState>,
     ctx: OrgCtx,
@@ -522,8 +669,9 @@ pub(super) async fn org_metadata(
     })))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(super) struct OrgStacksQuery {
     query: Option<String>,
     page: Option<i64>,
@@ -534,6 +682,15 @@ pub(super) struct OrgStacksQuery {
 /// stacks, by project and name, each with its last deployment, drift status, pause flag and
 /// whether it has schedules. `query` keeps stacks whose `project/stack` or a tag value contains
 /// it (case-insensitive).
+#[utoipa::path(
+    get,
+    path = "/api/orgs/{org}/stacks",
+    tag = "stacks",
+    params(OrgStacksQuery),
+    responses((status = 200, description = "A page of the organization's stacks", body = super::schema::stacks::OrgStacks)),
+    security(("token" = ["read"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn org_stacks(
     State(state): State<AppState>,
     ctx: OrgCtx,

@@ -24,8 +24,10 @@ use crate::domain::StackRef;
 use crate::error::{Error, Result};
 use crate::ports::LogQuery;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct StreamQuery {
+    /// Resume after this log entry's sequence number.
     after: Option<i64>,
 }
 
@@ -49,6 +51,15 @@ struct Cursor {
     done: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments/{id}/stream",
+    tag = "deployments",
+    params(("id" = uuid::Uuid, Path, description = "The deployment's id"), StreamQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this log entry")),
+    responses((status = 200, description = "Server-sent events: `deployment`, `log` (its id is the entry's sequence) and `end`", content_type = "text/event-stream", body = String)),
+    security(("token" = ["read"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn stream(
     State(state): State<AppState>,
     ctx: StackCtx,

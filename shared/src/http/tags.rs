@@ -21,6 +21,17 @@ fn string(body: &Value, key: &str) -> Result<Option<String>> {
 
 /// `POST S/tags` `{"name", "value"}`: 204; 400 if the name is taken (Pulumi's tags are
 /// immutable per key: remove, then add) or invalid.
+#[utoipa::path(
+    post,
+    path = "/tags",
+    tag = "tags",
+    request_body = super::schema::tags::TagAddRequest,
+    responses(
+        (status = 204, description = "Added (a name the stack already has is refused with 400)"),
+        (status = 409, description = "The stack's tags kept changing under this request; retry", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn add(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -43,6 +54,17 @@ pub(super) async fn add(
 }
 
 /// `PATCH S/tags` `{name: value, ...}`: the stack's tags become exactly these.
+#[utoipa::path(
+    patch,
+    path = "/tags",
+    tag = "tags",
+    request_body = super::schema::tags::TagsReplaceRequest,
+    responses(
+        (status = 204, description = "The stack's tags are now exactly these"),
+        (status = 409, description = "The stack's tags kept changing under this request; retry", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn replace(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -56,6 +78,18 @@ pub(super) async fn replace(
 }
 
 /// `PATCH S/tags/{name}` `{"value"}` (a `name` in the body, if any, must be the path's).
+#[utoipa::path(
+    patch,
+    path = "/tags/{name}",
+    tag = "tags",
+    params(("name" = String, Path, description = "The tag's name")),
+    request_body = super::schema::tags::TagUpdateRequest,
+    responses(
+        (status = 204, description = "Changed"),
+        (status = 409, description = "The stack's tags kept changing under this request; retry", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn update(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -82,6 +116,17 @@ pub(super) async fn update(
 }
 
 /// `DELETE S/tags/{name}`: 204, or 404 if the stack has no such tag.
+#[utoipa::path(
+    delete,
+    path = "/tags/{name}",
+    tag = "tags",
+    params(("name" = String, Path, description = "The tag's name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 409, description = "The stack's tags kept changing under this request; retry", body = super::openapi::ErrorBody),
+    ),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn delete(
     State(state): State<AppState>,
     ctx: StackCtx,

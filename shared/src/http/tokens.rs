@@ -16,6 +16,14 @@ use crate::error::{Error, Result};
 use crate::json::member;
 
 /// `GET`: `{"tokens": [{id, name, role, created}]}`, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/orgs/{org}/tokens",
+    tag = "tokens",
+    responses((status = 200, description = "The org's tokens, oldest first (never their values)", body = super::schema::orgs::TokenList)),
+    security(("token" = ["admin"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn list(State(state): State<AppState>, ctx: OrgCtx) -> Result<Json<Value>> {
     ctx.require_admin()?;
     let tokens: Vec<Value> = state
@@ -33,6 +41,15 @@ pub(super) async fn list(State(state): State<AppState>, ctx: OrgCtx) -> Result<J
 
 /// `POST` `{"name", "role": admin|write|read}` (role `write` by default): 200 `{id,
 /// tokenValue, name, role}`.
+#[utoipa::path(
+    post,
+    path = "/api/orgs/{org}/tokens",
+    tag = "tokens",
+    request_body = super::schema::orgs::TokenCreateRequest,
+    responses((status = 200, description = "Created; its value is shown this once", body = super::schema::orgs::TokenCreated)),
+    security(("token" = ["admin"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     ctx: OrgCtx,
@@ -66,6 +83,15 @@ pub(super) async fn create(
 
 /// `DELETE /{id}`: 204; 404 if the org has no such token. The token authenticates nothing
 /// from then on.
+#[utoipa::path(
+    delete,
+    path = "/api/orgs/{org}/tokens/{id}",
+    tag = "tokens",
+    params(("id" = String, Path, description = "The token's public id")),
+    responses((status = 204, description = "Revoked: it authenticates nothing from then on")),
+    security(("token" = ["admin"])),
+    extensions(("x-tarmac-extension" = json!(true))),
+)]
 pub(super) async fn revoke(
     State(state): State<AppState>,
     ctx: OrgCtx,

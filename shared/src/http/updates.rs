@@ -19,6 +19,14 @@ use crate::ports::LogQuery;
 
 /// `GET S/deployments/{id}/updates`: `[{updateID, version, latestVersion}]`, empty until the
 /// deployment's engine step starts.
+#[utoipa::path(
+    get,
+    path = "/deployments/{id}/updates",
+    tag = "updates",
+    params(("id" = uuid::Uuid, Path, description = "The deployment's id")),
+    responses((status = 200, description = "The deployment's update, once its engine step started", body = Vec<super::schema::updates::UpdateRecord>)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn of_deployment(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -60,8 +68,9 @@ async fn update(state: &AppState, ctx: &StackCtx, raw: &str) -> Result<Deploymen
     Ok(d)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
     continuation_token: Option<String>,
 }
@@ -73,6 +82,14 @@ const EVENTS_LIMIT: usize = 1000;
 /// the next token; `null` only once the update has ended and every event was returned (what
 /// the CLI and Automation API stop on). The deployment is read before its events, so an ended
 /// update seen here has every event stored.
+#[utoipa::path(
+    get,
+    path = "/update/{id}/events",
+    tag = "updates",
+    params(("id" = uuid::Uuid, Path, description = "The update's id (its deployment's)"), EventsQuery),
+    responses((status = 200, description = "Engine events", body = super::schema::updates::UpdateEvents)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn events(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -132,6 +149,14 @@ pub(super) async fn events(
 
 /// `POST S/update/{id}/cancel` (Automation API's `Cancel`, the CLI's `pulumi cancel`): cancels
 /// the deployment behind the update.
+#[utoipa::path(
+    post,
+    path = "/update/{id}/cancel",
+    tag = "updates",
+    params(("id" = uuid::Uuid, Path, description = "The update's id (its deployment's)")),
+    responses((status = 204, description = "Cancelled"), (status = 409, description = "It has already finished", body = super::openapi::ErrorBody)),
+    security(("token" = ["write"])),
+)]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -154,6 +179,14 @@ pub(super) async fn cancel(
 
 /// `GET S/updates`: the stack's history in the legacy flat shape the CLI's `stack history`
 /// and Automation API read (`{"updates": [UpdateInfo]}`), newest first.
+#[utoipa::path(
+    get,
+    path = "/updates",
+    tag = "updates",
+    params(ListQuery),
+    responses((status = 200, description = "The stack's updates, newest first", body = super::schema::updates::UpdateHistory)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn history(
     State(state): State<AppState>,
     ctx: StackCtx,
@@ -172,12 +205,27 @@ pub(super) async fn history(
 }
 
 /// `GET S/updates/latest`.
+#[utoipa::path(
+    get,
+    path = "/updates/latest",
+    tag = "updates",
+    responses((status = 200, description = "The latest update", body = super::schema::updates::UpdateRecord)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn latest(State(state): State<AppState>, ctx: StackCtx) -> Result<Json<Value>> {
     let version = latest_version(&state, &ctx).await?;
     by_version(&state, &ctx, version).await
 }
 
 /// `GET S/updates/{version}`.
+#[utoipa::path(
+    get,
+    path = "/updates/{version}",
+    tag = "updates",
+    params(("version" = i64, Path, minimum = 1, description = "The update's version")),
+    responses((status = 200, description = "The update", body = super::schema::updates::UpdateRecord)),
+    security(("token" = ["read"])),
+)]
 pub(super) async fn at_version(
     State(state): State<AppState>,
     ctx: StackCtx,
