@@ -50,6 +50,25 @@ pub(crate) fn next_attempt(
     Some(now + delay)
 }
 
+/// A hook request's signature headers, sent at unix time `t`: Pulumi's (the hex HMAC-SHA256 of
+/// the body) and Tarmac's (`t=<t>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, which lets a receiver
+/// refuse a replay of an old request).
+pub(crate) fn signatures(secret: &str, body: &str, t: i64) -> [(&'static str, String); 2] {
+    [
+        (
+            "Pulumi-Webhook-Signature",
+            hmac_sha256_hex(secret, body.as_bytes()),
+        ),
+        (
+            "Tarmac-Webhook-Signature",
+            format!(
+                "t={t},v1={}",
+                hmac_sha256_hex(secret, format!("{t}.{body}").as_bytes())
+            ),
+        ),
+    ]
+}
+
 /// `hook:<scope key>/<name>` back into its scope and name.
 pub(crate) fn parse_hook_target(target: &str) -> Option<(HookScope, String)> {
     let (scope, name) = target.strip_prefix("hook:")?.rsplit_once('/')?;
@@ -156,18 +175,9 @@ pub(crate) async fn send(deps: &Deps, m: &OutboxMessage) -> Result<Option<Attemp
         ("Tarmac-Webhook-Event".into(), m.event.clone()),
     ];
     if let Some(secret) = &secret {
-        let t = now.unix_timestamp();
-        headers.push((
-            "Pulumi-Webhook-Signature".into(),
-            hmac_sha256_hex(secret, m.body.as_bytes()),
-        ));
-        headers.push((
-            "Tarmac-Webhook-Signature".into(),
-            format!(
-                "t={t},v1={}",
-                hmac_sha256_hex(secret, format!("{t}.{}", m.body).as_bytes())
-            ),
-        ));
+        headers.extend(
+            signatures(secret, &m.body, now.unix_timestamp()).map(|(k, v)| (k.to_string(), v)),
+        );
     }
     let started = Instant::now();
     let result = match client_for(&hook.payload_url).await {

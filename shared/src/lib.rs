@@ -14,6 +14,8 @@ mod delivery;
 pub mod deps;
 pub mod domain;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod github;
 pub mod gitsync;
 pub mod http;
