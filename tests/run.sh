@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then runs the Rust tests (unit, store, black-box
 # against a real `tarmac serve`, the store contract on SQLite and on DynamoDB in a local AWS
-# emulator), the pulumi-cloud-sdk compatibility tests and the console's browser tests.
+# emulator), the pulumi-cloud-sdk compatibility tests, schemathesis against the API's OpenAPI
+# document, the console's browser tests and a smoke run of each fuzz target.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -50,5 +51,12 @@ fi
 
 TARMAC_BIN="$root/target/debug/tarmac" "$tools/venv/bin/python" -m pytest -q tests/compat
 
+# Schemathesis against a real `tarmac serve`, from its own OpenAPI document (at least 2,000
+# cases; no 5xx, every response in the schema).
+TARMAC_BIN="$root/target/debug/tarmac" "$tools/st/bin/python" tests/schemathesis/run.py
+
 # The console in Debian's Chromium, through playwright-core, against a real `tarmac serve`.
 TARMAC_BIN="$root/target/debug/tarmac" node tests/console/run.mjs
+
+# The fuzz targets (cargo fuzz, libFuzzer), a short smoke run each; README has the long run.
+FUZZ_SECONDS=10 bash tests/fuzz.sh

@@ -4,6 +4,8 @@
 #   bin/terraform   the terraform command tests put on deployments' PATH
 #   emu/            the local AWS emulator (PyPI ministack) in a venv of its own: it pins botocore;
 #                   with aws-sam-translator and pytest for the template's tests
+#   bin/cargo-fuzz  cargo fuzz, for tests/fuzz.sh
+#   st/             schemathesis (PyPI), in a venv of its own, for tests/schemathesis
 # and, for the console's browser tests, npm playwright-core and axe-core (tests/console/
 # node_modules) and Debian's chromium (the one thing installed outside the repository, by apt).
 # Prints the tools directory.
@@ -27,6 +29,15 @@ if [ ! -f "$emu_stamp" ]; then
     'ministack==1.5.33' cryptography 'aws-sam-translator==1.115.0' 'botocore==1.43.106' 'boto3==1.43.106' \
     'pytest==9.2.0' >&2
   touch "$emu_stamp"
+fi
+st_stamp="$tools/.st-installed-v1"
+if [ ! -f "$st_stamp" ]; then
+  python3 -m venv "$tools/st"
+  "$tools/st/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.5' >&2
+  touch "$st_stamp"
+fi
+if [ ! -x "$tools/bin/cargo-fuzz" ]; then
+  cargo install --quiet --locked --root "$tools" cargo-fuzz@0.13.2 >&2
 fi
 if [ ! -x /usr/bin/chromium ]; then
   sudo=""
