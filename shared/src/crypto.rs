@@ -14,15 +14,17 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"TMC1";
 const NONCE_LEN: usize = 12;
 
-/// Seals and opens secret values. Cheap to clone.
-#[derive(Clone)]
+/// Seals and opens secret values. Cheap to clone. Each copy wipes its key when dropped.
+#[derive(Clone, ZeroizeOnDrop)]
 pub struct Cipher {
+    #[zeroize(skip)]
     aead: Aes256Gcm,
     key: [u8; 32],
 }
@@ -54,15 +56,17 @@ impl Cipher {
     pub fn load_or_create(path: &Path) -> Result<Self> {
         match std::fs::read(path) {
             Ok(bytes) => {
-                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                    Error::internal(format!("{} is not a 32-byte key", path.display()))
-                })?;
+                let bytes = Zeroizing::new(bytes);
+                let key: Zeroizing<[u8; 32]> =
+                    Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
+                        Error::internal(format!("{} is not a 32-byte key", path.display()))
+                    })?);
                 Ok(Self::from_key(&key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                OsRng.fill_bytes(&mut key);
-                write_private(path, &key)?;
+                let mut key = Zeroizing::new([0u8; 32]);
+                OsRng.fill_bytes(key.as_mut());
+                write_private(path, key.as_ref())?;
                 Ok(Self::from_key(&key))
             }
             Err(e) => Err(e.into()),

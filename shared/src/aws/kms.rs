@@ -42,10 +42,12 @@ pub async fn load_cipher(
             let plain = out
                 .plaintext
                 .ok_or_else(|| Error::internal("KMS Decrypt returned no plaintext"))?;
-            let key: [u8; 32] = plain
-                .as_ref()
-                .try_into()
-                .map_err(|_| Error::internal("the data key is not 32 bytes"))?;
+            let key: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(
+                plain
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| Error::internal("the data key is not 32 bytes"))?,
+            );
             return Ok(Cipher::from_key(&key));
         }
         let generated = kms
