@@ -72,6 +72,11 @@ fn needles(secrets: &[String]) -> Vec<String> {
     out
 }
 
+/// The length of the whole UTF-8 character `bytes` starts with, if it starts with one.
+fn first_char_len(bytes: &[u8]) -> Option<usize> {
+    (1..=bytes.len().min(4)).find(|&n| std::str::from_utf8(&bytes[..n]).is_ok())
+}
+
 fuzz_target!(|input: Input| {
     let secrets: Vec<String> = input.secrets.iter().map(Text::string).collect();
     let later: Vec<String> = input.later.iter().map(Text::string).collect();
@@ -104,11 +109,22 @@ fuzz_target!(|input: Input| {
     for (i, p) in pieces.iter().enumerate() {
         let last = i + 1 == pieces.len();
         assert!(p.raw.len() as u64 <= max_line, "a piece over the limit");
+        // A cut piece is `max_line` bytes, less a character it would split (up to 3 bytes),
+        // which starts the next piece whole.
+        let short = max_line - p.raw.len() as u64;
+        let next = pieces.get(i + 1).map_or(&[][..], |n| n.raw.as_slice());
+        let moved = short <= 3 && first_char_len(next).is_some_and(|n| n as u64 > short);
         assert!(
-            p.raw.ends_with(b"\n") || p.raw.len() as u64 == max_line || last,
+            p.raw.ends_with(b"\n") || short == 0 || moved || last,
             "a piece cut short: {:?}",
             p.raw
         );
+    }
+    // So valid output comes in valid pieces: no replacement character hides a secret's part.
+    if std::str::from_utf8(&output).is_ok() && max_line >= 4 {
+        for p in &pieces {
+            assert!(std::str::from_utf8(&p.raw).is_ok(), "a character split: {:?}", p.raw);
+        }
     }
     let logged: String = pieces.iter().map(|p| p.text.as_str()).collect();
     for needle in needles(&secrets) {

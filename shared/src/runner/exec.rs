@@ -229,12 +229,16 @@ pub(crate) const GROUPS_FILE: &str = "process-groups";
 const MAX_LINE: u64 = 64 * 1024;
 
 /// A child's output, a piece at a time: each line, and a line longer than `max` bytes in pieces
-/// of `max` bytes. However the pipe delivers the bytes, the pieces are the same.
+/// of `max` bytes. A cut never splits a UTF-8 character: one it would split goes whole to the next
+/// piece (a piece is then up to 3 bytes short), so no secret is hidden from masking behind a
+/// replacement character. However the pipe delivers the bytes, the pieces are the same.
 pub(crate) struct Pieces<R> {
     reader: BufReader<R>,
     max: u64,
     /// Whether the last piece stopped inside its line.
     cut: bool,
+    /// The start of a character the last cut would have split, for the next piece.
+    carry: Vec<u8>,
 }
 
 impl<R: AsyncRead + Unpin> Pieces<R> {
@@ -243,6 +247,7 @@ impl<R: AsyncRead + Unpin> Pieces<R> {
             reader: BufReader::new(pipe),
             max: max.max(1),
             cut: false,
+            carry: Vec::new(),
         }
     }
 
@@ -250,22 +255,43 @@ impl<R: AsyncRead + Unpin> Pieces<R> {
     /// of its line. `None` at the end of the output, or when it can no longer be read.
     pub(crate) async fn next(&mut self, buf: &mut Vec<u8>) -> Option<Cut> {
         buf.clear();
-        match (&mut self.reader)
-            .take(self.max)
-            .read_until(b'\n', buf)
-            .await
-        {
-            Ok(0) | Err(_) => None,
-            Ok(n) => {
-                let before = self.cut;
-                self.cut = n as u64 == self.max && !buf.ends_with(b"\n");
-                Some(Cut {
-                    before,
-                    after: self.cut,
-                })
+        buf.append(&mut self.carry);
+        let room = self.max - buf.len() as u64;
+        let read = (&mut self.reader).take(room).read_until(b'\n', buf).await;
+        if read.is_err() || buf.is_empty() {
+            return None;
+        }
+        let before = self.cut;
+        self.cut = buf.len() as u64 == self.max && !buf.ends_with(b"\n");
+        if self.cut {
+            let keep = buf.len() - incomplete_char(buf);
+            if keep > 0 {
+                self.carry = buf.split_off(keep);
             }
         }
+        Some(Cut {
+            before,
+            after: self.cut,
+        })
     }
+}
+
+/// How many bytes at the end of `buf` start a UTF-8 character that does not end in it.
+fn incomplete_char(buf: &[u8]) -> usize {
+    for back in 1..=buf.len().min(3) {
+        let b = buf[buf.len() - back];
+        // Continuation bytes are 10xxxxxx; anything else starts a character.
+        if b & 0xC0 != 0x80 {
+            let len = match b {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF7 => 4,
+                _ => 1,
+            };
+            return if len > back { back } else { 0 };
+        }
+    }
+    0
 }
 
 async fn pump(pipe: impl AsyncRead + Unpin, log: RunLog, step: usize, mode: Stdout) -> Vec<u8> {
@@ -323,6 +349,21 @@ mod tests {
             logged(&masker, b"pw=hunter2 ok\nhunter2\n", 6).await,
             "pw=[secret][secret] ok\n[secret][secret]\n"
         );
+        // A cut inside a character moves it whole to the next piece: no replacement character
+        // hides a secret from masking.
+        let masker = Masker::new(["gä2x".to_string()]);
+        assert_eq!(
+            logged(&masker, "ab=gä2x\n".as_bytes(), 5).await,
+            "ab=[secret][secret]\n"
+        );
+        let mut pieces = Pieces::new("aé€😀".as_bytes(), 4);
+        let mut buf = Vec::new();
+        let mut seen = Vec::new();
+        while pieces.next(&mut buf).await.is_some() {
+            seen.push(String::from_utf8(buf.clone()).unwrap());
+        }
+        assert_eq!(seen, ["aé", "€", "😀"]);
+        let masker = Masker::new(["hunter2".to_string()]);
         // The real limit: a secret across the first 64 KiB of a long line.
         let mut long = vec![b'x'; MAX_LINE as usize - 3];
         long.extend(b"hunter2\n");

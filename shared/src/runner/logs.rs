@@ -70,21 +70,27 @@ impl Masker {
     /// Masks a piece of a line that `cut` says was cut from the rest of it. A secret split by a
     /// cut is whole in neither piece, so at a cut the end that could begin a secret, or the start
     /// that could finish one, is masked too (at worst a little more than the secret).
+    /// The open ends are found in the piece as it came, before masking: a shorter secret inside
+    /// a longer one would otherwise hide the longer one's part at the cut.
     pub(crate) fn mask_piece(&self, piece: &str, cut: Cut) -> String {
-        let out = self.mask(piece);
-        let end = if cut.after { self.open_end(&out) } else { 0 };
-        let start = if cut.before { self.open_start(&out) } else { 0 };
+        let end = if cut.after { self.open_end(piece) } else { 0 };
+        let start = if cut.before {
+            self.open_start(piece)
+        } else {
+            0
+        };
         if start == 0 && end == 0 {
-            return out;
+            return self.mask(piece);
         }
-        if start + end >= out.len() {
+        if start + end >= piece.len() {
             return MASK.to_string();
         }
-        let mut masked = String::with_capacity(out.len() + 2 * MASK.len());
+        let middle = self.mask(&piece[start..piece.len() - end]);
+        let mut masked = String::with_capacity(middle.len() + 2 * MASK.len());
         if start > 0 {
             masked.push_str(MASK);
         }
-        masked.push_str(&out[start..out.len() - end]);
+        masked.push_str(&middle);
         if end > 0 {
             masked.push_str(MASK);
         }
@@ -281,5 +287,11 @@ mod tests {
         // Away from a cut, a piece masks as a line does.
         assert_eq!(m.mask_piece("pw=hun", cut(true, false)), "pw=hun");
         assert_eq!(m.mask_piece("hunter2 a", cut(false, false)), "[secret] a");
+        // A short secret inside a longer one cut at the end: the longer one's part is masked.
+        let m = Masker::new(["P9".to_string(), "pg://app:P9@db.internal".into()]);
+        assert_eq!(
+            m.mask_piece("url pg://app:P9@db.int", cut(false, true)),
+            "url [secret]"
+        );
     }
 }
