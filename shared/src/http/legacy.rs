@@ -86,8 +86,9 @@ pub(super) async fn settings_get(
     post,
     path = "/deployment/settings",
     tag = "legacy",
+    params(super::settings::WriteQuery),
     request_body = super::schema::stacks::Settings,
-    responses((status = 200, description = "The merged settings", body = super::schema::stacks::Settings)),
+    responses((status = 200, description = "The merged settings (with `dryRun`, what they would be)", body = super::schema::stacks::Settings), (status = 409, description = "Changed concurrently; retry", body = super::openapi::ErrorBody)),
     security(("token" = ["write"])),
 )]
 pub(super) async fn settings_patch(
