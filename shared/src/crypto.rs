@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 const MAGIC: &[u8; 4] = b"TMC1";
 const NONCE_LEN: usize = 12;
 
-/// Seals and opens secret values. Cheap to clone. Each copy wipes its key when dropped.
+/// Seals and opens secret values. Cheap to clone. Each copy wipes its key (and the cipher its
+/// key schedule) when dropped.
 #[derive(Clone, ZeroizeOnDrop)]
 pub struct Cipher {
     #[zeroize(skip)]
