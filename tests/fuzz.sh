@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzing with cargo fuzz (libFuzzer): builds every target in shared/fuzz once, then runs each
 # for FUZZ_SECONDS seconds, and fails if any finds a crash (a panic, a broken invariant, a hang).
-#   bash tests/fuzz.sh                the smoke run CI makes: 15 s a target, a debug build
+#   bash tests/fuzz.sh                15 s a target, a debug build (CI: FUZZ_SECONDS=10)
 #   FUZZ_SECONDS=600 FUZZ_PROFILE=release bash tests/fuzz.sh
 #                                     the long run: 10 minutes a target, an optimised build
 #   bash tests/fuzz.sh log_masking settings    some targets only
@@ -34,15 +34,19 @@ esac
 export CARGO_TARGET_DIR="$root/target/fuzz"
 # A one-off build (CI) gains nothing from incremental caches, which take gigabytes of disk.
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
-# The targets build exactly the dependency versions the workspace's lock file pins.
+# The targets build exactly the dependency versions the workspace's lock file pins (and the
+# fuzzing crates it lacks, pinned in shared/fuzz/Cargo.toml).
 cp Cargo.lock shared/fuzz/Cargo.lock
 
 cd shared
 if [ "$#" -gt 0 ]; then
   targets=("$@")
 else
-  mapfile -t targets < <(cargo fuzz list)
+  # Listed first: a failure inside a process substitution would go unseen.
+  listed="$(cargo fuzz list)"
+  mapfile -t targets <<<"$listed"
 fi
+[ "${#targets[@]}" -gt 0 ] && [ -n "${targets[0]}" ] || { echo "fuzz: no targets" >&2; exit 1; }
 mkdir -p "$CARGO_TARGET_DIR"
 start=$SECONDS
 cargo fuzz build -s none "${profile[@]}" 2>"$CARGO_TARGET_DIR/build.log" \

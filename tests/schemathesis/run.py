@@ -145,8 +145,13 @@ def main():
             print(run.stderr[-5000:], file=sys.stderr)
             alive = proc.poll() is None
         finally:
+            # The server lets running deployments end first (up to a minute or so); then kill.
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         cases = count_cases(run.stdout)
         print(f"schemathesis: {cases} test cases, exit {run.returncode}")
         if not alive:
