@@ -72,9 +72,16 @@ fn needles(secrets: &[String]) -> Vec<String> {
     out
 }
 
-/// The length of the whole UTF-8 character `bytes` starts with, if it starts with one.
-fn first_char_len(bytes: &[u8]) -> Option<usize> {
-    (1..=bytes.len().min(4)).find(|&n| std::str::from_utf8(&bytes[..n]).is_ok())
+/// Whether `bytes` are the start of a UTF-8 character and not all of it: a lead byte of a
+/// longer character, then continuation bytes (the output may hold such a start that never ends).
+fn starts_partial_char(bytes: &[u8]) -> bool {
+    let len = match bytes.first() {
+        Some(0xC0..=0xDF) => 2,
+        Some(0xE0..=0xEF) => 3,
+        Some(0xF0..=0xF7) => 4,
+        _ => return false,
+    };
+    bytes.len() < len && bytes[1..].iter().all(|b| b & 0xC0 == 0x80)
 }
 
 fuzz_target!(|input: Input| {
@@ -113,7 +120,9 @@ fuzz_target!(|input: Input| {
         // which starts the next piece whole.
         let short = max_line - p.raw.len() as u64;
         let next = pieces.get(i + 1).map_or(&[][..], |n| n.raw.as_slice());
-        let moved = short <= 3 && first_char_len(next).is_some_and(|n| n as u64 > short);
+        let moved = short <= 3
+            && next.len() as u64 >= short
+            && starts_partial_char(&next[..short as usize]);
         assert!(
             p.raw.ends_with(b"\n") || short == 0 || moved || last,
             "a piece cut short: {:?}",
