@@ -132,7 +132,11 @@ fuzz_target!(|input: Input| {
     // So valid output comes in valid pieces: no replacement character hides a secret's part.
     if std::str::from_utf8(&output).is_ok() && max_line >= 4 {
         for p in &pieces {
-            assert!(std::str::from_utf8(&p.raw).is_ok(), "a character split: {:?}", p.raw);
+            assert!(
+                std::str::from_utf8(&p.raw).is_ok(),
+                "a character split: {:?}",
+                p.raw
+            );
         }
     }
     let logged: String = pieces.iter().map(|p| p.text.as_str()).collect();
